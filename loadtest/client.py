@@ -1,0 +1,197 @@
+"""An aiortc client of the signalling protocol: the tests' and the load test's participant.
+
+It speaks protocol v1 over a WebSocket, publishes on a connection it offers and receives
+on a connection the server offers, and records what it receives (decoded video frames,
+audio frames) so that callers can assert on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from loadtest.media import body_color, read_frame_number
+from mediaserver.sfu import aiortc_adapter
+
+LOOPBACK = aiortc_adapter.CandidatePolicy(addresses=("127.0.0.1",))
+
+
+@dataclass
+class ReceivedTrack:
+    track_id: str
+    participant_id: str
+    kind: str
+    frames: int = 0
+    first_frame_at: float | None = None
+    last_frame_numbers: list[int] = field(default_factory=list)
+    colors: list[tuple[int, int, int]] = field(default_factory=list)
+    audio: list[np.ndarray] = field(default_factory=list)
+    audio_rate: int = 48000
+
+
+class SignalClient:
+    def __init__(self, url: str, token: str, *, policy: aiortc_adapter.CandidatePolicy = LOOPBACK,
+                 keep_audio_frames: int = 100) -> None:
+        self.url = url
+        self.token = token
+        self.policy = policy
+        self.keep_audio_frames = keep_audio_frames
+        self.session: aiohttp.ClientSession | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.participant_id: str | None = None
+        self.joined: dict[str, Any] | None = None
+        self.events: list[dict[str, Any]] = []
+        self.publisher: RTCPeerConnection | None = None
+        self.subscriber: RTCPeerConnection | None = None
+        self.received: dict[str, ReceivedTrack] = {}
+        self.on_subscriber_pc: Callable[[RTCPeerConnection], None] | None = None
+        self._ids = itertools.count(1)
+        self._waiters: dict[Any, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._offer_lock = asyncio.Lock()
+
+    # -- signalling ----------------------------------------------------------------------
+
+    async def connect(self, **join_fields: Any) -> dict[str, Any]:
+        self.session = aiohttp.ClientSession()
+        self.ws = await self.session.ws_connect(self.url, heartbeat=15)
+        self._reader = asyncio.create_task(self._read())
+        reply = await self.request({"type": "join", "token": self.token, **join_fields})
+        if reply["type"] == "joined":
+            self.joined = reply
+            self.participant_id = reply["participant_id"]
+        return reply
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(json.dumps(msg))
+
+    async def send_raw(self, raw: str) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(raw)
+
+    async def request(self, msg: dict[str, Any], timeout: float = 20.0) -> dict[str, Any]:
+        request_id = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = fut
+        await self.send({**msg, "id": request_id})
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._waiters.pop(request_id, None)
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            self.events.append(data)
+            waiter = self._waiters.get(data.get("id"))
+            if waiter is not None and not waiter.done():
+                waiter.set_result(data)
+            if data.get("type") == "subscriber_offer":
+                self._spawn(self._answer_subscriber(data))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait_event(self, predicate: Callable[[dict[str, Any]], bool],
+                         timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events:
+                if predicate(event):
+                    return event
+            await asyncio.sleep(0.02)
+        raise TimeoutError("event did not arrive")
+
+    # -- media ---------------------------------------------------------------------------
+
+    async def publish(self, *tracks: MediaStreamTrack) -> dict[str, Any]:
+        pc = self.publisher
+        if pc is None:
+            pc = self.publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        for track in tracks:
+            pc.addTransceiver(track, direction="sendonly")
+        aiortc_adapter.apply_candidate_policy(pc, self.policy)
+        await pc.setLocalDescription(await pc.createOffer())
+        meta = [{"mid": t.mid, "source": "camera" if t.kind == "video" else "microphone"}
+                for t in pc.getTransceivers()]
+        reply = await self.request({"type": "publish_offer", "sdp": pc.localDescription.sdp,
+                                    "tracks": meta})
+        if reply["type"] == "publish_answer":
+            await pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
+        return reply
+
+    async def _answer_subscriber(self, offer: dict[str, Any]) -> None:
+        async with self._offer_lock:
+            pc = self.subscriber
+            if pc is None:
+                pc = self.subscriber = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+            aiortc_adapter.apply_candidate_policy(pc, self.policy)
+            if self.on_subscriber_pc is not None:
+                self.on_subscriber_pc(pc)
+            by_mid = {t["mid"]: t for t in offer.get("tracks", [])}
+            for transceiver in pc.getTransceivers():
+                info = by_mid.get(transceiver.mid)
+                if info is None or info["track_id"] in self.received:
+                    continue
+                rec = ReceivedTrack(info["track_id"], info["participant_id"], info["kind"])
+                self.received[info["track_id"]] = rec
+                self._spawn(self._consume(transceiver.receiver.track, rec))
+            await pc.setLocalDescription(await pc.createAnswer())
+            await self.request({"type": "subscriber_answer", "sdp": pc.localDescription.sdp})
+
+    async def _consume(self, track: MediaStreamTrack, rec: ReceivedTrack) -> None:
+        with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+            while True:
+                frame = await track.recv()
+                rec.frames += 1
+                if rec.first_frame_at is None:
+                    rec.first_frame_at = time.monotonic()
+                if rec.kind == "video":
+                    img = frame.to_ndarray(format="rgb24")  # type: ignore[union-attr]
+                    rec.last_frame_numbers.append(read_frame_number(img))
+                    rec.colors.append(body_color(img))
+                    del rec.last_frame_numbers[:-50], rec.colors[:-50]
+                else:
+                    samples = frame.to_ndarray()  # type: ignore[union-attr]
+                    rec.audio_rate = frame.sample_rate  # type: ignore[union-attr]
+                    rec.audio.append(samples.reshape(-1, frame.layout.nb_channels  # type: ignore[union-attr]
+                                                     )[:, 0].astype(np.float64))
+                    del rec.audio[:-self.keep_audio_frames]
+
+    def tracks_from(self, participant_id: str, kind: str) -> list[ReceivedTrack]:
+        return [r for r in self.received.values()
+                if r.participant_id == participant_id and r.kind == kind]
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self.ws is not None and not self.ws.closed:
+            with contextlib.suppress(Exception):
+                await self.send({"type": "leave"})
+            await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+        for pc in (self.publisher, self.subscriber):
+            if pc is not None:
+                await pc.close()
+        if self.session is not None:
+            await self.session.close()

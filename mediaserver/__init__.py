@@ -1,0 +1,1 @@
+"""Selective-forwarding media server for online therapy sessions."""

@@ -1,0 +1,426 @@
+"""Every touch of aiortc's (and aioice's) private parts, in one place.
+
+aiortc is a WebRTC endpoint: it decodes what it receives and encodes what it sends. An
+SFU needs only its ICE, DTLS, SRTP and SDP machinery, and must see packets before any
+jitter buffer or decoder. aiortc has no public API for that, so this module:
+
+- replaces, per DTLS transport instance, ``_handle_rtp_data`` and ``_handle_rtcp_data``
+  (called by ``RTCDtlsTransport._recv_next`` right after SRTP unprotect) with the SFU's
+  handlers, so aiortc's own RTP router, receivers and decoders never see a packet;
+- turns the transceivers' RTCRtpReceiver/RTCRtpSender into inert subclasses (no decoder
+  thread, no RTP/RTCP loops of their own), while keeping everything negotiation needs;
+- sends by SRTP-protecting with ``_tx_srtp`` and writing to the nominated ICE pair's
+  datagram transport directly, a synchronous call (no coroutine per packet);
+- gathers host candidates itself, to honour the bind address, UDP port range, announced
+  IP and the loopback switch (aioice binds port 0 on every non-loopback interface);
+- adds the header extensions aiortc does not negotiate (transport-cc, rid, repaired-rid,
+  audio level and abs-send-time for both kinds) to its global tables.
+
+Checked against aiortc ``AIORTC_VERSION`` (pinned in pyproject.toml). ``verify()`` checks
+at start-up that every private name used here exists, because a renamed attribute fails
+silently: the server refuses to start instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aioice.ice
+import aiortc
+import ifaddr
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs import CODECS, HEADER_EXTENSIONS
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
+
+log = logging.getLogger(__name__)
+
+AIORTC_VERSION = "1.16.0"
+
+EXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+EXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+EXT_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+EXT_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+EXT_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+
+# With BUNDLE the extension id space is shared by audio and video: ids must not clash.
+_EXTENSION_IDS = {
+    "audio": [(1, EXT_MID), (2, EXT_AUDIO_LEVEL), (3, EXT_ABS_SEND_TIME), (4, EXT_TRANSPORT_CC)],
+    "video": [
+        (1, EXT_MID),
+        (3, EXT_ABS_SEND_TIME),
+        (4, EXT_TRANSPORT_CC),
+        (10, EXT_RID),
+        (11, EXT_REPAIRED_RID),
+    ],
+}
+
+RtpHandler = Callable[[bytes, int], Awaitable[None]]
+RtcpHandler = Callable[[bytes], Awaitable[None]]
+
+
+class AdapterError(RuntimeError):
+    """aiortc is not the version this adapter was written for."""
+
+
+# (object to inspect, attribute) pairs; instance attributes are checked on live objects.
+_CLASS_ATTRS: list[tuple[Any, str]] = [
+    (RTCDtlsTransport, "_handle_rtp_data"),
+    (RTCDtlsTransport, "_handle_rtcp_data"),
+    (RTCDtlsTransport, "_recv_next"),
+    (RTCDtlsTransport, "_setup_srtp"),  # creates _tx_srtp, which PacketSender uses
+    (RTCRtpReceiver, "receive"),
+    (RTCRtpReceiver, "_handle_rtp_packet"),
+    (RTCRtpReceiver, "_handle_rtcp_packet"),
+    (RTCRtpReceiver, "_handle_disconnect"),
+    (RTCRtpSender, "send"),
+    (RTCRtpSender, "_handle_rtcp_packet"),
+    (aioice.ice.Connection, "gather_candidates"),
+    (aioice.ice.Connection, "get_component_candidates"),
+    (aioice.ice, "StunProtocol"),
+]
+_INSTANCE_ATTRS = {
+    "connection": ["_local_candidates", "_local_candidates_start", "_local_candidates_end",
+                   "_protocols", "_nominated", "_components"],
+    "dtls": ["transport", "_rtp_router"],
+    "ice": ["_connection", "_recv"],
+    "sender": ["_ssrc", "_rtx_ssrc"],
+    "transceiver": ["_codecs", "_headerExtensions"],
+}
+
+
+def verify() -> None:
+    """Refuse to run on an aiortc whose private parts differ from what we hook."""
+    problems: list[str] = []
+    if aiortc.__version__ != AIORTC_VERSION:
+        problems.append(
+            f"aiortc {aiortc.__version__} installed, adapter checked on {AIORTC_VERSION}")
+    for owner, name in _CLASS_ATTRS:
+        if not hasattr(owner, name):
+            problems.append(f"{getattr(owner, '__name__', owner)}.{name} is missing")
+    problems += _verify_instances()
+    if problems:
+        raise AdapterError("aiortc adapter check failed: " + "; ".join(problems))
+
+
+def _verify_instances() -> list[str]:
+    """Inspect a throwaway connection (no sockets are opened until ICE gathering)."""
+    problems = []
+    pc = RTCPeerConnection()
+    t = pc.addTransceiver("video", direction="sendonly")
+    dtls = t.sender.transport
+    objects: dict[str, Any] = {"transceiver": t, "sender": t.sender, "dtls": dtls,
+                               "ice": dtls.transport, "connection": dtls.transport._connection}
+    for kind, names in _INSTANCE_ATTRS.items():
+        for name in names:
+            if not hasattr(objects[kind], name):
+                problems.append(f"{type(objects[kind]).__name__}.{name} is missing")
+    return problems
+
+
+_installed = False
+
+
+def install() -> None:
+    """Extend aiortc's global codec/extension tables (idempotent).
+
+    These tables are read by every RTCPeerConnection in the process, including aiortc
+    test clients, which simply ignore the extensions they do not write.
+    """
+    global _installed
+    if _installed:
+        return
+    for kind, pairs in _EXTENSION_IDS.items():
+        HEADER_EXTENSIONS[kind][:] = [
+            RTCRtpHeaderExtensionParameters(id=i, uri=u) for i, u in pairs]
+    fir = RTCRtcpFeedback(type="ccm", parameter="fir")
+    for codec in CODECS["video"]:
+        if codec.mimeType.lower() != "video/rtx" and fir not in codec.rtcpFeedback:
+            codec.rtcpFeedback.append(fir)
+    _installed = True
+
+
+class _InertReceiver(RTCRtpReceiver):
+    """A receiver that negotiates but never decodes: the SFU takes its packets earlier."""
+
+    async def receive(self, parameters: Any) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def _handle_disconnect(self) -> None:
+        return None
+
+    async def _handle_rtp_packet(self, packet: Any, arrival_time_ms: int) -> None:
+        return None
+
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        return None
+
+
+class _InertSender(RTCRtpSender):
+    """A sender that negotiates but runs no encoder, RTP loop or RTCP loop of its own."""
+
+    async def send(self, parameters: Any) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        return None
+
+
+def make_inert(pc: RTCPeerConnection) -> None:
+    """Swap every transceiver's receiver and sender for the inert subclasses.
+
+    Swapping ``__class__`` keeps every attribute aiortc set in ``__init__`` (SSRCs, stream
+    ids) that SDP generation reads. Call after transceivers exist and before the
+    connection reaches ``__connect`` (i.e. before setLocalDescription).
+    """
+    for t in pc.getTransceivers():
+        if type(t.receiver) is RTCRtpReceiver:
+            t.receiver.__class__ = _InertReceiver
+        if type(t.sender) is RTCRtpSender:
+            t.sender.__class__ = _InertSender
+
+
+def dtls_transports(pc: RTCPeerConnection) -> list[RTCDtlsTransport]:
+    seen: list[RTCDtlsTransport] = []
+    for t in pc.getTransceivers():
+        dtls = t.receiver.transport
+        if dtls not in seen:
+            seen.append(dtls)
+    return seen
+
+
+def hook_packets(pc: RTCPeerConnection, on_rtp: Callable[[bytes, int], None],
+                 on_rtcp: Callable[[bytes], None]) -> None:
+    """Route decrypted RTP/RTCP of every (bundled) transport of ``pc`` to the SFU.
+
+    The handlers are synchronous and must not raise; an exception escaping here would end
+    aiortc's receive loop and with it the connection, so it is caught and logged (rate
+    limited by the caller's counters).
+    """
+    for dtls in dtls_transports(pc):
+        if getattr(dtls, "_sfu_hooked", False):
+            continue
+
+        async def handle_rtp(data: bytes, arrival_time_ms: int) -> None:
+            try:
+                on_rtp(data, arrival_time_ms)
+            except Exception:  # pragma: no cover - defensive, see docstring
+                log.exception("RTP handler failed")
+
+        async def handle_rtcp(data: bytes) -> None:
+            try:
+                on_rtcp(data)
+            except Exception:  # pragma: no cover - defensive
+                log.exception("RTCP handler failed")
+
+        dtls._handle_rtp_data = handle_rtp  # type: ignore[method-assign]
+        dtls._handle_rtcp_data = handle_rtcp  # type: ignore[method-assign]
+        dtls._sfu_hooked = True  # type: ignore[attr-defined]
+
+
+class PacketSender:
+    """Synchronous SRTP-protect-and-send on one DTLS transport.
+
+    Returns False (and sends nothing) until DTLS is connected and ICE has a nominated pair,
+    or after the connection has gone.
+    """
+
+    __slots__ = ("_connection", "_dtls", "_protect", "_protect_rtcp")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        self._connection = dtls.transport._connection
+        self._protect: Callable[[bytes], bytes] | None = None
+        self._protect_rtcp: Callable[[bytes], bytes] | None = None
+
+    def _ready(self) -> bool:
+        if self._protect is None:
+            if self._dtls.state != "connected":
+                return False
+            srtp = self._dtls._tx_srtp
+            self._protect = srtp.protect
+            self._protect_rtcp = srtp.protect_rtcp
+        return True
+
+    def send_rtp(self, data: bytes) -> bool:
+        if self._protect is None and not self._ready():
+            return False
+        pair = self._connection._nominated.get(1)
+        if pair is None or pair.protocol.transport is None:
+            return False
+        pair.protocol.transport.sendto(self._protect(data), pair.remote_addr)  # type: ignore[misc]
+        return True
+
+    def send_rtcp(self, data: bytes) -> bool:
+        if self._protect_rtcp is None and not self._ready():
+            return False
+        pair = self._connection._nominated.get(1)
+        if pair is None or pair.protocol.transport is None:
+            return False
+        pair.protocol.transport.sendto(self._protect_rtcp(data), pair.remote_addr)  # type: ignore[misc]
+        return True
+
+
+def packet_sender(pc: RTCPeerConnection) -> PacketSender:
+    return PacketSender(dtls_transports(pc)[0])
+
+
+def sender_ssrcs(transceiver: Any) -> tuple[int, int]:
+    """(media SSRC, RTX SSRC) aiortc chose for a transceiver's sender (and put in SDP)."""
+    return transceiver.sender._ssrc, transceiver.sender._rtx_ssrc
+
+
+def negotiated(transceiver: Any) -> tuple[list[Any], list[Any]]:
+    """(codecs, header extensions) negotiated for a transceiver."""
+    return list(transceiver._codecs), list(transceiver._headerExtensions)
+
+
+@dataclass(frozen=True)
+class CandidatePolicy:
+    """Where media sockets bind and what address candidates announce."""
+
+    addresses: tuple[str, ...]
+    port_min: int = 0
+    port_max: int = 0
+    announced_ip: str | None = None
+
+
+def host_addresses(bind_host: str, allow_loopback: bool) -> tuple[str, ...]:
+    """The IPv4 addresses to gather host candidates on."""
+    if bind_host not in ("0.0.0.0", ""):
+        addrs = [bind_host]
+    else:
+        addrs = [ip.ip for a in ifaddr.get_adapters() for ip in a.ips
+                 if isinstance(ip.ip, str) and not ip.ip.startswith("127.")]
+    if allow_loopback and "127.0.0.1" not in addrs:
+        addrs.append("127.0.0.1")
+    if not allow_loopback:
+        addrs = [a for a in addrs if not a.startswith("127.")]
+    return tuple(addrs)
+
+
+def _bind_udp(address: str, port_min: int, port_max: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if port_min and port_max:
+            ports = list(range(port_min, port_max + 1))
+            start = random.randrange(len(ports))
+            for port in ports[start:] + ports[:start]:
+                try:
+                    sock.bind((address, port))
+                    break
+                except OSError:
+                    continue
+            else:
+                raise OSError(f"no free UDP port in {port_min}-{port_max} on {address}")
+        else:
+            sock.bind((address, 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def apply_candidate_policy(pc: RTCPeerConnection, policy: CandidatePolicy) -> None:
+    """Make every ICE connection of ``pc`` gather host candidates per ``policy``.
+
+    STUN/TURN (server-reflexive and relayed candidates) still go through aioice, called
+    with no host addresses. Call before setLocalDescription.
+    """
+    for dtls in dtls_transports(pc):
+        conn: Any = dtls.transport._connection
+        if getattr(conn, "_sfu_policy", None) is not None:
+            continue
+        conn._sfu_policy = policy
+        conn.gather_candidates = _make_gatherer(conn, policy)
+
+
+def _make_gatherer(conn: Any, policy: CandidatePolicy) -> Callable[[], Awaitable[None]]:
+    original_component = conn.get_component_candidates
+
+    async def gather_candidates() -> None:
+        if conn._local_candidates_start:
+            return
+        conn._local_candidates_start = True
+        loop = asyncio.get_running_loop()
+        for component in sorted(conn._components):
+            for address in policy.addresses:
+                try:
+                    sock = _bind_udp(address, policy.port_min, policy.port_max)
+                    transport, protocol = await loop.create_datagram_endpoint(
+                        lambda: aioice.ice.StunProtocol(conn), sock=sock)
+                except OSError as exc:
+                    log.warning("cannot bind media socket on %s: %s", address, exc)
+                    continue
+                conn._protocols.append(protocol)
+                port = transport.get_extra_info("sockname")[1]
+                host = policy.announced_ip or address
+                protocol.local_candidate = Candidate(
+                    foundation=candidate_foundation("host", "udp", host),
+                    component=component, transport="udp",
+                    priority=candidate_priority(component, "host"),
+                    host=host, port=port, type="host")
+                conn._local_candidates.append(protocol.local_candidate)
+            # STUN/TURN through aioice, with no host addresses of its own.
+            conn._local_candidates += await original_component(component=component, addresses=[])
+        conn._local_candidates_end = True
+
+    return gather_candidates
+
+
+def local_ssrcs(pc: RTCPeerConnection) -> Iterable[int]:
+    for t in pc.getTransceivers():
+        yield t.sender._ssrc
+
+
+def restrict_codecs(transceiver: Any, keep: Callable[[Any], bool]) -> None:
+    """Keep only the negotiated codecs ``keep`` accepts (and their RTX), before an answer.
+
+    An SFU forwards exactly one codec per track, so the answer names exactly one: the
+    publisher then cannot switch codecs under the subscribers mid-call.
+    """
+    codecs = transceiver._codecs
+    chosen = next((c for c in codecs if c.mimeType.lower() != "video/rtx" and keep(c)), None)
+    if chosen is None:
+        return
+    transceiver._codecs = [c for c in codecs if c is chosen or (
+        c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") == chosen.payloadType)]
+
+
+def drop_incoming(pc: RTCPeerConnection, should_drop: Callable[[bytes], bool]) -> None:
+    """Drop received datagrams (before SRTP) for which ``should_drop`` is true.
+
+    For tests and load-test network profiles: a lossy incoming path made real at the
+    receiving peer. Wraps the ICE transport's receive coroutine, which
+    ``RTCDtlsTransport._recv_next`` awaits for every datagram.
+    """
+    for dtls in dtls_transports(pc):
+        ice: Any = dtls.transport
+        if getattr(ice, "_sfu_lossy", False):
+            continue
+        original = ice._recv
+
+        async def recv(original: Callable[[], Awaitable[bytes]] = original) -> bytes:
+            while True:
+                data = await original()
+                if not should_drop(data):
+                    return data
+
+        ice._recv = recv
+        ice._sfu_lossy = True

@@ -1,0 +1,203 @@
+"""A subscriber's copy of one published track: rewrite, send, answer NACKs.
+
+Each Consumer has its own SSRC, payload type and header extension ids (those the
+subscriber's connection negotiated) and its own output sequence/timestamp space
+(seqnum.OutputRewriter), so that a source change upstream (publisher restart, a later
+layer switch or resume) is invisible to the subscriber's decoder. Video starts on a
+keyframe: until one arrives, packets are dropped (a decoder fed a delta frame first shows
+garbage or nothing).
+
+Drops are guard clauses, each counted under its reason.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from mediaserver import metrics
+from mediaserver.quality.rtpstats import SendStats
+from mediaserver.sfu.rtp import (
+    RtpPacket,
+    abs_send_time_from_seconds,
+    build_rtp,
+    pack_transport_seq,
+)
+from mediaserver.sfu.seqnum import SEQ_MASK, OutputRewriter
+
+if TYPE_CHECKING:
+    from mediaserver.sfu.producer import Producer
+
+HISTORY_SIZE = 1024  # power of two
+HISTORY_MASK = HISTORY_SIZE - 1
+
+
+class DownstreamContext:
+    """What all consumers on one subscriber connection share."""
+
+    __slots__ = ("send_rtp", "twcc_seq")
+
+    def __init__(self, send_rtp: Callable[[bytes], bool]) -> None:
+        self.send_rtp = send_rtp
+        self.twcc_seq = random.randrange(1 << 16)
+
+
+class Consumer:
+    """One producer as delivered to one subscriber."""
+
+    def __init__(
+        self,
+        *,
+        producer: Producer,
+        subscriber_id: str,
+        context: DownstreamContext,
+        ssrc: int,
+        rtx_ssrc: int | None,
+        payload_type: int,
+        rtx_payload_type: int | None,
+        audio_level_id: int | None,
+        abs_send_time_id: int | None,
+        transport_cc_id: int | None,
+        mid: str,
+    ) -> None:
+        self.producer = producer
+        self.subscriber_id = subscriber_id
+        self.context = context
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self.payload_type = payload_type
+        self.rtx_payload_type = rtx_payload_type
+        self.mid = mid
+        self.kind = producer.kind
+        self.clock_rate = producer.codec.clock_rate
+        self._audio_level_id = audio_level_id
+        self._src_audio_level_id = producer.audio_level_id
+        self._abs_send_time_id = abs_send_time_id
+        self._transport_cc_id = transport_cc_id
+        self.rewriter = OutputRewriter(random.randrange(1 << 16), random.randrange(1 << 32))
+        self.paused = False
+        self.closed = False
+        self.waiting_keyframe = producer.kind == "video"
+        self.stats = SendStats()
+        self.remb_bitrate: int | None = None
+        self.last_sent_at: float | None = None
+        # Slot -> (output seq16, producer ext seq, output ts32) for NACK answers.
+        self._history: list[tuple[int, int, int] | None] = [None] * HISTORY_SIZE
+        self._rtx_seq = random.randrange(1 << 16)
+        self._packets_counter = metrics.PACKETS.labels(direction="out", kind=producer.kind)
+        self._bytes_counter = metrics.BYTES.labels(direction="out", kind=producer.kind)
+
+    # -- packet path -------------------------------------------------------------------
+
+    def forward(self, pkt: RtpPacket, ext_seq: int, ext_ts: int, keyframe: bool,
+                now: float) -> None:
+        if self.paused:
+            metrics.DROP["paused"].inc()
+            self.rewriter.skip(ext_seq)
+            return
+        if self.waiting_keyframe:
+            if not keyframe:
+                metrics.DROP["waiting_keyframe"].inc()
+                return
+            self.waiting_keyframe = False
+        if pkt.payload_end == pkt.payload_offset:
+            # Padding-only: a probe for the publisher's own estimator, not media.
+            metrics.DROP["padding"].inc()
+            self.rewriter.skip(ext_seq)
+            return
+        out = self.rewriter.rewrite(ext_seq, ext_ts)
+        if out is None:
+            metrics.DROP["too_old"].inc()
+            return
+        out_seq, out_ts = out
+        data = self._build(pkt, out_seq, out_ts, self.payload_type, self.ssrc, now)
+        self._history[out_seq & HISTORY_MASK] = (out_seq, ext_seq, out_ts)
+        if not self.context.send_rtp(data):
+            metrics.DROP["not_connected"].inc()
+            return
+        self.last_sent_at = now
+        stats = self.stats
+        stats.packets_sent += 1
+        stats.octets_sent += pkt.payload_end - pkt.payload_offset
+        self._packets_counter.inc()
+        self._bytes_counter.inc(len(data))
+
+    def _build(self, pkt: RtpPacket, seq: int, ts: int, pt: int, ssrc: int, now: float,
+               payload: bytes | memoryview | None = None) -> bytes:
+        exts: list[tuple[int, bytes]] = []
+        if self._audio_level_id and self._src_audio_level_id:
+            level = pkt.extensions.get(self._src_audio_level_id)
+            if level is not None:
+                exts.append((self._audio_level_id, level))
+        if self._abs_send_time_id:
+            exts.append((self._abs_send_time_id, abs_send_time_from_seconds(now)))
+        if self._transport_cc_id:
+            ctx = self.context
+            ctx.twcc_seq = (ctx.twcc_seq + 1) & SEQ_MASK
+            exts.append((self._transport_cc_id, pack_transport_seq(ctx.twcc_seq)))
+        if payload is None:
+            payload = memoryview(pkt.data)[pkt.payload_offset:pkt.payload_end]
+        return build_rtp(marker=pkt.marker, payload_type=pt, sequence_number=seq,
+                         timestamp=ts, ssrc=ssrc, extensions=exts, payload=payload)
+
+    # -- feedback from the subscriber ----------------------------------------------------
+
+    def on_nack(self, seqs: tuple[int, ...], now: float) -> None:
+        """Retransmit what the subscriber lost, from the producer's cache."""
+        for seq in seqs:
+            entry = self._history[seq & HISTORY_MASK]
+            if entry is None or entry[0] != seq:
+                metrics.RETRANSMIT_MISSING.inc()
+                continue
+            _, ext_seq, out_ts = entry
+            pkt = self.producer.cached(ext_seq)
+            if pkt is None:
+                metrics.RETRANSMIT_MISSING.inc()
+                continue
+            if self.rtx_payload_type is not None and self.rtx_ssrc is not None:
+                original = memoryview(pkt.data)[pkt.payload_offset:pkt.payload_end]
+                payload = seq.to_bytes(2, "big") + bytes(original)
+                self._rtx_seq = (self._rtx_seq + 1) & SEQ_MASK
+                data = self._build(pkt, self._rtx_seq, out_ts, self.rtx_payload_type,
+                                   self.rtx_ssrc, now, payload)
+            else:
+                data = self._build(pkt, seq, out_ts, self.payload_type, self.ssrc, now)
+            if self.context.send_rtp(data):
+                metrics.RETRANSMITTED.inc()
+
+    def on_keyframe_request(self, now: float) -> None:
+        self.producer.request_keyframe(now)
+
+    def sender_report_timestamp(self, now: float) -> int:
+        """The output RTP timestamp for ``now``, for this stream's sender report.
+
+        Taken from the publisher's own sender report when there is one, so that audio and
+        video of one publisher keep their relation (lip sync) through the SFU.
+        """
+        src = self.producer.rtp_timestamp_at(now)
+        if src is not None:
+            return (src + self.rewriter.ts_offset) & 0xFFFFFFFF
+        ts = self.rewriter.last_out_ts
+        if self.last_sent_at is not None:
+            ts += int((now - self.last_sent_at) * self.clock_rate)
+        return ts & 0xFFFFFFFF
+
+    def set_paused(self, paused: bool, now: float) -> None:
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if not paused:
+            gap = 1
+            if self.last_sent_at is not None:
+                gap = int((now - self.last_sent_at) * self.clock_rate)
+            self.rewriter.switch_source(gap)
+            if self.kind == "video":
+                self.waiting_keyframe = True
+                self.producer.request_keyframe(now)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.producer.remove_consumer(self)

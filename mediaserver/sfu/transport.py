@@ -1,0 +1,482 @@
+"""The SFU's two kinds of WebRTC connection per participant.
+
+- ``PublisherTransport``: the participant offers, we answer; its m-lines carry the tracks
+  it publishes. Each receiving transceiver becomes a Producer. Incoming RTP is routed by
+  SSRC (from SDP, or learnt from the mid header extension) straight to the Producer.
+- ``SubscriberTransport``: we offer, the participant answers; each sending transceiver is a
+  Consumer of some other participant's Producer. Renegotiated whenever the set of
+  consumed tracks changes.
+
+Both run one RTCP task (sender/receiver reports, REMB) and dispatch incoming RTCP to
+their producers/consumers. All aiortc internals go through ``aiortc_adapter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.sdp import SessionDescription
+
+from mediaserver import metrics
+from mediaserver.sfu import aiortc_adapter as adapter
+from mediaserver.sfu import rtcp
+from mediaserver.sfu.consumer import Consumer, DownstreamContext
+from mediaserver.sfu.producer import CodecInfo, Producer
+from mediaserver.sfu.rtp import parse_rtp, unpack_str
+
+log = logging.getLogger(__name__)
+
+RTCP_INTERVAL = 1.0  # seconds, randomised +-50 % (RFC 3550 6.2)
+REMB_INTERVAL = 1.0
+
+
+class NegotiationError(Exception):
+    """The peer's SDP could not be applied (bad SDP, no common codec)."""
+
+
+def _codec_info(codecs: list[Any]) -> CodecInfo | None:
+    main = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
+    if main is None:
+        return None
+    rtx = next((c for c in codecs if c.mimeType.lower().endswith("/rtx")
+                and c.parameters.get("apt") == main.payloadType), None)
+    return CodecInfo(
+        mime_type=main.mimeType,
+        clock_rate=main.clockRate,
+        payload_type=main.payloadType,
+        rtx_payload_type=rtx.payloadType if rtx else None,
+        channels=main.channels,
+        parameters=tuple((k, str(v)) for k, v in main.parameters.items()),
+        rtcp_feedback=tuple(f"{f.type} {f.parameter or ''}".strip() for f in main.rtcpFeedback),
+    )
+
+
+def _ext_id(extensions: list[Any], uri: str) -> int | None:
+    return next((e.id for e in extensions if e.uri == uri), None)
+
+
+def _preferred_codec(codec: Any) -> bool:
+    return codec.mimeType.lower() in ("audio/opus", "video/vp8")
+
+
+class PeerTransport:
+    """An RTCPeerConnection used by the SFU for packets only (no decoding, no encoding)."""
+
+    def __init__(self, policy: adapter.CandidatePolicy) -> None:
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        self.policy = policy
+        self.sender: adapter.PacketSender | None = None
+        self.closed = False
+        self._rtcp_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def connection_state(self) -> str:
+        return str(self.pc.connectionState)
+
+    def _prepare(self) -> None:
+        adapter.make_inert(self.pc)
+        adapter.apply_candidate_policy(self.pc, self.policy)
+
+    def _after_local_description(self) -> None:
+        adapter.hook_packets(self.pc, self.on_rtp, self.on_rtcp)
+        if self.sender is None:
+            self.sender = adapter.packet_sender(self.pc)
+        if self._rtcp_task is None:
+            self._rtcp_task = asyncio.create_task(self._rtcp_loop())
+
+    def send_rtp(self, data: bytes) -> bool:
+        sender = self.sender
+        return sender is not None and sender.send_rtp(data)
+
+    def send_rtcp(self, data: bytes) -> bool:
+        sender = self.sender
+        return sender is not None and sender.send_rtcp(data)
+
+    async def add_ice_candidate(self, candidate: Any) -> None:
+        await self.pc.addIceCandidate(candidate)
+
+    def on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        metrics.DROP["unknown_ssrc"].inc()
+
+    def on_rtcp(self, data: bytes) -> None:
+        pass
+
+    def rtcp_report(self, now: float) -> bytes | None:
+        return None
+
+    async def _rtcp_loop(self) -> None:
+        try:
+            while not self.closed:
+                await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))
+                packet = self.rtcp_report(time.monotonic())
+                if packet:
+                    self.send_rtcp(packet)
+        except asyncio.CancelledError:
+            pass
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._rtcp_task is not None:
+            self._rtcp_task.cancel()
+        await self.pc.close()
+
+
+@dataclass
+class PublishedTrack:
+    """A track found in a publisher's offer, before the room gives it an id."""
+
+    mid: str
+    kind: str
+    codec: CodecInfo
+    ssrc: int | None
+    rtx_ssrc: int | None
+    rtcp_ssrc: int
+    audio_level_id: int | None
+
+
+class PublisherTransport(PeerTransport):
+    """The connection a participant publishes on (client offers, SFU answers)."""
+
+    def __init__(self, policy: adapter.CandidatePolicy) -> None:
+        super().__init__(policy)
+        self.by_ssrc: dict[int, Producer] = {}
+        self.by_rtx_ssrc: dict[int, Producer] = {}
+        self.by_mid: dict[str, Producer] = {}
+        self._mid_ext_id: int | None = None
+        self._rtcp_ssrc = 0
+        self._last_remb = 0.0
+
+    async def handle_offer(self, sdp: str) -> tuple[str, list[PublishedTrack], list[str]]:
+        """Apply an offer; return (answer sdp, tracks newly sent, mids no longer sent)."""
+        async with self._lock:
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            except Exception as exc:  # aiortc raises ValueError, OperationError, ...
+                raise NegotiationError(f"cannot apply offer: {exc}") from exc
+            for t in self.pc.getTransceivers():
+                adapter.restrict_codecs(t, _preferred_codec)
+            self._prepare()
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+            self._after_local_description()
+            remote = SessionDescription.parse(sdp)
+            return self.pc.localDescription.sdp, *self._diff_tracks(remote)
+
+    def _diff_tracks(self, remote: SessionDescription) -> tuple[list[PublishedTrack], list[str]]:
+        added: list[PublishedTrack] = []
+        removed: list[str] = []
+        media_by_mid = {m.rtp.muxId: m for m in remote.media}
+        for t in self.pc.getTransceivers():
+            media = media_by_mid.get(t.mid) if t.mid else None
+            if media is None or t.mid is None:
+                continue
+            sending = media.direction in ("sendrecv", "sendonly") and media.port != 0
+            if not sending:
+                if t.mid in self.by_mid:
+                    removed.append(t.mid)
+                continue
+            if t.mid in self.by_mid:
+                continue
+            codecs, extensions = adapter.negotiated(t)
+            codec = _codec_info(codecs)
+            if codec is None:
+                continue
+            self._mid_ext_id = _ext_id(extensions, adapter.EXT_MID) or self._mid_ext_id
+            ssrc = rtx_ssrc = None
+            if media.ssrc:
+                ssrc = media.ssrc[0].ssrc
+                for group in media.ssrc_group:
+                    if group.semantic == "FID" and len(group.items) == 2:
+                        ssrc, rtx_ssrc = int(group.items[0]), int(group.items[1])
+            self._rtcp_ssrc = adapter.sender_ssrcs(t)[0]
+            added.append(PublishedTrack(
+                mid=t.mid, kind=t.kind, codec=codec, ssrc=ssrc, rtx_ssrc=rtx_ssrc,
+                rtcp_ssrc=self._rtcp_ssrc,
+                audio_level_id=_ext_id(extensions, adapter.EXT_AUDIO_LEVEL)))
+        return added, removed
+
+    def attach(self, producer: Producer) -> None:
+        self.by_mid[producer.mid] = producer
+        if producer.ssrc is not None:
+            self.by_ssrc[producer.ssrc] = producer
+        if producer.rtx_ssrc is not None:
+            self.by_rtx_ssrc[producer.rtx_ssrc] = producer
+
+    def detach(self, producer: Producer) -> None:
+        for ssrc_table in (self.by_ssrc, self.by_rtx_ssrc):
+            for ssrc in [k for k, v in ssrc_table.items() if v is producer]:
+                del ssrc_table[ssrc]
+        self.by_mid.pop(producer.mid, None)
+
+    def on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        pkt = parse_rtp(data)
+        if pkt is None:
+            metrics.DROP["malformed_rtp"].inc()
+            return
+        now = time.monotonic()
+        producer = self.by_ssrc.get(pkt.ssrc)
+        if producer is not None:
+            if pkt.payload_type == producer.codec.payload_type:
+                producer.on_rtp(pkt, now)
+            elif pkt.payload_type == producer.codec.rtx_payload_type:
+                # Some senders put RTX on the media SSRC's group only via PT.
+                producer.on_rtx(pkt, now)
+            else:
+                metrics.DROP["unknown_ssrc"].inc()
+            return
+        producer = self.by_rtx_ssrc.get(pkt.ssrc)
+        if producer is not None:
+            producer.on_rtx(pkt, now)
+            return
+        self._learn_ssrc(pkt, now)
+
+    def _learn_ssrc(self, pkt: Any, now: float) -> None:
+        """An SSRC the SDP did not announce: map it by its mid header extension."""
+        mid_id = self._mid_ext_id
+        raw = pkt.extensions.get(mid_id) if mid_id else None
+        mid = unpack_str(raw) if raw else None
+        producer = self.by_mid.get(mid) if mid else None
+        if producer is None:
+            metrics.DROP["unknown_ssrc"].inc()
+            return
+        if pkt.payload_type == producer.codec.rtx_payload_type:
+            producer.rtx_ssrc = pkt.ssrc
+            self.by_rtx_ssrc[pkt.ssrc] = producer
+            producer.on_rtx(pkt, now)
+        elif pkt.payload_type == producer.codec.payload_type:
+            if producer.ssrc is not None:
+                self.by_ssrc.pop(producer.ssrc, None)
+            producer.ssrc = pkt.ssrc
+            producer.stats.ssrc = pkt.ssrc
+            self.by_ssrc[pkt.ssrc] = producer
+            producer.on_rtp(pkt, now)
+        else:
+            metrics.DROP["unknown_ssrc"].inc()
+
+    def on_rtcp(self, data: bytes) -> None:
+        packets, bad = rtcp.parse_rtcp(data)
+        if bad:
+            metrics.DROP["malformed_rtcp"].inc(bad)
+        now = time.monotonic()
+        for p in packets:
+            if isinstance(p, rtcp.SenderReport):
+                producer = self.by_ssrc.get(p.ssrc)
+                if producer is not None:
+                    producer.on_sender_report(p.ntp_timestamp, p.rtp_timestamp, now)
+
+    def rtcp_report(self, now: float) -> bytes | None:
+        producers = [p for p in self.by_mid.values() if p.ssrc is not None]
+        if not producers:
+            return None
+        blocks = []
+        for p in producers:
+            v = p.stats.report_block(now)
+            blocks.append(rtcp.ReportBlock(ssrc=v.ssrc, fraction_lost=v.fraction_lost,
+                                           packets_lost=v.packets_lost,
+                                           highest_seq=v.highest_seq, jitter=v.jitter,
+                                           lsr=v.lsr, dlsr=v.dlsr))
+        out = rtcp.build_rr(self._rtcp_ssrc, blocks[:31])
+        out += rtcp.build_sdes(self._rtcp_ssrc, "mediaserver")
+        remb = self.remb_packet()
+        if remb:
+            out += remb
+        return out
+
+    def remb_packet(self) -> bytes | None:
+        """REMB towards the publisher: the tightest of its subscribers' estimates."""
+        estimates = []
+        ssrcs = []
+        for p in self.by_mid.values():
+            if p.is_video and p.ssrc is not None:
+                bitrate = p.update_remb()
+                if bitrate:
+                    estimates.append(bitrate)
+                    ssrcs.append(p.ssrc)
+        if not estimates:
+            return None
+        metrics.RTCP.labels(direction="out", type="remb").inc()
+        return rtcp.build_remb(self._rtcp_ssrc, min(estimates), ssrcs)
+
+    def relay_remb_now(self, now: float) -> None:
+        """Pass a subscriber's falling estimate on at once rather than at the next report."""
+        if now - self._last_remb < 0.2:
+            return
+        self._last_remb = now
+        packet = self.remb_packet()
+        if packet:
+            self.send_rtcp(packet)
+
+
+class SubscriberTransport(PeerTransport):
+    """The connection a participant receives on (SFU offers, client answers)."""
+
+    def __init__(self, policy: adapter.CandidatePolicy, subscriber_id: str) -> None:
+        super().__init__(policy)
+        self.subscriber_id = subscriber_id
+        self.context = DownstreamContext(self.send_rtp)
+        self.consumers: dict[str, Consumer] = {}  # by mid
+        self.by_ssrc: dict[int, Consumer] = {}
+        self._pending: dict[str, Producer] = {}  # mid -> producer awaiting the answer
+        self._rtcp_ssrc: int | None = None
+        self._on_remb: Callable[[Producer, float], None] | None = None
+
+    def set_remb_listener(self, listener: Callable[[Producer, float], None]) -> None:
+        self._on_remb = listener
+
+    async def create_offer(self, add: list[Producer], remove: list[str]) -> str:
+        """Offer with transceivers added for ``add`` and those of ``remove`` (mids) stopped."""
+        for mid in remove:
+            consumer = self.consumers.pop(mid, None)
+            if consumer is not None:
+                self.by_ssrc.pop(consumer.ssrc, None)
+                consumer.close()
+            for t in self.pc.getTransceivers():
+                if t.mid == mid:
+                    t.direction = "inactive"
+        new_transceivers = []
+        for producer in add:
+            t = self.pc.addTransceiver(producer.kind, direction="sendonly")
+            caps = RTCRtpSender.getCapabilities(producer.kind).codecs
+            prefs = [c for c in caps if _same_codec(c, producer.codec)]
+            if producer.kind == "video":
+                prefs += [c for c in caps if c.mimeType.lower() == "video/rtx"]
+            t.setCodecPreferences(prefs)
+            new_transceivers.append((t, producer))
+        self._prepare()
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        self._after_local_description()
+        for t, producer in new_transceivers:
+            if t.mid is not None:
+                self._pending[t.mid] = producer
+        if self._rtcp_ssrc is None and self.pc.getTransceivers():
+            self._rtcp_ssrc = adapter.sender_ssrcs(self.pc.getTransceivers()[0])[0]
+        return self.pc.localDescription.sdp
+
+    async def handle_answer(self, sdp: str, now: float) -> list[Consumer]:
+        """Apply the answer; return the consumers that now exist (not yet attached)."""
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except Exception as exc:
+            raise NegotiationError(f"cannot apply answer: {exc}") from exc
+        created = []
+        for t in self.pc.getTransceivers():
+            producer = self._pending.pop(t.mid, None) if t.mid else None
+            if producer is None or producer.closed or t.mid is None:
+                continue
+            codecs, extensions = adapter.negotiated(t)
+            info = _codec_info(codecs)
+            if info is None:
+                continue
+            ssrc, rtx_ssrc = adapter.sender_ssrcs(t)
+            consumer = Consumer(
+                producer=producer, subscriber_id=self.subscriber_id, context=self.context,
+                ssrc=ssrc, rtx_ssrc=rtx_ssrc if info.rtx_payload_type is not None else None,
+                payload_type=info.payload_type, rtx_payload_type=info.rtx_payload_type,
+                audio_level_id=_ext_id(extensions, adapter.EXT_AUDIO_LEVEL),
+                abs_send_time_id=_ext_id(extensions, adapter.EXT_ABS_SEND_TIME),
+                transport_cc_id=_ext_id(extensions, adapter.EXT_TRANSPORT_CC),
+                mid=t.mid)
+            self.consumers[t.mid] = consumer
+            self.by_ssrc[ssrc] = consumer
+            if rtx_ssrc is not None:
+                self.by_ssrc.setdefault(rtx_ssrc, consumer)
+            created.append(consumer)
+        self._pending.clear()
+        return created
+
+    def on_rtcp(self, data: bytes) -> None:
+        packets, bad = rtcp.parse_rtcp(data)
+        if bad:
+            metrics.DROP["malformed_rtcp"].inc(bad)
+        now = time.monotonic()
+        for p in packets:
+            if isinstance(p, rtcp.Nack):
+                metrics.RTCP.labels(direction="in", type="nack").inc()
+                consumer = self.by_ssrc.get(p.media_ssrc)
+                if consumer is not None:
+                    consumer.on_nack(p.lost, now)
+            elif isinstance(p, rtcp.Pli):
+                metrics.RTCP.labels(direction="in", type="pli").inc()
+                consumer = self.by_ssrc.get(p.media_ssrc)
+                if consumer is not None:
+                    consumer.on_keyframe_request(now)
+            elif isinstance(p, rtcp.Fir):
+                metrics.RTCP.labels(direction="in", type="fir").inc()
+                for ssrc, _ in p.entries:
+                    consumer = self.by_ssrc.get(ssrc)
+                    if consumer is not None:
+                        consumer.on_keyframe_request(now)
+            elif isinstance(p, rtcp.Remb):
+                metrics.RTCP.labels(direction="in", type="remb").inc()
+                self._on_remb_packet(p, now)
+            elif isinstance(p, rtcp.TransportFeedback):
+                metrics.RTCP.labels(direction="in", type="twcc").inc()
+            elif isinstance(p, (rtcp.ReceiverReport, rtcp.SenderReport)):
+                ntp_now = rtcp.ntp_middle32(rtcp.ntp_from_seconds(time.time()))
+                for block in p.reports:
+                    consumer = self.by_ssrc.get(block.ssrc)
+                    if consumer is not None:
+                        consumer.stats.on_receiver_report(
+                            block.lsr, block.dlsr, block.fraction_lost, block.packets_lost,
+                            ntp_now)
+                        if consumer.stats.rtt is not None:
+                            consumer.producer.rtt = max(0.02, consumer.stats.rtt)
+
+    def _on_remb_packet(self, p: rtcp.Remb, now: float) -> None:
+        touched = set()
+        for ssrc in p.ssrcs:
+            consumer = self.by_ssrc.get(ssrc)
+            if consumer is not None:
+                before = consumer.remb_bitrate
+                consumer.remb_bitrate = p.bitrate
+                if before is None or p.bitrate < before * 0.9:
+                    touched.add(consumer.producer)
+        if self._on_remb:
+            for producer in touched:
+                self._on_remb(producer, now)
+
+    def rtcp_report(self, now: float) -> bytes | None:
+        if not self.consumers or self._rtcp_ssrc is None:
+            return None
+        wall = time.time()
+        ntp = rtcp.ntp_from_seconds(wall)
+        out = b""
+        for consumer in self.consumers.values():
+            if consumer.stats.packets_sent == 0:
+                continue
+            out += rtcp.build_sr(consumer.ssrc, ntp, consumer.sender_report_timestamp(now),
+                                 consumer.stats.packets_sent & 0xFFFFFFFF,
+                                 consumer.stats.octets_sent & 0xFFFFFFFF)
+        if not out:
+            return None
+        return out + rtcp.build_sdes(self._rtcp_ssrc, "mediaserver")
+
+    async def close(self) -> None:
+        for consumer in self.consumers.values():
+            consumer.close()
+        self.consumers.clear()
+        await super().close()
+
+
+def _same_codec(capability: Any, codec: CodecInfo) -> bool:
+    if capability.mimeType.lower() != codec.mime_type.lower():
+        return False
+    if codec.name != "H264":
+        return True
+    params = dict(codec.parameters)
+    return (str(capability.parameters.get("packetization-mode")) == params.get("packetization-mode")
+            and str(capability.parameters.get("profile-level-id", ""))[:2]
+            == params.get("profile-level-id", "")[:2])

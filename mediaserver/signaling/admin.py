@@ -1,0 +1,116 @@
+"""Admin REST API (JSON) for the app's backend: rooms and their participants.
+
+Authentication: ``Authorization: Bearer <token>`` where the token is an access token with
+the ``admin`` grant, signed with one of the node's API keys (``mediaserver token create
+--admin``). Errors are ``{"code": ..., "message": ...}`` with a fitting HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from mediaserver.config import Config
+from mediaserver.rooms import RoomError, RoomManager
+from mediaserver.tokens import SessionKind, TokenError, verify_token
+
+KINDS = tuple(k.value for k in SessionKind)
+ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_STATUS = {"room_not_found": 404, "participant_not_found": 404, "room_exists": 409}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"code": code, "message": message}, status=status)
+
+
+def add_routes(app: web.Application, config_key: web.AppKey[Config],
+               rooms_key: web.AppKey[RoomManager]) -> None:
+    def authed(handler: Callable[[web.Request, RoomManager], Awaitable[web.Response]]
+               ) -> Handler:
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            config = request.app[config_key]
+            header = request.headers.get("Authorization", "")
+            if not header.startswith("Bearer "):
+                return _error(401, "unauthorized", "missing Bearer token")
+            try:
+                claims = verify_token(header[7:].strip(), config.api_keys, now=time.time(),
+                                      audience=config.token_audience)
+            except TokenError as exc:
+                return _error(401, exc.code, exc.message)
+            if not claims.grants.admin:
+                return _error(403, "permission_denied", "the token has no admin grant")
+            try:
+                return await handler(request, request.app[rooms_key])
+            except RoomError as exc:
+                return _error(_STATUS.get(exc.code, 400), exc.code, exc.message)
+        return wrapper
+
+    app.router.add_get("/v1/rooms", authed(list_rooms))
+    app.router.add_post("/v1/rooms", authed(create_room))
+    app.router.add_get("/v1/rooms/{room}", authed(get_room))
+    app.router.add_delete("/v1/rooms/{room}", authed(end_room))
+    app.router.add_delete("/v1/rooms/{room}/participants/{identity}", authed(remove_participant))
+
+
+async def list_rooms(request: web.Request, rooms: RoomManager) -> web.Response:
+    return web.json_response({"rooms": [r.info() for r in rooms.rooms.values()]})
+
+
+async def create_room(request: web.Request, rooms: RoomManager) -> web.Response:
+    try:
+        body: Any = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "bad_json", "body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, "invalid_request", "body must be a JSON object")
+    name, kind = body.get("room"), body.get("kind", "one_to_one")
+    if not isinstance(name, str) or not ROOM_NAME.match(name):
+        return _error(400, "invalid_request", "room must be 1-128 of A-Z a-z 0-9 _ . -")
+    if kind not in KINDS:
+        return _error(400, "invalid_request", f"kind must be one of {', '.join(KINDS)}")
+    max_p = body.get("max_participants")
+    if max_p is not None and (not isinstance(max_p, int) or isinstance(max_p, bool)
+                              or max_p < 1):
+        return _error(400, "invalid_request", "max_participants must be a positive integer")
+    options = body.get("options", {})
+    if not isinstance(options, dict) or len(json.dumps(options)) > 4096:
+        return _error(400, "invalid_request", "options must be an object under 4 KiB")
+    room = rooms.create(name, kind, max_p, options)
+    room.persistent = True
+    return web.json_response(room.info(), status=201)
+
+
+async def get_room(request: web.Request, rooms: RoomManager) -> web.Response:
+    room = rooms.rooms.get(request.match_info["room"])
+    if room is None:
+        raise RoomError("room_not_found", "no such room")
+    info = room.info()
+    info["participants"] = [
+        {"participant_id": p.id, "identity": p.identity, "name": p.name, "role": p.role,
+         "joined_at": int(p.joined_at),
+         "tracks": [t["track_id"] for t in p.info()["tracks"]]}
+        for p in room.participants.values()]
+    return web.json_response(info)
+
+
+async def end_room(request: web.Request, rooms: RoomManager) -> web.Response:
+    await rooms.end(request.match_info["room"])
+    return web.json_response({"ended": True})
+
+
+async def remove_participant(request: web.Request, rooms: RoomManager) -> web.Response:
+    room = rooms.rooms.get(request.match_info["room"])
+    if room is None:
+        raise RoomError("room_not_found", "no such room")
+    p = room.by_identity(request.match_info["identity"])
+    if p is None:
+        raise RoomError("participant_not_found", "no such participant in the room")
+    await rooms.leave(room, p, reason="removed_by_admin")
+    return web.json_response({"removed": True})

@@ -1,0 +1,106 @@
+"""Signalling protocol v1: message shapes, validation and error codes (no I/O).
+
+Every client message is a JSON object with a ``type`` and usually an ``id`` (the client's
+request id, echoed in the reply so the client can match them). Validation is strict:
+unknown types, missing or mistyped fields and oversized values get an ``error`` reply
+with a stable ``code``; the connection survives. docs/protocol.md describes every message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# Stable error codes (documented in docs/protocol.md).
+BAD_JSON = "bad_json"
+MESSAGE_TOO_LARGE = "message_too_large"
+INVALID_MESSAGE = "invalid_message"
+UNKNOWN_TYPE = "unknown_type"
+NOT_JOINED = "not_joined"
+ALREADY_JOINED = "already_joined"
+UNSUPPORTED_VERSION = "unsupported_version"
+PERMISSION_DENIED = "permission_denied"
+JOIN_TIMEOUT = "join_timeout"
+INTERNAL_ERROR = "internal_error"
+
+MAX_SDP = 64 * 1024
+MAX_ID = 64
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+# type -> {field: (python type(s), required, max length for str/list)}
+_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool, int]]] = {
+    "join": {"token": ((str,), True, 4096), "protocol": ((int,), False, 0),
+             "room": ((str,), False, 128)},
+    "publish_offer": {"sdp": ((str,), True, MAX_SDP), "tracks": ((list,), False, 32)},
+    "subscriber_answer": {"sdp": ((str,), True, MAX_SDP)},
+    "candidate": {"target": ((str,), True, 16), "candidate": ((dict, type(None)), True, 0)},
+    "unpublish": {"track_id": ((str,), True, 64)},
+    "mute": {"track_id": ((str,), True, 64), "muted": ((bool,), True, 0)},
+    "leave": {},
+    "ping": {"timestamp": ((int, float), False, 0)},
+}
+MESSAGE_TYPES = frozenset(_FIELDS)
+
+
+def decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
+    """Parse and validate one client message; raise ProtocolError on any problem."""
+    if len(raw) > max_bytes:
+        raise ProtocolError(MESSAGE_TOO_LARGE, f"message exceeds {max_bytes} bytes")
+    try:
+        msg = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(BAD_JSON, "message is not valid JSON") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object")
+    request_id = msg.get("id")
+    if request_id is not None and not (
+        isinstance(request_id, int | str) and not isinstance(request_id, bool)
+        and len(str(request_id)) <= MAX_ID
+    ):
+        raise ProtocolError(INVALID_MESSAGE, "id must be a string or integer of at most "
+                            f"{MAX_ID} characters")
+    mtype = msg.get("type")
+    if not isinstance(mtype, str):
+        raise ProtocolError(INVALID_MESSAGE, "type is missing", request_id)
+    fields = _FIELDS.get(mtype)
+    if fields is None:
+        raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {mtype[:32]!r}", request_id)
+    for name, (types, required, max_len) in fields.items():
+        if name not in msg:
+            if required:
+                raise ProtocolError(INVALID_MESSAGE, f"{mtype}: {name} is required", request_id)
+            continue
+        value = msg[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ProtocolError(INVALID_MESSAGE, f"{mtype}: {name} has the wrong type",
+                                request_id)
+        if max_len and isinstance(value, str | list) and len(value) > max_len:
+            raise ProtocolError(INVALID_MESSAGE, f"{mtype}: {name} is too long", request_id)
+    if mtype == "candidate" and msg["target"] not in ("publisher", "subscriber"):
+        raise ProtocolError(INVALID_MESSAGE, "candidate: target must be publisher or subscriber",
+                            request_id)
+    return msg
+
+
+def error(code: str, message: str, request_id: Any = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if request_id is not None:
+        out["id"] = request_id
+    return out
+
+
+def reply(msg_type: str, request_id: Any, **fields: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": msg_type, **fields}
+    if request_id is not None:
+        out["id"] = request_id
+    return out

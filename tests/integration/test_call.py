@@ -1,0 +1,69 @@
+"""A real 1:1 therapy call: two aiortc peers over UDP on loopback through the server."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from loadtest.client import SignalClient
+from loadtest.media import SineAudioTrack, SyntheticVideoTrack, dominant_frequency
+from mediaserver.sfu.aiortc_adapter import _InertReceiver, _InertSender
+from tests.conftest import wait_until
+
+THERAPIST = {"color": (220, 40, 40), "tone": 440.0}
+CLIENT = {"color": (40, 40, 220), "tone": 1000.0}
+
+
+def _close(a: tuple[int, int, int], b: tuple[int, int, int], tol: int = 40) -> bool:
+    return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
+
+
+async def test_one_to_one_call_each_side_sees_and_hears_the_other(server):
+    therapist = SignalClient(server.ws_url, server.token("room-1", "t1", role="host"))
+    client = SignalClient(server.ws_url, server.token("room-1", "c1"))
+    try:
+        joined = await therapist.connect()
+        assert joined["type"] == "joined", joined
+        assert (await client.connect())["type"] == "joined"
+        await therapist.publish(SyntheticVideoTrack(THERAPIST["color"]),
+                                SineAudioTrack(THERAPIST["tone"]))
+        await client.publish(SyntheticVideoTrack(CLIENT["color"]), SineAudioTrack(CLIENT["tone"]))
+
+        def frames(c: SignalClient, other: SignalClient, kind: str) -> int:
+            return sum(r.frames for r in c.tracks_from(other.participant_id, kind))
+
+        await wait_until(lambda: frames(therapist, client, "video") >= 50
+                         and frames(client, therapist, "video") >= 50,
+                         timeout=60, message="50 decoded video frames each way")
+        await wait_until(lambda: frames(therapist, client, "audio") >= 50
+                         and frames(client, therapist, "audio") >= 50,
+                         timeout=30, message="audio both ways")
+
+        # Each side's pictures are the other's: colour and rising frame numbers.
+        (tv,) = therapist.tracks_from(client.participant_id, "video")
+        (cv,) = client.tracks_from(therapist.participant_id, "video")
+        assert _close(tv.colors[-1], CLIENT["color"]), tv.colors[-1]
+        assert _close(cv.colors[-1], THERAPIST["color"]), cv.colors[-1]
+        assert tv.last_frame_numbers[-1] > tv.last_frame_numbers[0]
+        # ... and each hears the other's tone.
+        (ta,) = therapist.tracks_from(client.participant_id, "audio")
+        (ca,) = client.tracks_from(therapist.participant_id, "audio")
+        heard_by_therapist = dominant_frequency(np.concatenate(ta.audio[-25:]), ta.audio_rate)
+        heard_by_client = dominant_frequency(np.concatenate(ca.audio[-25:]), ca.audio_rate)
+        assert abs(heard_by_therapist - CLIENT["tone"]) < 30, heard_by_therapist
+        assert abs(heard_by_client - THERAPIST["tone"]) < 30, heard_by_client
+
+        # No decoder or encoder on the server's path: its receivers and senders are the
+        # inert kind, and the only decoder threads are the two clients' (2 tracks each).
+        room = server.rooms.rooms["room-1"]
+        for p in room.participants.values():
+            for transport in (p.publisher, p.subscriber):
+                for t in transport.pc.getTransceivers():
+                    assert type(t.receiver) is _InertReceiver
+                    assert type(t.sender) is _InertSender
+        decoders = [t for t in threading.enumerate() if t.name.endswith("-decoder")]
+        assert len(decoders) == 4, [t.name for t in decoders]
+    finally:
+        await therapist.close()
+        await client.close()
