@@ -8,6 +8,7 @@ import numpy as np
 
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack, SyntheticVideoTrack, dominant_frequency
+from mediaserver import metrics
 from mediaserver.sfu.aiortc_adapter import _InertReceiver, _InertSender
 from tests.conftest import wait_until
 
@@ -17,6 +18,10 @@ CLIENT = {"color": (40, 40, 220), "tone": 1000.0}
 
 def _close(a: tuple[int, int, int], b: tuple[int, int, int], tol: int = 40) -> bool:
     return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
+
+
+async def _has(types_coro, wanted: str) -> bool:
+    return wanted in await types_coro
 
 
 async def test_one_to_one_call_each_side_sees_and_hears_the_other(server):
@@ -64,6 +69,29 @@ async def test_one_to_one_call_each_side_sees_and_hears_the_other(server):
                     assert type(t.sender) is _InertSender
         decoders = [t for t in threading.enumerate() if t.name.endswith("-decoder")]
         assert len(decoders) == 4, [t.name for t in decoders]
+
+        # The extensions we forward are negotiated on the subscriber connection.
+        sdp = client.subscriber.remoteDescription.sdp
+        for uri in ("ssrc-audio-level", "abs-send-time", "transport-wide-cc"):
+            assert uri in sdp, uri
+
+        # RTCP: subscribers get sender reports from the SFU (lip sync needs them), the
+        # publisher gets receiver reports about its streams, and the subscriber's bandwidth
+        # estimate (REMB) travels back to the publisher.
+        async def stat_types(pc) -> set[str]:
+            report = await pc.getStats()
+            return {s.type for s in report.values()}
+
+        await wait_until(lambda: stat_types(client.subscriber), timeout=5)
+        await wait_until(
+            lambda: _has(stat_types(client.subscriber), "remote-outbound-rtp"),
+            timeout=15, message="sender reports from the SFU")
+        await wait_until(
+            lambda: _has(stat_types(therapist.publisher), "remote-inbound-rtp"),
+            timeout=15, message="receiver reports to the publisher")
+        remb_out = metrics.RTCP.labels(direction="out", type="remb")
+        await wait_until(lambda: remb_out._value.get() > 0, timeout=15,
+                         message="REMB relayed to the publisher")
     finally:
         await therapist.close()
         await client.close()
