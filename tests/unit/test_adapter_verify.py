@@ -26,7 +26,7 @@ async def test_verify_names_a_renamed_instance_attribute(monkeypatch):
 
 async def test_verify_rejects_another_aiortc_version(monkeypatch):
     monkeypatch.setattr(aiortc_adapter.aiortc, "__version__", "9.9.9")
-    with pytest.raises(aiortc_adapter.AdapterError, match="aiortc 9.9.9 installed"):
+    with pytest.raises(aiortc_adapter.AdapterError, match=r"aiortc 9\.9\.9 installed"):
         aiortc_adapter.verify()
 
 
