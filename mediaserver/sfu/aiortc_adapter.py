@@ -259,19 +259,18 @@ class PacketSender:
     def send_rtp(self, data: bytes) -> bool:
         if self._protect is None and not self._ready():
             return False
-        pair = self._connection._nominated.get(1)
-        if pair is None or pair.protocol.transport is None:
-            return False
-        pair.protocol.transport.sendto(self._protect(data), pair.remote_addr)  # type: ignore[misc]
-        return True
+        return self._sendto(self._protect(data))  # type: ignore[misc]
 
     def send_rtcp(self, data: bytes) -> bool:
         if self._protect_rtcp is None and not self._ready():
             return False
+        return self._sendto(self._protect_rtcp(data))  # type: ignore[misc]
+
+    def _sendto(self, protected: bytes) -> bool:
         pair = self._connection._nominated.get(1)
         if pair is None or pair.protocol.transport is None:
             return False
-        pair.protocol.transport.sendto(self._protect_rtcp(data), pair.remote_addr)  # type: ignore[misc]
+        pair.protocol.transport.sendto(protected, pair.remote_addr)
         return True
 
 

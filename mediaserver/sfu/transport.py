@@ -109,6 +109,13 @@ class PeerTransport:
         metrics.DROP["unknown_ssrc"].inc()
 
     def on_rtcp(self, data: bytes) -> None:
+        packets, bad = rtcp.parse_rtcp(data)
+        if bad:
+            metrics.DROP["malformed_rtcp"].inc(bad)
+        if packets:
+            self.handle_rtcp(packets, time.monotonic())
+
+    def handle_rtcp(self, packets: list[Any], now: float) -> None:
         pass
 
     def rtcp_report(self, now: float) -> bytes | None:
@@ -265,11 +272,7 @@ class PublisherTransport(PeerTransport):
         else:
             metrics.DROP["unknown_ssrc"].inc()
 
-    def on_rtcp(self, data: bytes) -> None:
-        packets, bad = rtcp.parse_rtcp(data)
-        if bad:
-            metrics.DROP["malformed_rtcp"].inc(bad)
-        now = time.monotonic()
+    def handle_rtcp(self, packets: list[Any], now: float) -> None:
         for p in packets:
             if isinstance(p, rtcp.SenderReport):
                 producer = self.by_ssrc.get(p.ssrc)
@@ -397,11 +400,7 @@ class SubscriberTransport(PeerTransport):
         self._pending.clear()
         return created
 
-    def on_rtcp(self, data: bytes) -> None:
-        packets, bad = rtcp.parse_rtcp(data)
-        if bad:
-            metrics.DROP["malformed_rtcp"].inc(bad)
-        now = time.monotonic()
+    def handle_rtcp(self, packets: list[Any], now: float) -> None:
         for p in packets:
             if isinstance(p, rtcp.Nack):
                 metrics.RTCP.labels(direction="in", type="nack").inc()
