@@ -29,7 +29,9 @@ def _aggregated_types(payload: bytes, first: int, skip: int) -> list[int]:
         end = pos + 2 + size
         if size <= skip or end > n:
             break  # a truncated or empty unit ends the packet; keep what was read
-        types.append(payload[pos + 2 + skip] & 0x1F)
+        t = payload[pos + 2 + skip] & 0x1F
+        if 0 < t < 24:  # only single NAL unit types may be aggregated
+            types.append(t)
         pos = end
     return types
 
@@ -38,7 +40,8 @@ def h264_nal_types(payload: bytes) -> list[int]:
     """NAL unit types in an H.264 RTP payload.
 
     A single NAL unit gives its type; an aggregation packet the types of its units; a
-    fragment (FU-A/B) the type of the unit it is a piece of. Reserved types give [].
+    fragment (FU-A/B) the type of the unit it is a piece of. Types outside 1..23 (unspecified,
+    reserved, or not allowed inside an aggregate or fragment) are left out.
     """
     if not payload:
         return []
@@ -48,7 +51,7 @@ def h264_nal_types(payload: bytes) -> list[int]:
     agg = _AGGREGATES.get(t)
     if agg is not None:
         return _aggregated_types(payload, agg[0], agg[1])
-    if (t == FU_A or t == FU_B) and len(payload) > 1:
+    if (t == FU_A or t == FU_B) and len(payload) > 1 and 0 < payload[1] & 0x1F < 24:
         return [payload[1] & 0x1F]
     return []
 

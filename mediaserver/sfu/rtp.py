@@ -32,6 +32,8 @@ _HEADER = struct.Struct("!BBHII")
 _U16X2 = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_BYTE = tuple(bytes((i,)) for i in range(256))
+_ZEROS = (b"", b"\x00", b"\x00\x00", b"\x00\x00\x00")
 
 
 class RtpPacket:
@@ -104,16 +106,15 @@ def _parse_one_byte(data: bytes, pos: int, end: int) -> dict[int, bytes]:
     ext: dict[int, bytes] = {}
     while pos < end:
         b = data[pos]
-        if b == 0:  # padding between elements
+        if not 0x10 <= b < 0xF0:
+            if b:  # id 15 is reserved ("stop parsing"); id 0 may only be a padding byte
+                break
             pos += 1
             continue
-        xid = b >> 4
-        if xid == 15 or xid == 0:  # 15 is reserved ("stop parsing"); 0 is padding only
-            break
         value_end = pos + 2 + (b & 0x0F)
         if value_end > end:
             break
-        ext[xid] = data[pos + 1 : value_end]
+        ext[b >> 4] = data[pos + 1 : value_end]
         pos = value_end
     return ext
 
@@ -174,27 +175,31 @@ def parse_rtp(data: bytes) -> RtpPacket | None:
 
 
 def _pack_extensions(extensions: Sequence[tuple[int, bytes]]) -> bytes:
-    one_byte = True
+    parts: list[bytes] = []
     for xid, value in extensions:
         n = len(value)
         if not (0 < xid < 15 and 0 < n <= 16):
-            one_byte = False
-            if not (0 < xid < 256 and n < 256):
-                raise ValueError(f"RTP header extension {xid} with {n} bytes cannot be sent")
+            return _pack_two_byte(extensions)
+        parts.append(_BYTE[(xid << 4) | (n - 1)])
+        parts.append(value)
+    return _ext_block(ONE_BYTE_PROFILE, parts)
+
+
+def _pack_two_byte(extensions: Sequence[tuple[int, bytes]]) -> bytes:
     parts: list[bytes] = []
-    if one_byte:
-        profile = ONE_BYTE_PROFILE
-        for xid, value in extensions:
-            parts.append(bytes(((xid << 4) | (len(value) - 1),)))
-            parts.append(value)
-    else:
-        profile = TWO_BYTE_PROFILE
-        for xid, value in extensions:
-            parts.append(bytes((xid, len(value))))
-            parts.append(value)
+    for xid, value in extensions:
+        n = len(value)
+        if not (0 < xid < 256 and n < 256):
+            raise ValueError(f"RTP header extension {xid} with {n} bytes cannot be sent")
+        parts.append(_BYTE[xid] + _BYTE[n])
+        parts.append(value)
+    return _ext_block(TWO_BYTE_PROFILE, parts)
+
+
+def _ext_block(profile: int, parts: list[bytes]) -> bytes:
     body = b"".join(parts)
     pad = -len(body) & 3
-    return _U16X2.pack(profile, (len(body) + pad) >> 2) + body + b"\x00" * pad
+    return _U16X2.pack(profile, (len(body) + pad) >> 2) + body + _ZEROS[pad]
 
 
 def _header(

@@ -59,6 +59,8 @@ def fu(nal: bytes, start: bool, end: bool = False, fu_type: int = 28) -> bytes:
         (b"\x7c", [], False),  # FU indicator without FU header
         (b"\x60", [], False),  # type 0: unspecified
         (b"\x7e\x85", [], False),  # type 30: reserved
+        (b"\x7c\x80", [], False),  # FU of type 0
+        (stap([b"\x00\x01", b"\x78\x00", IDR]), [5], True),  # invalid units are left out
     ],
 )
 def test_table(payload: bytes, types: list[int], key: bool) -> None:
@@ -105,7 +107,7 @@ def test_aiortc_fu_a_fragments() -> None:
     assert len(aggregated) == 1 and h264_nal_types(aggregated[0]) == [7, 8, 5]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=40))
 def test_never_raises(payload: bytes) -> None:
     types = h264_nal_types(payload)
