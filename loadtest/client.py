@@ -122,12 +122,15 @@ class SignalClient:
 
     # -- media ---------------------------------------------------------------------------
 
-    async def publish(self, *tracks: MediaStreamTrack) -> dict[str, Any]:
+    async def publish(self, *tracks: MediaStreamTrack,
+                      codec_preferences: dict[str, list[Any]] | None = None) -> dict[str, Any]:
         pc = self.publisher
         if pc is None:
             pc = self.publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         for track in tracks:
-            pc.addTransceiver(track, direction="sendonly")
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            if codec_preferences and track.kind in codec_preferences:
+                transceiver.setCodecPreferences(codec_preferences[track.kind])
         aiortc_adapter.apply_candidate_policy(pc, self.policy)
         await pc.setLocalDescription(await pc.createOffer())
         meta = [{"mid": t.mid, "source": "camera" if t.kind == "video" else "microphone"}

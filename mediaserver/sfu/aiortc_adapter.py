@@ -40,16 +40,19 @@ from aiortc.codecs import CODECS, HEADER_EXTENSIONS
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
 
+from mediaserver.sfu.rtp import (
+    EXT_ABS_SEND_TIME,
+    EXT_AUDIO_LEVEL,
+    EXT_MID,
+    EXT_REPAIRED_RID,
+    EXT_RID,
+    EXT_TRANSPORT_CC,
+)
+
 log = logging.getLogger(__name__)
 
 AIORTC_VERSION = "1.16.0"
 
-EXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
-EXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
-EXT_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
-EXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
-EXT_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
-EXT_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 
 # With BUNDLE the extension id space is shared by audio and video: ids must not clash.
 _EXTENSION_IDS = {
