@@ -92,6 +92,15 @@ class TurnRestConfig:
 
 
 @dataclass(frozen=True)
+class RoomConfig:
+    """Limits that protect a session (seconds); a room's own options may lower them."""
+
+    empty_timeout: int = 60  # a room closes this long after the last person left
+    max_duration: int = 4 * 3600  # a session ends for everyone after this long
+    resume_grace: int = 30  # a dropped participant may resume within this time
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole server configuration, immutable once loaded."""
 
@@ -108,6 +117,8 @@ class Config:
     redis_url: str | None = None
     use_uvloop: bool = True
     token_audience: str = "mediaserver"
+    rooms: RoomConfig = field(default_factory=RoomConfig)
+    signal_idle_timeout: int = 60  # close a signalling socket silent this long
 
     def __post_init__(self) -> None:
         # frozen=True stops rebinding the field, not mutating the dict behind it.
@@ -138,6 +149,8 @@ class Config:
             "redis_url": _redact_url(self.redis_url),
             "use_uvloop": self.use_uvloop,
             "token_audience": self.token_audience,
+            "rooms": asdict(self.rooms),
+            "signal_idle_timeout": self.signal_idle_timeout,
         }
 
 
@@ -328,6 +341,11 @@ _SETTINGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("use_uvloop", "--no-uvloop", "USE_UVLOOP", {"dest": "use_uvloop", "action": "store_false",
                                                  "help": "use the stock asyncio event loop"}),
     ("token_audience", None, "TOKEN_AUDIENCE", {}),
+    ("rooms.empty_timeout", "--room-empty-timeout", "ROOM_EMPTY_TIMEOUT", {"metavar": "SECONDS"}),
+    ("rooms.max_duration", "--room-max-duration", "ROOM_MAX_DURATION", {"metavar": "SECONDS"}),
+    ("rooms.resume_grace", "--resume-grace", "RESUME_GRACE", {"metavar": "SECONDS"}),
+    ("signal_idle_timeout", "--signal-idle-timeout", "SIGNAL_IDLE_TIMEOUT",
+     {"metavar": "SECONDS"}),
 )  # fmt: skip
 ENV_VARS = {"MEDIASERVER_" + env: name for name, _, env, _ in _SETTINGS}  # variable -> setting
 _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typed)
@@ -336,7 +354,8 @@ _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typ
     if flag is not None
 }
 _FILE_KEYS = {  # TOML table -> keys allowed in it ("" is the top level)
-    "": {name for name, *_ in _SETTINGS if "." not in name} | {"media", "turn_rest"},
+    "": {name for name, *_ in _SETTINGS if "." not in name} | {"media", "turn_rest", "rooms"},
+    "rooms": {"empty_timeout", "max_duration", "resume_grace"},
     "media": {"bind_host", "port_min", "port_max", "announced_ip", "allow_loopback"},
     "turn_rest": {"urls", "shared_secret", "ttl_seconds"},
 }
@@ -407,7 +426,7 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
                     raise ConfigError(f"{name}:{shown} {bad.reason} (from {origin})") from None
         return default
 
-    d, dm = Config(), MediaConfig()
+    d, dm, dr = Config(), MediaConfig(), RoomConfig()
     dev = get("dev", _bool, False)
     lo, hi = get("media.port_range", _port_range, (dm.port_min, dm.port_max))
     media = MediaConfig(
@@ -448,6 +467,12 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
         redis_url=get("redis_url", _redis_url, None),
         use_uvloop=get("use_uvloop", _bool, d.use_uvloop),
         token_audience=get("token_audience", _word, d.token_audience),
+        rooms=RoomConfig(
+            empty_timeout=get("rooms.empty_timeout", _int(0, 86400), dr.empty_timeout),
+            max_duration=get("rooms.max_duration", _int(60, 7 * 86400), dr.max_duration),
+            resume_grace=get("rooms.resume_grace", _int(0, 3600), dr.resume_grace),
+        ),
+        signal_idle_timeout=get("signal_idle_timeout", _int(5, 3600), d.signal_idle_timeout),
     )
 
 

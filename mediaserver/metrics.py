@@ -2,7 +2,7 @@
 
 Labels have bounded cardinality: kinds, reasons, directions, never a room, participant
 or name. The packet path increments plain counters through pre-bound label children
-(``DROPS["no_consumer"].inc()``), which costs one method call, not a label lookup.
+(``DROP["unknown_ssrc"].inc()``), which costs one method call, not a label lookup.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from aiortc.codecs import CODECS, HEADER_EXTENSIONS
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
 
+from mediaserver import metrics
 from mediaserver.sfu.rtp import (
     EXT_ABS_SEND_TIME,
     EXT_AUDIO_LEVEL,
@@ -222,12 +223,14 @@ def hook_packets(pc: RTCPeerConnection, on_rtp: Callable[[bytes, int], None],
             try:
                 on_rtp(data, arrival_time_ms)
             except Exception:  # pragma: no cover - defensive, see docstring
+                metrics.DROP["handler_error"].inc()
                 log.exception("RTP handler failed")
 
         async def handle_rtcp(data: bytes) -> None:
             try:
                 on_rtcp(data)
             except Exception:  # pragma: no cover - defensive
+                metrics.DROP["handler_error"].inc()
                 log.exception("RTCP handler failed")
 
         dtls._handle_rtp_data = handle_rtp  # type: ignore[method-assign]
@@ -426,3 +429,8 @@ def drop_incoming(pc: RTCPeerConnection, should_drop: Callable[[bytes], bool]) -
 
         ice._recv = recv
         ice._sfu_lossy = True
+
+
+def drop_extension(transceiver: Any, uri: str) -> None:
+    """Leave a header extension out of the answer for this transceiver."""
+    transceiver._headerExtensions = [e for e in transceiver._headerExtensions if e.uri != uri]

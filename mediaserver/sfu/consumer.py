@@ -77,6 +77,7 @@ class Consumer:
         self._transport_cc_id = transport_cc_id
         self.rewriter = OutputRewriter(random.randrange(1 << 16), random.randrange(1 << 32))
         self.paused = False
+        self.disabled = False  # the subscriber asked not to receive this track for now
         self.closed = False
         self.waiting_keyframe = producer.kind == "video"
         self.stats = SendStats()
@@ -183,18 +184,26 @@ class Consumer:
             ts += int((now - self.last_sent_at) * self.clock_rate)
         return ts & 0xFFFFFFFF
 
+    def refresh_paused(self, now: float) -> None:
+        self.set_paused(self.producer.muted or self.disabled, now)
+
+    def source_changed(self, now: float) -> None:
+        """The producer's upstream stream restarted: continue the output seamlessly."""
+        gap = 1
+        if self.last_sent_at is not None:
+            gap = int((now - self.last_sent_at) * self.clock_rate)
+        self.rewriter.switch_source(gap)
+        self._history = [None] * HISTORY_SIZE
+        if self.kind == "video":
+            self.waiting_keyframe = True
+
     def set_paused(self, paused: bool, now: float) -> None:
         if paused == self.paused:
             return
         self.paused = paused
         if not paused:
-            gap = 1
-            if self.last_sent_at is not None:
-                gap = int((now - self.last_sent_at) * self.clock_rate)
-            self.rewriter.switch_source(gap)
-            if self.kind == "video":
-                self.waiting_keyframe = True
-                self.producer.request_keyframe(now)
+            self.source_changed(now)
+            self.producer.request_keyframe(now)
 
     def close(self) -> None:
         if self.closed:

@@ -25,6 +25,8 @@ from mediaserver.sfu.vp8 import parse_vp8
 
 if TYPE_CHECKING:
     from mediaserver.sfu.consumer import Consumer
+    from mediaserver.sfu.speakers import SpeakerDetector
+    from mediaserver.sfu.transport import PublishedTrack
 
 CACHE_SIZE = 1024  # a power of two; ~2 s of 500 kbps video, far more of audio
 CACHE_MASK = CACHE_SIZE - 1
@@ -77,6 +79,7 @@ class Producer:
         self.closed = False
         self.consumers: list[Consumer] = []
         self.audio_level_id = audio_level_id
+        self.speakers: SpeakerDetector | None = None
         self._send_rtcp = send_rtcp
         self._rtcp_ssrc = rtcp_ssrc
         self._seq = Unwrapper(16)
@@ -108,6 +111,11 @@ class Producer:
         self._packets_counter.inc()
         self._bytes_counter.inc(size)
         self.stats.on_packet(ext_seq, pkt.timestamp, size, now)
+        speakers = self.speakers
+        if speakers is not None and not self.muted and self.audio_level_id:
+            level = pkt.extensions.get(self.audio_level_id)
+            if level:
+                speakers.observe(self.participant_id, level[0] & 0x7F)
         self._deliver(pkt, ext_seq, ext_ts, now)
         nacks = self.nacks
         if nacks is not None:
@@ -200,6 +208,33 @@ class Producer:
         estimates = [c.remb_bitrate for c in self.consumers if c.remb_bitrate]
         self.remb_bitrate = min(estimates) if estimates else None
         return self.remb_bitrate
+
+    def set_muted(self, muted: bool, now: float) -> None:
+        """Stop (or resume) forwarding to every subscriber at once."""
+        self.muted = muted
+        for consumer in self.consumers:
+            consumer.refresh_paused(now)
+
+    def rebind(self, track: PublishedTrack, send_rtcp: Callable[[bytes], bool],
+               now: float) -> None:
+        """The same track arrives on a new publisher connection (after a resume).
+
+        Sequence numbers and timestamps start afresh upstream; each consumer switches
+        source so its subscriber sees one continuous stream, and video waits for a keyframe.
+        """
+        self.codec, self.ssrc, self.rtx_ssrc, self.mid = (
+            track.codec, track.ssrc, track.rtx_ssrc, track.mid)
+        self.audio_level_id = track.audio_level_id
+        self._send_rtcp, self._rtcp_ssrc = send_rtcp, track.rtcp_ssrc
+        self._seq, self._ts = Unwrapper(16), Unwrapper(32)
+        self._cache_seq = [-1] * CACHE_SIZE
+        self._cache = [None] * CACHE_SIZE
+        self.stats = ReceiveStats(track.ssrc or 0, track.codec.clock_rate)
+        self.nacks = NackTracker() if self.is_video else None
+        self.last_sr = None
+        for consumer in self.consumers:
+            consumer.source_changed(now)
+        self.request_keyframe(now)
 
     def add_consumer(self, consumer: Consumer, now: float) -> None:
         self.consumers.append(consumer)

@@ -30,7 +30,7 @@ from mediaserver.sfu import aiortc_adapter as adapter
 from mediaserver.sfu import rtcp
 from mediaserver.sfu.consumer import Consumer, DownstreamContext
 from mediaserver.sfu.producer import CodecInfo, Producer
-from mediaserver.sfu.rtp import parse_rtp, unpack_str
+from mediaserver.sfu.rtp import EXT_TRANSPORT_CC, parse_rtp, unpack_str
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,13 @@ class PublisherTransport(PeerTransport):
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:  # aiortc raises ValueError, OperationError, ...
                 raise NegotiationError(f"cannot apply offer: {exc}") from exc
+            if not self.pc.getTransceivers():
+                raise NegotiationError("the offer has no audio or video section")
             for t in self.pc.getTransceivers():
                 adapter.restrict_codecs(t, _preferred_codec)
+                # No transport-cc upstream until the SFU sends transport-wide feedback:
+                # a publisher using send-side estimation without it would starve.
+                adapter.drop_extension(t, EXT_TRANSPORT_CC)
             self._prepare()
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
@@ -331,7 +336,7 @@ class SubscriberTransport(PeerTransport):
         self.context = DownstreamContext(self.send_rtp)
         self.consumers: dict[str, Consumer] = {}  # by mid
         self.by_ssrc: dict[int, Consumer] = {}
-        self._pending: dict[str, Producer] = {}  # mid -> producer awaiting the answer
+        self.pending: dict[str, Producer] = {}  # mid -> producer awaiting the answer
         self._rtcp_ssrc: int | None = None
         self._on_remb: Callable[[Producer, float], None] | None = None
 
@@ -363,7 +368,7 @@ class SubscriberTransport(PeerTransport):
         self._after_local_description()
         for t, producer in new_transceivers:
             if t.mid is not None:
-                self._pending[t.mid] = producer
+                self.pending[t.mid] = producer
         if self._rtcp_ssrc is None and self.pc.getTransceivers():
             self._rtcp_ssrc = adapter.sender_ssrcs(self.pc.getTransceivers()[0])[0]
         return self.pc.localDescription.sdp
@@ -376,7 +381,7 @@ class SubscriberTransport(PeerTransport):
             raise NegotiationError(f"cannot apply answer: {exc}") from exc
         created = []
         for t in self.pc.getTransceivers():
-            producer = self._pending.pop(t.mid, None) if t.mid else None
+            producer = self.pending.pop(t.mid, None) if t.mid else None
             if producer is None or producer.closed or t.mid is None:
                 continue
             codecs, extensions = adapter.negotiated(t)
@@ -397,7 +402,7 @@ class SubscriberTransport(PeerTransport):
             if rtx_ssrc is not None:
                 self.by_ssrc.setdefault(rtx_ssrc, consumer)
             created.append(consumer)
-        self._pending.clear()
+        self.pending.clear()
         return created
 
     def handle_rtcp(self, packets: list[Any], now: float) -> None:
@@ -431,8 +436,6 @@ class SubscriberTransport(PeerTransport):
                         consumer.stats.on_receiver_report(
                             block.lsr, block.dlsr, block.fraction_lost, block.packets_lost,
                             ntp_now)
-                        if consumer.stats.rtt is not None:
-                            consumer.producer.rtt = max(0.02, consumer.stats.rtt)
 
     def _on_remb_packet(self, p: rtcp.Remb, now: float) -> None:
         touched = set()

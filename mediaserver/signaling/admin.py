@@ -46,6 +46,10 @@ def add_routes(app: web.Application, config_key: web.AppKey[Config],
                 return _error(401, exc.code, exc.message)
             if not claims.grants.admin:
                 return _error(403, "permission_denied", "the token has no admin grant")
+            room = request.match_info.get("room")
+            if claims.room is not None and (room is None or room != claims.room):
+                # An admin token minted for one room administers that room only.
+                return _error(403, "permission_denied", "the token is for another room")
             try:
                 return await handler(request, request.app[rooms_key])
             except RoomError as exc:

@@ -11,9 +11,11 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from aiortc.sdp import candidate_from_sdp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mediaserver import metrics
@@ -22,7 +24,7 @@ from mediaserver.rooms import Participant, Room, RoomError, RoomManager
 from mediaserver.sfu import aiortc_adapter
 from mediaserver.signaling import admin
 from mediaserver.signaling import protocol as proto
-from mediaserver.tokens import TokenError, verify_token
+from mediaserver.tokens import Claims, TokenError, verify_token
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ def create_app(config: Config) -> web.Application:
     aiortc_adapter.install()
     app = web.Application(client_max_size=1024 * 1024)
     app[CONFIG_KEY] = config
-    app[ROOMS_KEY] = RoomManager(candidate_policy(config), config.group_max_participants)
+    app[ROOMS_KEY] = RoomManager(candidate_policy(config), config.group_max_participants,
+                                 config.rooms)
     app[STATE_KEY] = {"ready": True, "sockets": set()}
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -78,7 +81,11 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 class SignalSession:
-    """One WebSocket client: before join it may only join; after, it talks to its room."""
+    """One WebSocket client: before join it may only join or resume; then it talks to its room.
+
+    When the socket drops without a ``leave``, the participant is kept for the resume
+    grace period (media keeps flowing) and can come back with ``resume``.
+    """
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
         self.app = request.app
@@ -89,43 +96,61 @@ class SignalSession:
         self.participant: Participant | None = None
         self.bad_messages = 0
         self._send_lock = asyncio.Lock()
+        self._closing = False
 
     async def send(self, msg: dict[str, Any]) -> None:
         if self.ws.closed:
             return
         async with self._send_lock:
             await self.ws.send_json(msg)
+        if msg.get("type") in ("removed", "denied"):
+            # The room let this participant go: nothing more to say on this socket.
+            self.participant = self.room = None
+            self._schedule_close(1000, b"removed")
+
+    def _schedule_close(self, code: int, reason: bytes) -> None:
+        if not self._closing:
+            self._closing = True
+            asyncio.get_running_loop().call_soon(
+                lambda: asyncio.ensure_future(self.ws.close(code=code, message=reason)))
 
     async def fail(self, code: str, message: str, request_id: Any = None) -> None:
         metrics.SIGNAL_ERRORS.labels(code=code).inc()
         await self.send(proto.error(code, message, request_id))
 
     async def run(self) -> None:
+        started = time.monotonic()
         try:
-            first = asyncio.ensure_future(self.ws.receive())
-            done, _ = await asyncio.wait({first}, timeout=JOIN_TIMEOUT)
-            if not done:
-                first.cancel()
-                await self.fail(proto.JOIN_TIMEOUT, "no join message within "
-                                f"{int(JOIN_TIMEOUT)} seconds")
-                return
-            msg: Any = first.result()
-            while True:
+            while not self.ws.closed:
+                timeout = float(self.config.signal_idle_timeout)
+                if self.participant is None:
+                    timeout = JOIN_TIMEOUT - (time.monotonic() - started)
+                    if timeout <= 0:
+                        await self.fail(proto.JOIN_TIMEOUT, "no join message within "
+                                        f"{int(JOIN_TIMEOUT)} seconds")
+                        return
+                try:
+                    msg = await self.ws.receive(timeout=timeout)
+                except TimeoutError:
+                    if self.participant is not None:
+                        await self.ws.close(code=1000, message=b"idle")
+                        return
+                    continue
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     await self.handle_raw(msg.data)
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
                                   WSMsgType.ERROR):
                     return
-                if self.ws.closed:
-                    return
-                msg = await self.ws.receive()
         finally:
-            await self.cleanup()
+            await self.detach()
 
-    async def cleanup(self) -> None:
-        if self.room is not None and self.participant is not None:
-            await self.rooms.leave(self.room, self.participant)
+    async def detach(self, leaving: bool = False) -> None:
+        room, p = self.room, self.participant
         self.room = self.participant = None
+        if room is None or p is None or p.closed:
+            return
+        if leaving or not room.disconnect(p):
+            await self.rooms.leave(room, p)
 
     async def handle_raw(self, raw: str | bytes) -> None:
         try:
@@ -139,11 +164,7 @@ class SignalSession:
         request_id = msg.get("id")
         try:
             await self.dispatch(msg, request_id)
-        except RoomError as exc:
-            await self.fail(exc.code, exc.message, request_id)
-        except proto.ProtocolError as exc:
-            await self.fail(exc.code, exc.message, request_id)
-        except TokenError as exc:
+        except (RoomError, proto.ProtocolError, TokenError) as exc:
             await self.fail(exc.code, exc.message, request_id)
         except Exception:
             log.exception("signalling handler failed")
@@ -152,35 +173,22 @@ class SignalSession:
     async def dispatch(self, msg: dict[str, Any], request_id: Any) -> None:
         mtype = msg["type"]
         if mtype == "ping":
-            await self.send(proto.reply("pong", request_id, timestamp=msg.get("timestamp")))
+            extra = {"timestamp": msg["timestamp"]} if "timestamp" in msg else {}
+            await self.send(proto.reply("pong", request_id, **extra))
             return
-        if mtype == "join":
-            await self.join(msg, request_id)
+        if mtype in ("join", "resume"):
+            await (self.join(msg, request_id) if mtype == "join" else
+                   self.resume(msg, request_id))
             return
         room, p = self.room, self.participant
         if room is None or p is None:
             raise proto.ProtocolError(proto.NOT_JOINED, "send join first")
-        if mtype == "publish_offer":
-            result = await room.publish_offer(p, msg["sdp"], msg.get("tracks") or [])
-            await self.send(proto.reply("publish_answer", request_id, **result))
-        elif mtype == "subscriber_answer":
-            room.subscriber_answer(p, msg["sdp"])
-            await self.send(proto.reply("ack", request_id))
-        elif mtype == "candidate":
-            await self.add_candidate(p, msg, request_id)
-        elif mtype == "unpublish":
-            await room.unpublish(p, msg["track_id"])
-            await self.send(proto.reply("ack", request_id))
-        elif mtype == "mute":
-            await room.set_muted(p, msg["track_id"], msg["muted"])
-            await self.send(proto.reply("ack", request_id))
-        elif mtype == "leave":
-            await self.send(proto.reply("ack", request_id))
-            await self.cleanup()
-            await self.ws.close()
+        handler = _HANDLERS[mtype]
+        result = await handler(self, room, p, msg)
+        if result is not None:
+            await self.send(proto.reply(result[0], request_id, **result[1]))
 
-    async def join(self, msg: dict[str, Any], request_id: Any) -> None:
-        started = time.monotonic()
+    def _claims(self, msg: dict[str, Any]) -> Claims:
         if self.participant is not None:
             raise proto.ProtocolError(proto.ALREADY_JOINED, "already joined")
         version = msg.get("protocol", proto.PROTOCOL_VERSION)
@@ -188,48 +196,175 @@ class SignalSession:
             raise proto.ProtocolError(proto.UNSUPPORTED_VERSION,
                                       f"protocol {version} not supported; this server speaks "
                                       f"{proto.PROTOCOL_VERSION}")
-        now = time.time()
-        claims = verify_token(msg["token"], self.config.api_keys, now=now,
+        claims = verify_token(msg["token"], self.config.api_keys, now=time.time(),
                               audience=self.config.token_audience)
         if not claims.room:
             raise RoomError("token_no_room", "the token does not name a room")
         if msg.get("room") is not None and msg["room"] != claims.room:
             raise RoomError("token_wrong_room", "the token is for another room")
-        room = self.rooms.get_or_create(claims.room, claims.kind or "group")
-        p = await room.join(claims, self.send)
+        return claims
+
+    async def join(self, msg: dict[str, Any], request_id: Any) -> None:
+        started = time.monotonic()
+        claims = self._claims(msg)
+        assert claims.room is not None
+        room = self.rooms.get_or_create(claims.room, claims.kind.value if claims.kind else None)
+        p = await room.join(claims, self.send, auto_subscribe=msg.get("auto_subscribe", True))
         self.room, self.participant = room, p
-        roster = [o.info() for o in room.participants.values() if o is not p]
-        await self.send(proto.reply(
-            "joined", request_id, protocol=proto.PROTOCOL_VERSION, participant_id=p.id,
-            room={"name": room.name, "kind": room.kind, "max_participants": room.max_participants},
-            participants=roster,
-            ice_servers=[s.to_json() for s in self.config.ice_servers_for(claims.identity, now)],
-            grants={"publish": claims.grants.publish, "subscribe": claims.grants.subscribe}))
+        ice = [s.to_json() for s in self.config.ice_servers_for(claims.identity, time.time())]
+        await self.send(proto.reply("joined", request_id, protocol=proto.PROTOCOL_VERSION,
+                                    ice_servers=ice, **room.joined_reply(p)))
         metrics.JOIN_LATENCY.observe(time.monotonic() - started)
+        await room.announce(p)
 
-    async def add_candidate(self, p: Participant, msg: dict[str, Any], request_id: Any) -> None:
-        from aiortc.sdp import candidate_from_sdp
+    async def resume(self, msg: dict[str, Any], request_id: Any) -> None:
+        claims = self._claims(msg)
+        assert claims.room is not None
+        room = self.rooms.rooms.get(claims.room)
+        if room is None:
+            raise RoomError("resume_failed", "nothing to resume: join again")
+        p = room.resume(claims, msg["participant_id"], msg["resume_token"], self.send)
+        self.room, self.participant = room, p
+        await self.send(proto.reply("resumed", request_id, **room.joined_reply(p)))
+        if p.pending_offer is not None:
+            await self.send(p.pending_offer)  # the offer sent while the socket was down
 
+    async def add_candidate(self, p: Participant, msg: dict[str, Any]) -> None:
         transport = p.publisher if msg["target"] == "publisher" else p.subscriber
         if transport is None:
-            raise proto.ProtocolError(proto.INVALID_MESSAGE, "no such connection yet",
-                                      request_id)
+            raise proto.ProtocolError(proto.INVALID_MESSAGE, "no such connection yet")
         c = msg["candidate"]
         if c is None or not c.get("candidate"):
             await transport.add_ice_candidate(None)
-        else:
-            text = str(c["candidate"])
-            if text.startswith("candidate:"):
-                text = text[len("candidate:"):]
-            try:
-                candidate = candidate_from_sdp(text)
-            except (ValueError, IndexError):
-                raise proto.ProtocolError(proto.INVALID_MESSAGE, "candidate: cannot parse",
-                                          request_id) from None
+            return
+        text = str(c["candidate"])
+        if text.startswith("candidate:"):
+            text = text[len("candidate:"):]
+        if c.get("sdpMid") is None and c.get("sdpMLineIndex") is None:
+            raise proto.ProtocolError(proto.INVALID_MESSAGE,
+                                      "candidate: sdpMid or sdpMLineIndex is required")
+        try:
+            candidate = candidate_from_sdp(text)
             candidate.sdpMid = c.get("sdpMid")
             candidate.sdpMLineIndex = c.get("sdpMLineIndex")
             await transport.add_ice_candidate(candidate)
-        await self.send(proto.reply("ack", request_id))
+        except Exception:  # aiortc raises ValueError, IndexError, AssertionError...
+            raise proto.ProtocolError(proto.INVALID_MESSAGE,
+                                      "candidate: cannot parse or apply") from None
+
+
+Reply = tuple[str, dict[str, Any]] | None
+Handler = Callable[[SignalSession, Room, Participant, dict[str, Any]], Awaitable[Reply]]
+ACK: Reply = ("ack", {})
+
+
+async def _publish_offer(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]
+                         ) -> Reply:
+    result = await room.publish_offer(p, m["sdp"], m.get("tracks") or [],
+                                      restart=m.get("restart", False))
+    return "publish_answer", result
+
+
+async def _subscriber_answer(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]
+                             ) -> Reply:
+    if not room.negotiator.answer(p, m["sdp"]):
+        raise RoomError("no_pending_offer", "there is no subscriber offer to answer")
+    return ACK
+
+
+async def _subscriber_restart(s: SignalSession, room: Room, p: Participant,
+                              m: dict[str, Any]) -> Reply:
+    await room.negotiator.restart(p)
+    return ACK
+
+
+async def _candidate(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
+    await s.add_candidate(p, m)
+    return ACK
+
+
+async def _unpublish(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
+    await room.unpublish(p, m["track_id"])
+    return ACK
+
+
+async def _mute(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
+    await room.set_own_muted(p, m["track_id"], m["muted"])
+    return ACK
+
+
+async def _subscribe(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
+    room.set_subscription(p, m["track_id"], m["type"] == "subscribe")
+    return ACK
+
+
+async def _preferences(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]
+                       ) -> Reply:
+    prefs: dict[str, Any] = {k: m[k] for k in ("disabled", "max_width", "max_height", "max_fps")
+                             if k in m}
+    room.set_preferences(p, m["track_id"], prefs)
+    return ACK
+
+
+async def _admit(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
+    await room.admit(p, m["participant_id"])
+    return ACK
+
+
+async def _deny(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
+    await room.deny(p, m["participant_id"], m.get("reason", ""))
+    return ACK
+
+
+async def _mute_participant(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]
+                            ) -> Reply:
+    await room.mute_participant(p, m["participant_id"], m.get("track_id"), m["muted"])
+    return ACK
+
+
+async def _remove_participant(s: SignalSession, room: Room, p: Participant,
+                              m: dict[str, Any]) -> Reply:
+    await room.remove_participant(p, m["participant_id"])
+    return ACK
+
+
+async def _lock(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
+    await room.lock(p, m["locked"])
+    return ACK
+
+
+async def _end(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
+    room.check_end(p)
+    await s.send(proto.reply("ack", m.get("id")))
+    await s.rooms.end(room.name, "room_ended")
+    return None
+
+
+async def _leave(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
+    await s.send(proto.reply("ack", m.get("id")))
+    await s.detach(leaving=True)
+    await s.ws.close()
+    return None
+
+
+_HANDLERS: dict[str, Handler] = {
+    "publish_offer": _publish_offer,
+    "subscriber_answer": _subscriber_answer,
+    "subscriber_restart": _subscriber_restart,
+    "candidate": _candidate,
+    "unpublish": _unpublish,
+    "mute": _mute,
+    "subscribe": _subscribe,
+    "unsubscribe": _subscribe,
+    "set_preferences": _preferences,
+    "admit": _admit,
+    "deny": _deny,
+    "mute_participant": _mute_participant,
+    "remove_participant": _remove_participant,
+    "lock_room": _lock,
+    "end_room": _end,
+    "leave": _leave,
+}
 
 
 async def signal_handler(request: web.Request) -> web.StreamResponse:

@@ -40,8 +40,24 @@ class ProtocolError(Exception):
 # type -> {field: (python type(s), required, max length for str/list)}
 _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool, int]]] = {
     "join": {"token": ((str,), True, 4096), "protocol": ((int,), False, 0),
-             "room": ((str,), False, 128)},
-    "publish_offer": {"sdp": ((str,), True, MAX_SDP), "tracks": ((list,), False, 32)},
+             "room": ((str,), False, 128), "auto_subscribe": ((bool,), False, 0)},
+    "resume": {"token": ((str,), True, 4096), "participant_id": ((str,), True, 64),
+               "resume_token": ((str,), True, 128), "protocol": ((int,), False, 0)},
+    "publish_offer": {"sdp": ((str,), True, MAX_SDP), "tracks": ((list,), False, 32),
+                      "restart": ((bool,), False, 0)},
+    "subscriber_restart": {},
+    "subscribe": {"track_id": ((str,), True, 64)},
+    "unsubscribe": {"track_id": ((str,), True, 64)},
+    "set_preferences": {"track_id": ((str,), True, 64), "disabled": ((bool,), False, 0),
+                        "max_width": ((int,), False, 0), "max_height": ((int,), False, 0),
+                        "max_fps": ((int, float), False, 0)},
+    "admit": {"participant_id": ((str,), True, 64)},
+    "deny": {"participant_id": ((str,), True, 64), "reason": ((str,), False, 200)},
+    "mute_participant": {"participant_id": ((str,), True, 64), "track_id": ((str,), False, 64),
+                         "muted": ((bool,), True, 0)},
+    "remove_participant": {"participant_id": ((str,), True, 64)},
+    "lock_room": {"locked": ((bool,), True, 0)},
+    "end_room": {},
     "subscriber_answer": {"sdp": ((str,), True, MAX_SDP)},
     "candidate": {"target": ((str,), True, 16), "candidate": ((dict, type(None)), True, 0)},
     "unpublish": {"track_id": ((str,), True, 64)},
@@ -54,7 +70,10 @@ MESSAGE_TYPES = frozenset(_FIELDS)
 
 def decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
     """Parse and validate one client message; raise ProtocolError on any problem."""
-    if len(raw) > max_bytes:
+    size = len(raw)
+    if isinstance(raw, str) and size * 4 > max_bytes:
+        size = len(raw.encode("utf-8", "surrogatepass"))  # the limit is in bytes
+    if size > max_bytes:
         raise ProtocolError(MESSAGE_TOO_LARGE, f"message exceeds {max_bytes} bytes")
     try:
         msg = json.loads(raw)

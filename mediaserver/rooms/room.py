@@ -1,0 +1,452 @@
+"""A session: membership, the waiting room, host controls, publishing, events.
+
+Who sees whom: participants see the active, visible participants (observers are hidden
+from clients unless the room shows them); hosts also see the waiting room. Nobody in
+the waiting room sees anyone or receives any media. Every request is checked against
+``policy`` here, whatever the client's UI offers.
+
+One control task per room (``run``) ticks a few times per second: active speakers,
+the session's time limit, the empty-room timeout and the resume grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from typing import Any
+
+from mediaserver import metrics
+from mediaserver.policy import Permission, allowed, bypasses_waiting_room, permissions, visible_to
+from mediaserver.rooms.errors import RoomError
+from mediaserver.rooms.participant import (
+    ACTIVE,
+    DISCONNECTED,
+    WAITING,
+    Participant,
+    SendFn,
+    new_id,
+    track_info,
+)
+from mediaserver.rooms.subscriptions import Negotiator
+from mediaserver.sfu.aiortc_adapter import CandidatePolicy
+from mediaserver.sfu.producer import Producer
+from mediaserver.sfu.speakers import SpeakerDetector
+from mediaserver.sfu.transport import NegotiationError, PublisherTransport
+from mediaserver.tokens import Claims, Role
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("camera", "microphone", "screen", "screen_audio")
+TICK = 0.3
+MAX_OBSERVERS = 4
+
+
+class Room:
+    def __init__(self, name: str, kind: str, max_participants: int, policy: CandidatePolicy,
+                 options: dict[str, Any] | None = None, *, empty_timeout: float = 60,
+                 max_duration: float = 4 * 3600, resume_grace: float = 30) -> None:
+        self.name = name
+        self.kind = kind
+        self.max_participants = max_participants
+        self.options = dict(options or {})
+        self.waiting_room = bool(self.options.get("waiting_room", False))
+        self.observers_visible = bool(self.options.get("observers_visible", False))
+        self.empty_timeout = float(self.options.get("empty_timeout", empty_timeout))
+        self.max_duration = float(self.options.get("max_duration", max_duration))
+        self.resume_grace = resume_grace
+        self.locked = False
+        self.participants: dict[str, Participant] = {}
+        self.banned_tokens: set[str] = set()
+        self.created_at = time.time()
+        self.started = time.monotonic()
+        self.empty_since: float | None = self.started
+        self.closed = False
+        self.persistent = False  # created through the admin API
+        self.speakers = SpeakerDetector()
+        self.negotiator = Negotiator(policy, self._visible_producers, self._relay_remb)
+        self.policy = policy
+
+    def info(self) -> dict[str, Any]:
+        return {"room": self.name, "kind": self.kind, "max_participants": self.max_participants,
+                "participants": sum(p.state != WAITING for p in self.participants.values()),
+                "waiting": sum(p.state == WAITING for p in self.participants.values()),
+                "locked": self.locked, "created_at": int(self.created_at),
+                "options": self.options}
+
+    def by_identity(self, identity: str) -> Participant | None:
+        return next((p for p in self.participants.values() if p.identity == identity), None)
+
+    def _get(self, participant_id: str) -> Participant:
+        p = self.participants.get(participant_id)
+        if p is None:
+            raise RoomError("participant_not_found", "no such participant in the room")
+        return p
+
+    # -- who sees what -------------------------------------------------------------------
+
+    def _sees(self, viewer: Participant, subject: Participant) -> bool:
+        if subject is viewer or subject.state == WAITING or viewer.state == WAITING:
+            return False
+        return visible_to(viewer.claims, subject.claims, self.observers_visible)
+
+    def roster(self, viewer: Participant) -> list[dict[str, Any]]:
+        return [o.info() for o in self.participants.values() if self._sees(viewer, o)]
+
+    def waiting_list(self) -> list[dict[str, Any]]:
+        return [{"participant_id": p.id, "identity": p.identity, "name": p.name, "role": p.role}
+                for p in self.participants.values() if p.state == WAITING]
+
+    def _visible_producers(self, p: Participant) -> list[Producer]:
+        if p.state == WAITING:
+            return []
+        return [prod for o in self.participants.values() if self._sees(p, o)
+                for prod in o.producers.values()]
+
+    async def _tell_viewers(self, subject: Participant, msg: dict[str, Any]) -> None:
+        for viewer in list(self.participants.values()):
+            if self._sees(viewer, subject):
+                await viewer.deliver(msg)
+
+    async def _tell_hosts(self, msg: dict[str, Any]) -> None:
+        for p in list(self.participants.values()):
+            if p.state != WAITING and allowed(p.claims, Permission.ADMIT):
+                await p.deliver(msg)
+
+    async def _tell_all(self, msg: dict[str, Any]) -> None:
+        for p in list(self.participants.values()):
+            if p.state != WAITING:
+                await p.deliver(msg)
+
+    # -- membership ----------------------------------------------------------------------
+
+    def _check_capacity(self, claims: Claims) -> None:
+        if claims.role is Role.OBSERVER:
+            observers = sum(p.role == Role.OBSERVER for p in self.participants.values())
+            if observers >= MAX_OBSERVERS:
+                raise RoomError("room_full", f"the room has its {MAX_OBSERVERS} observers")
+            return
+        seats = sum(p.role != Role.OBSERVER for p in self.participants.values())
+        if seats >= self.max_participants:
+            raise RoomError("room_full", f"the room is full ({self.kind} rooms hold at most "
+                            f"{self.max_participants} participants)")
+
+    async def join(self, claims: Claims, send: SendFn, auto_subscribe: bool = True
+                   ) -> Participant:
+        if self.closed:
+            raise RoomError("room_closed", "the session has ended")
+        if claims.token_id in self.banned_tokens:
+            raise RoomError("participant_removed", "you were removed from this session")
+        if self.locked and claims.role is not Role.HOST:
+            raise RoomError("room_locked", "the session is locked: no new participants")
+        previous = self.by_identity(claims.identity)
+        if previous is not None:
+            # The same person again (reload, new device): the newest connection wins.
+            await self.remove(previous, reason="replaced")
+        self._check_capacity(claims)
+        waiting = self.waiting_room and not bypasses_waiting_room(claims)
+        p = Participant(id=new_id("PA"), identity=claims.identity, name=claims.name,
+                        role=claims.role.value, claims=claims, send=send,
+                        joined_at=time.time(), state=WAITING if waiting else ACTIVE,
+                        auto_subscribe=auto_subscribe)
+        self.participants[p.id] = p
+        self.empty_since = None
+        metrics.PARTICIPANTS.labels(role=p.role).inc()
+        return p
+
+    def joined_reply(self, p: Participant) -> dict[str, Any]:
+        return {"participant_id": p.id, "state": p.state, "resume_token": p.resume_secret,
+                "room": {"name": self.name, "kind": self.kind, "locked": self.locked,
+                         "max_participants": self.max_participants,
+                         "waiting_room": self.waiting_room},
+                "participants": self.roster(p),
+                "waiting": self.waiting_list() if allowed(p.claims, Permission.ADMIT) else [],
+                "permissions": permissions(p.claims)}
+
+    async def announce(self, p: Participant) -> None:
+        """After the joined reply: tell the others and start receiving."""
+        if p.state == WAITING:
+            await self._tell_hosts({"type": "participant_waiting", "participant": {
+                "participant_id": p.id, "identity": p.identity, "name": p.name,
+                "role": p.role}})
+            return
+        await self._tell_viewers(p, {"type": "participant_joined", "participant": p.info()})
+        self.negotiator.schedule(p)
+
+    async def admit(self, host: Participant, participant_id: str) -> None:
+        self._require(host, Permission.ADMIT)
+        p = self._get(participant_id)
+        if p.state != WAITING:
+            raise RoomError("not_waiting", "this participant is not in the waiting room")
+        p.state = ACTIVE
+        await p.deliver({"type": "admitted", "participants": self.roster(p)})
+        await self._tell_hosts({"type": "waiting_left", "participant_id": p.id,
+                                "reason": "admitted"})
+        await self.announce(p)
+
+    async def deny(self, host: Participant, participant_id: str, reason: str) -> None:
+        self._require(host, Permission.ADMIT)
+        p = self._get(participant_id)
+        if p.state != WAITING:
+            raise RoomError("not_waiting", "this participant is not in the waiting room")
+        await p.deliver({"type": "denied", "reason": reason or "the host did not admit you"})
+        await self.remove(p, reason="denied")
+
+    async def remove(self, p: Participant, reason: str = "left") -> None:
+        if p.closed:
+            return
+        was_waiting = p.state == WAITING
+        if reason != "left":
+            await p.deliver({"type": "removed", "reason": reason})
+        p.closed = True
+        self.participants.pop(p.id, None)
+        metrics.PARTICIPANTS.labels(role=p.role).dec()
+        if p.answer_waiter is not None and not p.answer_waiter.done():
+            p.answer_waiter.cancel()
+        if p.negotiate_task is not None:
+            p.negotiate_task.cancel()
+        for producer in list(p.producers.values()):
+            await self._close_producer(p, producer)
+        for transport in (p.publisher, p.subscriber):
+            if transport is not None:
+                await transport.close()
+        self.speakers.remove(p.id)
+        if was_waiting:
+            await self._tell_hosts({"type": "waiting_left", "participant_id": p.id,
+                                    "reason": reason})
+        else:
+            msg = {"type": "participant_left", "participant_id": p.id, "reason": reason}
+            for viewer in list(self.participants.values()):
+                if viewer.state != WAITING and visible_to(viewer.claims, p.claims,
+                                                          self.observers_visible):
+                    await viewer.deliver(msg)
+        if not self.participants:
+            self.empty_since = time.monotonic()
+
+    def disconnect(self, p: Participant) -> bool:
+        """Signalling dropped. Keep the participant for the grace period; False if not kept."""
+        if p.closed or p.state == WAITING or self.resume_grace <= 0:
+            return False
+        p.state = DISCONNECTED
+        p.disconnected_at = time.monotonic()
+        p.detach_signalling()
+        return True
+
+    def resume(self, claims: Claims, participant_id: str, secret: str, send: SendFn
+               ) -> Participant:
+        p = self.participants.get(participant_id)
+        if (p is None or p.identity != claims.identity
+                or not hmac.compare_digest(p.resume_secret, secret)):
+            raise RoomError("resume_failed", "nothing to resume: join again")
+        p.send = send
+        p.state = ACTIVE
+        p.disconnected_at = None
+        return p
+
+    async def close(self, reason: str = "room_ended") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for p in list(self.participants.values()):
+            await self.remove(p, reason=reason)
+
+    # -- host controls -------------------------------------------------------------------
+
+    def _require(self, p: Participant, permission: Permission) -> None:
+        if p.state == WAITING:
+            raise RoomError("not_admitted", "wait until a host admits you")
+        if not allowed(p.claims, permission):
+            raise RoomError("permission_denied", f"your role may not {permission.value}")
+
+    async def mute_participant(self, host: Participant, participant_id: str,
+                               track_id: str | None, muted: bool) -> None:
+        self._require(host, Permission.MUTE)
+        target = self._get(participant_id)
+        tracks = [t for t in target.producers.values()
+                  if (track_id is None and t.kind == "audio") or t.track_id == track_id]
+        if track_id is not None and not tracks:
+            raise RoomError("track_not_found", "no such track of this participant")
+        for producer in tracks:
+            if muted:
+                await self._set_muted(target, producer, True, by=host.id)
+            else:
+                # Unmuting someone is only a request: their microphone, their choice.
+                await target.deliver({"type": "unmute_requested", "track_id": producer.track_id,
+                                      "by": host.id})
+
+    async def remove_participant(self, host: Participant, participant_id: str) -> None:
+        self._require(host, Permission.REMOVE)
+        target = self._get(participant_id)
+        self.banned_tokens.add(target.claims.token_id)
+        await self.remove(target, reason="removed_by_host")
+
+    async def lock(self, host: Participant, locked: bool) -> None:
+        self._require(host, Permission.LOCK)
+        self.locked = locked
+        await self._tell_all({"type": "room_updated", "locked": locked})
+
+    def check_end(self, host: Participant) -> None:
+        self._require(host, Permission.END)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def publish_offer(self, p: Participant, sdp: str, tracks_meta: list[Any],
+                            restart: bool = False) -> dict[str, Any]:
+        self._require(p, Permission.PUBLISH)
+        if restart and p.publisher is not None:
+            # The old connection's network path is gone; its tracks move to the new one.
+            for producer in p.producers.values():
+                p.publisher.detach(producer)
+            await p.publisher.close()
+            p.publisher = None
+        if p.publisher is None:
+            p.publisher = PublisherTransport(self.policy)
+        try:
+            answer, added, removed_mids = await p.publisher.handle_offer(sdp)
+        except NegotiationError as exc:
+            raise RoomError("negotiation_failed", str(exc)) from exc
+        if p.closed:
+            raise RoomError("room_closed", "you are no longer in the session")
+        meta = {m.get("mid"): m for m in tracks_meta if isinstance(m, dict)}
+        now = time.monotonic()
+        published, rebound = [], []
+        for track in added:
+            m = meta.get(track.mid, {})
+            old = p.producers.get(str(m.get("track_id", "")))
+            if old is not None and old.kind == track.kind and old.mid not in p.publisher.by_mid:
+                old.rebind(track, p.publisher.send_rtcp, now)
+                p.publisher.attach(old)
+                rebound.append(old)
+                continue
+            source = m.get("source")
+            if source not in SOURCES:
+                source = "microphone" if track.kind == "audio" else "camera"
+            producer = Producer(
+                track_id=new_id("TR"), participant_id=p.id, kind=track.kind,
+                codec=track.codec, ssrc=track.ssrc, rtx_ssrc=track.rtx_ssrc, mid=track.mid,
+                source=source, send_rtcp=p.publisher.send_rtcp, rtcp_ssrc=track.rtcp_ssrc,
+                audio_level_id=track.audio_level_id)
+            producer.speakers = self.speakers
+            producer.muted = bool(m.get("muted", False))
+            p.publisher.attach(producer)
+            p.producers[producer.track_id] = producer
+            metrics.TRACKS.labels(kind=producer.kind).inc()
+            published.append(producer)
+        for mid in removed_mids:
+            gone = p.publisher.by_mid.get(mid)
+            if gone is not None:
+                await self._close_producer(p, gone)
+        for producer in published:
+            await self._tell_viewers(p, {"type": "track_published", "track": track_info(producer)})
+        if published:
+            self._renegotiate_viewers(p)
+        return {"sdp": answer, "tracks": [dict(track_info(x), mid=x.mid)
+                                          for x in published + rebound]}
+
+    async def unpublish(self, p: Participant, track_id: str) -> None:
+        producer = p.producers.get(track_id)
+        if producer is None:
+            raise RoomError("track_not_found", "no such track of this participant")
+        await self._close_producer(p, producer)
+
+    async def set_own_muted(self, p: Participant, track_id: str, muted: bool) -> None:
+        producer = p.producers.get(track_id)
+        if producer is None:
+            raise RoomError("track_not_found", "no such track of this participant")
+        await self._set_muted(p, producer, muted, by=p.id)
+
+    async def _set_muted(self, owner: Participant, producer: Producer, muted: bool,
+                         by: str) -> None:
+        if producer.muted == muted:
+            return
+        producer.set_muted(muted, time.monotonic())
+        msg = {"type": "track_muted" if muted else "track_unmuted",
+               "track_id": producer.track_id, "participant_id": owner.id, "by": by}
+        await owner.deliver(msg)
+        await self._tell_viewers(owner, msg)
+
+    async def _close_producer(self, p: Participant, producer: Producer) -> None:
+        if producer.closed:
+            return
+        producer.close()
+        p.producers.pop(producer.track_id, None)
+        if p.publisher is not None:
+            p.publisher.detach(producer)
+        metrics.TRACKS.labels(kind=producer.kind).dec()
+        await self._tell_viewers(p, {"type": "track_unpublished", "track_id": producer.track_id,
+                                     "participant_id": p.id})
+        self._renegotiate_viewers(p)
+
+    # -- subscribing ---------------------------------------------------------------------
+
+    def _renegotiate_viewers(self, publisher: Participant) -> None:
+        for o in self.participants.values():
+            if self._sees(o, publisher):
+                self.negotiator.schedule(o)
+
+    def set_subscription(self, p: Participant, track_id: str, subscribe: bool) -> None:
+        self._require(p, Permission.SUBSCRIBE)
+        if not any(prod.track_id == track_id for prod in self._visible_producers(p)):
+            raise RoomError("track_not_found", "no such track in the session")
+        if subscribe:
+            p.subscribed.add(track_id)
+            p.unsubscribed.discard(track_id)
+        else:
+            p.unsubscribed.add(track_id)
+            p.subscribed.discard(track_id)
+        self.negotiator.schedule(p)
+
+    def set_preferences(self, p: Participant, track_id: str, prefs: dict[str, Any]) -> None:
+        self._require(p, Permission.SUBSCRIBE)
+        if not any(prod.track_id == track_id for prod in self._visible_producers(p)):
+            raise RoomError("track_not_found", "no such track in the session")
+        p.preferences[track_id] = prefs
+        if prefs.get("disabled"):
+            p.disabled_tracks.add(track_id)
+        else:
+            p.disabled_tracks.discard(track_id)
+        now = time.monotonic()
+        if p.subscriber is not None:
+            for consumer in p.subscriber.consumers.values():
+                if consumer.producer.track_id == track_id:
+                    consumer.disabled = track_id in p.disabled_tracks
+                    consumer.refresh_paused(now)
+
+    def _relay_remb(self, producer: Producer, now: float) -> None:
+        owner = self.participants.get(producer.participant_id)
+        if owner is not None and owner.publisher is not None:
+            owner.publisher.relay_remb_now(now)
+
+    # -- the control task ----------------------------------------------------------------
+
+    async def tick(self, now: float) -> str | None:
+        """One control step; returns a reason if the room should close."""
+        update = self.speakers.tick(now)
+        if update is not None:
+            await self._tell_all({"type": "speakers_changed", "dominant": update.dominant,
+                                  "speakers": [{"participant_id": k, "level": v}
+                                               for k, v in update.speakers]})
+        for p in list(self.participants.values()):
+            if (p.state == DISCONNECTED and p.disconnected_at is not None
+                    and now - p.disconnected_at > self.resume_grace):
+                await self.remove(p, reason="disconnected")
+        if now - self.started > self.max_duration:
+            return "max_duration"
+        if (not self.persistent and self.empty_since is not None
+                and now - self.empty_since >= self.empty_timeout):
+            return "empty"
+        return None
+
+    async def run(self, on_close: Any) -> None:
+        try:
+            while not self.closed:
+                await asyncio.sleep(TICK)
+                reason = await self.tick(time.monotonic())
+                if reason is not None:
+                    await on_close(self, reason)
+                    return
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("room control task failed")
