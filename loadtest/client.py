@@ -20,11 +20,18 @@ import aiohttp
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from loadtest.media import body_color, read_frame_number
 from mediaserver.sfu import aiortc_adapter
 
 LOOPBACK = aiortc_adapter.CandidatePolicy(addresses=("127.0.0.1",))
+
+
+def _config() -> RTCConfiguration:
+    # max-bundle: aiortc's default "balanced" policy gives the second and later audio
+    # m-lines of one offer a transport that BUNDLE then discards, so they never play.
+    return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
 
 
 @dataclass
@@ -73,6 +80,26 @@ class SignalClient:
             self.joined = reply
             self.participant_id = reply["participant_id"]
         return reply
+
+    async def kill_socket(self) -> None:
+        """Drop the signalling connection without a leave, as a network change would."""
+        assert self.ws is not None
+        if self._reader is not None:
+            self._reader.cancel()
+        conn = getattr(self.ws, "_conn", None)
+        transport = getattr(conn, "transport", None)
+        if transport is not None:
+            transport.abort()  # a reset, not a polite close
+        await self.ws.close()
+
+    async def resume(self) -> dict[str, Any]:
+        """Come back on a new socket as the same participant."""
+        assert self.session is not None and self.joined is not None
+        self.ws = await self.session.ws_connect(self.url, heartbeat=15)
+        self._reader = asyncio.create_task(self._read())
+        return await self.request({"type": "resume", "token": self.token,
+                                   "participant_id": self.participant_id,
+                                   "resume_token": self.joined["resume_token"]})
 
     async def send(self, msg: dict[str, Any]) -> None:
         assert self.ws is not None
@@ -126,7 +153,7 @@ class SignalClient:
                       codec_preferences: dict[str, list[Any]] | None = None) -> dict[str, Any]:
         pc = self.publisher
         if pc is None:
-            pc = self.publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc = self.publisher = RTCPeerConnection(_config())
         for track in tracks:
             transceiver = pc.addTransceiver(track, direction="sendonly")
             if codec_preferences and track.kind in codec_preferences:
@@ -145,7 +172,7 @@ class SignalClient:
         async with self._offer_lock:
             pc = self.subscriber
             if pc is None:
-                pc = self.subscriber = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+                pc = self.subscriber = RTCPeerConnection(_config())
             await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
             aiortc_adapter.apply_candidate_policy(pc, self.policy)
             if self.on_subscriber_pc is not None:
