@@ -62,6 +62,7 @@ class SignalClient:
         self.publisher: RTCPeerConnection | None = None
         self.subscriber: RTCPeerConnection | None = None
         self.received: dict[str, ReceivedTrack] = {}
+        self.published: list[dict[str, Any]] = []
         self.on_subscriber_pc: Callable[[RTCPeerConnection], None] | None = None
         self._ids = itertools.count(1)
         self._waiters: dict[Any, asyncio.Future[dict[str, Any]]] = {}
@@ -150,7 +151,8 @@ class SignalClient:
     # -- media ---------------------------------------------------------------------------
 
     async def publish(self, *tracks: MediaStreamTrack,
-                      codec_preferences: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+                      codec_preferences: dict[str, list[Any]] | None = None,
+                      restart: bool = False) -> dict[str, Any]:
         pc = self.publisher
         if pc is None:
             pc = self.publisher = RTCPeerConnection(_config())
@@ -160,13 +162,39 @@ class SignalClient:
                 transceiver.setCodecPreferences(codec_preferences[track.kind])
         aiortc_adapter.apply_candidate_policy(pc, self.policy)
         await pc.setLocalDescription(await pc.createOffer())
-        meta = [{"mid": t.mid, "source": "camera" if t.kind == "video" else "microphone"}
-                for t in pc.getTransceivers()]
+        meta: list[dict[str, Any]] = []
+        previous = list(self.published) if restart else []
+        for t in pc.getTransceivers():
+            m = {"mid": t.mid, "source": "camera" if t.kind == "video" else "microphone"}
+            same_kind = next((p for p in previous if p["kind"] == t.kind), None)
+            if same_kind is not None:
+                previous.remove(same_kind)
+                m["track_id"] = same_kind["track_id"]  # the same track on a new connection
+            meta.append(m)
         reply = await self.request({"type": "publish_offer", "sdp": pc.localDescription.sdp,
-                                    "tracks": meta})
+                                    "tracks": meta, "restart": restart})
         if reply["type"] == "publish_answer":
             await pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
+            known = {p["track_id"] for p in self.published}
+            self.published += [t for t in reply["tracks"] if t["track_id"] not in known]
         return reply
+
+    async def reconnect_media(self, *tracks: MediaStreamTrack) -> None:
+        """New media connections after the network path changed (aiortc has no ICE restart).
+
+        The tracks keep their ids: the server moves them to the new publisher connection,
+        and rebuilds the subscriber connection with the same subscriptions.
+        """
+        for pc in (self.publisher, self.subscriber):
+            if pc is not None:
+                await pc.close()
+        self.publisher = self.subscriber = None
+        for task in list(self._tasks):
+            task.cancel()
+        self.received.clear()
+        reply = await self.publish(*tracks, restart=True)
+        assert reply["type"] == "publish_answer", reply
+        await self.request({"type": "subscriber_restart"})
 
     async def _answer_subscriber(self, offer: dict[str, Any]) -> None:
         async with self._offer_lock:

@@ -472,7 +472,7 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
             max_duration=get("rooms.max_duration", _int(60, 7 * 86400), dr.max_duration),
             resume_grace=get("rooms.resume_grace", _int(0, 3600), dr.resume_grace),
         ),
-        signal_idle_timeout=get("signal_idle_timeout", _int(5, 3600), d.signal_idle_timeout),
+        signal_idle_timeout=get("signal_idle_timeout", _int(1, 3600), d.signal_idle_timeout),
     )
 
 

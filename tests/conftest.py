@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -67,14 +68,23 @@ def test_config(**flags: Any) -> Config:
     return build_config(base, {}, None)
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[RunningServer]:
-    config = test_config()
+@contextlib.asynccontextmanager
+async def start_server(**flags: Any) -> AsyncIterator[RunningServer]:
+    """A real server on a free loopback port, in this process, with ``flags`` applied."""
+    config = test_config(**flags)
     app = create_app(config)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield RunningServer(config, app, port)
-    await runner.cleanup()
+    try:
+        yield RunningServer(config, app, port)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RunningServer]:
+    async with start_server() as running:
+        yield running

@@ -227,3 +227,91 @@ async def test_resume_after_the_socket_is_killed(server, clients):
     await wait_until(lambda: _frames(a, b) >= before_a + 10 and _frames(b, a) >= before_b + 10,
                      timeout=30, message="media flows after resume")
     assert not any(e["type"] in ("participant_left", "participant_joined") for e in b.events)
+
+
+async def test_resume_with_new_media_connections_keeps_tracks_and_subscriptions(server, clients):
+    a = clients(server, "move", "a", kind="one_to_one")
+    b = clients(server, "move", "b", kind="one_to_one")
+    await a.connect()
+    await b.connect()
+    await a.publish(_video((0, 0, 250)), SineAudioTrack(400))
+    await b.publish(_video((250, 250, 0)))
+    await wait_until(lambda: _frames(a, b) >= 5 and _frames(b, a) >= 5, timeout=60,
+                     message="call up")
+    published = {t["track_id"] for t in a.published}
+    seen_before = len(b.events)
+    # Wi-Fi to mobile data: the socket and the media paths die together.
+    await a.kill_socket()
+    assert (await a.resume())["type"] == "resumed"
+    await a.reconnect_media(_video((0, 0, 250)), SineAudioTrack(400))
+    assert {t["track_id"] for t in a.published} == published
+    before = _frames(b, a)
+    await wait_until(lambda: _frames(b, a) >= before + 10 and _frames(a, b) >= 10, timeout=60,
+                     message="media both ways on the new connections")
+    (track,) = b.tracks_from(a.participant_id, "video")
+    assert track.colors[-1][2] > 200  # still a's picture, on the same track id
+    seen = [e["type"] for e in b.events[seen_before:]]
+    for unwanted in ("participant_left", "participant_joined", "track_unpublished",
+                     "track_published"):
+        assert unwanted not in seen, seen
+
+
+async def test_a_participant_who_does_not_come_back_leaves_after_the_grace_period(clients):
+    from tests.conftest import start_server
+
+    async with start_server(resume_grace="1") as server:
+        a = clients(server, "grace", "a", kind="one_to_one")
+        b = clients(server, "grace", "b", kind="one_to_one")
+        await a.connect()
+        await b.connect()
+        await a.kill_socket()
+        left = await b.wait_event(lambda e: e["type"] == "participant_left", timeout=10)
+        assert (left["participant_id"], left["reason"]) == (a.participant_id, "disconnected")
+        assert (await a.resume())["code"] == "resume_failed"
+
+
+async def test_idle_signalling_connections_are_closed(clients):
+    from tests.conftest import start_server
+
+    async with start_server(signal_idle_timeout="1") as server:
+        a = clients(server, "idle", "a")
+        await a.connect()
+        await wait_until(lambda: a.ws.closed, timeout=10, message="idle socket closed")
+        assert a.ws.close_code == 1000
+
+
+async def test_selective_subscription_and_preferences(server, clients):
+    pub = clients(server, "select", "pub")
+    viewer = clients(server, "select", "viewer")
+    await pub.connect()
+    await viewer.connect()
+    await pub.publish(_video((200, 200, 200)), SineAudioTrack(440))
+    await wait_until(lambda: _frames(viewer, pub) >= 5, timeout=60, message="viewer video")
+    video_id = next(t["track_id"] for t in pub.published if t["kind"] == "video")
+    room = server.rooms.rooms["select"]
+    sub = room.participants[viewer.participant_id].subscriber
+
+    def consumer():
+        return next((c for c in sub.consumers.values()
+                     if c.producer.track_id == video_id and not c.closed), None)
+
+    # Disabled: the consumer stays but nothing is forwarded.
+    await viewer.request({"type": "set_preferences", "track_id": video_id, "disabled": True})
+    assert consumer().paused
+    await viewer.request({"type": "set_preferences", "track_id": video_id, "disabled": False})
+    assert not consumer().paused
+    # Unsubscribed: the consumer goes away; subscribing brings it back.
+    await viewer.request({"type": "unsubscribe", "track_id": video_id})
+    await wait_until(lambda: consumer() is None, message="consumer removed")
+    await viewer.request({"type": "subscribe", "track_id": video_id})
+    await wait_until(lambda: consumer() is not None, message="consumer back")
+    bad = await viewer.request({"type": "subscribe", "track_id": "TR_nope"})
+    assert bad["code"] == "track_not_found"
+
+
+async def test_session_time_limit_ends_the_session(server, clients):
+    await _create_room(server, "short", max_duration=1)
+    a = clients(server, "short", "a")
+    await a.connect()
+    removed = await a.wait_event(lambda e: e["type"] == "removed", timeout=10)
+    assert removed["reason"] == "session_time_limit"
