@@ -98,6 +98,7 @@ class RoomConfig:
     empty_timeout: int = 60  # a room closes this long after the last person left
     max_duration: int = 4 * 3600  # a session ends for everyone after this long
     resume_grace: int = 30  # a dropped participant may resume within this time
+    report_retention: int = 86400  # session quality reports are kept this long
 
 
 @dataclass(frozen=True)
@@ -344,6 +345,8 @@ _SETTINGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("rooms.empty_timeout", "--room-empty-timeout", "ROOM_EMPTY_TIMEOUT", {"metavar": "SECONDS"}),
     ("rooms.max_duration", "--room-max-duration", "ROOM_MAX_DURATION", {"metavar": "SECONDS"}),
     ("rooms.resume_grace", "--resume-grace", "RESUME_GRACE", {"metavar": "SECONDS"}),
+    ("rooms.report_retention", "--report-retention", "REPORT_RETENTION",
+     {"metavar": "SECONDS"}),
     ("signal_idle_timeout", "--signal-idle-timeout", "SIGNAL_IDLE_TIMEOUT",
      {"metavar": "SECONDS"}),
 )  # fmt: skip
@@ -355,7 +358,7 @@ _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typ
 }
 _FILE_KEYS = {  # TOML table -> keys allowed in it ("" is the top level)
     "": {name for name, *_ in _SETTINGS if "." not in name} | {"media", "turn_rest", "rooms"},
-    "rooms": {"empty_timeout", "max_duration", "resume_grace"},
+    "rooms": {"empty_timeout", "max_duration", "resume_grace", "report_retention"},
     "media": {"bind_host", "port_min", "port_max", "announced_ip", "allow_loopback"},
     "turn_rest": {"urls", "shared_secret", "ttl_seconds"},
 }
@@ -471,6 +474,8 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
             empty_timeout=get("rooms.empty_timeout", _int(0, 86400), dr.empty_timeout),
             max_duration=get("rooms.max_duration", _int(60, 7 * 86400), dr.max_duration),
             resume_grace=get("rooms.resume_grace", _int(0, 3600), dr.resume_grace),
+            report_retention=get("rooms.report_retention", _int(0, 90 * 86400),
+                                 dr.report_retention),
         ),
         signal_idle_timeout=get("signal_idle_timeout", _int(1, 3600), d.signal_idle_timeout),
     )

@@ -1,15 +1,67 @@
-"""Prometheus metrics of the node.
+"""Prometheus metrics of the node (docs/metrics.md lists every series and its labels).
 
-Labels have bounded cardinality: kinds, reasons, directions, never a room, participant
-or name. The packet path increments plain counters through pre-bound label children
-(``DROP["unknown_ssrc"].inc()``), which costs one method call, not a label lookup.
+Labels have bounded cardinality: kinds, roles, reasons, directions, levels, never a room,
+participant, track or name. The packet path increments plain counters through pre-bound
+label children (``DROP["unknown_ssrc"].inc()``), which costs one method call, not a label
+lookup. Known label combinations are created up front, so a dashboard shows 0 rather than
+"no data" before the first event.
+
+Two direction vocabularies, each fixed by where it is seen from:
+``in``/``out`` is the server's view (packets it receives / sends), and
+``uplink``/``downlink`` is a participant's view of its link quality (what it publishes to
+the server / what it receives from it).
+
+Helpers the rest of the code calls (none of them awaits; they raise ValueError on a label
+value outside the closed sets, because that is our bug, not a peer's):
+
+``observe_link(direction, kind, rtt, jitter, loss_ratio)``
+    One quality sample of a stream, in seconds and as a ratio in 0..1; None (not known
+    yet) or a non-finite value is skipped, out-of-range values are clamped.
+``observe_mos(direction, mos)``
+    An estimated audio MOS (1..4.5) of a participant's uplink or downlink.
+``observe_join_to_first_packet(seconds)``
+    From the join request to the first packet forwarded to or from the new participant.
+``set_quality_counts(counts)``
+    Node-wide participants per quality level; a level left out counts as 0.
+``cleanup_ctx(app)``
+    aiohttp cleanup context that runs ``monitor_event_loop`` for the app's lifetime.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from mediaserver.tokens import Role, SessionKind
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes...
+PlatformCollector(registry=REGISTRY)  # python_info
+
+Direction = Literal["uplink", "downlink"]
+Kind = Literal["audio", "video"]
+DIRECTIONS: tuple[Direction, ...] = ("uplink", "downlink")
+KINDS: tuple[Kind, ...] = ("audio", "video")
+QUALITY_LEVELS = ("excellent", "good", "poor", "lost")
+ROOM_KINDS = tuple(k.value for k in SessionKind)
+ROLES = tuple(r.value for r in Role)
+RTCP_TYPES = ("nack", "pli", "fir", "remb", "twcc")
+
+# -- rooms, participants, packets (existing names; they already follow the conventions) --
 
 ROOMS = Gauge("mediaserver_rooms", "Rooms open on this node", ["kind"], registry=REGISTRY)
 PARTICIPANTS = Gauge(
@@ -65,3 +117,166 @@ DROP_REASONS = (
 DROP = {reason: DROPS.labels(reason=reason) for reason in DROP_REASONS}
 RETRANSMITTED = RETRANSMISSIONS.labels(result="sent")
 RETRANSMIT_MISSING = RETRANSMISSIONS.labels(result="missing")
+
+# -- network quality ---------------------------------------------------------------------
+
+JOIN_TO_FIRST_PACKET = Histogram(
+    "mediaserver_join_to_first_packet_seconds",
+    "Time from join request to the first packet forwarded to or from the participant",
+    buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20),
+    registry=REGISTRY,
+)
+RTT = Histogram(
+    "mediaserver_rtt_seconds",
+    "Round-trip time of a participant's uplink or downlink, from RTCP reports",
+    ["direction", "kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2),
+    registry=REGISTRY,
+)
+JITTER = Histogram(
+    "mediaserver_jitter_seconds",
+    "RTP interarrival jitter (RFC 3550) of a participant's uplink or downlink",
+    ["direction", "kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5),
+    registry=REGISTRY,
+)
+PACKET_LOSS = Histogram(
+    "mediaserver_packet_loss_ratio",
+    "Fraction of packets lost (0..1) on a participant's uplink or downlink, per report",
+    ["direction", "kind"],
+    buckets=(0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1),
+    registry=REGISTRY,
+)
+MOS = Histogram(
+    "mediaserver_audio_mos",
+    "Estimated audio mean opinion score (1..4.5) of a participant's uplink or downlink",
+    ["direction"],
+    buckets=(1, 1.5, 2, 2.5, 3, 3.25, 3.5, 3.75, 4, 4.1, 4.2, 4.3, 4.4, 4.5),
+    registry=REGISTRY,
+)
+QUALITY = Gauge(
+    "mediaserver_quality_level_participants",
+    "Participants on this node by connection quality level",
+    ["level"],
+    registry=REGISTRY,
+)
+
+# -- the process -------------------------------------------------------------------------
+
+EVENT_LOOP_LAG = Gauge(
+    "mediaserver_event_loop_lag_seconds",
+    "How late the event loop woke the last lag probe (a busy loop delays every packet)",
+    registry=REGISTRY,
+)
+EVENT_LOOP_LAG_DISTRIBUTION = Histogram(
+    "mediaserver_event_loop_lag_distribution_seconds",
+    "How late the event loop woke each lag probe",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+BUILD_INFO = Info("mediaserver", "Version of the running server", registry=REGISTRY)
+
+
+def _version() -> str:
+    try:
+        return version("mediaserver")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO.info({"version": _version()})
+
+for _kind in KINDS:
+    TRACKS.labels(kind=_kind)
+    for _dir in ("in", "out"):
+        PACKETS.labels(direction=_dir, kind=_kind)
+        BYTES.labels(direction=_dir, kind=_kind)
+for _room_kind in ROOM_KINDS:
+    ROOMS.labels(kind=_room_kind)
+for _role in ROLES:
+    PARTICIPANTS.labels(role=_role)
+for _dir in ("in", "out"):
+    for _type in RTCP_TYPES:
+        RTCP.labels(direction=_dir, type=_type)
+
+_LINK = {(d, k): (RTT.labels(direction=d, kind=k), JITTER.labels(direction=d, kind=k),
+                  PACKET_LOSS.labels(direction=d, kind=k))
+         for d in DIRECTIONS for k in KINDS}
+_MOS = {d: MOS.labels(direction=d) for d in DIRECTIONS}
+_QUALITY = {level: QUALITY.labels(level=level) for level in QUALITY_LEVELS}
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def observe_link(direction: Direction, kind: Kind, rtt: float | None, jitter: float | None,
+                 loss_ratio: float | None) -> None:
+    """Record one quality sample of a stream: rtt and jitter in seconds, loss in 0..1."""
+    try:
+        rtt_h, jitter_h, loss_h = _LINK[(direction, kind)]
+    except KeyError:
+        raise ValueError(f"observe_link: direction must be one of {DIRECTIONS} and kind one "
+                         f"of {KINDS}, not {direction!r}, {kind!r}") from None
+    if (value := _finite(rtt)) is not None:
+        rtt_h.observe(max(0.0, value))
+    if (value := _finite(jitter)) is not None:
+        jitter_h.observe(max(0.0, value))
+    if (value := _finite(loss_ratio)) is not None:
+        loss_h.observe(min(1.0, max(0.0, value)))
+
+
+def observe_mos(direction: Direction, mos: float) -> None:
+    """Record one audio MOS estimate (clamped to 1..4.5; a non-finite value is skipped)."""
+    child = _MOS.get(direction)
+    if child is None:
+        raise ValueError(f"observe_mos: direction must be one of {DIRECTIONS}, "
+                         f"not {direction!r}")
+    if (value := _finite(mos)) is not None:
+        child.observe(min(4.5, max(1.0, value)))
+
+
+def observe_join_to_first_packet(seconds: float) -> None:
+    """Record how long a participant waited from join to its first forwarded packet."""
+    JOIN_TO_FIRST_PACKET.observe(max(0.0, seconds))
+
+
+def set_quality_counts(counts: Mapping[str, int]) -> None:
+    """Set the node-wide number of participants per quality level (missing levels: 0)."""
+    unknown = set(counts) - set(QUALITY_LEVELS)
+    if unknown:
+        raise ValueError(f"set_quality_counts: unknown levels {sorted(unknown)}; "
+                         f"levels are {QUALITY_LEVELS}")
+    for level, gauge in _QUALITY.items():
+        gauge.set(counts.get(level, 0))
+
+
+# -- event-loop lag ----------------------------------------------------------------------
+
+def loop_lag(slept_at: float, woke_at: float, interval: float) -> float:
+    """How much later than asked a sleep of ``interval`` started at ``slept_at`` woke up."""
+    return max(0.0, woke_at - slept_at - interval)
+
+
+async def monitor_event_loop(interval: float = 0.5) -> None:
+    """Sleep ``interval`` again and again; record how late each wake-up is, until cancelled.
+
+    The lag is the time every other callback waited too (a packet, a signalling message),
+    so it is the first thing to look at when media stutters and CPU looks fine.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        slept_at = loop.time()
+        await asyncio.sleep(interval)
+        lag = loop_lag(slept_at, loop.time(), interval)
+        EVENT_LOOP_LAG.set(lag)
+        EVENT_LOOP_LAG_DISTRIBUTION.observe(lag)
+
+
+async def cleanup_ctx(app: object) -> AsyncIterator[None]:
+    """aiohttp cleanup context: the metrics' background tasks live as long as the app."""
+    task = asyncio.create_task(monitor_event_loop(), name="metrics-event-loop-lag")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

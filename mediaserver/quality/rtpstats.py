@@ -125,20 +125,26 @@ class ReceiveStats:
 class SendStats:
     """Counters of one sent RTP stream and the round trip measured through it."""
 
-    __slots__ = ("fraction_lost", "octets_sent", "packets_lost", "packets_sent", "rtt")
+    __slots__ = ("fraction_lost", "frames_sent", "jitter", "octets_sent", "packets_lost",
+                 "packets_sent", "reports", "rtt")
 
     def __init__(self) -> None:
         self.packets_sent = 0
         self.octets_sent = 0
+        self.frames_sent = 0
         self.rtt: float | None = None
         self.fraction_lost = 0
         self.packets_lost = 0
+        self.jitter = 0  # as the receiver reports it, in timestamp units
+        self.reports = 0
 
     def on_receiver_report(self, lsr: int, dlsr: int, fraction_lost: int, packets_lost: int,
-                           now_ntp_middle32: int) -> None:
+                           now_ntp_middle32: int, jitter: int = 0) -> None:
         """Take a report block about this stream; ``now_ntp_middle32`` is our clock."""
+        self.reports += 1
         self.fraction_lost = fraction_lost
         self.packets_lost = packets_lost
+        self.jitter = jitter
         if lsr:
             rtt_units = (now_ntp_middle32 - lsr - dlsr) & 0xFFFFFFFF
             if rtt_units < (1 << 31):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from mediaserver import metrics
@@ -23,6 +24,8 @@ class RoomManager:
         self.limits = limits or RoomConfig()
         self.rooms: dict[str, Room] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Quality reports of ended sessions: room name -> (ended at, report).
+        self.ended_reports: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def limit_for(self, kind: str) -> int:
         return KIND_LIMITS.get(kind, self.group_max)
@@ -70,6 +73,30 @@ class RoomManager:
             del self.rooms[room.name]
             metrics.ROOMS.labels(kind=room.kind).dec()
         await room.close(reason)
+        if self.limits.report_retention > 0:
+            report = room.report()
+            report["end_reason"] = reason
+            self.ended_reports[room.name] = (time.monotonic(), report)
+
+    def quality_counts(self) -> dict[str, int]:
+        """Participants per quality level across the node (for the Prometheus gauge)."""
+        total: dict[str, int] = {}
+        for room in self.rooms.values():
+            for level, n in room.quality_counts().items():
+                total[level] = total.get(level, 0) + n
+        return total
+
+    def report(self, name: str) -> dict[str, Any] | None:
+        """A session's quality report: live if the room is open, else kept for a while."""
+        now = time.monotonic()
+        for key in [k for k, (t, _) in self.ended_reports.items()
+                    if now - t > self.limits.report_retention]:
+            del self.ended_reports[key]
+        room = self.rooms.get(name)
+        if room is not None:
+            return room.report()
+        kept = self.ended_reports.get(name)
+        return kept[1] if kept else None
 
     async def leave(self, room: Room, p: Participant, reason: str = "left") -> None:
         await room.remove(p, reason)

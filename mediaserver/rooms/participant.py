@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ class Participant:
     claims: Claims
     send: SendFn
     joined_at: float
+    joined_monotonic: float = field(default_factory=time.monotonic)
     state: str = ACTIVE
     resume_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     disconnected_at: float | None = None
@@ -56,7 +58,11 @@ class Participant:
     pending_offer: dict[str, Any] | None = None
     negotiate_task: asyncio.Task[None] | None = None
     needs_negotiation: bool = False
+    subscriber_generation: int = 0
     closed: bool = False
+    # Signalling: which connection owns the participant (a resume takes it over).
+    connection: int = 0
+    on_takeover: Callable[[], None] | None = None
 
     def info(self) -> dict[str, Any]:
         """The participant as others see it in rosters and events."""

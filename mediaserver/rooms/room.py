@@ -19,6 +19,7 @@ from typing import Any
 
 from mediaserver import metrics
 from mediaserver.policy import Permission, allowed, bypasses_waiting_room, permissions, visible_to
+from mediaserver.quality.monitor import LinkCounters, ParticipantQuality
 from mediaserver.rooms.errors import RoomError
 from mediaserver.rooms.participant import (
     ACTIVE,
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("camera", "microphone", "screen", "screen_audio")
 TICK = 0.3
+QUALITY_INTERVAL = 1.0
 MAX_OBSERVERS = 4
 
 
@@ -63,10 +65,18 @@ class Room:
         self.started = time.monotonic()
         self.empty_since: float | None = self.started
         self.closed = False
-        self.persistent = False  # created through the admin API
+        self.persistent = False  # created through the admin API (see mark_persistent)
         self.speakers = SpeakerDetector()
+        self.quality: dict[str, ParticipantQuality] = {}
+        self.reports: list[dict[str, Any]] = []  # of participants who left
+        self._last_quality = float("-inf")
         self.negotiator = Negotiator(policy, self._visible_producers, self._relay_remb)
         self.policy = policy
+
+    def mark_persistent(self) -> None:
+        """Created ahead of time: wait for participants; the empty timer starts once one left."""
+        self.persistent = True
+        self.empty_since = None
 
     def info(self) -> dict[str, Any]:
         return {"room": self.name, "kind": self.kind, "max_participants": self.max_participants,
@@ -136,7 +146,7 @@ class Room:
                    ) -> Participant:
         if self.closed:
             raise RoomError("room_closed", "the session has ended")
-        if claims.token_id in self.banned_tokens:
+        if (claims.token_id or f"identity:{claims.identity}") in self.banned_tokens:
             raise RoomError("participant_removed", "you were removed from this session")
         if self.locked and claims.role is not Role.HOST:
             raise RoomError("room_locked", "the session is locked: no new participants")
@@ -151,6 +161,7 @@ class Room:
                         joined_at=time.time(), state=WAITING if waiting else ACTIVE,
                         auto_subscribe=auto_subscribe)
         self.participants[p.id] = p
+        self.quality[p.id] = ParticipantQuality(p.id)
         self.empty_since = None
         metrics.PARTICIPANTS.labels(role=p.role).inc()
         return p
@@ -197,7 +208,7 @@ class Room:
         if p.closed:
             return
         was_waiting = p.state == WAITING
-        if reason != "left":
+        if reason not in ("left", "denied"):
             await p.deliver({"type": "removed", "reason": reason})
         p.closed = True
         self.participants.pop(p.id, None)
@@ -212,6 +223,12 @@ class Room:
             if transport is not None:
                 await transport.close()
         self.speakers.remove(p.id)
+        quality = self.quality.pop(p.id, None)
+        if quality is not None and not was_waiting:
+            report = quality.report(self.started)
+            report.update(identity=p.identity, role=p.role, left_reason=reason,
+                          joined_at=int(p.joined_at), left_at=int(time.time()))
+            self.reports.append(report)
         if was_waiting:
             await self._tell_hosts({"type": "waiting_left", "participant_id": p.id,
                                     "reason": reason})
@@ -239,9 +256,13 @@ class Room:
         if (p is None or p.identity != claims.identity
                 or not hmac.compare_digest(p.resume_secret, secret)):
             raise RoomError("resume_failed", "nothing to resume: join again")
+        if p.on_takeover is not None:
+            p.on_takeover()  # an older socket still open: it lets go without leaving
         p.send = send
-        p.state = ACTIVE
+        if p.state == DISCONNECTED:
+            p.state = ACTIVE  # a waiting participant stays waiting
         p.disconnected_at = None
+        p.connection += 1
         return p
 
     async def close(self, reason: str = "room_ended") -> None:
@@ -278,7 +299,7 @@ class Room:
     async def remove_participant(self, host: Participant, participant_id: str) -> None:
         self._require(host, Permission.REMOVE)
         target = self._get(participant_id)
-        self.banned_tokens.add(target.claims.token_id)
+        self.banned_tokens.add(target.claims.token_id or f"identity:{target.identity}")
         await self.remove(target, reason="removed_by_host")
 
     async def lock(self, host: Participant, locked: bool) -> None:
@@ -337,6 +358,10 @@ class Room:
             gone = p.publisher.by_mid.get(mid)
             if gone is not None:
                 await self._close_producer(p, gone)
+        if restart:
+            for producer in list(p.producers.values()):
+                if producer not in rebound and producer not in published:
+                    await self._close_producer(p, producer)  # not carried over
         for producer in published:
             await self._tell_viewers(p, {"type": "track_published", "track": track_info(producer)})
         if published:
@@ -420,8 +445,91 @@ class Room:
 
     # -- the control task ----------------------------------------------------------------
 
+    def _counters(self, p: Participant) -> list[LinkCounters]:
+        out = []
+        rtts = []
+        if p.subscriber is not None:
+            rtts = [c.stats.rtt for c in p.subscriber.consumers.values()
+                    if c.stats.rtt is not None and not c.closed]
+        rtt = sum(rtts) / len(rtts) if rtts else None
+        for prod in p.producers.values():
+            st = prod.stats
+            out.append(LinkCounters(
+                key=f"{prod.track_id}:uplink", direction="uplink",
+                kind="audio" if prod.kind == "audio" else "video",
+                packets_expected=st.packets_expected, packets_lost=st.packets_lost,
+                fraction_lost=None, bytes=st.bytes_received, frames=prod.frames,
+                jitter=st.jitter / st.clock_rate, rtt=rtt, muted=prod.muted))
+        if p.subscriber is not None:
+            for c in p.subscriber.consumers.values():
+                if c.closed:
+                    continue
+                ss = c.stats
+                out.append(LinkCounters(
+                    key=f"{c.producer.track_id}:downlink", direction="downlink",
+                    kind="audio" if c.kind == "audio" else "video",
+                    packets_expected=ss.packets_sent, packets_lost=None,
+                    fraction_lost=ss.fraction_lost / 256, bytes=ss.octets_sent,
+                    frames=ss.frames_sent, jitter=ss.jitter / c.clock_rate, rtt=ss.rtt,
+                    muted=c.producer.muted or c.disabled,
+                    paused=c.paused and not (c.producer.muted or c.disabled)))
+        return out
+
+    async def _quality_step(self, now: float) -> None:
+        changed: dict[str, dict[str, Any]] = {}
+        for p in list(self.participants.values()):
+            q = self.quality.get(p.id)
+            if q is None or p.state == WAITING:
+                continue
+            level = q.update(self._counters(p), now)
+            if level is not None:
+                changed[p.id] = {"participant_id": p.id, "level": level.value,
+                                 "score": None if q.score is None else round(q.score, 2)}
+                log.info("quality_change participant=%s level=%s score=%s", p.id, level.value,
+                         changed[p.id]["score"])
+        if not changed:
+            return
+        for viewer in list(self.participants.values()):
+            if viewer.state == WAITING:
+                continue
+            updates = [u for pid, u in changed.items()
+                       if pid == viewer.id or self._sees(viewer, self.participants[pid])]
+            if updates:
+                await viewer.deliver({"type": "connection_quality", "updates": updates})
+
+    def quality_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for pid, q in self.quality.items():
+            p = self.participants.get(pid)
+            if q.level is not None and p is not None and p.state != WAITING:
+                counts[q.level.value] = counts.get(q.level.value, 0) + 1
+        return counts
+
+    def stats_for(self, p: Participant) -> dict[str, Any]:
+        q = self.quality.get(p.id)
+        if q is None:
+            return {}
+        return {"participant_id": p.id, "level": q.level.value if q.level else None,
+                "score": None if q.score is None else round(q.score, 2),
+                "tracks": q.details()}
+
+    def report(self) -> dict[str, Any]:
+        """The session quality report: everyone who left, and everyone still here."""
+        present = []
+        for p in self.participants.values():
+            q = self.quality.get(p.id)
+            if q is not None and p.state != WAITING:
+                present.append(dict(q.report(self.started), identity=p.identity, role=p.role,
+                                    joined_at=int(p.joined_at), left_at=None))
+        return {"room": self.name, "kind": self.kind, "created_at": int(self.created_at),
+                "duration": round(time.monotonic() - self.started, 1),
+                "participants": self.reports + present}
+
     async def tick(self, now: float) -> str | None:
         """One control step; returns a reason if the room should close."""
+        if now - self._last_quality >= QUALITY_INTERVAL:
+            self._last_quality = now
+            await self._quality_step(now)
         update = self.speakers.tick(now)
         if update is not None:
             await self._tell_all({"type": "speakers_changed", "dominant": update.dominant,
@@ -433,8 +541,7 @@ class Room:
                 await self.remove(p, reason="disconnected")
         if now - self.started > self.max_duration:
             return "max_duration"
-        if (not self.persistent and self.empty_since is not None
-                and now - self.empty_since >= self.empty_timeout):
+        if self.empty_since is not None and now - self.empty_since >= self.empty_timeout:
             return "empty"
         return None
 

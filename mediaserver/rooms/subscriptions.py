@@ -71,7 +71,10 @@ class Negotiator:
 
     async def _once(self, p: Participant) -> None:
         if p.subscriber is None:
-            p.subscriber = SubscriberTransport(self.policy, p.id)
+            first = p.subscriber_generation == 0
+            p.subscriber = SubscriberTransport(
+                self.policy, p.id, p.joined_monotonic if first else None)
+            p.subscriber_generation += 1
             p.subscriber.set_remb_listener(self.on_remb)
         sub = p.subscriber
         want = wanted(p, self.visible_producers(p))

@@ -36,11 +36,14 @@ HISTORY_MASK = HISTORY_SIZE - 1
 class DownstreamContext:
     """What all consumers on one subscriber connection share."""
 
-    __slots__ = ("send_rtp", "twcc_seq")
+    __slots__ = ("joined_at", "send_rtp", "twcc_seq")
 
-    def __init__(self, send_rtp: Callable[[bytes], bool]) -> None:
+    def __init__(self, send_rtp: Callable[[bytes], bool], joined_at: float | None = None
+                 ) -> None:
         self.send_rtp = send_rtp
         self.twcc_seq = random.randrange(1 << 16)
+        # When the subscriber joined (monotonic), until its first packet is forwarded.
+        self.joined_at = joined_at
 
 
 class Consumer:
@@ -114,13 +117,19 @@ class Consumer:
         out_seq, out_ts = out
         data = self._build(pkt, out_seq, out_ts, self.payload_type, self.ssrc, now)
         self._history[out_seq & HISTORY_MASK] = (out_seq, ext_seq, out_ts)
-        if not self.context.send_rtp(data):
+        ctx = self.context
+        if not ctx.send_rtp(data):
             metrics.DROP["not_connected"].inc()
             return
+        if ctx.joined_at is not None:
+            metrics.observe_join_to_first_packet(now - ctx.joined_at)
+            ctx.joined_at = None
         self.last_sent_at = now
         stats = self.stats
         stats.packets_sent += 1
         stats.octets_sent += pkt.payload_end - pkt.payload_offset
+        if pkt.marker:
+            stats.frames_sent += 1
         self._packets_counter.inc()
         self._bytes_counter.inc(len(data))
 

@@ -92,6 +92,7 @@ class Producer:
         self.is_video = kind == "video"
         self._keyframe_check = _keyframe_checker(codec.name)
         self.last_keyframe_at: float | None = None
+        self.frames = 0  # video frames seen (marker bits), for frame rates
         self.width: int | None = None
         self.height: int | None = None
         self.rtt = 0.1
@@ -159,6 +160,8 @@ class Producer:
         self._cache[slot] = pkt
         self._cache_seq[slot] = ext_seq
         keyframe = False
+        if pkt.marker:
+            self.frames += 1
         if self.is_video and pkt.payload_end > pkt.payload_offset:
             keyframe = self._keyframe_check(self, pkt)
             if keyframe:

@@ -330,10 +330,11 @@ class PublisherTransport(PeerTransport):
 class SubscriberTransport(PeerTransport):
     """The connection a participant receives on (SFU offers, client answers)."""
 
-    def __init__(self, policy: adapter.CandidatePolicy, subscriber_id: str) -> None:
+    def __init__(self, policy: adapter.CandidatePolicy, subscriber_id: str,
+                 joined_at: float | None = None) -> None:
         super().__init__(policy)
         self.subscriber_id = subscriber_id
-        self.context = DownstreamContext(self.send_rtp)
+        self.context = DownstreamContext(self.send_rtp, joined_at)
         self.consumers: dict[str, Consumer] = {}  # by mid
         self.by_ssrc: dict[int, Consumer] = {}
         self.pending: dict[str, Producer] = {}  # mid -> producer awaiting the answer
@@ -435,7 +436,7 @@ class SubscriberTransport(PeerTransport):
                     if consumer is not None:
                         consumer.stats.on_receiver_report(
                             block.lsr, block.dlsr, block.fraction_lost, block.packets_lost,
-                            ntp_now)
+                            ntp_now, block.jitter)
 
     def _on_remb_packet(self, p: rtcp.Remb, now: float) -> None:
         touched = set()

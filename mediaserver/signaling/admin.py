@@ -60,6 +60,7 @@ def add_routes(app: web.Application, config_key: web.AppKey[Config],
     app.router.add_post("/v1/rooms", authed(create_room))
     app.router.add_get("/v1/rooms/{room}", authed(get_room))
     app.router.add_delete("/v1/rooms/{room}", authed(end_room))
+    app.router.add_get("/v1/rooms/{room}/report", authed(room_report))
     app.router.add_delete("/v1/rooms/{room}/participants/{identity}", authed(remove_participant))
 
 
@@ -86,9 +87,28 @@ async def create_room(request: web.Request, rooms: RoomManager) -> web.Response:
     options = body.get("options", {})
     if not isinstance(options, dict) or len(json.dumps(options)) > 4096:
         return _error(400, "invalid_request", "options must be an object under 4 KiB")
+    problem = _check_options(options)
+    if problem:
+        return _error(400, "invalid_request", problem)
     room = rooms.create(name, kind, max_p, options)
-    room.persistent = True
+    room.mark_persistent()
     return web.json_response(room.info(), status=201)
+
+
+ROOM_OPTIONS = {"waiting_room": bool, "observers_visible": bool, "empty_timeout": int,
+                "max_duration": int}
+
+
+def _check_options(options: dict[str, Any]) -> str | None:
+    for key, value in options.items():
+        wanted = ROOM_OPTIONS.get(key)
+        if wanted is None:
+            return f"unknown room option {key[:40]!r}"
+        if type(value) is not wanted:
+            return f"option {key} must be a {wanted.__name__}"
+        if isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= 604800:
+            return f"option {key} must be between 1 and 604800 seconds"
+    return None
 
 
 async def get_room(request: web.Request, rooms: RoomManager) -> web.Response:
@@ -102,6 +122,13 @@ async def get_room(request: web.Request, rooms: RoomManager) -> web.Response:
          "tracks": [t["track_id"] for t in p.info()["tracks"]]}
         for p in room.participants.values()]
     return web.json_response(info)
+
+
+async def room_report(request: web.Request, rooms: RoomManager) -> web.Response:
+    report = rooms.report(request.match_info["room"])
+    if report is None:
+        raise RoomError("room_not_found", "no such room, and no report kept for it")
+    return web.json_response(report)
 
 
 async def end_room(request: web.Request, rooms: RoomManager) -> web.Response:

@@ -55,6 +55,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/v1/signal", signal_handler)
     admin.add_routes(app, CONFIG_KEY, ROOMS_KEY)
     app.on_shutdown.append(_on_shutdown)
+    app.cleanup_ctx.append(metrics.cleanup_ctx)  # event-loop lag monitor
     return app
 
 
@@ -76,6 +77,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    metrics.set_quality_counts(request.app[ROOMS_KEY].quality_counts())
     body = generate_latest(metrics.REGISTRY)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -119,30 +121,44 @@ class SignalSession:
         await self.send(proto.error(code, message, request_id))
 
     async def run(self) -> None:
-        started = time.monotonic()
+        started = last_message = time.monotonic()
         try:
             while not self.ws.closed:
-                timeout = float(self.config.signal_idle_timeout)
+                # Deadlines of our own: aiohttp restarts receive()'s timeout on every
+                # heartbeat pong, so it cannot tell an idle client from a live one.
+                now = time.monotonic()
                 if self.participant is None:
-                    timeout = JOIN_TIMEOUT - (time.monotonic() - started)
+                    timeout = JOIN_TIMEOUT - (now - started)
                     if timeout <= 0:
                         await self.fail(proto.JOIN_TIMEOUT, "no join message within "
                                         f"{int(JOIN_TIMEOUT)} seconds")
                         return
-                try:
-                    msg = await self.ws.receive(timeout=timeout)
-                except TimeoutError:
-                    if self.participant is not None:
+                else:
+                    timeout = self.config.signal_idle_timeout - (now - last_message)
+                    if timeout <= 0:
                         await self.ws.close(code=1000, message=b"idle")
                         return
+                try:
+                    msg = await asyncio.wait_for(self.ws.receive(), timeout)
+                except TimeoutError:
                     continue
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    last_message = time.monotonic()
                     await self.handle_raw(msg.data)
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
                                   WSMsgType.ERROR):
                     return
         finally:
             await self.detach()
+
+    def _attach(self, room: Room, p: Participant) -> None:
+        self.room, self.participant = room, p
+        p.on_takeover = self._taken_over
+
+    def _taken_over(self) -> None:
+        """A resume on another socket took the participant: let go without leaving."""
+        self.room = self.participant = None
+        self._schedule_close(1000, b"resumed elsewhere")
 
     async def detach(self, leaving: bool = False) -> None:
         room, p = self.room, self.participant
@@ -210,7 +226,7 @@ class SignalSession:
         assert claims.room is not None
         room = self.rooms.get_or_create(claims.room, claims.kind.value if claims.kind else None)
         p = await room.join(claims, self.send, auto_subscribe=msg.get("auto_subscribe", True))
-        self.room, self.participant = room, p
+        self._attach(room, p)
         ice = [s.to_json() for s in self.config.ice_servers_for(claims.identity, time.time())]
         await self.send(proto.reply("joined", request_id, protocol=proto.PROTOCOL_VERSION,
                                     ice_servers=ice, **room.joined_reply(p)))
@@ -224,7 +240,7 @@ class SignalSession:
         if room is None:
             raise RoomError("resume_failed", "nothing to resume: join again")
         p = room.resume(claims, msg["participant_id"], msg["resume_token"], self.send)
-        self.room, self.participant = room, p
+        self._attach(room, p)
         await self.send(proto.reply("resumed", request_id, **room.joined_reply(p)))
         if p.pending_offer is not None:
             await self.send(p.pending_offer)  # the offer sent while the socket was down
@@ -340,6 +356,11 @@ async def _end(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) 
     return None
 
 
+async def _get_stats(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]
+                     ) -> Reply:
+    return "stats", room.stats_for(p)
+
+
 async def _leave(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
     await s.send(proto.reply("ack", m.get("id")))
     await s.detach(leaving=True)
@@ -364,6 +385,7 @@ _HANDLERS: dict[str, Handler] = {
     "lock_room": _lock,
     "end_room": _end,
     "leave": _leave,
+    "get_stats": _get_stats,
 }
 
 

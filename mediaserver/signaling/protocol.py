@@ -58,6 +58,7 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool, int]]] = {
     "remove_participant": {"participant_id": ((str,), True, 64)},
     "lock_room": {"locked": ((bool,), True, 0)},
     "end_room": {},
+    "get_stats": {},
     "subscriber_answer": {"sdp": ((str,), True, MAX_SDP)},
     "candidate": {"target": ((str,), True, 16), "candidate": ((dict, type(None)), True, 0)},
     "unpublish": {"track_id": ((str,), True, 64)},

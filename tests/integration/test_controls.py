@@ -315,3 +315,46 @@ async def test_session_time_limit_ends_the_session(server, clients):
     await a.connect()
     removed = await a.wait_event(lambda e: e["type"] == "removed", timeout=10)
     assert removed["reason"] == "session_time_limit"
+
+
+async def test_a_waiting_participant_cannot_let_itself_in_by_resuming(server, clients):
+    await _create_room(server, "lobby", waiting_room=True)
+    host = clients(server, "lobby", "host", role="host")
+    guest = clients(server, "lobby", "guest")
+    await host.connect()
+    await host.publish(_video())
+    assert (await guest.connect())["state"] == "waiting"
+    # The guest opens a second socket and "resumes" its own waiting session.
+    second = SignalClient(server.ws_url, guest.token)
+    try:
+        second.joined, second.participant_id = guest.joined, guest.participant_id
+        second.session = aiohttp.ClientSession()
+        reply = await second.resume()
+        assert reply["type"] == "resumed"
+        assert reply["state"] == "waiting"
+        assert reply["participants"] == []
+        room = server.rooms.rooms["lobby"]
+        assert room.participants[guest.participant_id].state == "waiting"
+        assert room.participants[guest.participant_id].subscriber is None
+    finally:
+        await second.close()
+
+
+async def test_resume_while_the_old_socket_is_still_open_takes_it_over(server, clients):
+    a = clients(server, "takeover", "a", kind="one_to_one")
+    b = clients(server, "takeover", "b", kind="one_to_one")
+    await a.connect()
+    await b.connect()
+    await b.publish(_video((10, 250, 10)))
+    await wait_until(lambda: _frames(a, b) >= 5, timeout=60, message="a receives b")
+    old_ws = a.ws
+    # A second socket resumes while the first is still open (the phone did not notice
+    # the old network was gone): the old one is closed, the participant stays.
+    reply = await a.resume()
+    assert reply["type"] == "resumed"
+    await wait_until(lambda: old_ws.closed, timeout=10, message="old socket closed")
+    room = server.rooms.rooms["takeover"]
+    p = room.participants[a.participant_id]
+    assert p.state == "active"
+    assert (await a.request({"type": "ping"}))["type"] == "pong"  # the new socket works
+    assert not any(e["type"] == "participant_left" for e in b.events)

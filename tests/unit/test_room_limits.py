@@ -17,7 +17,7 @@ async def test_empty_room_closes_after_the_timeout_only():
 
 async def test_room_created_by_the_admin_api_waits_for_its_participants():
     room = Room("r", "group", 16, POLICY, empty_timeout=60, max_duration=3600)
-    room.persistent = True
+    room.mark_persistent()
     assert await room.tick(room.started + 600) is None
 
 

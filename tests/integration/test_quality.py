@@ -1,0 +1,82 @@
+"""Connection quality from measured facts: clean, impaired and recovered links, and reports."""
+
+from __future__ import annotations
+
+import random
+
+import aiohttp
+
+from loadtest.client import SignalClient
+from loadtest.media import SineAudioTrack, SyntheticVideoTrack
+from mediaserver.sfu import aiortc_adapter
+from tests.conftest import wait_until
+
+
+def _level(client: SignalClient, participant_id: str) -> str | None:
+    level = None
+    for e in client.events:
+        if e["type"] == "connection_quality":
+            for u in e["updates"]:
+                if u["participant_id"] == participant_id:
+                    level = u["level"]
+    return level
+
+
+class Impairment:
+    """Loss on the viewer's incoming path (a lossy relay in front of its socket)."""
+
+    def __init__(self) -> None:
+        self.loss = 0.0
+        self.rng = random.Random(7)
+
+    def __call__(self, data: bytes) -> bool:
+        is_rtp = len(data) > 1 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223
+        return is_rtp and self.rng.random() < self.loss
+
+
+async def test_quality_is_excellent_when_clean_poor_under_loss_and_recovers(server):
+    impairment = Impairment()
+    pub = SignalClient(server.ws_url, server.token("quality", "pub", role="host"))
+    viewer = SignalClient(server.ws_url, server.token("quality", "viewer"))
+    viewer.on_subscriber_pc = lambda pc: aiortc_adapter.drop_incoming(pc, impairment)
+    try:
+        await pub.connect()
+        await viewer.connect()
+        await pub.publish(SyntheticVideoTrack((80, 160, 240), width=160, height=120, fps=15),
+                          SineAudioTrack(440))
+        await viewer.publish(SineAudioTrack(660))
+        await wait_until(lambda: _level(viewer, viewer.participant_id) == "excellent"
+                         and _level(pub, pub.participant_id) == "excellent",
+                         timeout=30, message="a clean loopback call scores excellent")
+        # The viewer also hears about the publisher's quality (it sees the publisher).
+        assert _level(viewer, pub.participant_id) == "excellent"
+
+        impairment.loss = 0.10
+        await wait_until(lambda: _level(viewer, viewer.participant_id) == "poor", timeout=20,
+                         message="10 % loss on the viewer's downlink reads poor")
+        assert _level(pub, pub.participant_id) == "excellent"  # the publisher is fine
+        stats = await viewer.request({"type": "get_stats"})
+        downlinks = [t for k, t in stats["tracks"].items() if k.endswith(":downlink")
+                     and t["packets_expected"] > 20]
+        assert downlinks
+        for t in downlinks:
+            assert 0.03 <= t["loss"] <= 0.2, stats  # 10 % applied, within the window's noise
+
+        impairment.loss = 0.0
+        await wait_until(lambda: _level(viewer, viewer.participant_id) in ("excellent", "good"),
+                         timeout=30, message="quality recovers once the loss stops")
+
+        auth = {"Authorization": f"Bearer {server.admin_token()}"}
+        async with aiohttp.ClientSession(headers=auth) as http:
+            async with http.get(f"{server.url}/v1/rooms/quality/report") as r:
+                assert r.status == 200
+                report = await r.json()
+        by_identity = {p["identity"]: p for p in report["participants"]}
+        v = by_identity["viewer"]
+        assert v["seconds_in_level"].get("poor", 0) > 0
+        assert v["probable_cause"] == "downlink_loss"
+        assert v["timeline"] and {"t", "score", "level"} <= set(v["timeline"][0])
+        assert "pub" in by_identity
+    finally:
+        await pub.close()
+        await viewer.close()
