@@ -25,6 +25,7 @@ from mediaserver.quality.score import (
     combine,
     probable_cause,
     video_score,
+    window_score,
 )
 
 TIMELINE_STEP = 5.0  # seconds between timeline points in reports
@@ -134,7 +135,8 @@ class ParticipantQuality:
 
     def details(self) -> dict[str, Any]:
         """The detailed statistics a client may ask for."""
-        return {key: {"kind": w.kind, "packets_expected": w.packets_expected,
+        return {key: {"kind": w.kind, "score": round(window_score(w), 2),
+                      "packets_expected": w.packets_expected,
                       "packets_lost": w.packets_lost, "loss": _loss(w),
                       "rtt": w.rtt, "jitter": round(w.jitter, 4), "bitrate": int(w.bitrate),
                       "frame_rate": None if w.frame_rate is None else round(w.frame_rate, 1)}

@@ -37,13 +37,14 @@ EXCELLENT_R, EXCELLENT_ENTER_R = 80.0, 82.0  # "users satisfied" starts at R 80
 POOR_R, POOR_LEAVE_R = 60.0, 62.0            # below R 60 "nearly all users dissatisfied"
 MIN_MOS, MAX_MOS = 1.0, 4.5
 # Tracker dynamics (windows of about one second).
-DROP_WINDOWS = 4       # drop evidence: the last 4 windows pooled, the worst one set aside
-RISE_WINDOWS = 8       # rise target: the last 8 windows pooled, none set aside
+RECENT_WINDOWS = 4     # the windows that show a change (and the state: delay, layer, ...)
+LONG_WINDOWS = 20      # loss is estimated over up to 20 windows of an unchanged link
+Z_CHANGE = 4.0         # standard errors of recent loss that mean the link changed
 DROP_PER_S = 0.6       # a drop closes 60 % of the gap per second
 RISE_PER_S = 0.5       # a recovery climbs at most 0.5 MOS per second
 LOST_AFTER = 2         # consecutive windows with nothing received -> LOST
-FLAP_HALF_LIFE = 300.0  # s, memory of drops out of EXCELLENT (RFC 2439-style damping)
-FLAP_REUSE = 1.5       # back to EXCELLENT only while the decayed drop count is below this
+FLAP_HALF_LIFE = 600.0  # s, memory of drops out of EXCELLENT (RFC 2439-style damping)
+FLAP_REUSE = 1.5       # EXCELLENT again only while the decayed drop count is below this
 MAX_DT = 10.0          # s, longest window duration the dynamics take at face value
 HISTORY_SECONDS = 3600.0
 CAUSE_MIN_R = 4.0      # an impairment smaller than this is not worth naming
@@ -224,26 +225,34 @@ def _merge(windows: list[WindowStats], worst: bool = False) -> WindowStats:
         frame_rate=pick([w.frame_rate for w in windows], min))
 
 
-def _drop_evidence(windows: list[WindowStats]) -> float | None:
-    """Score of the windows pooled with the single worst one set aside; one is not enough."""
+def _without_worst(windows: list[WindowStats]) -> list[WindowStats]:
     if len(windows) < 2:
-        return None
+        return windows
     worst = min(range(len(windows)), key=lambda i: window_score(windows[i]))
-    return window_score(_merge(windows[:worst] + windows[worst + 1:]))
+    return windows[:worst] + windows[worst + 1:]
+
+
+def _shift(recent: WindowStats, base: WindowStats) -> float:
+    """Standard errors by which the recent loss lies above (+) or below (-) the base rate."""
+    p = (base.packets_lost + 0.5) / (base.packets_expected + 1.0)
+    n = recent.packets_expected
+    return (recent.packets_lost - n * p) / math.sqrt(n * p * (1.0 - p) + 1.0)
 
 
 class QualityTracker:
     """Level of one track direction (combine several with ``combine``).
 
-    Evidence for a drop is the pool of the last ``POOL_WINDOWS`` windows with the single worst
-    one set aside, so one bad window is never enough; the target for a recovery is the whole
-    pool, so a recovery waits until the bad windows have left it. The score drops fast
-    (``DROP_PER_S``) and climbs slowly (``RISE_PER_S``); levels have a hysteresis margin.
+    Loss is estimated over every window since the link last changed (up to LONG_WINDOWS),
+    because a few seconds of audio hold too few packets to tell 1 % from 3 %. A change is
+    declared when the recent windows' loss lies Z_CHANGE standard errors from that estimate:
+    worse on the recent windows with the worst one set aside (one bad window is never enough),
+    better on all of them. The score then drops fast and climbs slowly, toward evidence that is
+    optimistic for drops (worst window set aside) and pessimistic for climbs (worst values).
     """
 
     def __init__(self, history_seconds: float = HISTORY_SECONDS) -> None:
         self._history_seconds = history_seconds
-        self._pool: deque[WindowStats] = deque(maxlen=max(DROP_WINDOWS, RISE_WINDOWS))
+        self._pool: deque[WindowStats] = deque(maxlen=LONG_WINDOWS)
         self._empty_run = 0
         self._flaps = 0.0
         self._score: float | None = None
@@ -275,29 +284,39 @@ class QualityTracker:
             self._pool.clear()
             self._score = MIN_MOS
             return self._set(QualityLevel.LOST, now)
-        windows = list(self._pool)
-        rise_to = window_score(_merge(windows[-RISE_WINDOWS:], worst=True))
-        drop_to = _drop_evidence(windows[-DROP_WINDOWS:])
+        pool = list(self._pool)
+        if len(pool) >= 2 * RECENT_WINDOWS:  # each side cautious: optimistic vs pessimistic
+            older, recent = pool[:-RECENT_WINDOWS], pool[-RECENT_WINDOWS:]
+            if (_shift(_merge(_without_worst(recent)), _merge(older)) >= Z_CHANGE
+                    or _shift(_merge(recent), _merge(_without_worst(older))) <= -Z_CHANGE):
+                pool = pool[-2:]  # the link changed: the older windows describe another link
+                self._pool = deque(pool, maxlen=LONG_WINDOWS)
+        recent = pool[-RECENT_WINDOWS:]
+        loss = _merge(_without_worst(pool))  # optimistic: the worst window set aside
+        drop_to = window_score(replace(_merge(_without_worst(recent)), packets_lost=
+                                       loss.packets_lost, packets_expected=loss.packets_expected))
+        loss = _merge(pool)  # pessimistic: every window, the worst delay and frame rate
+        rise_to = window_score(replace(_merge(recent, worst=True), packets_lost=
+                                       loss.packets_lost, packets_expected=loss.packets_expected))
         dt = min(max(stats.duration, 0.0), MAX_DT)
-        score, level = self._score, self._level
-        if score is None or level is None:
-            if drop_to is None:
-                return None  # warm-up: the first level needs two windows
+        score = self._score
+        if score is None or self._level is None:
+            if len(pool) < 2:
+                return None  # warm-up: one window is never evidence
             score = drop_to
-        else:
-            if drop_to is not None and drop_to < score:
-                score -= (1.0 - (1.0 - DROP_PER_S) ** dt) * (score - drop_to)
-            elif rise_to > score:
-                score = min(rise_to, score + RISE_PER_S * dt)
+        elif drop_to < score and len(pool) >= 2:
+            score -= (1.0 - (1.0 - DROP_PER_S) ** dt) * (score - drop_to)
+        elif rise_to > score:
+            score = min(rise_to, score + RISE_PER_S * dt)
         self._score = min(MAX_MOS, max(MIN_MOS, score))
         self._flaps *= 0.5 ** (dt / FLAP_HALF_LIFE)
-        new = _next_level(self._score, level)
-        if new is QualityLevel.EXCELLENT and level is not None and level is not new:
-            if self._flaps > FLAP_REUSE:
-                new = level  # this link keeps wobbling: stay down until it settles
-        elif level is QualityLevel.EXCELLENT and new is not level:
+        level = _next_level(self._score, self._level)
+        if self._level is QualityLevel.EXCELLENT and level is not QualityLevel.EXCELLENT:
             self._flaps += 1.0
-        return self._set(new, now)
+        elif level is QualityLevel.EXCELLENT and self._level is not level:
+            if self._flaps > FLAP_REUSE:  # it keeps slipping out: stay GOOD until it settles
+                level = QualityLevel.GOOD
+        return self._set(level, now)
 
     def _set(self, level: QualityLevel | None, now: float) -> QualityLevel | None:
         if level is None or self._score is None:

@@ -509,9 +509,25 @@ class Room:
         q = self.quality.get(p.id)
         if q is None:
             return {}
+        tracks = q.details()
+        for prod in p.producers.values():
+            extra: dict[str, Any] = {"nacks_sent": prod.nacks_sent,
+                                     "plis_sent": prod.plis_sent, "muted": prod.muted}
+            if prod.is_video:
+                extra.update(width=prod.width, height=prod.height)
+            tracks.setdefault(f"{prod.track_id}:uplink", {}).update(extra)
+        if p.subscriber is not None:
+            for c in p.subscriber.consumers.values():
+                if c.closed:
+                    continue
+                extra = {"nacks_received": c.nacks_received, "retransmitted": c.retransmitted,
+                         "keyframe_requests": c.keyframe_requests, "paused": c.paused,
+                         "layer": 0}  # one layer until simulcast lands
+                if c.producer.is_video:
+                    extra.update(width=c.producer.width, height=c.producer.height)
+                tracks.setdefault(f"{c.producer.track_id}:downlink", {}).update(extra)
         return {"participant_id": p.id, "level": q.level.value if q.level else None,
-                "score": None if q.score is None else round(q.score, 2),
-                "tracks": q.details()}
+                "score": None if q.score is None else round(q.score, 2), "tracks": tracks}
 
     def report(self) -> dict[str, Any]:
         """The session quality report: everyone who left, and everyone still here."""

@@ -434,3 +434,50 @@ def drop_incoming(pc: RTCPeerConnection, should_drop: Callable[[bytes], bool]) -
 def drop_extension(transceiver: Any, uri: str) -> None:
     """Leave a header extension out of the answer for this transceiver."""
     transceiver._headerExtensions = [e for e in transceiver._headerExtensions if e.uri != uri]
+
+
+def delay_incoming(pc: RTCPeerConnection, delay: Callable[[], float]) -> None:
+    """Hold every received datagram for ``delay()`` seconds before the peer sees it.
+
+    A delay line, not a sleep per packet: a relay task reads datagrams as they come and
+    releases each at its own due time, so throughput is kept and only latency grows
+    (what a long-haul or bufferbloated link does). For tests and load-test profiles.
+    The relay starts with the first receive (aioice refuses to receive before ICE has
+    connected) and hands a receive error on to the reader.
+    """
+    for dtls in dtls_transports(pc):
+        ice: Any = dtls.transport
+        if getattr(ice, "_sfu_delayed", False):
+            continue
+        ice._recv = _DelayLine(ice._recv, delay).recv
+        ice._sfu_delayed = True
+
+
+class _DelayLine:
+    def __init__(self, source: Callable[[], Awaitable[bytes]], delay: Callable[[], float]
+                 ) -> None:
+        self._source = source
+        self._delay = delay
+        self._line: asyncio.Queue[tuple[float, bytes | BaseException]] = asyncio.Queue()
+        self._relay: asyncio.Future[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = await self._source()
+            except BaseException as exc:  # ConnectionError at the end, or cancellation
+                self._line.put_nowait((loop.time(), exc))
+                return
+            self._line.put_nowait((loop.time() + self._delay(), data))
+
+    async def recv(self) -> bytes:
+        if self._relay is None:
+            self._relay = asyncio.ensure_future(self._run())
+        due, item = await self._line.get()
+        if isinstance(item, BaseException):
+            raise item
+        wait = due - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return item

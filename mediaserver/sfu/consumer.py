@@ -86,6 +86,10 @@ class Consumer:
         self.stats = SendStats()
         self.remb_bitrate: int | None = None
         self.last_sent_at: float | None = None
+        # Feedback from the subscriber, for per-track statistics.
+        self.nacks_received = 0
+        self.keyframe_requests = 0
+        self.retransmitted = 0
         # Slot -> (output seq16, producer ext seq, output ts32) for NACK answers.
         self._history: list[tuple[int, int, int] | None] = [None] * HISTORY_SIZE
         self._rtx_seq = random.randrange(1 << 16)
@@ -155,6 +159,7 @@ class Consumer:
 
     def on_nack(self, seqs: tuple[int, ...], now: float) -> None:
         """Retransmit what the subscriber lost, from the producer's cache."""
+        self.nacks_received += 1
         for seq in seqs:
             entry = self._history[seq & HISTORY_MASK]
             if entry is None or entry[0] != seq:
@@ -174,9 +179,11 @@ class Consumer:
             else:
                 data = self._build(pkt, seq, out_ts, self.payload_type, self.ssrc, now)
             if self.context.send_rtp(data):
+                self.retransmitted += 1
                 metrics.RETRANSMITTED.inc()
 
     def on_keyframe_request(self, now: float) -> None:
+        self.keyframe_requests += 1
         self.producer.request_keyframe(now)
 
     def sender_report_timestamp(self, now: float) -> int:

@@ -93,6 +93,8 @@ class Producer:
         self._keyframe_check = _keyframe_checker(codec.name)
         self.last_keyframe_at: float | None = None
         self.frames = 0  # video frames seen (marker bits), for frame rates
+        self.nacks_sent = 0  # feedback sent upstream, for per-track statistics
+        self.plis_sent = 0
         self.width: int | None = None
         self.height: int | None = None
         self.rtt = 0.1
@@ -187,11 +189,13 @@ class Producer:
     def _pli_upstream(self) -> None:
         if self.ssrc is not None:
             metrics.RTCP.labels(direction="out", type="pli").inc()
+            self.plis_sent += 1
             self._send_rtcp(rtcp.build_pli(self._rtcp_ssrc, self.ssrc))
 
     def _nack_upstream(self, ext_seqs: tuple[int, ...]) -> None:
         if self.ssrc is not None:
             metrics.RTCP.labels(direction="out", type="nack").inc()
+            self.nacks_sent += 1
             self._send_rtcp(rtcp.build_nack(self._rtcp_ssrc, self.ssrc,
                                             [s & 0xFFFF for s in ext_seqs]))
 

@@ -433,7 +433,8 @@ class SubscriberTransport(PeerTransport):
                 ntp_now = rtcp.ntp_middle32(rtcp.ntp_from_seconds(time.time()))
                 for block in p.reports:
                     consumer = self.by_ssrc.get(block.ssrc)
-                    if consumer is not None:
+                    # Blocks about the RTX stream say nothing of the media's loss.
+                    if consumer is not None and block.ssrc == consumer.ssrc:
                         consumer.stats.on_receiver_report(
                             block.lsr, block.dlsr, block.fraction_lost, block.packets_lost,
                             ntp_now, block.jitter)

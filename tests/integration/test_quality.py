@@ -27,6 +27,7 @@ class Impairment:
 
     def __init__(self) -> None:
         self.loss = 0.0
+        self.delay = 0.0
         self.rng = random.Random(7)
 
     def __call__(self, data: bytes) -> bool:
@@ -38,7 +39,12 @@ async def test_quality_is_excellent_when_clean_poor_under_loss_and_recovers(serv
     impairment = Impairment()
     pub = SignalClient(server.ws_url, server.token("quality", "pub", role="host"))
     viewer = SignalClient(server.ws_url, server.token("quality", "viewer"))
-    viewer.on_subscriber_pc = lambda pc: aiortc_adapter.drop_incoming(pc, impairment)
+
+    def impair(pc) -> None:
+        aiortc_adapter.drop_incoming(pc, impairment)
+        aiortc_adapter.delay_incoming(pc, lambda: impairment.delay)
+
+    viewer.on_subscriber_pc = impair
     try:
         await pub.connect()
         await viewer.connect()
@@ -65,6 +71,26 @@ async def test_quality_is_excellent_when_clean_poor_under_loss_and_recovers(serv
         impairment.loss = 0.0
         await wait_until(lambda: _level(viewer, viewer.participant_id) in ("excellent", "good"),
                          timeout=30, message="quality recovers once the loss stops")
+
+        # 200 ms more one-way delay on the viewer's incoming path: the RTT the SFU measures
+        # from its sender reports grows by about that much.
+        async def rtt() -> float | None:
+            stats = await viewer.request({"type": "get_stats"})
+            values = [t["rtt"] for k, t in stats["tracks"].items()
+                      if k.endswith(":downlink") and t["rtt"] is not None]
+            return max(values) if values else None
+
+        base = await wait_until(rtt, timeout=10, message="an RTT measurement")
+        impairment.delay = 0.2
+
+        async def grown() -> bool:
+            value = await rtt()
+            return value is not None and value > base + 0.15
+
+        await wait_until(grown, timeout=30, message="RTT reflects the added delay")
+        measured = await rtt()
+        assert measured is not None and 0.15 <= measured - base <= 0.3, (base, measured)
+        impairment.delay = 0.0
 
         auth = {"Authorization": f"Bearer {server.admin_token()}"}
         async with aiohttp.ClientSession(headers=auth) as http:
