@@ -113,6 +113,7 @@ DROP_REASONS = (
     "padding",
     "paused",
     "handler_error",
+    "srtp_error",
 )
 DROP = {reason: DROPS.labels(reason=reason) for reason in DROP_REASONS}
 RETRANSMITTED = RETRANSMISSIONS.labels(result="sent")
