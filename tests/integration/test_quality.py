@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack, SyntheticVideoTrack
@@ -56,6 +57,16 @@ async def test_quality_is_excellent_when_clean_poor_under_loss_and_recovers(serv
                          timeout=30, message="a clean loopback call scores excellent")
         # The viewer also hears about the publisher's quality (it sees the publisher).
         assert _level(viewer, pub.participant_id) == "excellent"
+        # Operators see the same through Prometheus.
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{server.url}/metrics") as r:
+                families = {f.name: f for f in text_string_to_metric_families(await r.text())}
+        levels = {s.labels["level"]: s.value for s in
+                  families["mediaserver_quality_level_participants"].samples}
+        assert levels["excellent"] >= 2
+        joins = [s for s in families["mediaserver_join_to_first_packet_seconds"].samples
+                 if s.name.endswith("_count")]
+        assert joins and joins[0].value >= 1
 
         impairment.loss = 0.10
         await wait_until(lambda: _level(viewer, viewer.participant_id) == "poor", timeout=20,
