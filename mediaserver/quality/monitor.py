@@ -49,13 +49,15 @@ class LinkCounters:
     muted: bool = False
     paused: bool = False
     expected_frame_rate: float | None = None
+    dtx: bool = False  # the codec may stop sending in silence (Opus usedtx=1)
 
 
 class ParticipantQuality:
     def __init__(self, participant_id: str) -> None:
         self.participant_id = participant_id
-        self.uplink = QualityTracker()
-        self.downlink = QualityTracker()
+        # One tracker per track direction: pooling loss across tracks would mix audio and
+        # video windows. The participant's level is the worst of them.
+        self.trackers: dict[str, QualityTracker] = {}
         self.level: QualityLevel | None = None
         self.score: float | None = None
         self._prev: dict[str, tuple[float, LinkCounters]] = {}
@@ -85,7 +87,7 @@ class ParticipantQuality:
             frame_rate=frames / duration if c.kind == "video" else None,
             expected_frame_rate=c.expected_frame_rate, layer_delivered=None,
             layer_wanted=None, paused=c.paused, muted=c.muted, fec=c.kind == "audio",
-            dtx=c.kind == "audio")
+            dtx=c.dtx)
 
     def update(self, counters: list[LinkCounters], now: float) -> QualityLevel | None:
         """Take a reading; return the participant's new level when it changed."""
@@ -107,19 +109,24 @@ class ParticipantQuality:
         for key in [k for k in self._prev if k not in live]:
             del self._prev[key]
             self.latest.pop(key, None)
+            self.trackers.pop(key, None)
         levels = []
-        for tracker, windows in ((self.uplink, ups), (self.downlink, downs)):
-            worst = _worst(windows)
-            if worst is not None:
-                tracker.update(worst, now)
+        scores = []
+        for key, w in self.latest.items():
+            tracker = self.trackers.get(key)
+            if tracker is None:
+                tracker = self.trackers[key] = QualityTracker()
+            tracker.update(w, now)
+            if tracker.level is not None:
                 levels.append(tracker.level)
+            if tracker.score is not None and not w.muted:
+                scores.append(tracker.score)
         if not levels:
             return None
         if self._last_update is not None and self.level is not None:
             spent = now - self._last_update
             self.time_in_level[self.level] = self.time_in_level.get(self.level, 0.0) + spent
         self._last_update = now
-        scores = [t.score for t in (self.uplink, self.downlink) if t.score is not None]
         self.score = min(scores) if scores else None
         cause = probable_cause(_worst(ups), _worst(downs))
         if cause != "none":
@@ -135,7 +142,9 @@ class ParticipantQuality:
 
     def details(self) -> dict[str, Any]:
         """The detailed statistics a client may ask for."""
+        levels = {k: t.level.value for k, t in self.trackers.items() if t.level is not None}
         return {key: {"kind": w.kind, "score": round(window_score(w), 2),
+                      "level": levels.get(key),
                       "packets_expected": w.packets_expected,
                       "packets_lost": w.packets_lost, "loss": _loss(w),
                       "rtt": w.rtt, "jitter": round(w.jitter, 4), "bitrate": int(w.bitrate),

@@ -1,9 +1,9 @@
-"""Connection-quality scoring: an E-model score per window and a level that tells the truth.
+"""Connection quality: an E-model score per window, and a level that tells the truth.
 
-Sans-IO: statistics and ``now`` in, a score or a level out. ``audio_mos`` and ``video_score``
-rate one measurement window on the MOS scale (1.0-4.5); ``QualityTracker`` turns a stream of
-windows into EXCELLENT / GOOD / POOR / LOST without flicker and without hiding a real drop.
-The model, every constant and where it came from: docs/quality.md.
+Sans-IO: window statistics and ``now`` in, a score or a level out. ``audio_mos`` and
+``video_score`` rate one window on the MOS scale (1.0-4.5); ``QualityTracker`` turns windows
+into EXCELLENT / GOOD / POOR / LOST without flicker and without hiding a real drop.
+The model, each constant and where it comes from: docs/quality.md.
 """
 
 from __future__ import annotations
@@ -16,36 +16,36 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
 
-# E-model (ITU-T G.107). R is the transmission rating (0-100); MOS is derived from it.
-R0 = 93.2              # R with every G.107 parameter at its default (no codec, no delay)
-OPUS_IE = 8.0          # equipment impairment of Opus voice (rtcscore, as LiveKit used it)
-OPUS_BPL = 10.0        # packet-loss robustness of Opus with PLC only (rtcscore)
-OPUS_BPL_FEC = 20.0    # ... with in-band FEC (LBRR) negotiated (rtcscore)
-VIDEO_IE = OPUS_IE     # a clean video track reads like a clean audio track (docs)
-VIDEO_BPL = 20.0       # NACK/RTX repairs isolated video losses the way FEC does for audio
-BURST_R = 1.0          # G.107 burst ratio of random loss: one window cannot see bursts
-CODEC_DELAY = 0.0265   # s, Opus 20 ms frame + 6.5 ms look-ahead (RFC 6716 default)
-JITTER_BUFFER_MIN = 0.020  # s, a jitter buffer holds at least one 20 ms frame
-ID_SLOPE, ID_KNEE, ID_KNEE_SLOPE = 0.024, 177.3, 0.11  # Cole & Rosenbluth 2001 fit of Id
-# Video terms, in R points (calibrations, see docs).
-FPS_TOLERANCE = 0.8    # at least 80 % of the expected frame rate costs nothing
-FPS_WEIGHT = 30.0      # R per natural-log unit of frame-rate shortfall below the tolerance
-LAYER_WEIGHT = 10.0    # R per spatial layer delivered below the one wanted
-PAUSED_R = 50.0        # paused by the allocator: below the POOR line, above an outage
-# Levels: G.107 Annex B user-satisfaction bands, with a hysteresis margin to climb back.
-EXCELLENT_R, EXCELLENT_ENTER_R = 80.0, 82.0  # "users satisfied" starts at R 80
-POOR_R, POOR_LEAVE_R = 60.0, 62.0            # below R 60 "nearly all users dissatisfied"
+# E-model (ITU-T G.107): R is the transmission rating (0-100), MOS is derived from it.
+R0 = 93.2              # R with every G.107 parameter at its default value
+OPUS_IE = 8.0          # equipment impairment of Opus voice (rtcscore)
+OPUS_BPL = 10.0        # packet-loss robustness of Opus, concealment only (rtcscore)
+OPUS_BPL_FEC = 20.0    # ... with in-band FEC negotiated (rtcscore)
+VIDEO_IE = OPUS_IE     # a clean video track reads like a clean audio track
+VIDEO_BPL = 20.0       # NACK/RTX repairs isolated video losses as FEC does for audio
+BURST_R = 1.0          # G.107 BurstR of random loss: window counts cannot see bursts
+CODEC_DELAY = 0.0265   # s: one 20 ms Opus frame plus 6.5 ms look-ahead (RFC 6716)
+JITTER_BUFFER_MIN = 0.020  # s: a jitter buffer holds at least one 20 ms frame
+ID_SLOPE, ID_KNEE, ID_KNEE_SLOPE = 0.024, 177.3, 0.11  # Id fit (Cole & Rosenbluth 2001)
+# Video impairments in R points (calibrated: docs/quality.md).
+FPS_TOLERANCE = 0.8    # 80 % of the expected frame rate costs nothing
+FPS_WEIGHT = 30.0      # R per natural-log unit of frame rate below that
+LAYER_WEIGHT = 10.0    # R per spatial layer below the one wanted
+PAUSED_R = 50.0        # R of a video paused by the allocator
+# Levels: G.107 Annex B satisfaction bands; climbing back needs a margin (hysteresis).
+EXCELLENT_R, EXCELLENT_ENTER_R = 80.0, 82.0  # R >= 80: "users satisfied"
+POOR_R, POOR_LEAVE_R = 60.0, 64.0            # R < 60: "nearly all users dissatisfied"
 MIN_MOS, MAX_MOS = 1.0, 4.5
-# Tracker dynamics (windows of about one second).
-RECENT_WINDOWS = 4     # the windows that show a change (and the state: delay, layer, ...)
-LONG_WINDOWS = 20      # loss is estimated over up to 20 windows of an unchanged link
-Z_CHANGE = 4.0         # standard errors of recent loss that mean the link changed
+# Tracker dynamics, for windows of about one second.
+RECENT_WINDOWS = 4     # windows that reveal a change, and give delay, frame rate, layer
+LONG_WINDOWS = 60      # loss is pooled over up to a minute of an unchanged link
+FORGIVE_ONE_IN = 10    # up to one loss spike in ten windows is set aside
+CHANGE_SCALES = (4, 8, 16, 32)  # recent windows compared with the older ones
+Z_CHANGE = 4.0         # standard errors between recent and older loss that mean a change
 DROP_PER_S = 0.6       # a drop closes 60 % of the gap per second
 RISE_PER_S = 0.5       # a recovery climbs at most 0.5 MOS per second
-LOST_AFTER = 2         # consecutive windows with nothing received -> LOST
-FLAP_HALF_LIFE = 600.0  # s, memory of drops out of EXCELLENT (RFC 2439-style damping)
-FLAP_REUSE = 1.5       # EXCELLENT again only while the decayed drop count is below this
-MAX_DT = 10.0          # s, longest window duration the dynamics take at face value
+LOST_AFTER = 2         # consecutive windows with nothing received
+MAX_DT = 10.0          # s: longest window the dynamics take at face value
 HISTORY_SECONDS = 3600.0
 CAUSE_MIN_R = 4.0      # an impairment smaller than this is not worth naming
 
@@ -54,8 +54,8 @@ CAUSE_MIN_R = 4.0      # an impairment smaller than this is not worth naming
 class WindowStats:
     """One window of one track direction (publisher uplink or subscriber downlink).
 
-    ``packets_expected`` comes from sequence numbers, so DTX silence (nothing sent, no
-    sequence gap) is not loss. Times in seconds, ``bitrate`` in bit/s.
+    ``packets_expected`` comes from sequence numbers, never from a packet rate, so DTX
+    silence (nothing sent, no sequence gap) is not loss. Seconds and bit/s.
     """
 
     kind: Literal["audio", "video"]
@@ -77,6 +77,8 @@ class WindowStats:
     def __post_init__(self) -> None:
         if self.kind not in ("audio", "video"):
             raise ValueError(f"kind must be 'audio' or 'video', not {self.kind!r}")
+        if self.packets_expected < 0:
+            raise ValueError(f"packets_expected must not be negative: {self.packets_expected}")
 
 
 def _is_silence(s: WindowStats) -> bool:
@@ -84,15 +86,8 @@ def _is_silence(s: WindowStats) -> bool:
 
 
 def _is_dry(s: WindowStats) -> bool:
-    """Nothing sent (no sequence numbers) although the track should be flowing."""
+    """Nothing was sent (no sequence numbers) although the track should be flowing."""
     return s.packets_expected <= 0 and not (s.muted or s.paused or _is_silence(s))
-
-
-def _is_empty(s: WindowStats) -> bool:
-    """Nothing received although something was expected."""
-    if s.muted or s.paused:
-        return False
-    return _is_dry(s) or (s.packets_expected > 0 and s.packets_lost >= s.packets_expected)
 
 
 def _loss_pct(s: WindowStats) -> float:
@@ -102,17 +97,15 @@ def _loss_pct(s: WindowStats) -> float:
 
 
 def _mos(r: float) -> float:
-    """G.107 Annex B; the cubic dips under 1 for small R, hence the clamp."""
+    """G.107 Annex B. The cubic dips below 1 for small R, hence the clamp."""
     if r <= 0.0:
         return MIN_MOS
-    if r >= 100.0:
-        return MAX_MOS
-    mos = 1.0 + 0.035 * r + r * (r - 60.0) * (100.0 - r) * 7e-6
+    mos = 1.0 + 0.035 * r + r * (r - 60.0) * (100.0 - r) * 7e-6 if r < 100.0 else MAX_MOS
     return min(MAX_MOS, max(MIN_MOS, mos))
 
 
 def _delay_impairment(s: WindowStats, network: bool = True) -> float:
-    """Id for mouth-to-ear delay: one-way network + jitter buffer + codec framing."""
+    """Id of the mouth-to-ear delay: half the RTT, the jitter buffer, the codec's framing."""
     rtt = max(s.rtt or 0.0, 0.0) if network else 0.0
     jitter = max(s.jitter, 0.0) if network else 0.0
     d = 1000.0 * (rtt / 2.0 + max(2.0 * jitter, JITTER_BUFFER_MIN) + CODEC_DELAY)
@@ -120,7 +113,7 @@ def _delay_impairment(s: WindowStats, network: bool = True) -> float:
 
 
 def _loss_impairment(s: WindowStats) -> float:
-    """G.107 effective equipment impairment Ie,eff for the window's loss."""
+    """G.107 effective equipment impairment Ie,eff at the window's loss."""
     if s.kind == "video":
         ie, bpl = VIDEO_IE, VIDEO_BPL
     else:
@@ -130,7 +123,7 @@ def _loss_impairment(s: WindowStats) -> float:
 
 
 def _video_impairment(s: WindowStats) -> float:
-    """R points lost to a low frame rate and to a spatial layer below the one wanted."""
+    """R lost to a frame rate below the expected one and to a layer below the wanted one."""
     total = 0.0
     if s.frame_rate is not None and s.expected_frame_rate and s.expected_frame_rate > 0:
         ratio = max(s.frame_rate, 0.0) / s.expected_frame_rate
@@ -141,29 +134,24 @@ def _video_impairment(s: WindowStats) -> float:
     return total
 
 
-def _r_factor(s: WindowStats) -> float:
-    if s.kind == "video" and s.paused:
-        return PAUSED_R
-    r = R0 - _delay_impairment(s) - _loss_impairment(s)
-    return r - _video_impairment(s) if s.kind == "video" else r
+def window_score(stats: WindowStats) -> float:
+    """MOS of one window by its kind; a muted track is not rated (4.5)."""
+    if stats.muted:
+        return MAX_MOS
+    if stats.kind == "video" and stats.paused:
+        return _mos(PAUSED_R)
+    r = R0 - _delay_impairment(stats) - _loss_impairment(stats)
+    return _mos(r - _video_impairment(stats) if stats.kind == "video" else r)
 
 
 def audio_mos(stats: WindowStats) -> float:
-    """E-model MOS (1.0-4.5) of an Opus audio window; a muted track is not rated (4.5)."""
-    if stats.muted:
-        return MAX_MOS
-    return _mos(_r_factor(replace(stats, kind="audio")))
+    """E-model MOS (1.0-4.5) of an Opus window: R = R0 - Id(delay) - Ie,eff(loss)."""
+    return window_score(replace(stats, kind="audio"))
 
 
 def video_score(stats: WindowStats) -> float:
-    """Video on the same scale: loss, frame rate, layer and pause as E-model impairments."""
-    if stats.muted:
-        return MAX_MOS
-    return _mos(_r_factor(replace(stats, kind="video")))
-
-
-def window_score(stats: WindowStats) -> float:
-    return audio_mos(stats) if stats.kind == "audio" else video_score(stats)
+    """Video on the same scale: loss, delay, frame rate, layer and pause as impairments."""
+    return window_score(replace(stats, kind="video"))
 
 
 class QualityLevel(StrEnum):
@@ -178,83 +166,110 @@ _RANK = {QualityLevel.LOST: 0, QualityLevel.POOR: 1, QualityLevel.GOOD: 2,
 
 
 def combine(levels: Iterable[QualityLevel | None]) -> QualityLevel:
-    """Worst level wins; None (a muted or unrated track) is ignored; nothing -> EXCELLENT."""
+    """Worst level wins; None (a muted or unrated track) is ignored; none at all: EXCELLENT."""
     known = [lv for lv in levels if lv is not None]
     return min(known, key=_RANK.__getitem__) if known else QualityLevel.EXCELLENT
 
 
-def _classify(score: float, excellent_r: float, poor_r: float) -> QualityLevel:
-    if score >= _mos(excellent_r):
-        return QualityLevel.EXCELLENT
-    return QualityLevel.GOOD if score >= _mos(poor_r) else QualityLevel.POOR
-
-
 def _next_level(score: float, current: QualityLevel | None) -> QualityLevel:
-    """Drop at the band edge; climb only past the edge plus a margin (hysteresis)."""
-    down = _classify(score, EXCELLENT_R, POOR_R)
+    """Drop at a band's edge; climb only past the edge plus its margin (hysteresis)."""
+    def band(excellent_r: float, poor_r: float) -> QualityLevel:
+        if score >= _mos(excellent_r):
+            return QualityLevel.EXCELLENT
+        return QualityLevel.GOOD if score >= _mos(poor_r) else QualityLevel.POOR
+
+    down, up = band(EXCELLENT_R, POOR_R), band(EXCELLENT_ENTER_R, POOR_LEAVE_R)
     if current is None or _RANK[down] < _RANK[current]:
         return down
-    up = _classify(score, EXCELLENT_ENTER_R, POOR_LEAVE_R)
     return up if _RANK[up] > _RANK[current] else current
 
 
-def _merge(windows: list[WindowStats], worst: bool = False) -> WindowStats:
-    """Pool windows into one: packet counts summed, delay and frame rate by median (or the
-    worst value, for a recovery target). A dry window counts as all of its packets lost, at
-    the others' packet rate. Layer, pause and codec flags are the latest window's.
-    """
-    live = [w for w in windows if w.packets_expected > 0]
-    expected = sum(w.packets_expected for w in live)
-    lost = sum(min(max(w.packets_lost, 0), w.packets_expected) for w in live)
-    live_time = sum(max(w.duration, 0.0) for w in live)
-    rate = expected / live_time if live_time > 0 else 0.0
-    for w in windows:
-        if _is_dry(w):
-            n = max(1, round(rate * max(w.duration, 0.0)))
-            expected, lost = expected + n, lost + n
+Counts = tuple[int, int]  # (packets expected, packets lost)
 
+
+def _counts(windows: list[WindowStats]) -> Counts:
+    return sum(w.packets_expected for w in windows), sum(w.packets_lost for w in windows)
+
+
+def _shift(recent: Counts, base: Counts) -> float:
+    """Standard errors by which the recent loss lies above (+) or below (-) the base rate: the
+    signed root of the Poisson deviance, sound even for a handful of lost packets."""
+    lam, k = recent[0] * (base[1] + 0.5) / (base[0] + 1.0), recent[1]
+    deviance = 2.0 * ((k * math.log(k / lam) if k > 0 else 0.0) - (k - lam))
+    return math.copysign(math.sqrt(max(deviance, 0.0)), k - lam)
+
+
+def _merge(windows: list[WindowStats], counts: Counts, worst: bool = False) -> WindowStats:
+    """The latest window (layer, pause, codec flags) with the given packet counts and the
+    windows' median delay and frame rate, or their worst for a recovery target."""
     def pick(values: list[float | None], bad: Callable[[list[float]], float]) -> float | None:
         known = [v for v in values if v is not None]
         return (bad(known) if worst else statistics.median(known)) if known else None
 
-    return replace(
-        windows[-1], duration=sum(max(w.duration, 0.0) for w in windows),
-        packets_expected=expected, packets_lost=lost,
-        rtt=pick([w.rtt for w in windows], max),
-        jitter=pick([w.jitter for w in windows], max) or 0.0,
-        frame_rate=pick([w.frame_rate for w in windows], min))
+    return replace(windows[-1], packets_expected=counts[0], packets_lost=counts[1],
+                   rtt=pick([w.rtt for w in windows], max),
+                   jitter=pick([w.jitter for w in windows], max) or 0.0,
+                   frame_rate=pick([w.frame_rate for w in windows], min))
 
 
-def _without_worst(windows: list[WindowStats]) -> list[WindowStats]:
-    if len(windows) < 2:
-        return windows
-    worst = min(range(len(windows)), key=lambda i: window_score(windows[i]))
-    return windows[:worst] + windows[worst + 1:]
+def _spike_free(windows: list[WindowStats], k: int) -> tuple[Counts, Counts]:
+    """Counts without the spikes among the k windows of highest loss, and among the k - 1
+    highest. A spike lies Z_CHANGE standard errors above the rest; steady random loss has
+    none, so the estimate stays unbiased."""
+    total = _counts(windows)
+    if not 0 < k < len(windows):
+        return total, total
+    order = sorted(windows, key=lambda w: w.packets_lost / max(w.packets_expected, 1))
+    rest, drop, rise = _counts(order[:-k]), total, total
+    for i, w in enumerate(order[-k:]):
+        if _shift((w.packets_expected, w.packets_lost), rest) >= Z_CHANGE:
+            drop = (drop[0] - w.packets_expected, drop[1] - w.packets_lost)
+            if i > 0:
+                rise = (rise[0] - w.packets_expected, rise[1] - w.packets_lost)
+    return drop, rise
 
 
-def _shift(recent: WindowStats, base: WindowStats) -> float:
-    """Standard errors by which the recent loss lies above (+) or below (-) the base rate."""
-    p = (base.packets_lost + 0.5) / (base.packets_expected + 1.0)
-    n = recent.packets_expected
-    return (recent.packets_lost - n * p) / math.sqrt(n * p * (1.0 - p) + 1.0)
+def _changed(pool: list[tuple[WindowStats, float]]) -> int:
+    """How many of the latest windows to keep: all if the link is unchanged, else the newer
+    half of the last m windows whose loss left the older ones behind (worse: judged with the
+    recent worst window set aside, so one bad window is never enough; better: on all)."""
+    expected, lost = [w.packets_expected for w, _ in pool], [w.packets_lost for w, _ in pool]
+    n = len(pool)
+    for m in (m for m in CHANGE_SCALES if n >= m + RECENT_WINDOWS):
+        recent, older = (sum(expected[-m:]), sum(lost[-m:])), (sum(expected[:-m]), sum(lost[:-m]))
+        r = min(range(n - m, n), key=lambda i: pool[i][1])  # each side's worst window
+        o = min(range(n - m), key=lambda i: pool[i][1])
+        if (_shift((recent[0] - expected[r], recent[1] - lost[r]), older) >= Z_CHANGE
+                or _shift(recent, (older[0] - expected[o], older[1] - lost[o])) <= -Z_CHANGE):
+            return m // 2
+    return n
+
+
+def _evidence(pool: list[tuple[WindowStats, float]]) -> tuple[float, float]:
+    """(drop_to, rise_to): the optimistic evidence a drop heads for (worst recent window and
+    loss spikes set aside) and the pessimistic one a recovery climbs to (worst recent delay
+    and frame rate, one spike fewer set aside)."""
+    recent = pool[-RECENT_WINDOWS:]
+    worst = min(range(len(recent)), key=lambda i: recent[i][1]) if len(recent) > 1 else -1
+    drop, rise = _spike_free([w for w, _ in pool], max(1, len(pool) // FORGIVE_ONE_IN))
+    return (window_score(_merge([w for i, (w, _) in enumerate(recent) if i != worst], drop)),
+            window_score(_merge([w for w, _ in recent], rise, worst=True)))
 
 
 class QualityTracker:
-    """Level of one track direction (combine several with ``combine``).
+    """The level of one track direction; ``combine`` several for a participant.
 
-    Loss is estimated over every window since the link last changed (up to LONG_WINDOWS),
-    because a few seconds of audio hold too few packets to tell 1 % from 3 %. A change is
-    declared when the recent windows' loss lies Z_CHANGE standard errors from that estimate:
-    worse on the recent windows with the worst one set aside (one bad window is never enough),
-    better on all of them. The score then drops fast and climbs slowly, toward evidence that is
-    optimistic for drops (worst window set aside) and pessimistic for climbs (worst values).
+    Loss is pooled over the windows since the link last changed (a few seconds of audio hold
+    too few packets to tell 1 % from 3 %); delay, frame rate and layer come from the last few.
+    The score drops fast toward optimistic evidence and climbs slowly toward pessimistic
+    evidence; docs/quality.md walks through it.
     """
 
     def __init__(self, history_seconds: float = HISTORY_SECONDS) -> None:
         self._history_seconds = history_seconds
-        self._pool: deque[WindowStats] = deque(maxlen=LONG_WINDOWS)
+        self._pool: deque[tuple[WindowStats, float]] = deque(maxlen=LONG_WINDOWS)
         self._empty_run = 0
-        self._flaps = 0.0
+        self._rate = 1.0  # packets a second in the last window that had any
         self._score: float | None = None
         self._level: QualityLevel | None = None
         self.history: deque[tuple[float, float, QualityLevel]] = deque(
@@ -262,7 +277,7 @@ class QualityTracker:
 
     @property
     def score(self) -> float | None:
-        """Smoothed MOS, None until the first level."""
+        """Smoothed MOS; None until the first level."""
         return self._score
 
     @property
@@ -271,52 +286,43 @@ class QualityTracker:
 
     def update(self, stats: WindowStats, now: float) -> QualityLevel | None:
         """Take one window; return the new level if it changed, else None."""
-        if stats.muted:  # not applicable: excellent, and the old evidence is stale
+        if stats.muted:  # not applicable: excellent, and the evidence so far is stale
             self._pool.clear()
-            self._empty_run = 0
-            self._score = MAX_MOS
+            self._empty_run, self._score = 0, MAX_MOS
             return self._set(QualityLevel.EXCELLENT, now)
-        if _is_silence(stats):  # DTX silence says nothing about the link: hold
+        if _is_silence(stats):  # DTX silence says nothing about the link
             return self._set(self._level, now)
-        self._empty_run = self._empty_run + 1 if _is_empty(stats) else 0
-        self._pool.append(stats)
+        empty = _is_dry(stats) or 0 < stats.packets_expected <= stats.packets_lost
+        self._empty_run = self._empty_run + 1 if empty and not stats.paused else 0
+        if _is_dry(stats):  # nothing sent: this track's usual packets, all lost
+            n = max(1, round(self._rate * max(stats.duration, 0.0)))
+            stats = replace(stats, packets_expected=n, packets_lost=n)
+        elif stats.packets_expected > 0 and stats.duration > 0:
+            self._rate = stats.packets_expected / stats.duration
+        if not 0 <= stats.packets_lost <= stats.packets_expected:  # duplicates, reordering
+            stats = replace(stats, packets_lost=min(max(stats.packets_lost, 0),
+                                                    stats.packets_expected))
+        self._pool.append((stats, window_score(stats)))
         if self._empty_run >= LOST_AFTER:
             self._pool.clear()
             self._score = MIN_MOS
             return self._set(QualityLevel.LOST, now)
-        pool = list(self._pool)
-        if len(pool) >= 2 * RECENT_WINDOWS:  # each side cautious: optimistic vs pessimistic
-            older, recent = pool[:-RECENT_WINDOWS], pool[-RECENT_WINDOWS:]
-            if (_shift(_merge(_without_worst(recent)), _merge(older)) >= Z_CHANGE
-                    or _shift(_merge(recent), _merge(_without_worst(older))) <= -Z_CHANGE):
-                pool = pool[-2:]  # the link changed: the older windows describe another link
-                self._pool = deque(pool, maxlen=LONG_WINDOWS)
-        recent = pool[-RECENT_WINDOWS:]
-        loss = _merge(_without_worst(pool))  # optimistic: the worst window set aside
-        drop_to = window_score(replace(_merge(_without_worst(recent)), packets_lost=
-                                       loss.packets_lost, packets_expected=loss.packets_expected))
-        loss = _merge(pool)  # pessimistic: every window, the worst delay and frame rate
-        rise_to = window_score(replace(_merge(recent, worst=True), packets_lost=
-                                       loss.packets_lost, packets_expected=loss.packets_expected))
+        keep = _changed(list(self._pool))
+        if keep < len(self._pool):  # the older windows describe another link
+            self._pool = deque(list(self._pool)[-keep:], maxlen=LONG_WINDOWS)
+        drop_to, rise_to = _evidence(list(self._pool))
         dt = min(max(stats.duration, 0.0), MAX_DT)
         score = self._score
         if score is None or self._level is None:
-            if len(pool) < 2:
-                return None  # warm-up: one window is never evidence
+            if len(self._pool) < 2:
+                return None  # one window is never evidence, not even for the first level
             score = drop_to
-        elif drop_to < score and len(pool) >= 2:
+        elif drop_to < score and len(self._pool) >= 2:
             score -= (1.0 - (1.0 - DROP_PER_S) ** dt) * (score - drop_to)
         elif rise_to > score:
             score = min(rise_to, score + RISE_PER_S * dt)
         self._score = min(MAX_MOS, max(MIN_MOS, score))
-        self._flaps *= 0.5 ** (dt / FLAP_HALF_LIFE)
-        level = _next_level(self._score, self._level)
-        if self._level is QualityLevel.EXCELLENT and level is not QualityLevel.EXCELLENT:
-            self._flaps += 1.0
-        elif level is QualityLevel.EXCELLENT and self._level is not level:
-            if self._flaps > FLAP_REUSE:  # it keeps slipping out: stay GOOD until it settles
-                level = QualityLevel.GOOD
-        return self._set(level, now)
+        return self._set(_next_level(self._score, self._level), now)
 
     def _set(self, level: QualityLevel | None, now: float) -> QualityLevel | None:
         if level is None or self._score is None:
@@ -324,25 +330,22 @@ class QualityTracker:
         self.history.append((now, self._score, level))
         while self.history and self.history[0][0] < now - self._history_seconds:
             self.history.popleft()
-        changed = level != self._level
-        self._level = level
+        changed, self._level = level != self._level, level
         return level if changed else None
 
 
 def probable_cause(uplink: WindowStats | None, downlink: WindowStats | None) -> str:
-    """Name the biggest impairment of a remote track: the publisher's link or the viewer's.
-
-    One of "uplink_loss", "downlink_loss", "uplink_delay", "downlink_delay", "bandwidth"
-    (paused, a lower layer or a low frame rate) or "none" when nothing costs CAUSE_MIN_R.
-    """
+    """The largest impairment of a remote track: the publisher's link or the viewer's own.
+    "uplink_loss", "downlink_loss", "uplink_delay", "downlink_delay", "bandwidth" (paused,
+    a lower layer or a low frame rate), or "none" when nothing costs CAUSE_MIN_R."""
     candidates: list[tuple[float, str]] = []
     for leg, s in (("uplink", uplink), ("downlink", downlink)):
         if s is None or s.muted or _is_silence(s):
             continue
         ie = VIDEO_IE if s.kind == "video" else OPUS_IE
         candidates.append((_loss_impairment(s) - ie, f"{leg}_loss"))
-        candidates.append((_delay_impairment(s) - _delay_impairment(s, network=False),
-                           f"{leg}_delay"))
+        network_delay = _delay_impairment(s) - _delay_impairment(s, network=False)
+        candidates.append((network_delay, f"{leg}_delay"))
         if s.kind == "video":
             bandwidth = R0 - VIDEO_IE - PAUSED_R if s.paused else _video_impairment(s)
             candidates.append((bandwidth, "bandwidth"))

@@ -40,7 +40,7 @@ from mediaserver.tokens import Claims, Role
 log = logging.getLogger(__name__)
 
 SOURCES = ("camera", "microphone", "screen", "screen_audio")
-TICK = 0.3
+TICK = 0.25
 QUALITY_INTERVAL = 1.0
 MAX_OBSERVERS = 4
 
@@ -459,7 +459,8 @@ class Room:
                 kind="audio" if prod.kind == "audio" else "video",
                 packets_expected=st.packets_expected, packets_lost=st.packets_lost,
                 fraction_lost=None, bytes=st.bytes_received, frames=prod.frames,
-                jitter=st.jitter / st.clock_rate, rtt=rtt, muted=prod.muted))
+                jitter=st.jitter / st.clock_rate, rtt=rtt, muted=prod.muted,
+                dtx=_uses_dtx(prod)))
         if p.subscriber is not None:
             for c in p.subscriber.consumers.values():
                 if c.closed:
@@ -472,7 +473,8 @@ class Room:
                     fraction_lost=ss.fraction_lost / 256, bytes=ss.octets_sent,
                     frames=ss.frames_sent, jitter=ss.jitter / c.clock_rate, rtt=ss.rtt,
                     muted=c.producer.muted or c.disabled,
-                    paused=c.paused and not (c.producer.muted or c.disabled)))
+                    paused=c.paused and not (c.producer.muted or c.disabled),
+                    dtx=_uses_dtx(c.producer)))
         return out
 
     async def _quality_step(self, now: float) -> None:
@@ -573,3 +575,8 @@ class Room:
             pass
         except Exception:
             log.exception("room control task failed")
+
+
+def _uses_dtx(producer: Producer) -> bool:
+    """Opus with DTX sends nothing in silence: no packets is then not a lost link."""
+    return producer.kind == "audio" and ("usedtx", "1") in producer.codec.parameters
