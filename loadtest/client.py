@@ -21,6 +21,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.sdp import SessionDescription
 
 from loadtest.media import body_color, read_frame_number
 from mediaserver.sfu import aiortc_adapter
@@ -214,6 +215,7 @@ class SignalClient:
                 self.received[info["track_id"]] = rec
                 self._spawn(self._consume(transceiver.receiver.track, rec))
             await pc.setLocalDescription(await pc.createAnswer())
+            aiortc_adapter.route_rtx_to_receivers(pc)
             await self.request({"type": "subscriber_answer", "sdp": pc.localDescription.sdp})
 
     async def _consume(self, track: MediaStreamTrack, rec: ReceivedTrack) -> None:
@@ -253,3 +255,27 @@ class SignalClient:
                 await pc.close()
         if self.session is not None:
             await self.session.close()
+
+    def subscriber_ssrcs(self) -> dict[int, tuple[str, bool]]:
+        """SSRC -> (track id, is RTX) of what the server sends us, from its latest offer.
+
+        For counting packets before SRTP (the header names the SSRC, not the track).
+        """
+        pc = self.subscriber
+        if pc is None or pc.remoteDescription is None:
+            return {}
+        track_by_mid: dict[str, str] = {}
+        for event in self.events:
+            if event.get("type") == "subscriber_offer":
+                for t in event.get("tracks", []):
+                    track_by_mid[t["mid"]] = t["track_id"]
+        result: dict[int, tuple[str, bool]] = {}
+        for media in SessionDescription.parse(pc.remoteDescription.sdp).media:
+            track_id = track_by_mid.get(media.rtp.muxId)
+            if track_id is None:
+                continue
+            rtx = {g.items[1] for g in media.ssrc_group
+                   if g.semantic == "FID" and len(g.items) == 2}
+            for info in media.ssrc:
+                result[info.ssrc] = (track_id, info.ssrc in rtx)
+        return result

@@ -12,10 +12,13 @@ import asyncio
 import fractions
 import math
 import time
+from collections.abc import Callable, Sequence
 
+import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 from av import AudioFrame, VideoFrame
+from av.packet import Packet
 
 VIDEO_CLOCK = 90000
 AUDIO_RATE = 48000
@@ -109,3 +112,251 @@ def dominant_frequency(samples: np.ndarray, rate: int) -> float:
     spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
     spectrum[0] = 0
     return float(np.argmax(spectrum) * rate / len(samples))
+
+
+# -- load-test media: a send time in every frame, turn-taking speakers, pre-encoded video ----
+
+STAMP_MODULO = 1 << BITS
+STAMP_ROWS = 3  # strips drawn by TimestampedVideoTrack: frame number, stamp, ~stamp
+
+
+def _draw_row(img: np.ndarray, row: int, value: int) -> None:
+    top = row * STRIP
+    for bit in range(BITS):
+        img[top:top + STRIP, bit * BLOCK:(bit + 1) * BLOCK] = 255 if (value >> bit) & 1 else 0
+
+
+def stamp_of(now: float) -> int:
+    """A clock reading (seconds) as the 16-bit millisecond stamp drawn into frames.
+
+    Milliseconds modulo 65536: the receiver recovers the latency from its own reading of
+    the same clock as long as latency stays under 65 s, and 16 bits fit a 128 px strip.
+    """
+    return int(now * 1000) % STAMP_MODULO
+
+
+def latency_ms(stamp: int, now: float) -> int:
+    """End-to-end latency of a frame stamped ``stamp``, received at clock reading ``now``."""
+    return (stamp_of(now) - stamp) % STAMP_MODULO
+
+
+def synthetic_image(base: np.ndarray, number: int, stamp: int | None = None) -> np.ndarray:
+    """``base`` with the frame number strip and, if given, the stamp and its complement."""
+    img = base.copy()
+    _draw_row(img, 0, number % STAMP_MODULO)
+    if stamp is not None:
+        _draw_row(img, 1, stamp)
+        _draw_row(img, 2, stamp ^ (STAMP_MODULO - 1))
+    return img
+
+
+def luma_strips(frame: VideoFrame) -> np.ndarray:
+    """The top STAMP_ROWS strips of a decoded frame's luma plane, without a colour conversion.
+
+    Black and white blocks stay below/above 127 in limited-range luma too, so the readers
+    above work on it unchanged.
+    """
+    rows = min(STAMP_ROWS * STRIP, frame.height)
+    if frame.format.name not in ("yuv420p", "yuvj420p", "gray"):
+        return frame.to_ndarray(format="gray")[:rows]
+    plane = frame.planes[0]
+    data = np.frombuffer(memoryview(plane), dtype=np.uint8)  # type: ignore[arg-type]
+    return data[:rows * plane.line_size].reshape(rows, plane.line_size)[:, :frame.width]
+
+
+_BIT_VALUES = 1 << np.arange(BITS)
+
+
+def read_strip(img: np.ndarray, row: int = 0) -> int:
+    """The value in strip ``row`` (0: the frame number), like read_frame_number but with
+    one numpy reduction per strip: a load test reads three strips of every frame."""
+    if img.ndim == 3:
+        return read_frame_number(img[row * STRIP:])
+    top = row * STRIP
+    blocks = img[top + 1:top + STRIP - 1, :BITS * BLOCK].reshape(STRIP - 2, BITS, BLOCK)
+    means = blocks[:, :, 2:BLOCK - 2].mean(axis=(0, 2))
+    return int(_BIT_VALUES[means > 127].sum())
+
+
+def read_stamp(img: np.ndarray) -> int | None:
+    """The stamp drawn by TimestampedVideoTrack, or None when its complement disagrees
+    (a block misread after lossy coding would otherwise give a wrong latency)."""
+    stamp, check = read_strip(img, 1), read_strip(img, 2)
+    return stamp if stamp ^ check == STAMP_MODULO - 1 else None
+
+
+class TimestampedVideoTrack(SyntheticVideoTrack):
+    """SyntheticVideoTrack that also draws its send time (``stamp_of(clock())``) below the
+    frame number, and the stamp's complement below that as a check. Needs at least
+    128x24 pixels. ``clock`` must be the receiver's clock too (same machine)."""
+
+    def __init__(self, color: tuple[int, int, int], width: int = 320, height: int = 240,
+                 fps: int = 15, clock: Callable[[], float] = time.monotonic) -> None:
+        if width < BITS * BLOCK or height < STAMP_ROWS * STRIP:
+            raise ValueError(f"frames must be at least {BITS * BLOCK}x{STAMP_ROWS * STRIP}")
+        super().__init__(color, width, height, fps)
+        self.clock = clock
+
+    async def recv(self) -> VideoFrame:
+        if self._start is None:
+            self._start = self.clock()
+        n = self.frame_number
+        delay = self._start + n / self.fps - self.clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        img = synthetic_image(self._base, n, stamp_of(self.clock()))
+        frame = VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts = int(n * VIDEO_CLOCK / self.fps)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.frame_number += 1
+        return frame
+
+
+class TurnTakingAudioTrack(SineAudioTrack):
+    """A sine tone that is loud during its own turn and silent otherwise.
+
+    Turns of ``turn_seconds`` rotate over ``turns`` speakers from ``origin`` (a reading of
+    ``clock`` shared by the speakers of one room), so the server's audio levels, and with
+    them its active speakers, move as in a conversation.
+    """
+
+    def __init__(self, frequency: float, turn: int, turns: int, origin: float,
+                 turn_seconds: float = 2.0, loud: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(frequency, amplitude=0.0)
+        self.turn, self.turns, self.origin = turn, max(1, turns), origin
+        self.turn_seconds, self.loud, self.clock = turn_seconds, loud, clock
+
+    def speaking(self, now: float) -> bool:
+        return int((now - self.origin) // self.turn_seconds) % self.turns == self.turn
+
+    async def recv(self) -> AudioFrame:
+        self.amplitude = self.loud if self.speaking(self.clock()) else 0.0
+        return await super().recv()
+
+
+def encode_vp8(images: Sequence[np.ndarray], fps: int, bitrate: int = 500_000) -> list[bytes]:
+    """Encode rgb24 images to VP8 frames once (the first is a key frame), with settings
+    like aiortc's Vp8Encoder, for PreEncodedVideoTrack to replay."""
+    height, width = images[0].shape[:2]
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height = width, height  # type: ignore[attr-defined]
+    codec.bit_rate, codec.pix_fmt = bitrate, "yuv420p"  # type: ignore[attr-defined]
+    codec.time_base = fractions.Fraction(1, fps)
+    codec.options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0",
+                     "minrate": str(bitrate), "maxrate": str(bitrate), "bufsize": str(bitrate)}
+    frames: list[bytes] = []
+    for i, img in enumerate(images):
+        frame = VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        data = b"".join(bytes(p) for p in codec.encode(frame))  # type: ignore[attr-defined]
+        if data:
+            frames.append(data)
+    return frames
+
+
+def replay_frames(width: int, height: int, fps: int, seconds: float = 2.0,
+                  bitrate: int | None = None) -> list[bytes]:
+    """``seconds`` of synthetic video encoded once, to replay in a loop (it starts over
+    with its key frame every ``seconds``).
+
+    A flat picture codes to almost nothing, so +-16 levels of noise go below the strips,
+    and the encoder fills ``bitrate``: by default 0.1 bit per pixel (115 kbps at
+    320x240@15), at most aiortc's 500 kbps.
+    """
+    rate = bitrate or min(500_000, int(width * height * fps * 0.1))
+    base = np.zeros((height, width, 3), dtype=np.int16)
+    base[:, :] = (90, 140, 200)
+    rng = np.random.default_rng(1)
+    images = []
+    for n in range(max(1, int(seconds * fps))):
+        img = base.copy()
+        img[STAMP_ROWS * STRIP:] += rng.integers(-16, 17, img[STAMP_ROWS * STRIP:].shape,
+                                                 dtype=np.int16)
+        images.append(synthetic_image(np.clip(img, 0, 255).astype(np.uint8), n))
+    return encode_vp8(images, fps, rate)
+
+
+def encode_opus(frequency: float, seconds: float = 1.0, amplitude: float = 0.3) -> list[bytes]:
+    """A sine tone encoded to Opus packets of 20 ms once, as aiortc's OpusEncoder would
+    (stereo, 96 kbps, voip). An integer ``frequency`` over whole seconds loops without a
+    phase jump."""
+    codec = av.CodecContext.create("libopus", "w")
+    codec.bit_rate, codec.format = 96000, "s16"  # type: ignore[attr-defined]
+    codec.layout, codec.sample_rate = "stereo", AUDIO_RATE  # type: ignore[attr-defined]
+    codec.time_base = fractions.Fraction(1, AUDIO_RATE)
+    codec.options = {"application": "voip"}
+    samples = int(AUDIO_RATE * AUDIO_PTIME)
+    packets: list[bytes] = []
+    for n in range(max(1, int(seconds / AUDIO_PTIME))):
+        t = (np.arange(samples) + n * samples) / AUDIO_RATE
+        wave = (np.sin(2 * math.pi * frequency * t) * amplitude * 32767).astype(np.int16)
+        frame = AudioFrame.from_ndarray(np.repeat(wave, 2).reshape(1, -1), format="s16",
+                                        layout="stereo")
+        frame.sample_rate, frame.pts = AUDIO_RATE, n * samples
+        packets += [bytes(p) for p in codec.encode(frame)]  # type: ignore[attr-defined]
+    return packets
+
+
+class ReplayTrack(MediaStreamTrack):
+    """Replays pre-encoded frames in a loop, one every ``interval`` seconds: aiortc's
+    sender packetizes an av.Packet (``Encoder.pack``) synchronously instead of encoding in
+    its thread pool, so the generator spends no CPU and no event-loop round trip on it.
+
+    It cannot honour a key-frame request (video: the loop's own key frame has to do) and
+    carries no audio level (aiortc writes that header extension only when it encodes).
+    """
+
+    def __init__(self, kind: str, frames: Sequence[bytes], interval: float, clock_rate: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        if not frames:
+            raise ValueError("no frames to replay")
+        self.kind = kind
+        self.frames, self.interval, self.clock_rate = frames, interval, clock_rate
+        self.clock = clock
+        self.frame_number = 0
+        self._start: float | None = None
+
+    async def recv(self) -> Packet:  # type: ignore[override]
+        if self._start is None:
+            self._start = self.clock()
+        n = self.frame_number
+        delay = self._start + n * self.interval - self.clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        packet = Packet(self.frames[n % len(self.frames)])
+        packet.pts = round(n * self.interval * self.clock_rate)
+        packet.time_base = fractions.Fraction(1, self.clock_rate)
+        self.frame_number += 1
+        return packet
+
+
+class PreEncodedVideoTrack(ReplayTrack):
+    def __init__(self, frames: Sequence[bytes], fps: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__("video", frames, 1 / fps, VIDEO_CLOCK, clock)
+
+
+class PreEncodedAudioTrack(ReplayTrack):
+    def __init__(self, frames: Sequence[bytes],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__("audio", frames, AUDIO_PTIME, AUDIO_RATE, clock)
+
+
+def behind_schedule(track: MediaStreamTrack, now: float) -> float | None:
+    """Seconds a synthetic track has fallen behind real time at clock reading ``now``.
+
+    These tracks never drop a frame: when their sender asks late, they produce at once to
+    catch up, so a generator too busy to encode in time shows up here as a growing debt
+    (and the server then receives less than the nominal rate), not as late stamps.
+    """
+    if isinstance(track, SineAudioTrack):
+        start, produced = track._start, track._pts / AUDIO_RATE
+    elif isinstance(track, SyntheticVideoTrack):
+        start, produced = track._start, track.frame_number / track.fps
+    elif isinstance(track, ReplayTrack):
+        start, produced = track._start, track.frame_number * track.interval
+    else:
+        return None
+    return None if start is None else max(0.0, now - start - produced)

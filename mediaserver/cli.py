@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--config", metavar="PATH", help="TOML config file to take keys from")
     create.add_argument("--dev", action="store_true", default=None, help="use the dev key")
     create.set_defaults(handler=_token_create)
+
+    from mediaserver.recording.tools import add_recordings_parser
+
+    add_recordings_parser(commands)
     return parser
 
 

@@ -522,3 +522,29 @@ class _DelayLine:
         if wait > 0:
             await asyncio.sleep(wait)
         return item
+
+
+def route_rtx_to_receivers(pc: RTCPeerConnection) -> None:
+    """Let an aiortc *client* receive retransmissions on every video m-line.
+
+    aiortc registers only the media SSRC of each receiver with its RTP router; RTX
+    packets (another SSRC) are then routed by payload type, which works only while a
+    single receiver has that payload type. A subscriber with two or more incoming videos
+    therefore drops every retransmission. This maps each m-line's RTX SSRC (its FID
+    ssrc-group) to the m-line's receiver. Used by the project's aiortc clients (tests,
+    load test); the server does not need it.
+    """
+    remote = pc.remoteDescription
+    if remote is None:
+        return
+    from aiortc.sdp import SessionDescription
+
+    by_mid = {m.rtp.muxId: m for m in SessionDescription.parse(remote.sdp).media}
+    for t in pc.getTransceivers():
+        media = by_mid.get(t.mid) if t.mid else None
+        if media is None:
+            continue
+        for group in media.ssrc_group:
+            if group.semantic == "FID" and len(group.items) == 2:
+                router: Any = t.receiver.transport._rtp_router
+                router.ssrc_table[int(group.items[1])] = t.receiver

@@ -67,3 +67,50 @@ async def test_subscriber_losing_5_percent_recovers_by_nack_and_keeps_decoding(s
     finally:
         await publisher.close()
         await viewer.close()
+
+
+async def test_retransmissions_reach_a_subscriber_of_several_videos(server):
+    """aiortc clients route RTX by payload type unless told the RTX SSRCs (see adapter)."""
+    rng = random.Random(11)
+    video_pts: set[int] = set()
+    dropped = {"rtp": 0}
+
+    def lose(data: bytes) -> bool:
+        if not _is_rtp(data) or data[1] & 0x7F not in video_pts or rng.random() >= 0.05:
+            return False
+        dropped["rtp"] += 1
+        return True
+
+    def on_subscriber_pc(pc) -> None:
+        video_pts.update(int(pt) for pt in
+                         re.findall(r"a=rtpmap:(\d+) VP8/", pc.remoteDescription.sdp))
+        aiortc_adapter.drop_incoming(pc, lose)
+
+    pubs = [SignalClient(server.ws_url, server.token("loss2", f"pub{i}", kind="group"))
+            for i in range(2)]
+    viewer = SignalClient(server.ws_url, server.token("loss2", "viewer", kind="group"))
+    viewer.on_subscriber_pc = on_subscriber_pc
+    try:
+        for i, pub in enumerate(pubs):
+            await pub.connect()
+            await pub.publish(SyntheticVideoTrack((200 * i, 100, 50), width=160, height=120,
+                                                  fps=15))
+        await viewer.connect()
+
+        def frames(pub: SignalClient) -> int:
+            return sum(r.frames for r in viewer.tracks_from(pub.participant_id, "video"))
+
+        await wait_until(lambda: all(frames(p) >= 10 for p in pubs), timeout=60,
+                         message="both videos decoding")
+        start = {p.participant_id: frames(p) for p in pubs}
+        retransmitted = metrics.RETRANSMITTED._value.get()
+        await wait_until(lambda: all(frames(p) >= start[p.participant_id] + 60 for p in pubs),
+                         timeout=60, message="both videos keep decoding under 5 % loss")
+        for pub in pubs:
+            (track,) = viewer.tracks_from(pub.participant_id, "video")
+            assert track.last_frame_numbers == sorted(track.last_frame_numbers)
+        assert dropped["rtp"] >= 5
+        assert metrics.RETRANSMITTED._value.get() - retransmitted >= dropped["rtp"] * 0.5
+    finally:
+        for c in (*pubs, viewer):
+            await c.close()

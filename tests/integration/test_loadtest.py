@@ -1,0 +1,159 @@
+"""The load-test CLI end to end: `python -m loadtest` in a subprocess against a real server
+in this process, plus table tests of the measuring pieces it relies on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loadtest.__main__ import main
+from loadtest.media import STRIP, latency_ms, read_frame_number, read_stamp, synthetic_image
+from loadtest.profiles import CLEAN, PROFILES, PacketTap, assign_profiles, parse_profile
+from loadtest.report import TrackStats
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def run_cli(*args: str, timeout: float = 90) -> tuple[int, str, str]:
+    """Run the CLI as its own process (its own CPU, its own event loop) while this process's
+    event loop keeps serving the server."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest", "--quiet", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_full_run_measures_every_track_and_passes(server, tmp_path):
+    report = tmp_path / "full.json"
+    code, out, err = await run_cli(
+        "--url", server.ws_url, "--rooms", "1", "--participants-per-room", "3",
+        "--video", "160x120@10", "--duration", "8", "--ramp-up", "10", "--max-loss", "0.05",
+        "--json", str(report))
+    assert code == 0, out + err
+    doc = json.loads(report.read_text())
+    video = [t for t in doc["tracks"] if t["kind"] == "video"]
+    audio = [t for t in doc["tracks"] if t["kind"] == "audio"]
+    assert len(video) == len(audio) == 6  # 3 subscribers x 2 other publishers
+    for t in video:
+        assert t["decoded"] and t["fps"] > 5, t
+        assert t["latency_ms"]["p95"] is not None and t["latency_ms"]["p95"] < 1000, t
+        assert t["first_frame_ms"] is not None and t["first_frame_ms"] < 5000, t
+        assert t["packets"] > 0 and t["kbps"] > 0, t
+    for t in audio:
+        assert t["frames"] > 100 and t["audio_pattern_ok"] > 0.9, t  # whose tone it is
+    summary = doc["summary"]
+    assert summary["join_ms"]["max"] is not None
+    assert summary["tracks_received"] == summary["tracks_expected"] == 12
+    assert doc["passed"] and doc["failures"] == []
+    assert "result: PASS" in out and "lat p95" in out
+    assert doc["generator"]["cpu_pct"] > 0 and doc["generator"]["lag_ms"]["p95"] is not None
+
+
+async def test_an_impossible_threshold_fails_the_run(server, tmp_path):
+    report = tmp_path / "fail.json"
+    code, out, err = await run_cli(
+        "--url", server.ws_url, "--participants-per-room", "2", "--video", "160x120@10",
+        "--duration", "3", "--min-fps", "1000", "--json", str(report))
+    assert code == 1, out + err
+    doc = json.loads(report.read_text())
+    assert not doc["passed"]
+    assert any(f.startswith("min video fps") for f in doc["failures"]), doc["failures"]
+    assert "result: FAIL" in out
+
+
+async def test_cheap_mode_counts_packets_and_decodes_nothing(server, tmp_path):
+    report = tmp_path / "cheap.json"
+    code, out, err = await run_cli(
+        "--url", server.ws_url, "--rooms", "2", "--participants-per-room", "2",
+        "--video", "160x120@10", "--duration", "4", "--ramp-up", "10", "--mode", "cheap",
+        "--max-loss", "0.05", "--json", str(report))
+    assert code == 0, out + err
+    doc = json.loads(report.read_text())
+    assert len(doc["tracks"]) == 8  # 2 rooms x 2 subscribers x (video + audio)
+    for t in doc["tracks"]:
+        assert not t["decoded"] and "frames" not in t and "latency_ms" not in t, t
+        assert t["packets"] > 0 and t["loss"] is not None, t
+    assert doc["summary"]["latency_ms"]["p95"] is None
+    assert {t["room"] for t in doc["tracks"]} == {"room0", "room1"}
+    assert "nothing decoded" in out
+
+
+async def test_unreachable_server_and_bad_options_exit_2(tmp_path):
+    code, _, err = await run_cli("--url", "ws://127.0.0.1:9/v1/signal", "--duration", "1",
+                                 timeout=30)
+    assert code == 2 and "cannot connect" in err
+    assert main(["--kind", "one_to_one", "--participants-per-room", "3"]) == 2
+    assert main(["--mode", "cheap", "--min-fps", "10"]) == 2
+    assert main(["--profile", "nonsense"]) == 2
+
+
+# -- the measuring pieces, as tables ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("stamp", "now", "expected"), [
+    (1000, 1.050, 50),  # 1050 ms read, stamped at 1000
+    (65530, 65.546 + 65.536, 10 + 6),  # the 16-bit stamp wrapped between send and receive
+    (0, 65.536, 0),
+])
+def test_latency_from_a_16_bit_stamp(stamp: int, now: float, expected: int) -> None:
+    assert latency_ms(stamp, now) == expected
+
+
+def test_stamp_and_number_survive_drawing_and_a_flipped_block_is_refused() -> None:
+    base = np.full((120, 160, 3), 80, dtype=np.uint8)
+    img = synthetic_image(base, 4242, 51234)
+    assert read_frame_number(img) == 4242 and read_stamp(img) == 51234
+    img[STRIP:2 * STRIP, 0:8] = 255 - img[STRIP:2 * STRIP, 0:8]  # one stamp bit misread
+    assert read_stamp(img) is None
+
+
+def test_track_stats_count_freezes_skips_and_a_trailing_stall() -> None:
+    stats = TrackStats("video", fps=10)  # freeze: a gap over 0.3 s
+    for now, number in [(0.0, 0), (0.1, 1), (0.2, 2), (0.7, 3), (0.8, 6)]:
+        stats.on_video(now, number, 40)
+    assert (stats.frames, stats.stalls, stats.skipped) == (5, 1, 2)
+    assert stats.stalls_until(0.9) == (1, pytest.approx(0.5))
+    assert stats.stalls_until(2.0) == (2, pytest.approx(0.5 + 1.2))
+
+
+def _rtp(seq: int, ssrc: int = 7) -> bytes:
+    return bytes([0x80, 96]) + seq.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big") + b"x"
+
+
+@pytest.mark.parametrize(("seqs", "received", "lost"), [
+    ([1, 2, 3, 4], 4, 0),
+    ([1, 2, 4, 5], 4, 1),
+    ([65534, 65535, 0, 2], 4, 1),  # across the wrap, 1 missing
+    ([10, 12, 11, 13], 4, 0),  # reordered, nothing lost
+])
+def test_packet_tap_counts_loss_from_sequence_numbers(seqs: list[int], received: int,
+                                                      lost: int) -> None:
+    tap = PacketTap(CLEAN, random.Random(1), drop_rtp=True)
+    drops = [tap.on_datagram(_rtp(s), now=i * 0.02) for i, s in enumerate(seqs)]
+    assert all(drops)  # cheap mode: counted, then dropped before SRTP
+    (stream,) = tap.streams.values()
+    assert (stream.received, stream.lost) == (received, lost)
+    assert not tap.on_datagram(b"\x00\x01" + bytes(18), now=1.0)  # STUN passes, uncounted
+
+
+def test_profiles_parse_and_fill_from_the_last_participant() -> None:
+    three_g = parse_profile("3g:1")
+    assert three_g.profile.delay_ms == 150 and three_g.count == 1
+    assert assign_profiles([three_g, parse_profile("lossy:1")], 4) == [
+        CLEAN, CLEAN, PROFILES["lossy"], PROFILES["3g"]]
+    with pytest.raises(ValueError):
+        parse_profile("3g:zero")
+
+
+def test_lossy_profile_drops_about_its_share() -> None:
+    tap = PacketTap(PROFILES["lossy"], random.Random(3), drop_rtp=False)
+    dropped = sum(tap.on_datagram(_rtp(i), now=0.0) for i in range(4000))
+    assert 0.04 < dropped / 4000 < 0.06 and tap.impaired == dropped
