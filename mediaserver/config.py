@@ -102,6 +102,22 @@ class RoomConfig:
 
 
 @dataclass(frozen=True)
+class RecordingConfig:
+    """Where encrypted recordings go and the key-encryption keys (KEKs) that protect them.
+
+    ``keys`` is the KEK ring as text or a path (mediaserver.recording.keys.load_keks);
+    recording is off unless both are set.
+    """
+
+    directory: str | None = None
+    keys: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.directory and self.keys)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole server configuration, immutable once loaded."""
 
@@ -120,6 +136,7 @@ class Config:
     token_audience: str = "mediaserver"
     rooms: RoomConfig = field(default_factory=RoomConfig)
     signal_idle_timeout: int = 60  # close a signalling socket silent this long
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
 
     def __post_init__(self) -> None:
         # frozen=True stops rebinding the field, not mutating the dict behind it.
@@ -152,6 +169,8 @@ class Config:
             "token_audience": self.token_audience,
             "rooms": asdict(self.rooms),
             "signal_idle_timeout": self.signal_idle_timeout,
+            "recording": {"directory": self.recording.directory,
+                          "keys": "***" if self.recording.keys else None},
         }
 
 
@@ -349,6 +368,8 @@ _SETTINGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
      {"metavar": "SECONDS"}),
     ("signal_idle_timeout", "--signal-idle-timeout", "SIGNAL_IDLE_TIMEOUT",
      {"metavar": "SECONDS"}),
+    ("recording.directory", "--recording-dir", "RECORDING_DIR", {"metavar": "DIR"}),
+    ("recording.keys", None, "RECORDING_KEYS", {}),
 )  # fmt: skip
 ENV_VARS = {"MEDIASERVER_" + env: name for name, _, env, _ in _SETTINGS}  # variable -> setting
 _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typed)
@@ -357,8 +378,10 @@ _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typ
     if flag is not None
 }
 _FILE_KEYS = {  # TOML table -> keys allowed in it ("" is the top level)
-    "": {name for name, *_ in _SETTINGS if "." not in name} | {"media", "turn_rest", "rooms"},
+    "": {name for name, *_ in _SETTINGS if "." not in name}
+    | {"media", "turn_rest", "rooms", "recording"},
     "rooms": {"empty_timeout", "max_duration", "resume_grace", "report_retention"},
+    "recording": {"directory", "keys"},
     "media": {"bind_host", "port_min", "port_max", "announced_ip", "allow_loopback"},
     "turn_rest": {"urls", "shared_secret", "ttl_seconds"},
 }
@@ -406,6 +429,33 @@ def _file_layer(path: str) -> Layer:
         span = f"{lo[0] if lo else dm.port_min}-{hi[0] if hi else dm.port_max}"
         layer["media.port_range"] = (span, origin)
     return layer
+
+
+def _path(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise _Bad("must be a directory path")
+    return raw
+
+
+def _keys_spec(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise _Bad("must be key lines (id:base64) or a file path", show_value=False)
+    return raw
+
+
+def _recording(directory: str | None, keys: str | None) -> RecordingConfig:
+    if directory and not keys:
+        raise ConfigError("recording.keys: required when recording.directory is set "
+                          "(MEDIASERVER_RECORDING_KEYS: key lines id:base64 or a file path)")
+    if keys:
+        from mediaserver.recording.errors import RecordingError
+        from mediaserver.recording.keys import load_keks
+
+        try:
+            load_keks(keys)
+        except RecordingError as exc:
+            raise ConfigError(f"recording.keys: {exc.message}") from None
+    return RecordingConfig(directory=directory, keys=keys)
 
 
 def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: str | None) -> Config:
@@ -478,6 +528,8 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
                                  dr.report_retention),
         ),
         signal_idle_timeout=get("signal_idle_timeout", _int(1, 3600), d.signal_idle_timeout),
+        recording=_recording(get("recording.directory", _path, None),
+                             get("recording.keys", _keys_spec, None)),
     )
 
 

@@ -69,9 +69,10 @@ def test_config(**flags: Any) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def start_server(**flags: Any) -> AsyncIterator[RunningServer]:
+async def start_server(config: Config | None = None, **flags: Any
+                       ) -> AsyncIterator[RunningServer]:
     """A real server on a free loopback port, in this process, with ``flags`` applied."""
-    config = test_config(**flags)
+    config = config or test_config(**flags)
     app = create_app(config)
     runner = web.AppRunner(app)
     await runner.setup()

@@ -88,6 +88,11 @@ class ConsentState:
 
     # Inputs
 
+    @property
+    def requested_by(self) -> str | None:
+        """Who asked to record in the current round."""
+        return self._requested_by
+
     def participant_joined(self, pid: str, *, now: float) -> Step:
         if pid in self._present:
             return Step()

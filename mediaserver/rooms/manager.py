@@ -10,6 +10,7 @@ from mediaserver import metrics
 from mediaserver.config import RoomConfig
 from mediaserver.rooms.errors import RoomError
 from mediaserver.rooms.participant import Participant
+from mediaserver.rooms.recording import RecordingSettings
 from mediaserver.rooms.room import Room
 from mediaserver.sfu.aiortc_adapter import CandidatePolicy
 
@@ -18,7 +19,9 @@ KIND_LIMITS = {"one_to_one": 2, "couples": 3}
 
 class RoomManager:
     def __init__(self, policy: CandidatePolicy, group_max_participants: int = 16,
-                 limits: RoomConfig | None = None) -> None:
+                 limits: RoomConfig | None = None,
+                 recording: RecordingSettings | None = None) -> None:
+        self.recording = recording
         self.policy = policy
         self.group_max = group_max_participants
         self.limits = limits or RoomConfig()
@@ -40,7 +43,7 @@ class RoomManager:
         room = Room(name, kind, limit, self.policy, options,
                     empty_timeout=self.limits.empty_timeout,
                     max_duration=self.limits.max_duration,
-                    resume_grace=self.limits.resume_grace)
+                    resume_grace=self.limits.resume_grace, recording=self.recording)
         self.rooms[name] = room
         metrics.ROOMS.labels(kind=kind).inc()
         self._tasks[name] = asyncio.create_task(room.run(self._closed_by_task))

@@ -15,11 +15,14 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mediaserver import metrics
 from mediaserver.policy import Permission, allowed, bypasses_waiting_room, permissions, visible_to
 from mediaserver.quality.monitor import LinkCounters, ParticipantQuality
+from mediaserver.recording.consent import ConsentState, Step
+from mediaserver.recording.errors import RecordingError
 from mediaserver.rooms.errors import RoomError
 from mediaserver.rooms.participant import (
     ACTIVE,
@@ -30,6 +33,7 @@ from mediaserver.rooms.participant import (
     new_id,
     track_info,
 )
+from mediaserver.rooms.recording import RecordingSettings, RoomRecording
 from mediaserver.rooms.subscriptions import Negotiator
 from mediaserver.sfu.aiortc_adapter import CandidatePolicy
 from mediaserver.sfu.producer import Producer
@@ -48,7 +52,8 @@ MAX_OBSERVERS = 4
 class Room:
     def __init__(self, name: str, kind: str, max_participants: int, policy: CandidatePolicy,
                  options: dict[str, Any] | None = None, *, empty_timeout: float = 60,
-                 max_duration: float = 4 * 3600, resume_grace: float = 30) -> None:
+                 max_duration: float = 4 * 3600, resume_grace: float = 30,
+                 recording: RecordingSettings | None = None) -> None:
         self.name = name
         self.kind = kind
         self.max_participants = max_participants
@@ -71,6 +76,7 @@ class Room:
         self.reports: list[dict[str, Any]] = []  # of participants who left
         self._last_quality = float("-inf")
         self.negotiator = Negotiator(policy, self._visible_producers, self._relay_remb)
+        self.recording = RoomRecording(name, recording) if recording is not None else None
         self.policy = policy
 
     def mark_persistent(self) -> None:
@@ -184,6 +190,8 @@ class Room:
             return
         await self._tell_viewers(p, {"type": "participant_joined", "participant": p.info()})
         self.negotiator.schedule(p)
+        if self.recording is not None:
+            await self._consent(lambda c, now: c.participant_joined(p.id, now=now))
 
     async def admit(self, host: Participant, participant_id: str) -> None:
         self._require(host, Permission.ADMIT)
@@ -223,6 +231,8 @@ class Room:
             if transport is not None:
                 await transport.close()
         self.speakers.remove(p.id)
+        if self.recording is not None and not was_waiting:
+            await self._consent(lambda c, now: c.participant_left(p.id, now=now))
         quality = self.quality.pop(p.id, None)
         if quality is not None and not was_waiting:
             report = quality.report(self.started)
@@ -269,6 +279,8 @@ class Room:
         if self.closed:
             return
         self.closed = True
+        if self.recording is not None:
+            self.recording.close(time.monotonic())
         for p in list(self.participants.values()):
             await self.remove(p, reason=reason)
 
@@ -350,6 +362,8 @@ class Room:
                 audio_level_id=track.audio_level_id)
             producer.speakers = self.speakers
             producer.muted = bool(m.get("muted", False))
+            if self.recording is not None:
+                self.recording.producer_added(producer, p.identity, now)
             p.publisher.attach(producer)
             p.producers[producer.track_id] = producer
             metrics.TRACKS.labels(kind=producer.kind).inc()
@@ -394,6 +408,8 @@ class Room:
     async def _close_producer(self, p: Participant, producer: Producer) -> None:
         if producer.closed:
             return
+        if self.recording is not None:
+            self.recording.producer_removed(producer)
         producer.close()
         p.producers.pop(producer.track_id, None)
         if p.publisher is not None:
@@ -402,6 +418,50 @@ class Room:
         await self._tell_viewers(p, {"type": "track_unpublished", "track_id": producer.track_id,
                                      "participant_id": p.id})
         self._renegotiate_viewers(p)
+
+    # -- recording -----------------------------------------------------------------------
+
+    def _recording(self) -> RoomRecording:
+        if self.recording is None:
+            raise RoomError("recording_unavailable", "recording is not configured on this server")
+        return self.recording
+
+    async def _consent(self, make_step: Callable[[ConsentState, float], Step]) -> None:
+        """Run one consent input and apply its step: audit, recorder, prompts, new state."""
+        rec = self._recording()
+        before = rec.state()
+        now = time.monotonic()
+        try:
+            step = make_step(rec.consent, now)
+        except RecordingError as exc:
+            raise RoomError(str(exc.code), exc.message) from None
+        rec.apply(step, now)
+        by = rec.consent.requested_by
+        for pid in step.ask:
+            target = self.participants.get(pid)
+            if target is not None:
+                await target.deliver({"type": "consent_request", "by": by})
+        state = rec.state()
+        if state != before:
+            await self._tell_all({"type": "recording_state", **state})
+
+    async def record(self, p: Participant, start: bool) -> dict[str, Any]:
+        self._require(p, Permission.RECORD)
+        if start:
+            await self._consent(lambda c, now: c.request(p.id, now=now))
+        else:
+            await self._consent(lambda c, now: c.stop(p.id, now=now))
+        return self._recording().state()
+
+    async def answer_consent(self, p: Participant, granted: bool) -> dict[str, Any]:
+        if p.state == WAITING:
+            raise RoomError("not_admitted", "wait until a host admits you")
+        await self._consent(lambda c, now: c.answer(p.id, granted, now=now))
+        return self._recording().state()
+
+    async def withdraw_consent(self, p: Participant) -> dict[str, Any]:
+        await self._consent(lambda c, now: c.withdraw(p.id, now=now))
+        return self._recording().state()
 
     # -- subscribing ---------------------------------------------------------------------
 
@@ -548,6 +608,8 @@ class Room:
         if now - self._last_quality >= QUALITY_INTERVAL:
             self._last_quality = now
             await self._quality_step(now)
+            if self.recording is not None:
+                self.recording.flush()  # bounds what a crash can lose to about a second
         update = self.speakers.tick(now)
         if update is not None:
             await self._tell_all({"type": "speakers_changed", "dominant": update.dominant,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mediaserver import metrics
 from mediaserver.quality.rtpstats import ReceiveStats
@@ -78,6 +78,8 @@ class Producer:
         self.muted = False
         self.closed = False
         self.consumers: list[Consumer] = []
+        # Taps (recorders) see every packet after the consumers; see recording/recorder.py.
+        self.taps: list[Any] = []
         self.audio_level_id = audio_level_id
         self.speakers: SpeakerDetector | None = None
         self._send_rtcp = send_rtcp
@@ -173,6 +175,11 @@ class Producer:
                 self._pli_upstream()
         for consumer in self.consumers:
             consumer.forward(pkt, ext_seq, ext_ts, keyframe, now)
+        if self.taps:
+            for tap in self.taps:
+                tap.on_packet(pkt, ext_seq, ext_ts, keyframe, now)
+                if tap.needs_keyframe:
+                    self.request_keyframe(now)
 
     def cached(self, ext_seq: int) -> RtpPacket | None:
         slot = ext_seq & CACHE_MASK
@@ -201,6 +208,8 @@ class Producer:
 
     def on_sender_report(self, ntp: int, rtp_ts: int, now: float) -> None:
         self.last_sr = (ntp, rtp_ts, now)
+        for tap in self.taps:
+            tap.on_sender_report(ntp, rtp_ts, now)
         self.stats.on_sender_report(rtcp.ntp_middle32(ntp), now)
 
     def rtp_timestamp_at(self, now: float) -> int | None:
@@ -241,6 +250,8 @@ class Producer:
         self.last_sr = None
         for consumer in self.consumers:
             consumer.source_changed(now)
+        for tap in self.taps:
+            tap.source_changed()
         self.request_keyframe(now)
 
     def add_consumer(self, consumer: Consumer, now: float) -> None:

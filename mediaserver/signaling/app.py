@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -20,7 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mediaserver import metrics
 from mediaserver.config import Config
+from mediaserver.recording.keys import load_keks
 from mediaserver.rooms import Participant, Room, RoomError, RoomManager
+from mediaserver.rooms.recording import RecordingSettings
 from mediaserver.sfu import aiortc_adapter
 from mediaserver.signaling import admin
 from mediaserver.signaling import protocol as proto
@@ -41,13 +44,22 @@ def candidate_policy(config: Config) -> aiortc_adapter.CandidatePolicy:
         port_min=media.port_min, port_max=media.port_max, announced_ip=media.announced_ip)
 
 
+def recording_settings(config: Config) -> RecordingSettings | None:
+    rec = config.recording
+    if not rec.enabled or rec.directory is None or rec.keys is None:
+        return None
+    directory = Path(rec.directory)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return RecordingSettings(directory=directory, keyring=load_keks(rec.keys))
+
+
 def create_app(config: Config) -> web.Application:
     aiortc_adapter.verify()
     aiortc_adapter.install()
     app = web.Application(client_max_size=1024 * 1024)
     app[CONFIG_KEY] = config
     app[ROOMS_KEY] = RoomManager(candidate_policy(config), config.group_max_participants,
-                                 config.rooms)
+                                 config.rooms, recording_settings(config))
     app[STATE_KEY] = {"ready": True, "sockets": set()}
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -361,6 +373,16 @@ async def _get_stats(s: SignalSession, room: Room, p: Participant, m: dict[str, 
     return "stats", room.stats_for(p)
 
 
+async def _record(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
+    return "recording_state", await room.record(p, m["type"] == "record_start")
+
+
+async def _consent(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
+    if m["type"] == "consent_withdraw":
+        return "recording_state", await room.withdraw_consent(p)
+    return "recording_state", await room.answer_consent(p, m["granted"])
+
+
 async def _leave(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
     await s.send(proto.reply("ack", m.get("id")))
     await s.detach(leaving=True)
@@ -386,6 +408,10 @@ _HANDLERS: dict[str, Handler] = {
     "end_room": _end,
     "leave": _leave,
     "get_stats": _get_stats,
+    "record_start": _record,
+    "record_stop": _record,
+    "consent": _consent,
+    "consent_withdraw": _consent,
 }
 
 
