@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Protocol, cast
 
 import av
 
+from mediaserver.recording.audit import fsync_dir
 from mediaserver.recording.crypto import (
     DEFAULT_SEGMENT_SIZE,
     EncryptedWriter,
@@ -398,14 +399,6 @@ def _create(path: Path) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class RecordingSession:
     """The encrypted files of one recording: one per track, plus a manifest at close.
 
@@ -547,7 +540,7 @@ class RecordingSession:
             writer.write(body)
             writer.close()
             os.fsync(f.fileno())
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         self.manifest = manifest
         return manifest
 
