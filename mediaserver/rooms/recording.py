@@ -18,6 +18,7 @@ from typing import Any
 
 from mediaserver.recording.audit import AuditLog
 from mediaserver.recording.consent import ConsentState, RecordingPhase, Step
+from mediaserver.recording.errors import RecordingError
 from mediaserver.recording.keys import KeyRing
 from mediaserver.recording.recorder import RecordingSession
 from mediaserver.sfu.producer import Producer
@@ -85,10 +86,15 @@ class RoomRecording:
         session = self.session
         if session is None or producer.track_id in session.tracks:
             return
-        recorder = session.add_track(
-            producer.track_id, kind=producer.kind, codec_name=producer.codec.name,
-            clock_rate=producer.codec.clock_rate, participant=identity, now=now,
-            channels=producer.codec.channels or 2, source=producer.source)
+        try:
+            recorder = session.add_track(
+                producer.track_id, kind=producer.kind, codec_name=producer.codec.name,
+                clock_rate=producer.codec.clock_rate, participant=identity, now=now,
+                channels=producer.codec.channels or 2, source=producer.source)
+        except RecordingError as exc:
+            # E.g. an H.264 camera: the call goes on, that track is not recorded.
+            log.warning("track not recorded (%s): %s", exc.code, exc.message)
+            return
         producer.taps.append(recorder)
         producer.request_keyframe(now)
 

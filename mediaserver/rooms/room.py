@@ -179,7 +179,9 @@ class Room:
                          "waiting_room": self.waiting_room},
                 "participants": self.roster(p),
                 "waiting": self.waiting_list() if allowed(p.claims, Permission.ADMIT) else [],
-                "permissions": permissions(p.claims)}
+                "permissions": permissions(p.claims),
+                "recording": (self.recording_state_for(p) if self.recording is not None
+                              and p.state != WAITING else None)}
 
     async def announce(self, p: Participant) -> None:
         """After the joined reply: tell the others and start receiving."""
@@ -443,7 +445,18 @@ class Room:
                 await target.deliver({"type": "consent_request", "by": by})
         state = rec.state()
         if state != before:
-            await self._tell_all({"type": "recording_state", **state})
+            for viewer in list(self.participants.values()):
+                if viewer.state != WAITING:
+                    await viewer.deliver({"type": "recording_state",
+                                          **self.recording_state_for(viewer)})
+
+    def recording_state_for(self, viewer: Participant) -> dict[str, Any]:
+        """The recording state as ``viewer`` may see it (hidden observers left out)."""
+        state = self._recording().state()
+        state["pending"] = [pid for pid in state["pending"]
+                            if pid == viewer.id or (pid in self.participants
+                                                    and self._sees(viewer, self.participants[pid]))]
+        return state
 
     async def record(self, p: Participant, start: bool) -> dict[str, Any]:
         self._require(p, Permission.RECORD)
@@ -451,17 +464,17 @@ class Room:
             await self._consent(lambda c, now: c.request(p.id, now=now))
         else:
             await self._consent(lambda c, now: c.stop(p.id, now=now))
-        return self._recording().state()
+        return self.recording_state_for(p)
 
     async def answer_consent(self, p: Participant, granted: bool) -> dict[str, Any]:
         if p.state == WAITING:
             raise RoomError("not_admitted", "wait until a host admits you")
         await self._consent(lambda c, now: c.answer(p.id, granted, now=now))
-        return self._recording().state()
+        return self.recording_state_for(p)
 
     async def withdraw_consent(self, p: Participant) -> dict[str, Any]:
         await self._consent(lambda c, now: c.withdraw(p.id, now=now))
-        return self._recording().state()
+        return self.recording_state_for(p)
 
     # -- subscribing ---------------------------------------------------------------------
 
