@@ -76,7 +76,9 @@ async def test_quality_is_excellent_when_clean_poor_under_loss_and_recovers(serv
         lag = time.monotonic() - started
         print(f"\n10 % loss read as poor after {lag:.1f} s")
         # Windows are 1 s and receiver reports come every 0.5-1.5 s.
-        assert lag < 8.0, lag  # measured 5.9-6.9 s: ~1 s windows plus the RR cadence
+        # Measured 5.9-6.9 s on an idle machine (1 s windows plus the RR cadence); the bound
+        # is loose because CI shares two cores with everything else.
+        assert lag < 15.0, lag
         assert _level(pub, pub.participant_id) == "excellent"  # the publisher is fine
         stats = await viewer.request({"type": "get_stats"})
         downlinks = [t for k, t in stats["tracks"].items() if k.endswith(":downlink")
