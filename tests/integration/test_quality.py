@@ -110,7 +110,8 @@ async def test_quality_is_excellent_when_clean_poor_under_loss_and_recovers(serv
 
         await wait_until(grown, timeout=30, message="RTT reflects the added delay")
         measured = await rtt()
-        assert measured is not None and 0.15 <= measured - base <= 0.3, (base, measured)
+        # 200 ms added; event-loop delays on a busy machine only add to it.
+        assert measured is not None and 0.15 <= measured - base <= 0.45, (base, measured)
         impairment.delay = 0.0
 
         auth = {"Authorization": f"Bearer {server.admin_token()}"}
