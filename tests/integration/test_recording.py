@@ -115,3 +115,54 @@ async def test_recording_follows_consent_and_is_encrypted(tmp_path):
     tampered = verify_log(log)
     assert not tampered.ok and tampered.line == 3
 
+
+
+async def test_a_newcomer_pauses_the_recording_until_they_consent(tmp_path):
+    keys = new_kek_line("k1")
+    config = build_config({"dev": True, "host": "127.0.0.1", "bind_host": "127.0.0.1",
+                           "allow_loopback": True, "recording_dir": str(tmp_path / "rec")},
+                          {"MEDIASERVER_RECORDING_KEYS": keys}, None)
+    async with start_server(config=config) as server:
+        def client(identity: str, **kw) -> SignalClient:
+            return SignalClient(server.ws_url, server.token("grp", identity, kind="group", **kw))
+
+        host, member = client("therapist", role="host"), client("member")
+        observer = client("supervisor", role="observer")
+        late = client("latecomer")
+        clients = [host, member, observer, late]
+        try:
+            await host.connect()
+            await member.connect()
+            await host.publish(SineAudioTrack(440))
+            await host.request({"type": "record_start"})
+            await member.request({"type": "consent", "granted": True})
+            room = server.rooms.rooms["grp"]
+            assert room.recording.phase.value == "recording"
+
+            # A hidden observer is asked too, and pauses the recording until they say yes;
+            # the member is told the state but not who (observers stay hidden).
+            await observer.connect()
+            await observer.wait_event(lambda e: e["type"] == "consent_request")
+            assert room.recording.phase.value == "paused"
+            paused = await member.wait_event(
+                lambda e: e["type"] == "recording_state" and e["state"] == "paused")
+            assert observer.participant_id not in paused["pending"]
+            await observer.request({"type": "consent", "granted": True})
+            assert room.recording.phase.value == "recording"
+
+            # A newcomer pauses it at once; their yes resumes it.
+            joined = await late.connect()
+            assert joined["recording"]["state"] == "recording"  # what is running as they join
+            await late.wait_event(lambda e: e["type"] == "consent_request")
+            await late.wait_event(lambda e: e["type"] == "recording_state"
+                                  and e["state"] == "paused")
+            assert room.recording.session.paused
+            await late.request({"type": "consent", "granted": True})
+            assert room.recording.phase.value == "recording"
+            assert not room.recording.session.paused
+            # A no from anyone pauses again.
+            await late.request({"type": "consent", "granted": False})
+            assert room.recording.session.paused
+        finally:
+            for c in clients:
+                await c.close()
