@@ -111,6 +111,7 @@ class RecordingConfig:
 
     directory: str | None = None
     keys: str | None = None
+    retention_days: int = 0  # 0 keeps recordings until an operator shreds them
 
     @property
     def enabled(self) -> bool:
@@ -170,7 +171,8 @@ class Config:
             "rooms": asdict(self.rooms),
             "signal_idle_timeout": self.signal_idle_timeout,
             "recording": {"directory": self.recording.directory,
-                          "keys": "***" if self.recording.keys else None},
+                          "keys": "***" if self.recording.keys else None,
+                          "retention_days": self.recording.retention_days},
         }
 
 
@@ -370,6 +372,8 @@ _SETTINGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
      {"metavar": "SECONDS"}),
     ("recording.directory", "--recording-dir", "RECORDING_DIR", {"metavar": "DIR"}),
     ("recording.keys", None, "RECORDING_KEYS", {}),
+    ("recording.retention_days", "--recording-retention-days", "RECORDING_RETENTION_DAYS",
+     {"metavar": "DAYS"}),
 )  # fmt: skip
 ENV_VARS = {"MEDIASERVER_" + env: name for name, _, env, _ in _SETTINGS}  # variable -> setting
 _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typed)
@@ -381,7 +385,7 @@ _FILE_KEYS = {  # TOML table -> keys allowed in it ("" is the top level)
     "": {name for name, *_ in _SETTINGS if "." not in name}
     | {"media", "turn_rest", "rooms", "recording"},
     "rooms": {"empty_timeout", "max_duration", "resume_grace", "report_retention"},
-    "recording": {"directory", "keys"},
+    "recording": {"directory", "keys", "retention_days"},
     "media": {"bind_host", "port_min", "port_max", "announced_ip", "allow_loopback"},
     "turn_rest": {"urls", "shared_secret", "ttl_seconds"},
 }
@@ -443,7 +447,7 @@ def _keys_spec(raw: Any) -> str:
     return raw
 
 
-def _recording(directory: str | None, keys: str | None) -> RecordingConfig:
+def _recording(directory: str | None, keys: str | None, retention_days: int) -> RecordingConfig:
     if directory and not keys:
         raise ConfigError("recording.keys: required when recording.directory is set "
                           "(MEDIASERVER_RECORDING_KEYS: key lines id:base64 or a file path)")
@@ -455,7 +459,7 @@ def _recording(directory: str | None, keys: str | None) -> RecordingConfig:
             load_keks(keys)
         except RecordingError as exc:
             raise ConfigError(f"recording.keys: {exc.message}") from None
-    return RecordingConfig(directory=directory, keys=keys)
+    return RecordingConfig(directory=directory, keys=keys, retention_days=retention_days)
 
 
 def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: str | None) -> Config:
@@ -529,7 +533,8 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
         ),
         signal_idle_timeout=get("signal_idle_timeout", _int(1, 3600), d.signal_idle_timeout),
         recording=_recording(get("recording.directory", _path, None),
-                             get("recording.keys", _keys_spec, None)),
+                             get("recording.keys", _keys_spec, None),
+                             get("recording.retention_days", _int(0, 36500), 0)),
     )
 
 

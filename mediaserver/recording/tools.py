@@ -316,6 +316,21 @@ def _decrypt(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> i
     return EXIT_OK if report.ok else EXIT_DAMAGED
 
 
+def _shred(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    from mediaserver.recording.retention import shred_recording
+
+    path = Path(args.recording_dir)
+    if not path.is_dir() or not any(path.glob("*.enc")):
+        print(f"error: {path} is not a recording directory", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.yes:
+        print("error: shredding cannot be undone; add --yes", file=sys.stderr)
+        return EXIT_USAGE
+    keys = shred_recording(path)
+    print(f"{path.name}: {keys} key file(s) shredded, files deleted", file=out)
+    return 0
+
+
 def add_recordings_parser(subparsers: Any) -> None:
     """Add ``recordings`` to the CLI's subcommands (``handler`` takes (args, env))."""
     rec = subparsers.add_parser("recordings", help="list, verify and decrypt recordings",
@@ -341,13 +356,18 @@ def add_recordings_parser(subparsers: Any) -> None:
     decrypt.add_argument("output_dir", metavar="OUTPUT_DIR",
                          help="created if missing (mode 0700); existing files are kept")
     keys(decrypt)
+    shred = actions.add_parser(
+        "shred", help="destroy a recording: delete its keys (crypto-shredding), then its files")
+    shred.add_argument("recording_dir", metavar="RECORDING_DIR")
+    shred.add_argument("--yes", action="store_true", help="really do it (no undo)")
     rec.set_defaults(handler=run_recordings)
 
 
 def run_recordings(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     """Run a parsed ``recordings`` command; reads only ``env`` (default ``os.environ``)."""
     env = os.environ if env is None else env
-    command = {"list": _list, "verify": _verify, "decrypt": _decrypt}[args.recordings_command]
+    command = {"list": _list, "verify": _verify, "decrypt": _decrypt,
+               "shred": _shred}[args.recordings_command]
     try:
         return command(args, env, sys.stdout)
     except RecordingError as exc:

@@ -74,9 +74,11 @@ class RoomRecording:
         return step
 
     def _start(self, now: float) -> None:
-        rid = f"{self.room}-{int(time.time())}-{secrets.token_hex(3)}"
+        # No room name in it: recording ids show up in file names and operators' logs.
+        rid = f"rec-{int(time.time())}-{secrets.token_hex(4)}"
+        # Keys in separate files, so that deleting them shreds the recording (retention.py).
         self.session = RecordingSession(self.settings.directory, self.settings.keyring, rid,
-                                        now=now, wall_time=time.time())
+                                        now=now, wall_time=time.time(), detached_keys=True)
         self.recordings.append(rid)
         for producer, identity in list(self._producers.values()):
             self._attach(producer, identity, now)

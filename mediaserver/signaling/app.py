@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,33 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/v1/signal", signal_handler)
     admin.add_routes(app, CONFIG_KEY, ROOMS_KEY)
     app.on_shutdown.append(_on_shutdown)
+    if config.recording.enabled and config.recording.retention_days:
+        app.cleanup_ctx.append(_retention_ctx)
     app.cleanup_ctx.append(metrics.cleanup_ctx)  # event-loop lag monitor
     return app
+
+
+RETENTION_SWEEP_INTERVAL = 3600.0
+
+
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Shred recordings older than the retention period, hourly, for the app's lifetime."""
+    from mediaserver.recording.retention import sweep
+
+    config = app[CONFIG_KEY]
+    assert config.recording.directory is not None
+    root = Path(config.recording.directory)
+    keep = config.recording.retention_days * 86400
+
+    async def loop() -> None:
+        while True:
+            for rid in sweep(root, time.time(), keep):
+                log.info("recording shredded after its retention period: %s", rid)
+            await asyncio.sleep(RETENTION_SWEEP_INTERVAL)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
 
 
 async def _on_shutdown(app: web.Application) -> None:
