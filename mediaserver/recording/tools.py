@@ -316,6 +316,26 @@ def _decrypt(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> i
     return EXIT_OK if report.ok else EXIT_DAMAGED
 
 
+def _export(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    from mediaserver.recording.export import export_recording
+
+    recording = Path(args.recording_dir)
+    if not recording.is_dir() or not _encrypted_files(recording):
+        raise RecordingError(E.INVALID_ARGUMENT, f"{recording} is not a recording directory")
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise RecordingError(E.INVALID_ARGUMENT,
+                             f"--size {args.size!r}: expected WIDTHxHEIGHT") from None
+    result = export_recording(recording, _keyring(args, env), Path(args.output),
+                              size=(width, height), fps=args.fps)
+    for problem in result.problems:
+        print(f"  {problem}", file=out)
+    print(f"exported {result.duration:.2f} s ({result.video_frames} frames, "
+          f"{len(result.participants)} participant(s) on video) to {args.output}", file=out)
+    return EXIT_DAMAGED if result.problems else EXIT_OK
+
+
 def _shred(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from mediaserver.recording.retention import shred_recording
 
@@ -356,6 +376,15 @@ def add_recordings_parser(subparsers: Any) -> None:
     decrypt.add_argument("output_dir", metavar="OUTPUT_DIR",
                          help="created if missing (mode 0700); existing files are kept")
     keys(decrypt)
+    export = actions.add_parser(
+        "export", help="one MP4 (H.264 + AAC): a grid of the video, the audio mixed")
+    export.add_argument("recording_dir", metavar="RECORDING_DIR")
+    export.add_argument("output", metavar="OUTPUT.mp4",
+                        help="a new file (never overwritten), outside the recordings directory")
+    export.add_argument("--size", default="640x480", metavar="WxH",
+                        help="output size, even numbers (default 640x480)")
+    export.add_argument("--fps", type=int, default=15, help="output frame rate (default 15)")
+    keys(export)
     shred = actions.add_parser(
         "shred", help="destroy a recording: delete its keys (crypto-shredding), then its files")
     shred.add_argument("recording_dir", metavar="RECORDING_DIR")
@@ -367,7 +396,7 @@ def run_recordings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
     """Run a parsed ``recordings`` command; reads only ``env`` (default ``os.environ``)."""
     env = os.environ if env is None else env
     command = {"list": _list, "verify": _verify, "decrypt": _decrypt,
-               "shred": _shred}[args.recordings_command]
+               "export": _export, "shred": _shred}[args.recordings_command]
     try:
         return command(args, env, sys.stdout)
     except RecordingError as exc:
