@@ -316,6 +316,18 @@ def _decrypt(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> i
     return EXIT_OK if report.ok else EXIT_DAMAGED
 
 
+def _audit(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    from mediaserver.recording.audit import verify_log
+
+    result = verify_log(args.log, anchor=args.anchor)
+    if result.ok:
+        print(f"{args.log}: {result.entries} entries, chain intact, head {result.head}",
+              file=out)
+        return 0
+    print(f"{args.log}: TAMPERED at line {result.line}: {result.error}", file=out)
+    return EXIT_DAMAGED
+
+
 def _export(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from mediaserver.recording.export import export_recording
 
@@ -385,6 +397,11 @@ def add_recordings_parser(subparsers: Any) -> None:
                         help="output size, even numbers (default 640x480)")
     export.add_argument("--fps", type=int, default=15, help="output frame rate (default 15)")
     keys(export)
+    audit = actions.add_parser(
+        "audit", help="verify the consent audit log's hash chain (any edit or deletion)")
+    audit.add_argument("log", metavar="AUDIT_LOG")
+    audit.add_argument("--anchor", metavar="HASH",
+                       help="the head hash kept elsewhere: also catches cut-off last lines")
     shred = actions.add_parser(
         "shred", help="destroy a recording: delete its keys (crypto-shredding), then its files")
     shred.add_argument("recording_dir", metavar="RECORDING_DIR")
@@ -396,7 +413,7 @@ def run_recordings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
     """Run a parsed ``recordings`` command; reads only ``env`` (default ``os.environ``)."""
     env = os.environ if env is None else env
     command = {"list": _list, "verify": _verify, "decrypt": _decrypt,
-               "export": _export, "shred": _shred}[args.recordings_command]
+               "export": _export, "shred": _shred, "audit": _audit}[args.recordings_command]
     try:
         return command(args, env, sys.stdout)
     except RecordingError as exc:

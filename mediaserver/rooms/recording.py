@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,10 @@ class RecordingSettings:
 
 
 class RoomRecording:
-    def __init__(self, room: str, settings: RecordingSettings) -> None:
+    def __init__(self, room: str, settings: RecordingSettings,
+                 identity_of: Callable[[str], str | None] = lambda pid: pid) -> None:
         self.room = room
+        self.identity_of = identity_of  # audit entries name people by identity
         self.settings = settings
         self.consent = ConsentState(f"{room}-{secrets.token_hex(4)}")
         self.audit = AuditLog(settings.audit_path)
@@ -57,9 +60,10 @@ class RoomRecording:
     def apply(self, step: Step, now: float) -> Step:
         """Write the step's events to the audit log and bring the recorder in line."""
         for event in step.events:
+            who = event.participant
             self.audit.append(event.event.value, session_id=self.consent.session_id,
-                              participant=event.participant, details=event.details,
-                              now=time.time())
+                              participant=self.identity_of(who) if who else None,
+                              details=event.details, now=time.time())
         phase = self.phase
         if phase is RecordingPhase.RECORDING:
             if self.session is None:

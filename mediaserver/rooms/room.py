@@ -76,8 +76,13 @@ class Room:
         self.reports: list[dict[str, Any]] = []  # of participants who left
         self._last_quality = float("-inf")
         self.negotiator = Negotiator(policy, self._visible_producers, self._relay_remb)
-        self.recording = RoomRecording(name, recording) if recording is not None else None
+        self.recording = (RoomRecording(name, recording, self._identity_of)
+                          if recording is not None else None)
+        self._identities: dict[str, str] = {}  # participant id -> identity, for the audit log
         self.policy = policy
+
+    def _identity_of(self, participant_id: str) -> str | None:
+        return self._identities.get(participant_id)
 
     def mark_persistent(self) -> None:
         """Created ahead of time: wait for participants; the empty timer starts once one left."""
@@ -167,6 +172,7 @@ class Room:
                         joined_at=time.time(), state=WAITING if waiting else ACTIVE,
                         auto_subscribe=auto_subscribe)
         self.participants[p.id] = p
+        self._identities[p.id] = p.identity
         self.quality[p.id] = ParticipantQuality(p.id)
         self.empty_since = None
         metrics.PARTICIPANTS.labels(role=p.role).inc()

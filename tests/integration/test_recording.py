@@ -107,6 +107,9 @@ async def test_recording_follows_consent_and_is_encrypted(tmp_path):
                  "consent_withdrawn", "recording_paused", "recording_resumed",
                  "recording_stopped"):
         assert name in events, (name, events)
+    participants = {json.loads(line)["participant"] for line in log.read_text().splitlines()}
+    assert participants <= {"therapist", "partner-a", "partner-b", None}  # identities
+    assert cli_main(["recordings", "audit", str(log)]) == 0
     lines = log.read_text().splitlines()
     edited = json.loads(lines[2])
     edited["participant"] = "someone-else"
@@ -114,6 +117,7 @@ async def test_recording_follows_consent_and_is_encrypted(tmp_path):
     log.write_text("\n".join(lines) + "\n")
     tampered = verify_log(log)
     assert not tampered.ok and tampered.line == 3
+    assert cli_main(["recordings", "audit", str(log)]) == 1
 
 
 
