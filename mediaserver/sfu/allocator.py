@@ -1,0 +1,195 @@
+"""Per-subscriber stream allocator: share one bandwidth estimate among the tracks it receives.
+
+Pure logic in the spirit of LiveKit's streamallocator and mediasoup's consumer layer selection:
+an estimate, the demands and ``now`` go in, one Allocation per track comes out. Nothing here
+reads the clock or touches the network; the subscriber's control task applies the decisions.
+
+Why the order: a therapy session survives without video, never without voice, so audio is
+allocated first and is never paused to make room for video. Screen share carries the content
+both sides are looking at, then come pinned tiles, the active speaker, and everyone else.
+
+Why hysteresis and a hold time: every layer switch costs a keyframe and a visible quality
+jump. Going down happens at once (a congested link must be relieved now); going up needs
+headroom (``up_hysteresis``) and ``min_hold`` seconds of calm, one layer per step, so an
+estimate that wobbles around a layer boundary never makes a track flap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["audio", "video"]
+Source = Literal["microphone", "camera", "screen", "screen_audio"]
+PriorityHint = Literal["pinned", "speaker"] | None
+Reason = Literal["bandwidth", "disabled", "preference"] | None
+
+_LayerKey = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Layer:
+    spatial: int
+    temporal: int
+    bitrate: int  # bps, as measured on the publisher side
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+
+    @property
+    def key(self) -> _LayerKey:
+        return (self.spatial, self.temporal)
+
+
+@dataclass(frozen=True)
+class TrackDemand:
+    track_id: str
+    kind: Kind
+    source: Source
+    priority_hint: PriorityHint
+    layers: tuple[Layer, ...]  # what the publisher sends now; audio has one
+    max_width: int | None = None
+    max_height: int | None = None
+    max_fps: float | None = None
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class Allocation:
+    track_id: str
+    layer: Layer | None  # None means paused
+    reason: Reason = None
+
+
+@dataclass
+class _TrackState:
+    layer: _LayerKey | None
+    changed_at: float
+
+
+def _rank(demand: TrackDemand) -> int:
+    """Lower rank is served first among video tracks."""
+    if demand.source == "screen":
+        return 0
+    if demand.priority_hint == "pinned":
+        return 1
+    if demand.priority_hint == "speaker":
+        return 2
+    return 3
+
+
+def _within_preferences(demand: TrackDemand, layer: Layer) -> bool:
+    # An unknown dimension cannot violate a cap; the publisher simply did not report it.
+    checks = (
+        (demand.max_width, layer.width),
+        (demand.max_height, layer.height),
+        (demand.max_fps, layer.fps),
+    )
+    return all(cap is None or value is None or value <= cap for cap, value in checks)
+
+
+class StreamAllocator:
+    """Allocates one subscriber's estimate; keeps per-track state between calls."""
+
+    def __init__(
+        self,
+        min_hold: float = 2.0,
+        up_hysteresis: float = 1.15,
+        audio_only_floor: int = 120_000,
+    ) -> None:
+        self._min_hold = min_hold
+        self._up = up_hysteresis
+        self._floor = audio_only_floor
+        self._audio_only = False
+        self._tracks: dict[str, _TrackState] = {}
+
+    @property
+    def audio_only(self) -> bool:
+        return self._audio_only
+
+    def allocate(
+        self, estimate_bps: int, demands: list[TrackDemand], now: float
+    ) -> list[Allocation]:
+        result: dict[str, Allocation] = {}
+        audio_bps = 0
+        for d in demands:
+            if d.kind != "audio":
+                continue
+            if d.disabled or not d.layers:
+                result[d.track_id] = Allocation(d.track_id, None, "disabled")
+                continue
+            layer = max(d.layers, key=lambda la: la.bitrate)
+            audio_bps += layer.bitrate
+            result[d.track_id] = Allocation(d.track_id, layer, None)
+
+        budget = max(0, estimate_bps - audio_bps)
+        if self._audio_only:
+            self._audio_only = budget <= self._floor * self._up
+        else:
+            self._audio_only = budget < self._floor
+
+        video = [d for d in demands if d.kind == "video"]
+        video.sort(key=_rank)  # stable: equal ranks keep the caller's order
+        for d in video:
+            alloc = self._allocate_video(d, budget, now)
+            if alloc.layer is not None:
+                budget -= alloc.layer.bitrate
+            result[d.track_id] = alloc
+
+        live = {d.track_id for d in video}
+        for track_id in list(self._tracks):
+            if track_id not in live:
+                del self._tracks[track_id]
+        return [result[d.track_id] for d in demands]
+
+    def _allocate_video(self, d: TrackDemand, budget: int, now: float) -> Allocation:
+        if d.disabled or not d.layers:
+            self._set(d.track_id, None, now)
+            return Allocation(d.track_id, None, "disabled")
+        ordered = sorted(d.layers, key=lambda la: (la.bitrate, la.spatial, la.temporal))
+        wanted = [la for la in ordered if _within_preferences(d, la)]
+        capped = len(wanted) < len(ordered)
+        if not wanted:  # caps below every layer: the smallest is the closest we can offer
+            wanted = ordered[:1]
+        if self._audio_only:
+            self._set(d.track_id, None, now)
+            return Allocation(d.track_id, None, "bandwidth")
+
+        chosen = self._choose(d.track_id, wanted, budget, now)
+        self._set(d.track_id, chosen.key if chosen else None, now)
+        if chosen is None:
+            return Allocation(d.track_id, None, "bandwidth")
+        if chosen is not wanted[-1]:
+            return Allocation(d.track_id, chosen, "bandwidth")
+        return Allocation(d.track_id, chosen, "preference" if capped else None)
+
+    def _choose(
+        self, track_id: str, wanted: list[Layer], budget: int, now: float
+    ) -> Layer | None:
+        fitting = [la for la in wanted if la.bitrate <= budget]
+        best = fitting[-1] if fitting else None
+        state = self._tracks.get(track_id)
+        if state is None:
+            return best  # first sight: settle straight onto the best fit
+        keys = [la.key for la in wanted]
+        if state.layer is not None and state.layer not in keys:
+            return best  # layer vanished or preferences shrank: re-place now
+        if state.layer is None:
+            index = -1
+        else:
+            index = keys.index(state.layer)
+            if wanted[index].bitrate > budget:
+                return best  # no longer fits: step down at once
+        current = wanted[index] if index >= 0 else None
+        if index + 1 >= len(wanted) or now - state.changed_at < self._min_hold:
+            return current
+        step = wanted[index + 1]
+        return step if step.bitrate * self._up <= budget else current
+
+    def _set(self, track_id: str, key: _LayerKey | None, now: float) -> None:
+        state = self._tracks.get(track_id)
+        if state is None:
+            self._tracks[track_id] = _TrackState(key, now)
+        elif state.layer != key:
+            state.layer = key
+            state.changed_at = now

@@ -1,0 +1,213 @@
+"""Table-driven tests for the stream allocator; time is a plain number passed in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mediaserver.sfu.allocator import Allocation, Layer, StreamAllocator, TrackDemand
+
+MIC = Layer(0, 0, 32_000)
+SIMULCAST = (
+    Layer(0, 2, 150_000, 320, 180, 15.0),
+    Layer(1, 2, 500_000, 640, 360, 30.0),
+    Layer(2, 2, 1_500_000, 1280, 720, 30.0),
+)
+
+
+def audio(track_id: str = "a1") -> TrackDemand:
+    return TrackDemand(track_id, "audio", "microphone", None, (MIC,))
+
+
+def video(track_id: str = "v1", source: Any = "camera", **kw: Any) -> TrackDemand:
+    return TrackDemand(track_id, "video", source, layers=SIMULCAST, **{"priority_hint": None, **kw})
+
+
+def by_id(allocs: list[Allocation]) -> dict[str, Allocation]:
+    return {a.track_id: a for a in allocs}
+
+
+def spatial(a: Allocation) -> int | None:
+    return None if a.layer is None else a.layer.spatial
+
+
+@pytest.mark.parametrize(
+    ("estimate", "want_spatial", "want_reason", "want_audio_only"),
+    [
+        (100_000, None, "bandwidth", True),
+        (250_000, 0, "bandwidth", False),
+        (800_000, 1, "bandwidth", False),
+        (2_000_000, 2, None, False),
+    ],
+)
+def test_estimate_picks_layer(
+    estimate: int, want_spatial: int | None, want_reason: str | None, want_audio_only: bool
+) -> None:
+    alloc = StreamAllocator()
+    got = by_id(alloc.allocate(estimate, [audio("a1"), audio("a2"), video()], now=0.0))
+    assert got["a1"].layer == MIC and got["a2"].layer == MIC
+    assert spatial(got["v1"]) == want_spatial
+    assert got["v1"].reason == want_reason
+    assert alloc.audio_only is want_audio_only
+
+
+def test_audio_is_kept_even_above_estimate() -> None:
+    alloc = StreamAllocator()
+    demands = [audio(f"a{i}") for i in range(5)] + [video()]
+    got = by_id(alloc.allocate(50_000, demands, now=0.0))
+    assert all(got[f"a{i}"].layer == MIC for i in range(5))
+    assert got["v1"] == Allocation("v1", None, "bandwidth")
+
+
+@pytest.mark.parametrize(
+    ("prefs", "want_spatial", "want_reason"),
+    [
+        ({"max_width": 320}, 0, "preference"),
+        ({"max_width": 640, "max_height": 360}, 1, "preference"),
+        ({"max_height": 720}, 2, None),
+        ({"max_fps": 15.0}, 0, "preference"),
+        ({"max_width": 100}, 0, "preference"),  # below every layer: smallest offered
+        ({"disabled": True}, None, "disabled"),
+    ],
+)
+def test_preferences_cap_layer(
+    prefs: dict[str, Any], want_spatial: int | None, want_reason: str | None
+) -> None:
+    got = by_id(StreamAllocator().allocate(10_000_000, [audio(), video(**prefs)], now=0.0))
+    assert spatial(got["v1"]) == want_spatial
+    assert got["v1"].reason == want_reason
+
+
+@pytest.mark.parametrize(
+    ("demands", "winner"),
+    [
+        ([video("cam"), video("scr", source="screen")], "scr"),
+        ([video("cam"), video("spk", priority_hint="speaker")], "spk"),
+        ([video("spk", priority_hint="speaker"), video("pin", priority_hint="pinned")], "pin"),
+        ([video("pin", priority_hint="pinned"), video("scr", source="screen")], "scr"),
+        ([video("first"), video("second")], "first"),
+    ],
+)
+def test_priority_when_only_one_fits(demands: list[TrackDemand], winner: str) -> None:
+    # 300k - 32k audio leaves room for exactly one 150k layer.
+    got = by_id(StreamAllocator().allocate(300_000, [audio(), *demands], now=0.0))
+    for d in demands:
+        if d.track_id == winner:
+            assert spatial(got[d.track_id]) == 0
+        else:
+            assert got[d.track_id] == Allocation(d.track_id, None, "bandwidth")
+
+
+@pytest.mark.parametrize(
+    ("center", "start_high"),
+    [
+        (532_000, True),  # around the mid layer (500k + 32k audio)
+        (532_000, False),
+        (1_532_000, True),  # around the top layer
+        (182_000, True),  # around the lowest layer
+        (152_000, True),  # around the audio-only floor (120k + 32k audio)
+        (152_000, False),
+    ],
+)
+def test_oscillating_estimate_does_not_flap(center: int, start_high: bool) -> None:
+    alloc = StreamAllocator()
+    demands = [audio(), video()]
+    previous: tuple[int | None, bool] | None = None
+    switches = 0
+    for step in range(120):  # 60 s, a new estimate every 0.5 s
+        now = step * 0.5
+        high = (step % 2 == 0) == start_high
+        estimate = int(center * (1.05 if high else 0.95))
+        state = (spatial(by_id(alloc.allocate(estimate, demands, now))["v1"]), alloc.audio_only)
+        if previous is not None and state != previous and now >= 1.0:
+            switches += 1
+        previous = state
+    assert switches == 0
+
+
+def run(alloc: StreamAllocator, schedule: list[tuple[float, int]], end: float) -> list[tuple]:
+    """Feed (start_time, estimate) segments every 0.1 s; return (now, spatial) per call."""
+    out = []
+    for tick in range(round(end * 10) + 1):
+        now = tick / 10
+        estimate = [e for t, e in schedule if t <= now][-1]
+        out.append((now, spatial(by_id(alloc.allocate(estimate, [audio(), video()], now))["v1"])))
+    return out
+
+
+def test_drop_adapts_at_once() -> None:
+    trace = dict(run(StreamAllocator(), [(0.0, 2_000_000), (10.0, 250_000)], end=12.0))
+    assert trace[9.9] == 2
+    assert trace[10.0] == 0
+
+
+@pytest.mark.parametrize("min_hold", [0.5, 1.0, 2.0, 3.0])
+def test_recovery_reaches_top_within_three_holds(min_hold: float) -> None:
+    alloc = StreamAllocator(min_hold=min_hold)
+    rise = 10.0
+    trace = run(alloc, [(0.0, 2_000_000), (1.0, 250_000), (rise, 2_000_000)], end=30.0)
+    assert dict(trace)[rise - 0.1] == 0
+    reached = min(t for t, s in trace if t >= rise and s == 2)
+    assert reached <= rise + 3 * min_hold
+    # one step per hold: the middle layer is visited on the way up
+    assert any(s == 1 for t, s in trace if rise <= t < reached)
+
+
+def test_no_step_up_within_hold() -> None:
+    alloc = StreamAllocator(min_hold=2.0)
+    demands = [audio(), video()]
+    alloc.allocate(250_000, demands, now=0.0)
+    got = alloc.allocate(2_000_000, demands, now=1.9)
+    assert spatial(got[1]) == 0
+    assert spatial(alloc.allocate(2_000_000, demands, now=2.0)[1]) == 1
+
+
+LAYER = st.builds(
+    Layer,
+    spatial=st.integers(0, 2),
+    temporal=st.integers(0, 2),
+    bitrate=st.integers(0, 3_000_000),
+    width=st.none() | st.integers(1, 1920),
+    height=st.none() | st.integers(1, 1080),
+    fps=st.none() | st.floats(1, 60),
+)
+DEMAND = st.builds(
+    TrackDemand,
+    track_id=st.sampled_from(["t0", "t1", "t2", "t3", "t4", "t5"]),
+    kind=st.sampled_from(["audio", "video"]),
+    source=st.sampled_from(["microphone", "camera", "screen", "screen_audio"]),
+    layers=st.lists(LAYER, max_size=4).map(tuple),
+    priority_hint=st.sampled_from(["pinned", "speaker", None]),
+    max_width=st.none() | st.integers(1, 1920),
+    max_height=st.none() | st.integers(1, 1080),
+    max_fps=st.none() | st.floats(1, 60),
+    disabled=st.booleans(),
+)
+STEP = st.tuples(
+    st.integers(0, 5_000_000),
+    st.floats(0, 5),
+    st.lists(DEMAND, max_size=6, unique_by=lambda d: d.track_id),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(STEP, min_size=1, max_size=20))
+def test_never_over_allocates_video(steps: list[tuple[int, float, list[TrackDemand]]]) -> None:
+    alloc = StreamAllocator()
+    now = 0.0
+    for estimate, dt, demands in steps:
+        now += dt
+        got = alloc.allocate(estimate, demands, now)
+        assert [a.track_id for a in got] == [d.track_id for d in demands]
+        kinds = {d.track_id: d.kind for d in demands}
+        audio_bps = sum(a.layer.bitrate for a in got if a.layer and kinds[a.track_id] == "audio")
+        video_bps = sum(a.layer.bitrate for a in got if a.layer and kinds[a.track_id] == "video")
+        assert video_bps <= max(0, estimate - audio_bps)
+        for d, a in zip(demands, got, strict=True):
+            if d.kind == "audio" and not d.disabled and d.layers:
+                assert a.layer is not None
+            if a.layer is not None:
+                assert a.layer in d.layers
