@@ -27,7 +27,7 @@ import asyncio
 import logging
 import random
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -428,11 +428,6 @@ def _make_gatherer(conn: Any, policy: CandidatePolicy) -> Callable[[], Awaitable
         conn._local_candidates_end = True
 
     return gather_candidates
-
-
-def local_ssrcs(pc: RTCPeerConnection) -> Iterable[int]:
-    for t in pc.getTransceivers():
-        yield t.sender._ssrc
 
 
 def restrict_codecs(transceiver: Any, keep: Callable[[Any], bool]) -> None:

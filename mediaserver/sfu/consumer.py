@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mediaserver import metrics
 from mediaserver.quality.rtpstats import SendStats
@@ -30,6 +30,16 @@ if TYPE_CHECKING:
     from mediaserver.sfu.producer import Producer
 
 HISTORY_SIZE = 1024  # power of two
+
+# The abs-send-time value depends only on ``now``, which is the same for every consumer a
+# packet fans out to: compute it once per packet, not once per subscriber.
+_last_abs: list[Any] = [None, b""]
+
+
+def _abs_send_time(now: float) -> bytes:
+    if _last_abs[0] != now:
+        _last_abs[0], _last_abs[1] = now, abs_send_time_from_seconds(now)
+    return _last_abs[1]  # type: ignore[no-any-return]
 HISTORY_MASK = HISTORY_SIZE - 1
 
 
@@ -145,7 +155,7 @@ class Consumer:
             if level is not None:
                 exts.append((self._audio_level_id, level))
         if self._abs_send_time_id:
-            exts.append((self._abs_send_time_id, abs_send_time_from_seconds(now)))
+            exts.append((self._abs_send_time_id, _abs_send_time(now)))
         if self._transport_cc_id:
             ctx = self.context
             ctx.twcc_seq = (ctx.twcc_seq + 1) & SEQ_MASK

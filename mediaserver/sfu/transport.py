@@ -399,9 +399,7 @@ class SubscriberTransport(PeerTransport):
                 transport_cc_id=_ext_id(extensions, adapter.EXT_TRANSPORT_CC),
                 mid=t.mid)
             self.consumers[t.mid] = consumer
-            self.by_ssrc[ssrc] = consumer
-            if rtx_ssrc is not None:
-                self.by_ssrc.setdefault(rtx_ssrc, consumer)
+            self.by_ssrc[ssrc] = consumer  # feedback names the media SSRC, never the RTX one
             created.append(consumer)
         self.pending.clear()
         return created
@@ -432,9 +430,8 @@ class SubscriberTransport(PeerTransport):
             elif isinstance(p, (rtcp.ReceiverReport, rtcp.SenderReport)):
                 ntp_now = rtcp.ntp_middle32(rtcp.ntp_from_seconds(time.time()))
                 for block in p.reports:
-                    consumer = self.by_ssrc.get(block.ssrc)
-                    # Blocks about the RTX stream say nothing of the media's loss.
-                    if consumer is not None and block.ssrc == consumer.ssrc:
+                    consumer = self.by_ssrc.get(block.ssrc)  # RTX-stream blocks find none
+                    if consumer is not None:
                         consumer.stats.on_receiver_report(
                             block.lsr, block.dlsr, block.fraction_lost, block.packets_lost,
                             ntp_now, block.jitter)

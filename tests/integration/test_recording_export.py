@@ -61,8 +61,10 @@ async def test_export_of_a_recorded_session_keeps_flash_and_beep_together(tmp_pa
             t0 = time.monotonic()
             flash._start = beep._start = t0
             await host.publish(flash, beep)
-            await wait_until(lambda: time.monotonic() - t0 > FLASH_AT + 2.5, timeout=30,
-                             interval=0.1, message="flash, beep and a little after")
+            end = FLASH_AT + 2.5
+            await wait_until(lambda: flash.frame_number >= end * flash.fps
+                             and beep._pts >= end * 48000, timeout=30, interval=0.1,
+                             message="flash, beep and a little after, sent")
             await host.request({"type": "record_stop"})
             session_length = time.monotonic() - started
         finally:
