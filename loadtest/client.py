@@ -46,6 +46,19 @@ class ReceivedTrack:
     colors: list[tuple[int, int, int]] = field(default_factory=list)
     audio: list[np.ndarray] = field(default_factory=list)
     audio_rate: int = 48000
+    # (arrival time, width) of recent frames: frame rate, gaps and the layer received.
+    arrivals: list[tuple[float, int]] = field(default_factory=list)
+    keep_arrivals: int = 3000
+
+    def widths_since(self, since: float) -> list[int]:
+        return [w for t, w in self.arrivals if t >= since]
+
+    def max_gap(self, since: float, until: float | None = None) -> float:
+        """The longest time without a frame between ``since`` and ``until`` (or the last)."""
+        times = [t for t, _ in self.arrivals if t >= since and (until is None or t <= until)]
+        if len(times) < 2:
+            return float("inf")
+        return max(b - a for a, b in itertools.pairwise(times))
 
 
 class SignalClient:
@@ -223,8 +236,12 @@ class SignalClient:
             while True:
                 frame = await track.recv()
                 rec.frames += 1
+                now = time.monotonic()
                 if rec.first_frame_at is None:
-                    rec.first_frame_at = time.monotonic()
+                    rec.first_frame_at = now
+                rec.arrivals.append((now, getattr(frame, "width", 0)))
+                if len(rec.arrivals) > 2 * rec.keep_arrivals:
+                    del rec.arrivals[:-rec.keep_arrivals]
                 if rec.kind == "video":
                     img = frame.to_ndarray(format="rgb24")  # type: ignore[union-attr]
                     rec.last_frame_numbers.append(read_frame_number(img))

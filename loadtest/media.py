@@ -235,9 +235,11 @@ class TurnTakingAudioTrack(SineAudioTrack):
         return await super().recv()
 
 
-def encode_vp8(images: Sequence[np.ndarray], fps: int, bitrate: int = 500_000) -> list[bytes]:
-    """Encode rgb24 images to VP8 frames once (the first is a key frame), with settings
-    like aiortc's Vp8Encoder, for PreEncodedVideoTrack to replay."""
+def encode_vp8(images: Sequence[np.ndarray], fps: int, bitrate: int = 500_000,
+               keyframe_interval: int | None = None) -> list[bytes]:
+    """Encode rgb24 images to VP8 frames once (the first is a key frame, and then every
+    ``keyframe_interval``-th), with settings like aiortc's Vp8Encoder, for
+    PreEncodedVideoTrack to replay."""
     height, width = images[0].shape[:2]
     codec = av.CodecContext.create("libvpx", "w")
     codec.width, codec.height = width, height  # type: ignore[attr-defined]
@@ -249,6 +251,8 @@ def encode_vp8(images: Sequence[np.ndarray], fps: int, bitrate: int = 500_000) -
     for i, img in enumerate(images):
         frame = VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
         frame.pts = i
+        if keyframe_interval and i % keyframe_interval == 0:
+            frame.pict_type = av.video.frame.PictureType.I
         data = b"".join(bytes(p) for p in codec.encode(frame))  # type: ignore[attr-defined]
         if data:
             frames.append(data)
@@ -256,7 +260,8 @@ def encode_vp8(images: Sequence[np.ndarray], fps: int, bitrate: int = 500_000) -
 
 
 def replay_frames(width: int, height: int, fps: int, seconds: float = 2.0,
-                  bitrate: int | None = None) -> list[bytes]:
+                  bitrate: int | None = None, keyframe_interval: int | None = None
+                  ) -> list[bytes]:
     """``seconds`` of synthetic video encoded once, to replay in a loop (it starts over
     with its key frame every ``seconds``).
 
@@ -274,15 +279,16 @@ def replay_frames(width: int, height: int, fps: int, seconds: float = 2.0,
         img[STAMP_ROWS * STRIP:] += rng.integers(-16, 17, img[STAMP_ROWS * STRIP:].shape,
                                                  dtype=np.int16)
         images.append(synthetic_image(np.clip(img, 0, 255).astype(np.uint8), n))
-    return encode_vp8(images, fps, rate)
+    return encode_vp8(images, fps, rate, keyframe_interval)
 
 
-def encode_opus(frequency: float, seconds: float = 1.0, amplitude: float = 0.3) -> list[bytes]:
+def encode_opus(frequency: float, seconds: float = 1.0, amplitude: float = 0.3,
+                bitrate: int = 96000) -> list[bytes]:
     """A sine tone encoded to Opus packets of 20 ms once, as aiortc's OpusEncoder would
     (stereo, 96 kbps, voip). An integer ``frequency`` over whole seconds loops without a
     phase jump."""
     codec = av.CodecContext.create("libopus", "w")
-    codec.bit_rate, codec.format = 96000, "s16"  # type: ignore[attr-defined]
+    codec.bit_rate, codec.format = bitrate, "s16"  # type: ignore[attr-defined]
     codec.layout, codec.sample_rate = "stereo", AUDIO_RATE  # type: ignore[attr-defined]
     codec.time_base = fractions.Fraction(1, AUDIO_RATE)
     codec.options = {"application": "voip"}

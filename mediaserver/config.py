@@ -58,6 +58,9 @@ class MediaConfig:
     port_max: int = 49999
     announced_ip: str | None = None
     allow_loopback: bool = False
+    # Per-subscriber bandwidth estimation and stream allocation; off means plain
+    # forwarding of every track's top layer (for comparison runs only).
+    adaptation: bool = True
 
 
 @dataclass(frozen=True)
@@ -350,6 +353,9 @@ _SETTINGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("media.allow_loopback", "--allow-loopback-candidates", "ALLOW_LOOPBACK", {
         "dest": "allow_loopback", "action": argparse.BooleanOptionalAction,
         "help": "offer 127.0.0.1 candidates"}),
+    ("media.adaptation", "--adaptation", "ADAPTATION", {
+        "dest": "adaptation", "action": argparse.BooleanOptionalAction,
+        "help": "per-subscriber bandwidth adaptation (--no-adaptation: plain forwarding)"}),
     ("ice_servers", "--ice-server", "ICE_SERVERS", {"action": "append", "metavar": "URL", "help":
                                                     "STUN URL for clients, repeatable"}),
     ("turn_rest.urls", None, "TURN_REST_URLS", {}),
@@ -386,7 +392,8 @@ _FILE_KEYS = {  # TOML table -> keys allowed in it ("" is the top level)
     | {"media", "turn_rest", "rooms", "recording"},
     "rooms": {"empty_timeout", "max_duration", "resume_grace", "report_retention"},
     "recording": {"directory", "keys", "retention_days"},
-    "media": {"bind_host", "port_min", "port_max", "announced_ip", "allow_loopback"},
+    "media": {"bind_host", "port_min", "port_max", "announced_ip", "allow_loopback",
+              "adaptation"},
     "turn_rest": {"urls", "shared_secret", "ttl_seconds"},
 }
 
@@ -492,6 +499,7 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
         port_max=hi,
         announced_ip=get("media.announced_ip", _ip, None),
         allow_loopback=get("media.allow_loopback", _bool, dev),
+        adaptation=get("media.adaptation", _bool, dm.adaptation),
     )
     api_keys: dict[str, str] = get("api_keys", _api_keys, {})
     if dev:

@@ -114,10 +114,36 @@ DROP_REASONS = (
     "paused",
     "handler_error",
     "srtp_error",
+    "temporal_layer",
 )
 DROP = {reason: DROPS.labels(reason=reason) for reason in DROP_REASONS}
 RETRANSMITTED = RETRANSMISSIONS.labels(result="sent")
 RETRANSMIT_MISSING = RETRANSMISSIONS.labels(result="missing")
+
+# -- bandwidth adaptation ----------------------------------------------------------------
+
+PADDING_BYTES = Counter(
+    "mediaserver_probe_padding_bytes",
+    "Padding bytes sent to subscribers to probe for more bandwidth",
+    registry=REGISTRY,
+)
+LAYER_CHANGES = Counter(
+    "mediaserver_layer_changes",
+    "Layer decisions of the stream allocator, by direction",
+    ["direction"],  # up, down, pause, resume
+    registry=REGISTRY,
+)
+SUBSCRIBER_ESTIMATE = Histogram(
+    "mediaserver_subscriber_estimate_bps",
+    "Per-subscriber bandwidth estimates, sampled once a second",
+    buckets=(100e3, 150e3, 250e3, 400e3, 600e3, 1e6, 1.5e6, 2.5e6, 4e6),
+    registry=REGISTRY,
+)
+AUDIO_ONLY = Gauge(
+    "mediaserver_audio_only_subscribers",
+    "Subscribers receiving audio only (chosen, or below the bandwidth floor)",
+    registry=REGISTRY,
+)
 
 # -- network quality ---------------------------------------------------------------------
 

@@ -20,8 +20,9 @@ KIND_LIMITS = {"one_to_one": 2, "couples": 3}
 class RoomManager:
     def __init__(self, policy: CandidatePolicy, group_max_participants: int = 16,
                  limits: RoomConfig | None = None,
-                 recording: RecordingSettings | None = None) -> None:
+                 recording: RecordingSettings | None = None, adaptation: bool = True) -> None:
         self.recording = recording
+        self.adaptation = adaptation
         self.policy = policy
         self.group_max = group_max_participants
         self.limits = limits or RoomConfig()
@@ -43,7 +44,8 @@ class RoomManager:
         room = Room(name, kind, limit, self.policy, options,
                     empty_timeout=self.limits.empty_timeout,
                     max_duration=self.limits.max_duration,
-                    resume_grace=self.limits.resume_grace, recording=self.recording)
+                    resume_grace=self.limits.resume_grace, recording=self.recording,
+                    adaptation=self.adaptation)
         self.rooms[name] = room
         metrics.ROOMS.labels(kind=kind).inc()
         self._tasks[name] = asyncio.create_task(room.run(self._closed_by_task))

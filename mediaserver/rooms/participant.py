@@ -53,6 +53,8 @@ class Participant:
     unsubscribed: set[str] = field(default_factory=set)
     disabled_tracks: set[str] = field(default_factory=set)
     preferences: dict[str, dict[str, Any]] = field(default_factory=dict)
+    audio_only: bool = False  # the subscriber chose to receive no video
+    max_bitrate: int | None = None  # the subscriber's own cap on its downlink, bps
     # Subscriber negotiation (one offer in flight at a time).
     answer_waiter: asyncio.Future[str] | None = None
     pending_offer: dict[str, Any] | None = None

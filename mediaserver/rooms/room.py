@@ -12,6 +12,7 @@ the session's time limit, the empty-room timeout and the resume grace period.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -36,6 +37,7 @@ from mediaserver.rooms.participant import (
 from mediaserver.rooms.recording import RecordingSettings, RoomRecording
 from mediaserver.rooms.subscriptions import Negotiator
 from mediaserver.sfu.aiortc_adapter import CandidatePolicy
+from mediaserver.sfu.consumer import Consumer
 from mediaserver.sfu.producer import Producer
 from mediaserver.sfu.speakers import SpeakerDetector
 from mediaserver.sfu.transport import NegotiationError, PublisherTransport
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 SOURCES = ("camera", "microphone", "screen", "screen_audio")
 TICK = 0.25
 QUALITY_INTERVAL = 1.0
+ADAPT_INTERVAL = 0.5
+LAYER_OFF_DELAY = 5.0  # an unwanted simulcast layer keeps flowing this long before it stops
 MAX_OBSERVERS = 4
 
 
@@ -53,8 +57,9 @@ class Room:
     def __init__(self, name: str, kind: str, max_participants: int, policy: CandidatePolicy,
                  options: dict[str, Any] | None = None, *, empty_timeout: float = 60,
                  max_duration: float = 4 * 3600, resume_grace: float = 30,
-                 recording: RecordingSettings | None = None) -> None:
+                 recording: RecordingSettings | None = None, adaptation: bool = True) -> None:
         self.name = name
+        self.adaptation = adaptation
         self.kind = kind
         self.max_participants = max_participants
         self.options = dict(options or {})
@@ -75,6 +80,11 @@ class Room:
         self.quality: dict[str, ParticipantQuality] = {}
         self.reports: list[dict[str, Any]] = []  # of participants who left
         self._last_quality = float("-inf")
+        self._last_adapt = float("-inf")
+        # Per producer: the layers the publisher was last told to send, and since when
+        # each unwanted layer has been unwanted (layers go off only after LAYER_OFF_DELAY).
+        self._told_layers: dict[str, tuple[str, ...]] = {}
+        self._unwanted_since: dict[tuple[str, int], float] = {}
         self.negotiator = Negotiator(policy, self._visible_producers, self._relay_remb)
         self.recording = (RoomRecording(name, recording, self._identity_of)
                           if recording is not None else None)
@@ -367,7 +377,7 @@ class Room:
                 track_id=new_id("TR"), participant_id=p.id, kind=track.kind,
                 codec=track.codec, ssrc=track.ssrc, rtx_ssrc=track.rtx_ssrc, mid=track.mid,
                 source=source, send_rtcp=p.publisher.send_rtcp, rtcp_ssrc=track.rtcp_ssrc,
-                audio_level_id=track.audio_level_id)
+                audio_level_id=track.audio_level_id, layers=track.layers)
             producer.speakers = self.speakers
             producer.muted = bool(m.get("muted", False))
             if self.recording is not None:
@@ -517,6 +527,86 @@ class Room:
                     consumer.disabled = track_id in p.disabled_tracks
                     consumer.refresh_paused(now)
 
+    def set_bandwidth(self, p: Participant, audio_only: bool | None,
+                      max_bitrate: int | None) -> None:
+        """The subscriber's own limits: audio only, or at most ``max_bitrate`` bps."""
+        self._require(p, Permission.SUBSCRIBE)
+        p.audio_only = bool(audio_only) if audio_only is not None else p.audio_only
+        if max_bitrate is not None:
+            if max_bitrate < 0:
+                raise RoomError("invalid_field", "max_bitrate must not be negative")
+            p.max_bitrate = max_bitrate or None
+        if p.subscriber is not None:
+            self._apply_bandwidth_settings(p)
+
+    def _apply_bandwidth_settings(self, p: Participant) -> None:
+        if p.subscriber is not None:
+            adaptation = p.subscriber.adaptation
+            adaptation.audio_only_requested = p.audio_only
+            adaptation.estimator.cap = p.max_bitrate
+
+    # -- bandwidth adaptation ------------------------------------------------------------
+
+    async def _adapt_step(self, now: float) -> None:
+        for p in self.participants.values():
+            for producer in p.producers.values():
+                for stream in producer.streams:
+                    stream.measure(now)
+        dominant = self.speakers.dominant
+
+        def hint_for(c: Consumer, prefs: dict[str, dict[str, Any]]) -> str | None:
+            if prefs.get(c.producer.track_id, {}).get("pinned"):
+                return "pinned"
+            return "speaker" if c.producer.participant_id == dominant else None
+
+        for p in list(self.participants.values()):
+            sub = p.subscriber
+            if sub is None or p.state == WAITING or not sub.consumers:
+                continue
+            if not self.adaptation:  # plain forwarding: every track's top layer, always
+                for c in sub.consumers.values():
+                    c.set_layer(len(c.producer.streams) - 1, 3, now)
+                continue
+            self._apply_bandwidth_settings(p)
+            prefs = p.preferences
+            events = sub.adaptation.step(now, prefs, functools.partial(hint_for, prefs=prefs))
+            for event in events:
+                await p.deliver(event)
+        await self._update_publisher_layers(now)
+
+    async def _update_publisher_layers(self, now: float) -> None:
+        """Ask each simulcast publisher to send only the layers someone receives."""
+        for owner in list(self.participants.values()):
+            for producer in owner.producers.values():
+                if not producer.simulcast or producer.closed:
+                    continue
+                wanted = {0}  # the lowest layer always flows: the fallback for everyone
+                for c in producer.consumers:
+                    if not c.closed and not c.paused:
+                        wanted.add(c.target.spatial)
+                        if c.stream is not None:
+                            wanted.add(c.stream.spatial)
+                if producer.taps:
+                    wanted.add(producer.record_layer)
+                active = []
+                for stream in producer.streams:
+                    key = (producer.track_id, stream.spatial)
+                    if stream.spatial in wanted:
+                        self._unwanted_since.pop(key, None)
+                        active.append(stream)
+                    else:
+                        since = self._unwanted_since.setdefault(key, now)
+                        if now - since < LAYER_OFF_DELAY:
+                            active.append(stream)
+                rids = tuple(s.rid for s in active if s.rid)
+                for stream in producer.streams:
+                    stream.paused_upstream = stream not in active
+                if not rids or self._told_layers.get(producer.track_id) == rids:
+                    continue
+                self._told_layers[producer.track_id] = rids
+                await owner.deliver({"type": "publisher_layers", "track_id": producer.track_id,
+                                     "active": list(rids)})
+
     def _relay_remb(self, producer: Producer, now: float) -> None:
         owner = self.participants.get(producer.participant_id)
         if owner is not None and owner.publisher is not None:
@@ -624,6 +714,9 @@ class Room:
 
     async def tick(self, now: float) -> str | None:
         """One control step; returns a reason if the room should close."""
+        if now - self._last_adapt >= ADAPT_INTERVAL:
+            self._last_adapt = now
+            await self._adapt_step(now)
         if now - self._last_quality >= QUALITY_INTERVAL:
             self._last_quality = now
             await self._quality_step(now)

@@ -241,6 +241,22 @@ def hook_packets(pc: RTCPeerConnection, on_rtp: Callable[[bytes, int], None],
         _fast_path(dtls, on_rtp, on_rtcp)
 
 
+def tap_rtcp(pc: RTCPeerConnection, on_rtcp: Callable[[bytes], None]) -> None:
+    """Let a client see decrypted RTCP before aiortc routes it (for SSRCs aiortc never
+    registered, such as the simulcast layers a test publisher sends itself)."""
+    for dtls in dtls_transports(pc):
+        original = dtls._handle_rtcp_data
+
+        async def handle_rtcp(data: bytes, original: Any = original) -> None:
+            try:
+                on_rtcp(data)
+            except Exception:  # pragma: no cover - defensive
+                log.exception("RTCP tap failed")
+            await original(data)
+
+        dtls._handle_rtcp_data = handle_rtcp  # type: ignore[method-assign]
+
+
 def _fast_path(dtls: RTCDtlsTransport, on_rtp: Callable[[bytes, int], None],
                on_rtcp: Callable[[bytes], None]) -> None:
     """Take SRTP/SRTCP straight from the socket callback once DTLS is up.

@@ -95,13 +95,17 @@ class StreamAllocator:
         self,
         min_hold: float = 2.0,
         up_hysteresis: float = 1.15,
-        audio_only_floor: int = 120_000,
+        audio_only_floor: int = 60_000,
     ) -> None:
         self._min_hold = min_hold
         self._up = up_hysteresis
         self._floor = audio_only_floor
         self._audio_only = False
         self._tracks: dict[str, _TrackState] = {}
+
+    @property
+    def up_hysteresis(self) -> float:
+        return self._up
 
     @property
     def audio_only(self) -> bool:

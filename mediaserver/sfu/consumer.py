@@ -25,11 +25,13 @@ from mediaserver.sfu.rtp import (
     pack_transport_seq,
 )
 from mediaserver.sfu.seqnum import SEQ_MASK, OutputRewriter
+from mediaserver.sfu.temporal import Vp8TemporalFilter
 
 if TYPE_CHECKING:
-    from mediaserver.sfu.producer import Producer
+    from mediaserver.sfu.producer import Producer, RecvStream
 
 HISTORY_SIZE = 1024  # power of two
+PADDING_BYTES = 224  # per probe packet (RTP padding is at most 255 bytes)
 
 # The abs-send-time value depends only on ``now``, which is the same for every consumer a
 # packet fans out to: compute it once per packet, not once per subscriber.
@@ -91,8 +93,17 @@ class Consumer:
         self.rewriter = OutputRewriter(random.randrange(1 << 16), random.randrange(1 << 32))
         self.paused = False
         self.disabled = False  # the subscriber asked not to receive this track for now
+        self.bandwidth_paused = False  # the allocator found no room for it
+        self.target_bitrate: int | None = None  # share of the estimate, for REMB upstream
         self.closed = False
         self.waiting_keyframe = producer.kind == "video"
+        # The layer forwarded now and the one wanted; differ until the target's keyframe.
+        self.stream: RecvStream | None = None if producer.simulcast else producer.streams[0]
+        self.target: RecvStream = producer.streams[0]
+        self.layer_switches = 0
+        # VP8 PictureID/TL0PICIDX continuity across layer switches and temporal thinning.
+        self.temporal: Vp8TemporalFilter | None = (
+            Vp8TemporalFilter() if producer.codec.name == "VP8" and producer.simulcast else None)
         self.stats = SendStats()
         self.remb_bitrate: int | None = None
         self.last_sent_at: float | None = None
@@ -100,16 +111,22 @@ class Consumer:
         self.nacks_received = 0
         self.keyframe_requests = 0
         self.retransmitted = 0
-        # Slot -> (output seq16, producer ext seq, output ts32) for NACK answers.
-        self._history: list[tuple[int, int, int] | None] = [None] * HISTORY_SIZE
+        # Slot -> (output seq16, stream ext seq, output ts32, stream) for NACK answers.
+        self._history: list[tuple[int, int, int, RecvStream] | None] = [None] * HISTORY_SIZE
         self._rtx_seq = random.randrange(1 << 16)
         self._packets_counter = metrics.PACKETS.labels(direction="out", kind=producer.kind)
         self._bytes_counter = metrics.BYTES.labels(direction="out", kind=producer.kind)
 
     # -- packet path -------------------------------------------------------------------
 
-    def forward(self, pkt: RtpPacket, ext_seq: int, ext_ts: int, keyframe: bool,
-                now: float) -> None:
+    def forward(self, stream: RecvStream, pkt: RtpPacket, ext_seq: int, ext_ts: int,
+                keyframe: bool, now: float) -> None:
+        if stream is not self.stream:
+            # Another simulcast layer: switch to it only at a keyframe of the target layer,
+            # so the subscriber's decoder never sees a frame that references one it lacks.
+            if stream is not self.target or not keyframe or self.paused:
+                return
+            self._switch_to(stream, now)
         if self.paused:
             metrics.DROP["paused"].inc()
             self.rewriter.skip(ext_seq)
@@ -124,13 +141,25 @@ class Consumer:
             metrics.DROP["padding"].inc()
             self.rewriter.skip(ext_seq)
             return
+        payload = None
+        temporal = self.temporal
+        if temporal is not None:
+            desc = stream.vp8
+            if desc is not None:
+                payload = temporal.process(
+                    memoryview(pkt.data)[pkt.payload_offset:pkt.payload_end], desc, ext_seq,
+                    pkt.marker)
+                if payload is None:
+                    metrics.DROP["temporal_layer"].inc()
+                    self.rewriter.skip(ext_seq)
+                    return
         out = self.rewriter.rewrite(ext_seq, ext_ts)
         if out is None:
             metrics.DROP["too_old"].inc()
             return
         out_seq, out_ts = out
-        data = self._build(pkt, out_seq, out_ts, self.payload_type, self.ssrc, now)
-        self._history[out_seq & HISTORY_MASK] = (out_seq, ext_seq, out_ts)
+        data = self._build(pkt, out_seq, out_ts, self.payload_type, self.ssrc, now, payload)
+        self._history[out_seq & HISTORY_MASK] = (out_seq, ext_seq, out_ts, stream)
         ctx = self.context
         if not ctx.send_rtp(data):
             metrics.DROP["not_connected"].inc()
@@ -147,6 +176,69 @@ class Consumer:
         self._packets_counter.inc()
         self._bytes_counter.inc(len(data))
 
+    def _switch_to(self, stream: RecvStream, now: float) -> None:
+        previous = self.stream
+        self.stream = stream
+        if previous is not None and self.rewriter.started:
+            self.source_changed(now)
+        if self.temporal is not None:
+            self.temporal.reset_source()
+        self.waiting_keyframe = True  # satisfied by the keyframe that triggered the switch
+        self.layer_switches += 1
+
+    def set_layer(self, spatial: int, temporal: int, now: float) -> None:
+        """Aim at a layer; the switch itself happens at the target layer's next keyframe."""
+        streams = self.producer.streams
+        target = streams[max(0, min(spatial, len(streams) - 1))]
+        if self.temporal is not None:
+            self.temporal.set_target(temporal)
+        if target is self.target:
+            if target is not self.stream:
+                target.request_keyframe(now)  # throttled per layer
+            return
+        self.target = target
+        if target is not self.stream:
+            target.request_keyframe(now)
+
+    @property
+    def spatial(self) -> int | None:
+        """The layer being forwarded now (None before the first)."""
+        return None if self.stream is None else self.stream.spatial
+
+    def send_padding(self, size: int, now: float) -> int:
+        """Send about ``size`` bytes of padding-only RTX packets: a bandwidth probe.
+
+        Padding rides on the RTX stream, so it never touches the media sequence numbers;
+        the subscriber's estimator counts it, its decoder never sees it. Returns the bytes
+        actually sent (0 without RTX or before the first media packet).
+        """
+        if self.rtx_ssrc is None or self.rtx_payload_type is None or self.last_sent_at is None:
+            return 0
+        sent = 0
+        ts = self.rewriter.last_out_ts & 0xFFFFFFFF
+        while sent < size:
+            self._rtx_seq = (self._rtx_seq + 1) & SEQ_MASK
+            exts: list[tuple[int, bytes]] = []
+            self._timing_extensions(exts, now)
+            data = build_rtp(marker=False, payload_type=self.rtx_payload_type,
+                             sequence_number=self._rtx_seq, timestamp=ts, ssrc=self.rtx_ssrc,
+                             extensions=exts, payload=b"", padding=PADDING_BYTES)
+            if not self.context.send_rtp(data):
+                break
+            sent += len(data)
+        if sent:
+            metrics.PADDING_BYTES.inc(sent)
+        return sent
+
+    def _timing_extensions(self, exts: list[tuple[int, bytes]], now: float) -> None:
+        """abs-send-time and transport-wide sequence number, for the subscriber's estimator."""
+        if self._abs_send_time_id:
+            exts.append((self._abs_send_time_id, _abs_send_time(now)))
+        if self._transport_cc_id:
+            ctx = self.context
+            ctx.twcc_seq = (ctx.twcc_seq + 1) & SEQ_MASK
+            exts.append((self._transport_cc_id, pack_transport_seq(ctx.twcc_seq)))
+
     def _build(self, pkt: RtpPacket, seq: int, ts: int, pt: int, ssrc: int, now: float,
                payload: bytes | memoryview | None = None) -> bytes:
         exts: list[tuple[int, bytes]] = []
@@ -154,12 +246,7 @@ class Consumer:
             level = pkt.extensions.get(self._src_audio_level_id)
             if level is not None:
                 exts.append((self._audio_level_id, level))
-        if self._abs_send_time_id:
-            exts.append((self._abs_send_time_id, _abs_send_time(now)))
-        if self._transport_cc_id:
-            ctx = self.context
-            ctx.twcc_seq = (ctx.twcc_seq + 1) & SEQ_MASK
-            exts.append((self._transport_cc_id, pack_transport_seq(ctx.twcc_seq)))
+        self._timing_extensions(exts, now)
         if payload is None:
             payload = memoryview(pkt.data)[pkt.payload_offset:pkt.payload_end]
         return build_rtp(marker=pkt.marker, payload_type=pt, sequence_number=seq,
@@ -175,8 +262,8 @@ class Consumer:
             if entry is None or entry[0] != seq:
                 metrics.RETRANSMIT_MISSING.inc()
                 continue
-            _, ext_seq, out_ts = entry
-            pkt = self.producer.cached(ext_seq)
+            _, ext_seq, out_ts, stream = entry
+            pkt = stream.cached(ext_seq)
             if pkt is None:
                 metrics.RETRANSMIT_MISSING.inc()
                 continue
@@ -194,7 +281,7 @@ class Consumer:
 
     def on_keyframe_request(self, now: float) -> None:
         self.keyframe_requests += 1
-        self.producer.request_keyframe(now)
+        self.producer.request_keyframe(now, self.spatial)
 
     def sender_report_timestamp(self, now: float) -> int:
         """The output RTP timestamp for ``now``, for this stream's sender report.
@@ -202,7 +289,8 @@ class Consumer:
         Taken from the publisher's own sender report when there is one, so that audio and
         video of one publisher keep their relation (lip sync) through the SFU.
         """
-        src = self.producer.rtp_timestamp_at(now)
+        stream = self.stream
+        src = stream.rtp_timestamp_at(now) if stream is not None else None
         if src is not None:
             return (src + self.rewriter.ts_offset) & 0xFFFFFFFF
         ts = self.rewriter.last_out_ts
@@ -211,7 +299,7 @@ class Consumer:
         return ts & 0xFFFFFFFF
 
     def refresh_paused(self, now: float) -> None:
-        self.set_paused(self.producer.muted or self.disabled, now)
+        self.set_paused(self.producer.muted or self.disabled or self.bandwidth_paused, now)
 
     def source_changed(self, now: float) -> None:
         """The producer's upstream stream restarted: continue the output seamlessly."""
@@ -229,7 +317,7 @@ class Consumer:
         self.paused = paused
         if not paused:
             self.source_changed(now)
-            self.producer.request_keyframe(now)
+            self.producer.request_keyframe(now, self.target.spatial)
 
     def close(self) -> None:
         if self.closed:

@@ -9,7 +9,7 @@ its transport gives it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from mediaserver.sfu.keyframe import KeyframeRequester
 from mediaserver.sfu.nack import NackTracker
 from mediaserver.sfu.rtp import RtpPacket, build_rtp, parse_rtp, unwrap_rtx
 from mediaserver.sfu.seqnum import Unwrapper
-from mediaserver.sfu.vp8 import parse_vp8
+from mediaserver.sfu.vp8 import Vp8Descriptor, parse_vp8
 
 if TYPE_CHECKING:
     from mediaserver.sfu.consumer import Consumer
@@ -49,8 +49,253 @@ class CodecInfo:
         return self.mime_type.split("/", 1)[1].upper()
 
 
+@dataclass(frozen=True)
+class LayerSpec:
+    """One simulcast encoding as the publisher's offer announced it (lowest first)."""
+
+    rid: str | None
+    ssrc: int | None = None
+    rtx_ssrc: int | None = None
+
+
+RATE_WINDOW = 1.0  # seconds over which a layer's bitrate and frame rate are measured
+WIRE_OVERHEAD = 38  # SRTP tag + UDP + IPv4 headers per packet
+PEAK_WINDOWS = 3
+
+
+class RecvStream:
+    """One RTP stream of a track: the only one, or one simulcast layer.
+
+    Owns what is per SSRC: sequence/timestamp unwrapping, the packet cache that answers
+    subscribers' NACKs, loss tracking and NACKs upstream, keyframe requests, receive
+    statistics and the measured bitrate, frame rate and resolution of the layer.
+    """
+
+    def __init__(self, producer: Producer, spatial: int, rid: str | None, ssrc: int | None,
+                 rtx_ssrc: int | None) -> None:
+        self.producer = producer
+        self.spatial = spatial
+        self.rid = rid
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self._seq = Unwrapper(16)
+        self._ts = Unwrapper(32)
+        self._cache: list[RtpPacket | None] = [None] * CACHE_SIZE
+        self._cache_seq: list[int] = [-1] * CACHE_SIZE
+        self.stats = ReceiveStats(ssrc or 0, producer.codec.clock_rate)
+        self.nacks = NackTracker() if producer.is_video else None
+        self.keyframes = KeyframeRequester()
+        self.last_keyframe_at: float | None = None
+        self.last_packet_at: float | None = None
+        self.frames = 0  # frames seen (marker bits), for frame rates
+        self.nacks_sent = 0
+        self.plis_sent = 0
+        self.width: int | None = None
+        self.height: int | None = None
+        self.vp8: Vp8Descriptor | None = None  # descriptor of the packet being fanned out
+        # Last sender report (publisher's NTP, its RTP timestamp, our arrival time).
+        self.last_sr: tuple[int, int, float] | None = None
+        # Measured over RATE_WINDOW: what the allocator knows of this layer.
+        self.bitrate = 0
+        self.wire_bitrate = 0  # with SRTP/UDP/IP overhead, as a link carries it
+        self.last_wire_bitrate = 0  # the last measurement while the layer was arriving
+        self.fps = 0.0
+        self.paused_upstream = False  # the publisher was asked to stop sending this layer
+        self._window_start: float | None = None
+        self._window_bytes = 0
+        self._window_packets = 0
+        self._window_frames = 0
+        self._recent: list[int] = []
+
+    # -- packet path -------------------------------------------------------------------
+
+    def on_rtp(self, pkt: RtpPacket, now: float) -> None:
+        """A media packet from the publisher: account for it and fan it out."""
+        ext_seq = self._seq.unwrap(pkt.sequence_number)
+        ext_ts = self._ts.unwrap(pkt.timestamp)
+        size = len(pkt.data)
+        producer = self.producer
+        producer.count_packet(size)
+        self.stats.on_packet(ext_seq, pkt.timestamp, size, now)
+        self.last_packet_at = now
+        self._window_bytes += size
+        self._window_packets += 1
+        start = self._window_start
+        if start is None:
+            self._window_start = now
+        elif now - start >= RATE_WINDOW:
+            self._close_window(now)
+        speakers = producer.speakers
+        if speakers is not None and not producer.muted and producer.audio_level_id:
+            level = pkt.extensions.get(producer.audio_level_id)
+            if level:
+                speakers.observe(producer.participant_id, level[0] & 0x7F)
+        self._deliver(pkt, ext_seq, ext_ts, now)
+        nacks = self.nacks
+        if nacks is not None:
+            lost = nacks.on_packet(ext_seq, now, producer.rtt)
+            if lost:
+                self._nack_upstream(lost)
+            if nacks.take_keyframe_request():
+                self.request_keyframe(now)
+
+    def _close_window(self, now: float) -> None:
+        elapsed = now - (self._window_start or now)
+        if elapsed > 0:
+            self.bitrate = int(self._window_bytes * 8 / elapsed)
+            # Peak of the last few windows: a keyframe landing in one window must not make
+            # the layer look cheaper in the next and tempt the allocator up and down.
+            wire = int((self._window_bytes + self._window_packets * WIRE_OVERHEAD) * 8 / elapsed)
+            recent = self._recent
+            recent.append(wire)
+            del recent[:-PEAK_WINDOWS]
+            self.wire_bitrate = max(recent)
+            self.last_wire_bitrate = self.wire_bitrate
+            self.fps = self._window_frames / elapsed
+        self._window_start = now
+        self._window_bytes = 0
+        self._window_packets = 0
+        self._window_frames = 0
+
+    def measure(self, now: float) -> None:
+        """Age the measurements of a layer that stopped arriving (called by the control task)."""
+        last = self.last_packet_at
+        if last is None or now - last > 2 * RATE_WINDOW:
+            self.bitrate = self.wire_bitrate = 0
+            self._recent.clear()
+            self.fps = 0.0
+            self._window_start = None
+            self._window_bytes = 0
+            self._window_packets = 0
+            self._window_frames = 0
+
+    @property
+    def active(self) -> bool:
+        return self.bitrate > 0
+
+    def on_rtx(self, rtx_pkt: RtpPacket, now: float) -> None:
+        """A retransmission from the publisher (RFC 4588): unwrap, then treat as media."""
+        unwrapped = unwrap_rtx(rtx_pkt)
+        if unwrapped is None:
+            # Padding-only RTX packets are the publisher's bandwidth probes.
+            metrics.DROP["padding"].inc()
+            return
+        osn, payload = unwrapped
+        data = build_rtp(
+            marker=rtx_pkt.marker,
+            payload_type=self.producer.codec.payload_type,
+            sequence_number=osn,
+            timestamp=rtx_pkt.timestamp,
+            ssrc=self.ssrc or 0,
+            extensions=list(rtx_pkt.extensions.items()),
+            payload=payload,
+        )
+        pkt = parse_rtp(data)
+        if pkt is None:  # pragma: no cover - we just built it
+            return
+        ext_seq = self._seq.peek(osn)
+        if self._cache_seq[ext_seq & CACHE_MASK] == ext_seq:
+            return  # already have it (a late original, or a duplicate retransmission)
+        ext_ts = self._ts.peek(pkt.timestamp)
+        if self.nacks is not None:
+            self.nacks.on_packet(ext_seq, now, self.producer.rtt)
+        self.stats.packets_received += 1
+        self._deliver(pkt, ext_seq, ext_ts, now)
+
+    def _deliver(self, pkt: RtpPacket, ext_seq: int, ext_ts: int, now: float) -> None:
+        slot = ext_seq & CACHE_MASK
+        self._cache[slot] = pkt
+        self._cache_seq[slot] = ext_seq
+        keyframe = False
+        if pkt.marker:
+            self.frames += 1
+            self._window_frames += 1
+        producer = self.producer
+        if producer.parse_vp8 and pkt.payload_end > pkt.payload_offset:
+            # Parsed once here and shared by every consumer's temporal filter.
+            desc = self.vp8 = parse_vp8(memoryview(pkt.data)[pkt.payload_offset:pkt.payload_end])
+            keyframe = desc is not None and desc.is_keyframe
+            if keyframe and desc is not None and desc.width:
+                self.width, self.height = desc.width, desc.height
+            if keyframe:
+                self.last_keyframe_at = now
+                self.keyframes.on_keyframe()
+            elif self.keyframes.pending and self.keyframes.poll(now):
+                self._pli_upstream()
+        elif producer.is_video and pkt.payload_end > pkt.payload_offset:
+            keyframe = producer.keyframe_check(self, pkt)
+            if keyframe:
+                self.last_keyframe_at = now
+                self.keyframes.on_keyframe()
+            elif self.keyframes.pending and self.keyframes.poll(now):
+                self._pli_upstream()
+        for consumer in producer.consumers:
+            consumer.forward(self, pkt, ext_seq, ext_ts, keyframe, now)
+        if producer.taps and self.spatial == producer.record_layer:
+            for tap in producer.taps:
+                tap.on_packet(pkt, ext_seq, ext_ts, keyframe, now)
+                if tap.needs_keyframe:
+                    self.request_keyframe(now)
+
+    def cached(self, ext_seq: int) -> RtpPacket | None:
+        slot = ext_seq & CACHE_MASK
+        if self._cache_seq[slot] == ext_seq:
+            return self._cache[slot]
+        return None
+
+    # -- feedback towards the publisher --------------------------------------------------
+
+    def request_keyframe(self, now: float) -> None:
+        if self.producer.is_video and self.keyframes.request(now):
+            self._pli_upstream()
+
+    def _pli_upstream(self) -> None:
+        if self.ssrc is not None:
+            metrics.RTCP.labels(direction="out", type="pli").inc()
+            self.plis_sent += 1
+            self.producer.send_rtcp(rtcp.build_pli(self.producer.rtcp_ssrc, self.ssrc))
+
+    def _nack_upstream(self, ext_seqs: tuple[int, ...]) -> None:
+        if self.ssrc is not None:
+            metrics.RTCP.labels(direction="out", type="nack").inc()
+            self.nacks_sent += 1
+            self.producer.send_rtcp(rtcp.build_nack(
+                self.producer.rtcp_ssrc, self.ssrc, [s & 0xFFFF for s in ext_seqs]))
+
+    def on_sender_report(self, ntp: int, rtp_ts: int, now: float) -> None:
+        self.last_sr = (ntp, rtp_ts, now)
+        if self.spatial == self.producer.record_layer:
+            for tap in self.producer.taps:
+                tap.on_sender_report(ntp, rtp_ts, now)
+        self.stats.on_sender_report(rtcp.ntp_middle32(ntp), now)
+
+    def rtp_timestamp_at(self, now: float) -> int | None:
+        """The publisher's RTP timestamp that corresponds to ``now`` (our clock), by its SR."""
+        if self.last_sr is None:
+            return None
+        _, rtp_ts, arrived = self.last_sr
+        return self._ts.peek(rtp_ts) + int((now - arrived) * self.producer.codec.clock_rate)
+
+    def restart(self, ssrc: int | None, rtx_ssrc: int | None) -> None:
+        """The stream arrives afresh (new connection): forget its sequence space."""
+        self.ssrc, self.rtx_ssrc = ssrc, rtx_ssrc
+        self._seq, self._ts = Unwrapper(16), Unwrapper(32)
+        self._cache_seq = [-1] * CACHE_SIZE
+        self._cache = [None] * CACHE_SIZE
+        self.stats = ReceiveStats(ssrc or 0, self.producer.codec.clock_rate)
+        self.nacks = NackTracker() if self.producer.is_video else None
+        self.last_sr = None
+        self.last_packet_at = None
+        self.measure(float("inf"))
+
+
 class Producer:
-    """One published track (audio or video) received from one publisher."""
+    """One published track (audio or video) received from one publisher.
+
+    A simulcast track has one RecvStream per layer (``streams[0]`` the lowest); any other
+    track has exactly one. Consumers see every stream's packets and keep the layer they
+    are switched to.
+    """
 
     def __init__(
         self,
@@ -66,162 +311,126 @@ class Producer:
         send_rtcp: Callable[[bytes], bool],
         rtcp_ssrc: int,
         audio_level_id: int | None = None,
+        layers: Sequence[LayerSpec] | None = None,
     ) -> None:
         self.track_id = track_id
         self.participant_id = participant_id
         self.kind = kind
         self.codec = codec
-        self.ssrc = ssrc
-        self.rtx_ssrc = rtx_ssrc
         self.mid = mid
         self.source = source
         self.muted = False
         self.closed = False
         self.consumers: list[Consumer] = []
-        # Taps (recorders) see every packet after the consumers; see recording/recorder.py.
+        # Taps (recorders) see the packets of one layer after the consumers; see
+        # recording/recorder.py.
         self.taps: list[Any] = []
         self.audio_level_id = audio_level_id
         self.speakers: SpeakerDetector | None = None
-        self._send_rtcp = send_rtcp
-        self._rtcp_ssrc = rtcp_ssrc
-        self._seq = Unwrapper(16)
-        self._ts = Unwrapper(32)
-        self._cache: list[RtpPacket | None] = [None] * CACHE_SIZE
-        self._cache_seq: list[int] = [-1] * CACHE_SIZE
-        self.stats = ReceiveStats(ssrc or 0, codec.clock_rate)
-        self.nacks = NackTracker() if kind == "video" else None
-        self.keyframes = KeyframeRequester()
+        self.send_rtcp = send_rtcp
+        self.rtcp_ssrc = rtcp_ssrc
         self.is_video = kind == "video"
-        self._keyframe_check = _keyframe_checker(codec.name)
-        self.last_keyframe_at: float | None = None
-        self.frames = 0  # video frames seen (marker bits), for frame rates
-        self.nacks_sent = 0  # feedback sent upstream, for per-track statistics
-        self.plis_sent = 0
-        self.width: int | None = None
-        self.height: int | None = None
+        self.keyframe_check = _keyframe_checker(codec.name)
         self.rtt = 0.1
-        # Last sender report (publisher's NTP, its RTP timestamp, our arrival time).
-        self.last_sr: tuple[int, int, float] | None = None
         self.remb_bitrate: int | None = None
+        specs = list(layers) if layers else [LayerSpec(None, ssrc, rtx_ssrc)]
+        self.simulcast = len(specs) > 1 or specs[0].rid is not None
+        self.streams = [RecvStream(self, i, s.rid, s.ssrc, s.rtx_ssrc)
+                        for i, s in enumerate(specs)]
+        self.record_layer = len(self.streams) - 1
+        self.parse_vp8 = self.simulcast and codec.name == "VP8"
+        # Layers some subscriber (or a recording) receives; the rest the publisher may stop.
+        self.wanted_layers: frozenset[int] = frozenset(range(len(self.streams)))
         self._packets_counter = metrics.PACKETS.labels(direction="in", kind=kind)
         self._bytes_counter = metrics.BYTES.labels(direction="in", kind=kind)
 
-    # -- packet path -------------------------------------------------------------------
-
-    def on_rtp(self, pkt: RtpPacket, now: float) -> None:
-        """A media packet from the publisher: account for it and fan it out."""
-        ext_seq = self._seq.unwrap(pkt.sequence_number)
-        ext_ts = self._ts.unwrap(pkt.timestamp)
-        size = len(pkt.data)
+    def count_packet(self, size: int) -> None:
         self._packets_counter.inc()
         self._bytes_counter.inc(size)
-        self.stats.on_packet(ext_seq, pkt.timestamp, size, now)
-        speakers = self.speakers
-        if speakers is not None and not self.muted and self.audio_level_id:
-            level = pkt.extensions.get(self.audio_level_id)
-            if level:
-                speakers.observe(self.participant_id, level[0] & 0x7F)
-        self._deliver(pkt, ext_seq, ext_ts, now)
-        nacks = self.nacks
-        if nacks is not None:
-            lost = nacks.on_packet(ext_seq, now, self.rtt)
-            if lost:
-                self._nack_upstream(lost)
-            if nacks.take_keyframe_request():
-                self.request_keyframe(now)
 
-    def on_rtx(self, rtx_pkt: RtpPacket, now: float) -> None:
-        """A retransmission from the publisher (RFC 4588): unwrap, then treat as media."""
-        unwrapped = unwrap_rtx(rtx_pkt)
-        if unwrapped is None:
-            # Padding-only RTX packets are the publisher's bandwidth probes.
-            metrics.DROP["padding"].inc()
-            return
-        osn, payload = unwrapped
-        data = build_rtp(
-            marker=rtx_pkt.marker,
-            payload_type=self.codec.payload_type,
-            sequence_number=osn,
-            timestamp=rtx_pkt.timestamp,
-            ssrc=self.ssrc or 0,
-            extensions=list(rtx_pkt.extensions.items()),
-            payload=payload,
-        )
-        pkt = parse_rtp(data)
-        if pkt is None:  # pragma: no cover - we just built it
-            return
-        ext_seq = self._seq.peek(osn)
-        if self._cache_seq[ext_seq & CACHE_MASK] == ext_seq:
-            return  # already have it (a late original, or a duplicate retransmission)
-        ext_ts = self._ts.peek(pkt.timestamp)
-        if self.nacks is not None:
-            self.nacks.on_packet(ext_seq, now, self.rtt)
-        self.stats.packets_received += 1
-        self._deliver(pkt, ext_seq, ext_ts, now)
+    # -- the single-stream view (also the lowest layer of a simulcast track) -------------
 
-    def _deliver(self, pkt: RtpPacket, ext_seq: int, ext_ts: int, now: float) -> None:
-        slot = ext_seq & CACHE_MASK
-        self._cache[slot] = pkt
-        self._cache_seq[slot] = ext_seq
-        keyframe = False
-        if pkt.marker:
-            self.frames += 1
-        if self.is_video and pkt.payload_end > pkt.payload_offset:
-            keyframe = self._keyframe_check(self, pkt)
-            if keyframe:
-                self.last_keyframe_at = now
-                self.keyframes.on_keyframe()
-            elif self.keyframes.pending and self.keyframes.poll(now):
-                self._pli_upstream()
-        for consumer in self.consumers:
-            consumer.forward(pkt, ext_seq, ext_ts, keyframe, now)
-        if self.taps:
-            for tap in self.taps:
-                tap.on_packet(pkt, ext_seq, ext_ts, keyframe, now)
-                if tap.needs_keyframe:
-                    self.request_keyframe(now)
+    @property
+    def ssrc(self) -> int | None:
+        return self.streams[0].ssrc
+
+    @property
+    def rtx_ssrc(self) -> int | None:
+        return self.streams[0].rtx_ssrc
+
+    @property
+    def stats(self) -> ReceiveStats:
+        return self.streams[0].stats
+
+    @property
+    def frames(self) -> int:
+        return self.streams[0].frames
+
+    @property
+    def nacks_sent(self) -> int:
+        return sum(s.nacks_sent for s in self.streams)
+
+    @property
+    def plis_sent(self) -> int:
+        return sum(s.plis_sent for s in self.streams)
+
+    @property
+    def bytes_received(self) -> int:
+        return sum(s.stats.bytes_received for s in self.streams)
+
+    @property
+    def packets_expected(self) -> int:
+        return sum(s.stats.packets_expected for s in self.streams)
+
+    @property
+    def packets_lost(self) -> int:
+        return sum(s.stats.packets_lost for s in self.streams)
+
+    def _top_known(self) -> RecvStream:
+        known = [s for s in self.streams if s.width]
+        return known[-1] if known else self.streams[-1]
+
+    @property
+    def width(self) -> int | None:
+        return self._top_known().width
+
+    @property
+    def height(self) -> int | None:
+        return self._top_known().height
+
+    def on_rtp(self, pkt: RtpPacket, now: float) -> None:
+        self.streams[0].on_rtp(pkt, now)
+
+    def on_rtx(self, pkt: RtpPacket, now: float) -> None:
+        self.streams[0].on_rtx(pkt, now)
 
     def cached(self, ext_seq: int) -> RtpPacket | None:
-        slot = ext_seq & CACHE_MASK
-        if self._cache_seq[slot] == ext_seq:
-            return self._cache[slot]
-        return None
+        return self.streams[0].cached(ext_seq)
+
+    def stream_by_rid(self, rid: str) -> RecvStream | None:
+        return next((s for s in self.streams if s.rid == rid), None)
 
     # -- feedback towards the publisher --------------------------------------------------
 
-    def request_keyframe(self, now: float) -> None:
-        if self.is_video and self.keyframes.request(now):
-            self._pli_upstream()
-
-    def _pli_upstream(self) -> None:
-        if self.ssrc is not None:
-            metrics.RTCP.labels(direction="out", type="pli").inc()
-            self.plis_sent += 1
-            self._send_rtcp(rtcp.build_pli(self._rtcp_ssrc, self.ssrc))
-
-    def _nack_upstream(self, ext_seqs: tuple[int, ...]) -> None:
-        if self.ssrc is not None:
-            metrics.RTCP.labels(direction="out", type="nack").inc()
-            self.nacks_sent += 1
-            self._send_rtcp(rtcp.build_nack(self._rtcp_ssrc, self.ssrc,
-                                            [s & 0xFFFF for s in ext_seqs]))
+    def request_keyframe(self, now: float, spatial: int | None = None) -> None:
+        """Ask for a keyframe on one layer, or on every layer that is arriving."""
+        if spatial is not None:
+            self.streams[min(spatial, len(self.streams) - 1)].request_keyframe(now)
+            return
+        for s in self.streams:
+            if s.active or not self.simulcast:
+                s.request_keyframe(now)
 
     def on_sender_report(self, ntp: int, rtp_ts: int, now: float) -> None:
-        self.last_sr = (ntp, rtp_ts, now)
-        for tap in self.taps:
-            tap.on_sender_report(ntp, rtp_ts, now)
-        self.stats.on_sender_report(rtcp.ntp_middle32(ntp), now)
+        self.streams[0].on_sender_report(ntp, rtp_ts, now)
 
     def rtp_timestamp_at(self, now: float) -> int | None:
-        """The publisher's RTP timestamp that corresponds to ``now`` (our clock), by its SR."""
-        if self.last_sr is None:
-            return None
-        _, rtp_ts, arrived = self.last_sr
-        return self._ts.peek(rtp_ts) + int((now - arrived) * self.codec.clock_rate)
+        return self.streams[0].rtp_timestamp_at(now)
 
     def update_remb(self) -> int | None:
         """The lowest bandwidth estimate among this track's subscribers (for REMB upstream)."""
-        estimates = [c.remb_bitrate for c in self.consumers if c.remb_bitrate]
+        estimates = [x for x in (c.target_bitrate or c.remb_bitrate for c in self.consumers)
+                     if x]
         self.remb_bitrate = min(estimates) if estimates else None
         return self.remb_bitrate
 
@@ -238,16 +447,15 @@ class Producer:
         Sequence numbers and timestamps start afresh upstream; each consumer switches
         source so its subscriber sees one continuous stream, and video waits for a keyframe.
         """
-        self.codec, self.ssrc, self.rtx_ssrc, self.mid = (
-            track.codec, track.ssrc, track.rtx_ssrc, track.mid)
+        self.codec, self.mid = track.codec, track.mid
         self.audio_level_id = track.audio_level_id
-        self._send_rtcp, self._rtcp_ssrc = send_rtcp, track.rtcp_ssrc
-        self._seq, self._ts = Unwrapper(16), Unwrapper(32)
-        self._cache_seq = [-1] * CACHE_SIZE
-        self._cache = [None] * CACHE_SIZE
-        self.stats = ReceiveStats(track.ssrc or 0, track.codec.clock_rate)
-        self.nacks = NackTracker() if self.is_video else None
-        self.last_sr = None
+        self.send_rtcp, self.rtcp_ssrc = send_rtcp, track.rtcp_ssrc
+        specs = track.layers or [LayerSpec(None, track.ssrc, track.rtx_ssrc)]
+        if len(specs) != len(self.streams):
+            specs = [LayerSpec(None, track.ssrc, track.rtx_ssrc)] * len(self.streams)
+        for stream, spec in zip(self.streams, specs, strict=True):
+            stream.rid = spec.rid
+            stream.restart(spec.ssrc, spec.rtx_ssrc)
         for consumer in self.consumers:
             consumer.source_changed(now)
         for tap in self.taps:
@@ -269,7 +477,7 @@ class Producer:
         self.consumers.clear()
 
 
-def _vp8_keyframe(producer: Producer, pkt: RtpPacket) -> bool:
+def _vp8_keyframe(stream: RecvStream, pkt: RtpPacket) -> bool:
     data = pkt.data
     # Cheap pre-check: only the first packet of partition 0 can start a keyframe.
     first = data[pkt.payload_offset]
@@ -279,19 +487,19 @@ def _vp8_keyframe(producer: Producer, pkt: RtpPacket) -> bool:
     if desc is None or not desc.is_keyframe:
         return False
     if desc.width:
-        producer.width, producer.height = desc.width, desc.height
+        stream.width, stream.height = desc.width, desc.height
     return True
 
 
-def _h264_keyframe(producer: Producer, pkt: RtpPacket) -> bool:
+def _h264_keyframe(stream: RecvStream, pkt: RtpPacket) -> bool:
     return is_h264_keyframe(pkt.data[pkt.payload_offset:pkt.payload_end])
 
 
-def _no_keyframes(producer: Producer, pkt: RtpPacket) -> bool:
+def _no_keyframes(stream: RecvStream, pkt: RtpPacket) -> bool:
     return False
 
 
-def _keyframe_checker(codec_name: str) -> Callable[[Producer, RtpPacket], bool]:
+def _keyframe_checker(codec_name: str) -> Callable[[RecvStream, RtpPacket], bool]:
     if codec_name == "VP8":
         return _vp8_keyframe
     if codec_name == "H264":

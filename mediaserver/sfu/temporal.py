@@ -97,8 +97,8 @@ class Vp8TemporalFilter:
         self._prev_marker = True
 
     def process(
-        self, payload: bytes, desc: Vp8Descriptor, ext_seq: int, marker: bool
-    ) -> bytes | None:
+        self, payload: bytes | memoryview, desc: Vp8Descriptor, ext_seq: int, marker: bool
+    ) -> bytes | memoryview | None:
         """The payload to send (PictureID/TL0PICIDX rewritten), or None to drop the packet."""
         if desc.picture_id is None:
             forward = self._plain_frame(desc, ext_seq, marker)

@@ -28,9 +28,11 @@ from aiortc.sdp import SessionDescription
 from mediaserver import metrics
 from mediaserver.sfu import aiortc_adapter as adapter
 from mediaserver.sfu import rtcp
+from mediaserver.sfu.adaptation import SubscriberAdaptation
 from mediaserver.sfu.consumer import Consumer, DownstreamContext
-from mediaserver.sfu.producer import CodecInfo, Producer
+from mediaserver.sfu.producer import CodecInfo, LayerSpec, Producer, RecvStream
 from mediaserver.sfu.rtp import EXT_TRANSPORT_CC, parse_rtp, unpack_str
+from mediaserver.sfu.simulcast import SimulcastOffer, accept_simulcast, simulcast_offer
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,7 @@ class PublishedTrack:
     rtx_ssrc: int | None
     rtcp_ssrc: int
     audio_level_id: int | None
+    layers: list[LayerSpec] | None = None  # simulcast encodings, lowest first
 
 
 class PublisherTransport(PeerTransport):
@@ -158,10 +161,12 @@ class PublisherTransport(PeerTransport):
 
     def __init__(self, policy: adapter.CandidatePolicy) -> None:
         super().__init__(policy)
-        self.by_ssrc: dict[int, Producer] = {}
-        self.by_rtx_ssrc: dict[int, Producer] = {}
+        self.by_ssrc: dict[int, RecvStream] = {}
+        self.by_rtx_ssrc: dict[int, RecvStream] = {}
         self.by_mid: dict[str, Producer] = {}
         self._mid_ext_id: int | None = None
+        self._rid_ext_id: int | None = None
+        self._rrid_ext_id: int | None = None
         self._rtcp_ssrc = 0
         self._last_remb = 0.0
 
@@ -184,9 +189,12 @@ class PublisherTransport(PeerTransport):
             await self.pc.setLocalDescription(answer)
             self._after_local_description()
             remote = SessionDescription.parse(sdp)
-            return self.pc.localDescription.sdp, *self._diff_tracks(remote)
+            simulcast = simulcast_offer(sdp)
+            added, removed = self._diff_tracks(remote, simulcast)
+            return (accept_simulcast(self.pc.localDescription.sdp, simulcast), added, removed)
 
-    def _diff_tracks(self, remote: SessionDescription) -> tuple[list[PublishedTrack], list[str]]:
+    def _diff_tracks(self, remote: SessionDescription, simulcast: dict[str, SimulcastOffer]
+                     ) -> tuple[list[PublishedTrack], list[str]]:
         added: list[PublishedTrack] = []
         removed: list[str] = []
         media_by_mid = {m.rtp.muxId: m for m in remote.media}
@@ -206,29 +214,44 @@ class PublisherTransport(PeerTransport):
             if codec is None:
                 continue
             self._mid_ext_id = _ext_id(extensions, adapter.EXT_MID) or self._mid_ext_id
+            self._rid_ext_id = _ext_id(extensions, adapter.EXT_RID) or self._rid_ext_id
+            self._rrid_ext_id = (_ext_id(extensions, adapter.EXT_REPAIRED_RID)
+                                 or self._rrid_ext_id)
             ssrc = rtx_ssrc = None
+            fid: dict[int, int] = {}
+            for group in media.ssrc_group:
+                if group.semantic == "FID" and len(group.items) == 2:
+                    fid[int(group.items[0])] = int(group.items[1])
             if media.ssrc:
                 ssrc = media.ssrc[0].ssrc
-                for group in media.ssrc_group:
-                    if group.semantic == "FID" and len(group.items) == 2:
-                        ssrc, rtx_ssrc = int(group.items[0]), int(group.items[1])
+                if fid:
+                    ssrc, rtx_ssrc = next(iter(fid.items()))
+            layers = None
+            offer = simulcast.get(t.mid)
+            if t.kind == "video" and offer is not None and offer.rids and self._rid_ext_id:
+                layers = [LayerSpec(rid) for rid in offer.rids]
+                ssrc = rtx_ssrc = None
+            elif t.kind == "video" and offer is not None and len(offer.ssrcs) > 1:
+                layers = [LayerSpec(None, x, fid.get(x)) for x in offer.ssrcs]
+                ssrc, rtx_ssrc = layers[0].ssrc, layers[0].rtx_ssrc
             self._rtcp_ssrc = adapter.sender_ssrcs(t)[0]
             added.append(PublishedTrack(
                 mid=t.mid, kind=t.kind, codec=codec, ssrc=ssrc, rtx_ssrc=rtx_ssrc,
                 rtcp_ssrc=self._rtcp_ssrc,
-                audio_level_id=_ext_id(extensions, adapter.EXT_AUDIO_LEVEL)))
+                audio_level_id=_ext_id(extensions, adapter.EXT_AUDIO_LEVEL), layers=layers))
         return added, removed
 
     def attach(self, producer: Producer) -> None:
         self.by_mid[producer.mid] = producer
-        if producer.ssrc is not None:
-            self.by_ssrc[producer.ssrc] = producer
-        if producer.rtx_ssrc is not None:
-            self.by_rtx_ssrc[producer.rtx_ssrc] = producer
+        for stream in producer.streams:
+            if stream.ssrc is not None:
+                self.by_ssrc[stream.ssrc] = stream
+            if stream.rtx_ssrc is not None:
+                self.by_rtx_ssrc[stream.rtx_ssrc] = stream
 
     def detach(self, producer: Producer) -> None:
         for ssrc_table in (self.by_ssrc, self.by_rtx_ssrc):
-            for ssrc in [k for k, v in ssrc_table.items() if v is producer]:
+            for ssrc in [k for k, v in ssrc_table.items() if v.producer is producer]:
                 del ssrc_table[ssrc]
         self.by_mid.pop(producer.mid, None)
 
@@ -238,24 +261,25 @@ class PublisherTransport(PeerTransport):
             metrics.DROP["malformed_rtp"].inc()
             return
         now = time.monotonic()
-        producer = self.by_ssrc.get(pkt.ssrc)
-        if producer is not None:
-            if pkt.payload_type == producer.codec.payload_type:
-                producer.on_rtp(pkt, now)
-            elif pkt.payload_type == producer.codec.rtx_payload_type:
+        stream = self.by_ssrc.get(pkt.ssrc)
+        if stream is not None:
+            codec = stream.producer.codec
+            if pkt.payload_type == codec.payload_type:
+                stream.on_rtp(pkt, now)
+            elif pkt.payload_type == codec.rtx_payload_type:
                 # Some senders put RTX on the media SSRC's group only via PT.
-                producer.on_rtx(pkt, now)
+                stream.on_rtx(pkt, now)
             else:
                 metrics.DROP["unknown_ssrc"].inc()
             return
-        producer = self.by_rtx_ssrc.get(pkt.ssrc)
-        if producer is not None:
-            producer.on_rtx(pkt, now)
+        stream = self.by_rtx_ssrc.get(pkt.ssrc)
+        if stream is not None:
+            stream.on_rtx(pkt, now)
             return
         self._learn_ssrc(pkt, now)
 
     def _learn_ssrc(self, pkt: Any, now: float) -> None:
-        """An SSRC the SDP did not announce: map it by its mid header extension."""
+        """An SSRC the SDP did not announce: map it by its mid and rid header extensions."""
         mid_id = self._mid_ext_id
         raw = pkt.extensions.get(mid_id) if mid_id else None
         mid = unpack_str(raw) if raw else None
@@ -263,34 +287,46 @@ class PublisherTransport(PeerTransport):
         if producer is None:
             metrics.DROP["unknown_ssrc"].inc()
             return
-        if pkt.payload_type == producer.codec.rtx_payload_type:
-            producer.rtx_ssrc = pkt.ssrc
-            self.by_rtx_ssrc[pkt.ssrc] = producer
-            producer.on_rtx(pkt, now)
+        stream: RecvStream | None = producer.streams[0]
+        rtx = pkt.payload_type == producer.codec.rtx_payload_type
+        if producer.simulcast and producer.streams[0].rid is not None:
+            ext_id = self._rrid_ext_id if rtx else self._rid_ext_id
+            raw_rid = pkt.extensions.get(ext_id) if ext_id else None
+            if raw_rid is None and rtx and self._rid_ext_id:
+                raw_rid = pkt.extensions.get(self._rid_ext_id)
+            rid = unpack_str(raw_rid) if raw_rid else None
+            stream = producer.stream_by_rid(rid) if rid else None
+        if stream is None:
+            metrics.DROP["unknown_ssrc"].inc()
+            return
+        if rtx:
+            stream.rtx_ssrc = pkt.ssrc
+            self.by_rtx_ssrc[pkt.ssrc] = stream
+            stream.on_rtx(pkt, now)
         elif pkt.payload_type == producer.codec.payload_type:
-            if producer.ssrc is not None:
-                self.by_ssrc.pop(producer.ssrc, None)
-            producer.ssrc = pkt.ssrc
-            producer.stats.ssrc = pkt.ssrc
-            self.by_ssrc[pkt.ssrc] = producer
-            producer.on_rtp(pkt, now)
+            if stream.ssrc is not None:
+                self.by_ssrc.pop(stream.ssrc, None)
+            stream.ssrc = pkt.ssrc
+            stream.stats.ssrc = pkt.ssrc
+            self.by_ssrc[pkt.ssrc] = stream
+            stream.on_rtp(pkt, now)
         else:
             metrics.DROP["unknown_ssrc"].inc()
 
     def handle_rtcp(self, packets: list[Any], now: float) -> None:
         for p in packets:
             if isinstance(p, rtcp.SenderReport):
-                producer = self.by_ssrc.get(p.ssrc)
-                if producer is not None:
-                    producer.on_sender_report(p.ntp_timestamp, p.rtp_timestamp, now)
+                stream = self.by_ssrc.get(p.ssrc)
+                if stream is not None:
+                    stream.on_sender_report(p.ntp_timestamp, p.rtp_timestamp, now)
 
     def rtcp_report(self, now: float) -> bytes | None:
-        producers = [p for p in self.by_mid.values() if p.ssrc is not None]
-        if not producers:
+        streams = [s for s in self.by_ssrc.values() if s.ssrc is not None]
+        if not streams:
             return None
         blocks = []
-        for p in producers:
-            v = p.stats.report_block(now)
+        for st in streams:
+            v = st.stats.report_block(now)
             blocks.append(rtcp.ReportBlock(ssrc=v.ssrc, fraction_lost=v.fraction_lost,
                                            packets_lost=v.packets_lost,
                                            highest_seq=v.highest_seq, jitter=v.jitter,
@@ -304,14 +340,16 @@ class PublisherTransport(PeerTransport):
 
     def remb_packet(self) -> bytes | None:
         """REMB towards the publisher: the tightest of its subscribers' estimates."""
-        estimates = []
-        ssrcs = []
+        estimates: list[int] = []
+        ssrcs: list[int] = []
         for p in self.by_mid.values():
-            if p.is_video and p.ssrc is not None:
+            # A simulcast publisher's encoder shares its own estimate among the layers;
+            # capping it at the weakest subscriber would starve everyone else's layer.
+            if p.is_video and p.ssrc is not None and not p.simulcast:
                 bitrate = p.update_remb()
                 if bitrate:
                     estimates.append(bitrate)
-                    ssrcs.append(p.ssrc)
+                    ssrcs.extend(s.ssrc for s in p.streams if s.ssrc is not None)
         if not estimates:
             return None
         metrics.RTCP.labels(direction="out", type="remb").inc()
@@ -340,6 +378,7 @@ class SubscriberTransport(PeerTransport):
         self.pending: dict[str, Producer] = {}  # mid -> producer awaiting the answer
         self._rtcp_ssrc: int | None = None
         self._on_remb: Callable[[Producer, float], None] | None = None
+        self.adaptation = SubscriberAdaptation(self)
 
     def set_remb_listener(self, listener: Callable[[Producer, float], None]) -> None:
         self._on_remb = listener
@@ -357,6 +396,9 @@ class SubscriberTransport(PeerTransport):
         new_transceivers = []
         for producer in add:
             t = self.pc.addTransceiver(producer.kind, direction="sendonly")
+            # Without transport-wide feedback the subscriber falls back to REMB, which the
+            # estimator reads; the SFU has no send-side estimator for TWCC feedback.
+            adapter.drop_extension(t, EXT_TRANSPORT_CC)
             caps = RTCRtpSender.getCapabilities(producer.kind).codecs
             prefs = [c for c in caps if _same_codec(c, producer.codec)]
             if producer.kind == "video":
@@ -429,14 +471,19 @@ class SubscriberTransport(PeerTransport):
                 metrics.RTCP.labels(direction="in", type="twcc").inc()
             elif isinstance(p, (rtcp.ReceiverReport, rtcp.SenderReport)):
                 ntp_now = rtcp.ntp_middle32(rtcp.ntp_from_seconds(time.time()))
+                worst = -1
                 for block in p.reports:
                     consumer = self.by_ssrc.get(block.ssrc)  # RTX-stream blocks find none
                     if consumer is not None:
                         consumer.stats.on_receiver_report(
                             block.lsr, block.dlsr, block.fraction_lost, block.packets_lost,
                             ntp_now, block.jitter)
+                        worst = max(worst, block.fraction_lost)
+                if worst >= 0:
+                    self.adaptation.on_loss(worst / 256, now)
 
     def _on_remb_packet(self, p: rtcp.Remb, now: float) -> None:
+        self.adaptation.on_remb(p.bitrate, now)
         touched = set()
         for ssrc in p.ssrcs:
             consumer = self.by_ssrc.get(ssrc)
@@ -466,6 +513,7 @@ class SubscriberTransport(PeerTransport):
         return out + rtcp.build_sdes(self._rtcp_ssrc, "mediaserver")
 
     async def close(self) -> None:
+        self.adaptation.close()
         for consumer in self.consumers.values():
             consumer.close()
         self.consumers.clear()

@@ -141,12 +141,12 @@ def parse_vp8(payload: bytes | memoryview) -> Vp8Descriptor | None:
 
 
 def rewrite_vp8(
-    payload: bytes,
+    payload: bytes | memoryview,
     desc: Vp8Descriptor,
     *,
     picture_id: int | None,
     tl0picidx: int | None,
-) -> bytes:
+) -> bytes | memoryview:
     """Return ``payload`` with PictureID and/or TL0PICIDX replaced.
 
     Only fields the descriptor already carries are rewritten (None leaves a field alone),

@@ -59,7 +59,8 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[CONFIG_KEY] = config
     app[ROOMS_KEY] = RoomManager(candidate_policy(config), config.group_max_participants,
-                                 config.rooms, recording_settings(config))
+                                 config.rooms, recording_settings(config),
+                                 adaptation=config.media.adaptation)
     app[STATE_KEY] = {"ready": True, "sockets": set()}
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -353,9 +354,14 @@ async def _subscribe(s: SignalSession, room: Room, p: Participant, m: dict[str, 
 
 async def _preferences(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]
                        ) -> Reply:
-    prefs: dict[str, Any] = {k: m[k] for k in ("disabled", "max_width", "max_height", "max_fps")
-                             if k in m}
+    prefs: dict[str, Any] = {k: m[k] for k in ("disabled", "max_width", "max_height", "max_fps",
+                                               "pinned") if k in m}
     room.set_preferences(p, m["track_id"], prefs)
+    return ACK
+
+
+async def _bandwidth(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
+    room.set_bandwidth(p, audio_only=m.get("audio_only"), max_bitrate=m.get("max_bitrate"))
     return ACK
 
 
@@ -425,6 +431,7 @@ _HANDLERS: dict[str, Handler] = {
     "subscribe": _subscribe,
     "unsubscribe": _subscribe,
     "set_preferences": _preferences,
+    "set_bandwidth": _bandwidth,
     "admit": _admit,
     "deny": _deny,
     "mute_participant": _mute_participant,

@@ -1,0 +1,230 @@
+"""Bandwidth-adaptation scenarios on a real shaped link, with figures.
+
+A simulcast publisher and an unconstrained subscriber on loopback, and one subscriber in a
+network namespace whose downlink tbf caps, following a schedule of (second, kbit/s or None
+for unshaped). The constrained subscriber's own record (loadtest.shaped) is cut into
+phases and summarised: video frame rate and the widths (layers) received, audio gaps and
+RTP loss, layer switches, and how long adaptation took after each change.
+
+    python -m loadtest.adaptation --scenario drop           # against a server it starts
+    python -m loadtest.adaptation --scenario cap250 --plain # the same, plain forwarding
+
+Run as root (network namespaces). The tests in tests/integration/test_adaptation.py use
+``run`` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loadtest.client import SignalClient
+from loadtest.shaped import ShapedLink
+from loadtest.simulcast import SimulcastPublisher
+
+
+@dataclass
+class Scenario:
+    name: str
+    schedule: list[tuple[float, int | None]]  # (seconds from start, kbit/s or None)
+    duration: float
+    audio_only: bool = False
+
+
+SCENARIOS = {
+    "cap250": Scenario("cap250", [(0, 250)], 25),
+    "drop": Scenario("drop", [(0, None), (15, 250), (30, None)], 50),
+    "cap100": Scenario("cap100", [(0, 100), (20, None)], 40),
+    "stable": Scenario("stable", [(0, None)], 75),
+}
+
+
+def _phases(s: Scenario) -> list[tuple[float, float, int | None]]:
+    out = []
+    for i, (start, rate) in enumerate(s.schedule):
+        end = s.schedule[i + 1][0] if i + 1 < len(s.schedule) else s.duration
+        out.append((start, end, rate))
+    return out
+
+
+def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario: Scenario,
+              top_width: int, low_width: int) -> dict[str, Any]:
+    """Per phase: frame rate, widths, audio gaps; adaptation times; switch counts."""
+    video = next(t for t in record["tracks"]
+                 if t["participant_id"] == publisher_id and t["kind"] == "video")
+    audio = next(t for t in record["tracks"]
+                 if t["participant_id"] == publisher_id and t["kind"] == "audio")
+    v = [(t - origin, w) for t, w in video["arrivals"]]
+    a = [t - origin for t, _ in audio["arrivals"]]
+    phases = []
+    for start, end, rate in _phases(scenario):
+        settle = start + 5  # judge the steady state, not the transition
+        frames = [(t, w) for t, w in v if settle <= t < end]
+        seconds = [sum(1 for t, _ in frames if s <= t < s + 1)
+                   for s in range(int(settle), int(end) - 1)]
+        audio_in = [t for t in a if start <= t < end]
+        gaps = [y - x for x, y in itertools.pairwise(audio_in)]
+        widths: dict[int, int] = {}
+        for _, w in frames:
+            widths[w] = widths.get(w, 0) + 1
+        change = {}
+        if start > 0:
+            # Adaptation time: from the change until the received width settles.
+            target = low_width if rate is not None and rate <= 300 else top_width
+            if rate is not None and rate < 150:
+                target = 0
+            after = [(t, w) for t, w in v if t >= start]
+            settled = _settled_at(after, target, end)
+            change = {"target_width": target,
+                      "adapted_after_s": None if settled is None else round(settled - start, 2)}
+        phases.append({
+            "from_s": start, "to_s": end, "cap_kbit": rate,
+            "video_fps_min": min(seconds) if seconds else 0,
+            "video_fps_median": statistics.median(seconds) if seconds else 0,
+            "widths": widths,
+            "audio_frames": len(audio_in),
+            "audio_max_gap_ms": round(max(gaps) * 1000) if gaps else None,
+            **change,
+        })
+    switches = sum(1 for (_, w1), (_, w2) in itertools.pairwise(v) if w1 != w2)
+    rtp = record.get("rtp", {}).get("audio", {})
+    received = rtp.get("packets_received", 0)
+    lost = max(0, rtp.get("packets_lost", 0))
+    states = [e for _, e in record["events"] if e.get("type") == "stream_state"]
+    return {"scenario": scenario.name, "phases": phases, "width_switches": switches,
+            "audio_loss_pct": round(100 * lost / max(1, received + lost), 2),
+            "stream_states": [(e["state"], e.get("reason"), e.get("width")) for e in states]}
+
+
+def _settled_at(frames: list[tuple[float, int]], width: int, end: float) -> float | None:
+    """The time after which every frame (until ``end``) has ``width`` (0: no video at all)."""
+    inside = [(t, w) for t, w in frames if t < end]
+    if width == 0:
+        return inside[-1][0] if inside else (frames[0][0] if frames else None)
+    last_other = None
+    for t, w in inside:
+        if w != width:
+            last_other = t
+    hits = [t for t, w in inside if w == width and (last_other is None or t > last_other)]
+    return hits[0] if hits else None
+
+
+async def run(url: str, tokens: dict[str, str], scenario: Scenario, host_ip: str,
+              link: ShapedLink, python: str = sys.executable,
+              trace: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Run one scenario against a server reachable on loopback and at ``host_ip``."""
+    publisher = SignalClient(url, tokens["publisher"])
+    viewer = SignalClient(url, tokens["viewer"])
+    sim: SimulcastPublisher | None = None
+    try:
+        reply = await publisher.connect()
+        if reply["type"] != "joined":
+            raise RuntimeError(f"publisher could not join: {reply}")
+        sim = SimulcastPublisher(publisher)
+        await sim.start()
+        await viewer.connect()
+        shaped_url = url.replace("127.0.0.1", host_ip)
+        origin = time.time()
+        proc = link.spawn(python, "-m", "loadtest.shaped", "--url", shaped_url,
+                          "--token", tokens["constrained"], "--address", link.ns_ip,
+                          "--duration", str(scenario.duration),
+                          *(["--audio-only"] if scenario.audio_only else []))
+        for at, rate in scenario.schedule:
+            delay = origin + at - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            link.set_rate(rate)
+        waiting = asyncio.get_running_loop().run_in_executor(None, proc.communicate)
+        last_trace = None
+        while not waiting.done():
+            await asyncio.wait([waiting], timeout=1.0)
+            if trace is not None:
+                last_trace = trace() or last_trace
+        out, err = await waiting
+        if proc.returncode != 0:
+            raise RuntimeError(f"constrained subscriber failed: {err.decode()[-2000:]}")
+        record = json.loads(out)
+        top = max(la.config.width for la in sim.layers)
+        low = min(la.config.width for la in sim.layers)
+        summary = summarise(record, publisher.participant_id or "", origin, scenario, top, low)
+        # The unconstrained viewer over the same run, for "the others are unaffected".
+        (vtrack,) = viewer.tracks_from(publisher.participant_id or "", "video")
+        mono_origin = time.monotonic() - (time.time() - origin)
+        tail = [w for t, w in vtrack.arrivals if t - mono_origin > scenario.duration - 10]
+        summary["unconstrained_viewer"] = {
+            "fps_last_10s": round(len(tail) / 10, 1),
+            "widths_last_10s": sorted(set(tail)),
+        }
+        summary["publisher_layers_active"] = [la.active for la in sim.layers]
+        if last_trace is not None:
+            summary["estimator"] = last_trace
+        return summary
+    finally:
+        if sim is not None:
+            await sim.stop()
+        await asyncio.gather(publisher.close(), viewer.close())
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mediaserver.config import DEV_API_KEY, DEV_API_SECRET, build_config
+    from mediaserver.sfu import aiortc_adapter
+    from mediaserver.signaling.app import ROOMS_KEY, create_app
+    from mediaserver.tokens import create_token
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", choices=sorted(SCENARIOS), default="drop")
+    ap.add_argument("--plain", action="store_true",
+                    help="plain forwarding (no allocation, top layer to everyone)")
+    args = ap.parse_args(argv)
+    scenario = SCENARIOS[args.scenario]
+
+    async def go() -> dict[str, Any]:
+        from aiohttp import web
+
+        aiortc_adapter.install()
+        with ShapedLink() as link:
+            config = build_config({"dev": True, "host": "0.0.0.0",
+                                   "bind_host": link.host_ip, "allow_loopback": True,
+                                   "adaptation": not args.plain}, {}, None)
+            app = create_app(config)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "0.0.0.0", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            try:
+                def token(identity: str) -> str:
+                    return create_token(DEV_API_KEY, DEV_API_SECRET, room="adapt",
+                                        identity=identity, kind="group", now=time.time())
+
+                tokens = {k: token(k) for k in ("publisher", "viewer", "constrained")}
+
+                def trace() -> Any:
+                    room = app[ROOMS_KEY].rooms.get("adapt")
+                    p = room.by_identity("constrained") if room else None
+                    if p is None or p.subscriber is None:
+                        return None
+                    est = p.subscriber.adaptation.estimator
+                    return {"estimate": est.value, "probes_ok": est.probes_ok,
+                            "probes_failed": est.probes_failed,
+                            "history": [(round(t - time.monotonic(), 1), c, b)
+                                        for t, c, b in est.history]}
+
+                return await run(f"ws://127.0.0.1:{port}/v1/signal", tokens, scenario,
+                                 link.host_ip, link, trace=trace)
+            finally:
+                await runner.cleanup()
+
+    print(json.dumps(asyncio.run(go()), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Participants behind a real constrained link: a network namespace shaped with tc tbf.
+
+``ShapedLink`` makes a namespace joined to the host by a veth pair and shapes the
+host-side end with a token bucket (tbf), so everything the server sends into the
+namespace is squeezed to the given rate, as on a weak mobile downlink. A subscriber runs
+inside it as its own process (``python -m loadtest.shaped subscribe ...``) and writes
+what it received as JSON: when each video frame arrived and at what width (which layer),
+when each audio frame arrived, its RTP loss, and the server's events with their times.
+
+Needs root, iproute2 and the sch_tbf module; ``available()`` says why not otherwise.
+netem (delay, loss) is not available on this kind of machine; tbf is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+from loadtest.client import SignalClient
+from mediaserver.sfu import aiortc_adapter
+
+
+def available() -> str | None:
+    """None if shaped links can be made here, else the reason they cannot."""
+    if os.geteuid() != 0:
+        return "needs root for network namespaces"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"'{tool}' (iproute2) is not installed"
+    probe = f"msprobe{os.getpid() % 10000}"
+    try:
+        subprocess.run(["ip", "netns", "add", probe], check=True, capture_output=True)
+        subprocess.run(["ip", "netns", "del", probe], check=True, capture_output=True)
+    except subprocess.CalledProcessError as exc:
+        return f"cannot create a network namespace: {exc.stderr.decode().strip()}"
+    return None
+
+
+def _run(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+class ShapedLink:
+    """A namespace whose downlink (host -> namespace) is capped by tbf."""
+
+    def __init__(self, rate_kbit: int | None = None) -> None:
+        n = random.randrange(1, 250)
+        tag = f"{os.getpid() % 10000}{n}"
+        self.netns = f"msn{tag}"
+        self.host_if = f"msh{tag}"
+        self.ns_if = f"msc{tag}"
+        self.host_ip = f"10.{200 + n % 50}.{n}.1"
+        self.ns_ip = f"10.{200 + n % 50}.{n}.2"
+        self.rate_kbit = rate_kbit
+        self._up = False
+
+    def __enter__(self) -> ShapedLink:
+        _run("ip", "netns", "add", self.netns)
+        self._up = True
+        _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+        _run("ip", "link", "set", self.ns_if, "netns", self.netns)
+        _run("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.host_if)
+        _run("ip", "link", "set", self.host_if, "up")
+        ns = ("ip", "netns", "exec", self.netns)
+        _run(*ns, "ip", "addr", "add", f"{self.ns_ip}/24", "dev", self.ns_if)
+        _run(*ns, "ip", "link", "set", self.ns_if, "up")
+        _run(*ns, "ip", "link", "set", "lo", "up")
+        self.set_rate(self.rate_kbit)
+        return self
+
+    def set_rate(self, rate_kbit: int | None) -> None:
+        """Cap the downlink at ``rate_kbit`` (None: unshaped)."""
+        subprocess.run(["tc", "qdisc", "del", "dev", self.host_if, "root"],
+                       capture_output=True)
+        self.rate_kbit = rate_kbit
+        if rate_kbit is None:
+            return
+        # A bucket of ~40 ms at the rate (at least two full packets), and up to 200 ms of
+        # queue before tbf drops: a plausible mobile downlink.
+        burst = max(3200, rate_kbit * 1000 // 8 // 25)
+        _run("tc", "qdisc", "add", "dev", self.host_if, "root", "tbf", "rate",
+             f"{rate_kbit}kbit", "burst", str(burst), "latency", "200ms")
+
+    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["ip", "netns", "exec", self.netns, *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._up:
+            subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+            subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+            self._up = False
+
+
+# -- the subscriber inside the namespace -------------------------------------------------
+
+
+async def subscribe(url: str, token: str, address: str, duration: float,
+                    audio_only: bool = False) -> dict[str, Any]:
+    client = SignalClient(url, token,
+                          policy=aiortc_adapter.CandidatePolicy(addresses=(address,)))
+    events: list[tuple[float, dict[str, Any]]] = []
+    try:
+        reply = await client.connect()
+        if reply["type"] != "joined":
+            return {"error": reply}
+        if audio_only:
+            await client.request({"type": "set_bandwidth", "audio_only": True})
+        end = time.time() + duration
+        seen = 0
+        while time.time() < end:
+            await asyncio.sleep(0.05)
+            while seen < len(client.events):
+                events.append((time.time(), client.events[seen]))
+                seen += 1
+        stats: dict[str, Any] = {}
+        if client.subscriber is not None:
+            report = await client.subscriber.getStats()
+            for s in report.values():
+                if getattr(s, "type", "") == "inbound-rtp":
+                    stats[s.kind] = {"packets_received": s.packetsReceived,
+                                     "packets_lost": s.packetsLost}
+        offset = time.time() - time.monotonic()  # arrivals are monotonic; report wall time
+        return {
+            "participant_id": client.participant_id,
+            "tracks": [{"track_id": r.track_id, "participant_id": r.participant_id,
+                        "kind": r.kind,
+                        "arrivals": [(t + offset, w) for t, w in r.arrivals]}
+                       for r in client.received.values()],
+            "rtp": stats,
+            "events": [(t, e) for t, e in events
+                       if e.get("type") in ("stream_state", "connection_quality")],
+        }
+    finally:
+        await client.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="a subscriber for shaped-link scenarios")
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--token", required=True)
+    ap.add_argument("--address", required=True, help="this namespace's own IP address")
+    ap.add_argument("--duration", type=float, required=True)
+    ap.add_argument("--audio-only", action="store_true")
+    args = ap.parse_args(argv)
+    aiortc_adapter.install()
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    result = asyncio.run(subscribe(args.url, args.token, args.address, args.duration,
+                                   args.audio_only))
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Bandwidth adaptation for one subscriber: estimate, allocate, apply, probe.
+
+The decisions are made by the pure parts (estimator.BandwidthEstimator,
+allocator.StreamAllocator); this class feeds them what the subscriber's connection saw,
+applies their answers to the consumers (layer targets, pauses) and paces probe padding.
+The room's control task calls ``step`` about twice a second; RTCP feedback arrives
+between steps through ``on_remb``/``on_loss``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mediaserver import metrics
+from mediaserver.sfu.allocator import Allocation, Layer, StreamAllocator, TrackDemand
+from mediaserver.sfu.estimator import BandwidthEstimator
+
+if TYPE_CHECKING:
+    from mediaserver.sfu.consumer import Consumer
+    from mediaserver.sfu.transport import SubscriberTransport
+
+# SRTP tag + UDP + IPv4 headers per packet, so that rates compare with the link's.
+from mediaserver.sfu.producer import WIRE_OVERHEAD
+
+# A single-encoding video track can be squeezed (the publisher is asked for less by REMB),
+# so it only needs this much to stay on; below it the track is paused.
+ELASTIC_MIN = 80_000
+PACE_INTERVAL = 0.02
+STEP_INTERVAL = 0.5
+
+
+@dataclass
+class StreamState:
+    """What the subscriber was last told about one track."""
+
+    active: bool
+    reason: str | None
+    spatial: int | None
+
+
+class SubscriberAdaptation:
+    def __init__(self, transport: SubscriberTransport,
+                 estimator: BandwidthEstimator | None = None,
+                 allocator: StreamAllocator | None = None) -> None:
+        self.transport = transport
+        self.estimator = estimator or BandwidthEstimator()
+        self.allocator = allocator or StreamAllocator()
+        self.audio_only_requested = False
+        self.states: dict[str, StreamState] = {}
+        self.allocations: dict[str, Allocation] = {}
+        self.switches = 0
+        self._sent_bytes = 0
+        self._last_step: float | None = None
+        self._pacer: asyncio.Task[None] | None = None
+        self.padding_sent = 0
+        self._padding_at_step = 0
+        self.media_rate = 0
+        self.audio_only = False
+
+    # -- feedback (from the subscriber transport's RTCP) ----------------------------------
+
+    def on_remb(self, bps: int, now: float) -> None:
+        self.estimator.on_remb(bps, now)
+
+    def on_loss(self, fraction: float, now: float) -> None:
+        self.estimator.on_loss(fraction, now)
+
+    # -- the control step ----------------------------------------------------------------
+
+    def _wire_bytes(self) -> int:
+        total = self.padding_sent
+        for c in self.transport.consumers.values():
+            st = c.stats
+            total += st.octets_sent + st.packets_sent * (12 + WIRE_OVERHEAD)
+        return total
+
+    def _demand(self, c: Consumer, prefs: dict[str, Any], hint: str | None) -> TrackDemand:
+        producer = c.producer
+        layers: list[Layer] = []
+        if producer.kind == "audio":
+            stream = producer.streams[0]
+            layers.append(Layer(0, 0, stream.wire_bitrate or 64_000))
+        elif not producer.simulcast:
+            stream = producer.streams[0]
+            layers.append(Layer(0, 0, ELASTIC_MIN, stream.width, stream.height,
+                                stream.fps or None))
+        else:
+            for s in producer.streams:
+                bitrate = s.wire_bitrate or s.last_wire_bitrate
+                if bitrate and (s.active or s.paused_upstream):
+                    layers.append(Layer(s.spatial, 0, bitrate, s.width, s.height,
+                                        s.fps or None))
+        return TrackDemand(
+            track_id=producer.track_id, kind="audio" if producer.kind == "audio" else "video",
+            source=producer.source,  # type: ignore[arg-type]
+            priority_hint=hint,  # type: ignore[arg-type]
+            layers=tuple(layers),
+            max_width=prefs.get("max_width"), max_height=prefs.get("max_height"),
+            max_fps=prefs.get("max_fps"),
+            disabled=bool(prefs.get("disabled")) or (
+                self.audio_only_requested and producer.kind == "video"))
+
+    def step(self, now: float, preferences: dict[str, dict[str, Any]],
+             hint_for: Callable[[Consumer], str | None]
+             ) -> list[dict[str, Any]]:
+        """Re-allocate; return the stream_state events to tell the subscriber."""
+        est = self.estimator
+        wire = self._wire_bytes()
+        padding = self.padding_sent
+        if self._last_step is not None and now > self._last_step:
+            elapsed = now - self._last_step
+            est.on_sent(int((wire - self._sent_bytes) * 8 / elapsed))
+            self.media_rate = int((wire - padding - self._sent_bytes + self._padding_at_step)
+                                  * 8 / elapsed)
+        self._sent_bytes, self._last_step, self._padding_at_step = wire, now, padding
+        est.tick(now)
+        consumers = []
+        demands = []
+        for c in self.transport.consumers.values():
+            if c.closed or c.producer.closed:
+                continue
+            d = self._demand(c, preferences.get(c.producer.track_id, {}), hint_for(c))
+            if not d.layers and not d.disabled:
+                continue  # nothing measured yet: decide once the layers are known
+            consumers.append(c)
+            demands.append(d)
+        estimate = est.value
+        metrics.SUBSCRIBER_ESTIMATE.observe(estimate)
+        allocations = self.allocator.allocate(estimate, demands, now)
+        self.audio_only = self.allocator.audio_only or self.audio_only_requested
+        events = []
+        audio_bps = 0
+        video_bps = 0
+        deficit: list[tuple[Allocation, TrackDemand]] = []
+        for c, d, a in zip(consumers, demands, allocations, strict=True):
+            self.allocations[d.track_id] = a
+            if d.kind == "audio":
+                if a.layer is not None:
+                    audio_bps += a.layer.bitrate
+                continue
+            if a.layer is not None:
+                video_bps += a.layer.bitrate
+            if a.reason == "bandwidth":
+                deficit.append((a, d))
+            event = self._apply(c, d, a, now)
+            if event is not None:
+                events.append(event)
+        self._set_upstream_caps(consumers, demands, allocations, estimate - audio_bps)
+        self._maybe_probe(audio_bps + video_bps, deficit, now)
+        return events
+
+    def _apply(self, c: Consumer, d: TrackDemand, a: Allocation, now: float
+               ) -> dict[str, Any] | None:
+        paused = a.layer is None
+        reason: str | None = a.reason
+        if paused and self.audio_only and (reason == "bandwidth" or
+                                           self.audio_only_requested):
+            reason = "audio_only"
+        if c.bandwidth_paused != paused:
+            c.bandwidth_paused = paused
+            c.refresh_paused(now)
+            metrics.LAYER_CHANGES.labels(direction="pause" if paused else "resume").inc()
+        spatial = None
+        if a.layer is not None:
+            spatial = a.layer.spatial
+            if c.producer.simulcast and c.target.spatial != spatial:
+                metrics.LAYER_CHANGES.labels(
+                    direction="up" if spatial > c.target.spatial else "down").inc()
+                self.switches += 1
+            c.set_layer(spatial, a.layer.temporal, now)
+        state = StreamState(not paused, reason, spatial)
+        if self.states.get(d.track_id) == state:
+            return None
+        self.states[d.track_id] = state
+        return {"type": "stream_state", "track_id": d.track_id,
+                "participant_id": c.producer.participant_id,
+                "state": "paused" if paused else "active", "reason": reason,
+                "spatial": spatial, "temporal": a.layer.temporal if a.layer else None,
+                "width": a.layer.width if a.layer else None,
+                "height": a.layer.height if a.layer else None}
+
+    def _set_upstream_caps(self, consumers: list[Consumer], demands: list[TrackDemand],
+                           allocations: list[Allocation], video_budget: int) -> None:
+        """Single-encoding video: the share of the estimate goes upstream as REMB."""
+        elastic = [(c, a) for c, d, a in zip(consumers, demands, allocations, strict=True)
+                   if d.kind == "video" and not c.producer.simulcast and a.layer is not None]
+        fixed = sum(a.layer.bitrate for c, d, a in zip(consumers, demands, allocations,
+                                                        strict=True)
+                    if d.kind == "video" and c.producer.simulcast and a.layer is not None)
+        if not elastic:
+            return
+        share = max(ELASTIC_MIN, (video_budget - fixed) // len(elastic))
+        for c, _ in elastic:
+            c.target_bitrate = share
+
+    def _maybe_probe(self, allocated: int, deficit: list[tuple[Allocation, TrackDemand]],
+                     now: float) -> None:
+        if not deficit:
+            return
+        # The cheapest step up among the tracks held back by bandwidth.
+        steps = []
+        for a, d in deficit:
+            current = a.layer.bitrate if a.layer else 0
+            higher = sorted(la.bitrate for la in d.layers if la.bitrate > current)
+            if higher:
+                steps.append(higher[0] - current)
+        if not steps:
+            return
+        # Headroom over the step: layer bitrates swing with keyframes and content.
+        goal = int((allocated + min(steps)) * self.allocator.up_hysteresis * 1.25)
+        if self.estimator.want_probe(goal, now):
+            self._start_pacer()
+
+    # -- probe padding ---------------------------------------------------------------------
+
+    def _start_pacer(self) -> None:
+        if self._pacer is None or self._pacer.done():
+            self._pacer = asyncio.get_running_loop().create_task(self._pace())
+
+    async def _pace(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            last = time.monotonic()
+            while not self.transport.closed:
+                await asyncio.sleep(PACE_INTERVAL)
+                now = time.monotonic()
+                probe = self.estimator.probe
+                if probe is None or now >= probe.ends:
+                    break
+                rate = self.estimator.padding_rate(self.media_rate, now)
+                want = int(rate / 8 * (now - last))
+                last = now
+                carrier = self._padding_carrier()
+                if carrier is None:
+                    break
+                if want > 0:
+                    self.padding_sent += carrier.send_padding(want, now)
+
+    def _padding_carrier(self) -> Consumer | None:
+        for c in self.transport.consumers.values():
+            if c.kind == "video" and not c.closed and c.rtx_ssrc is not None \
+                    and c.last_sent_at is not None:
+                return c
+        return None
+
+    def close(self) -> None:
+        if self._pacer is not None:
+            self._pacer.cancel()

@@ -1,0 +1,76 @@
+"""The per-subscriber bandwidth estimator, driven as a table of events with time passed in."""
+
+from __future__ import annotations
+
+from mediaserver.sfu.estimator import BandwidthEstimator
+
+
+def test_remb_counts_only_when_it_falls() -> None:
+    est = BandwidthEstimator(initial=1_000_000)
+    est.on_sent(400_000)
+    est.on_remb(300_000, 0.0)  # the receiver's slow-growing estimate is not a ceiling
+    assert est.value == 1_000_000
+    est.on_remb(320_000, 1.0)
+    assert est.value == 1_000_000
+    est.on_remb(200_000, 2.0)  # a fall: overuse seen by the receiver
+    assert est.value == 200_000
+    assert est.history[-1][1] == "remb"
+
+
+def test_heavy_loss_drops_to_what_got_through_light_loss_does_not() -> None:
+    est = BandwidthEstimator(initial=1_000_000)
+    est.on_sent(800_000)
+    est.on_loss(0.05, 1.0)
+    assert est.value == 1_000_000
+    est.on_loss(0.40, 2.0)
+    assert est.value == int(800_000 * 0.8)
+
+
+def test_floor_cap_and_ceiling() -> None:
+    est = BandwidthEstimator(initial=500_000, floor=40_000, ceiling=2_000_000)
+    est.cap = 300_000
+    assert est.value == 300_000
+    est.on_sent(60_000)
+    est.on_loss(0.99, 1.0)  # 60 kbps * (1 - 0.495) is below the floor
+    assert est.value == 40_000
+
+
+def test_probe_success_lifts_the_estimate() -> None:
+    est = BandwidthEstimator(initial=200_000, quiet=1.5, probe_duration=0.6, probe_settle=1.0)
+    assert est.want_probe(500_000, 10.0)
+    assert not est.want_probe(600_000, 10.1)  # one at a time
+    assert est.padding_rate(150_000, 10.2) == 350_000
+    assert est.padding_rate(150_000, 10.7) == 0  # padding ends, feedback window stays open
+    est.tick(11.0)
+    assert est.probe is not None and est.value == 200_000
+    est.tick(11.6)
+    assert est.probe is None and est.value == 500_000 and est.probes_ok == 1
+
+
+def test_congested_probe_is_stopped_and_keeps_the_old_estimate_then_backs_off() -> None:
+    est = BandwidthEstimator(initial=200_000, backoff_min=2.0, backoff_max=8.0)
+    est.on_sent(400_000)
+    est.on_remb(400_000, 0.0)
+    assert est.want_probe(500_000, 5.0)
+    est.on_remb(120_000, 5.3)  # the probe overfilled the link
+    assert est.probe is None and est.value == 200_000 and est.probes_failed == 1
+    est.on_loss(0.5, 5.8)  # the queue the probe built drains: not news
+    assert est.value == 200_000
+    assert not est.want_probe(500_000, 7.0)  # backoff 2 s after the failure
+    assert est.want_probe(500_000, 7.4)
+    est.on_loss(0.05, 7.6)  # moderate loss during a probe also fails it
+    assert est.probe is None and est.probes_failed == 2
+    assert not est.want_probe(500_000, 11.0)  # backoff doubled to 4 s
+    assert est.want_probe(500_000, 11.7)
+
+
+def test_no_probe_soon_after_congestion_or_when_already_enough() -> None:
+    est = BandwidthEstimator(initial=1_000_000, quiet=1.5)
+    est.on_sent(900_000)
+    est.on_loss(0.3, 10.0)
+    assert not est.want_probe(2_000_000, 11.0)
+    assert est.want_probe(2_000_000, 11.6)
+    est2 = BandwidthEstimator(initial=1_000_000)
+    assert not est2.want_probe(900_000, 5.0)
+    est2.cap = 1_000_000
+    assert not est2.want_probe(2_000_000, 5.0)
