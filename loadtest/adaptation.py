@@ -137,13 +137,14 @@ async def run(url: str, tokens: dict[str, str], scenario: Scenario, host_ip: str
                           "--token", tokens["constrained"], "--address", link.ns_ip,
                           "--duration", str(scenario.duration),
                           *(["--audio-only"] if scenario.audio_only else []))
-        for at, rate in scenario.schedule:
-            delay = origin + at - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            link.set_rate(rate)
-        waiting = asyncio.get_running_loop().run_in_executor(None, proc.communicate)
         last_trace = None
+        waiting = asyncio.get_running_loop().run_in_executor(None, proc.communicate)
+        for at, rate in scenario.schedule:
+            while time.time() < origin + at:
+                await asyncio.sleep(min(1.0, max(0.0, origin + at - time.time())))
+                if trace is not None:
+                    last_trace = trace() or last_trace
+            link.set_rate(rate)
         while not waiting.done():
             await asyncio.wait([waiting], timeout=1.0)
             if trace is not None:
@@ -207,15 +208,29 @@ def main(argv: list[str] | None = None) -> None:
 
                 tokens = {k: token(k) for k in ("publisher", "viewer", "constrained")}
 
+                samples: list[Any] = []
+                t0 = time.time()
+                mono0 = time.monotonic()
+
                 def trace() -> Any:
                     room = app[ROOMS_KEY].rooms.get("adapt")
                     p = room.by_identity("constrained") if room else None
                     if p is None or p.subscriber is None:
                         return None
                     est = p.subscriber.adaptation.estimator
-                    return {"estimate": est.value, "probes_ok": est.probes_ok,
+                    video = [c for c in p.subscriber.consumers.values() if c.kind == "video"]
+                    layers = [[s.wire_bitrate for s in c.producer.streams] for c in
+                              p.subscriber.consumers.values()]
+                    samples.append([round(time.time() - t0, 1), est.value, layers] + [
+                        (c.spatial, c.target.spatial, c.paused, c.waiting_keyframe,
+                         c.stats.packets_sent, c.nacks_received, c.retransmitted,
+                         c.keyframe_requests,
+                         c.layer_switches)
+                        for c in video])
+                    return {"estimate": est.value, "samples": samples[-60:],
+                            "probes_ok": est.probes_ok,
                             "probes_failed": est.probes_failed,
-                            "history": [(round(t - time.monotonic(), 1), c, b)
+                            "history": [(round(t - mono0, 1), c, b)
                                         for t, c, b in est.history]}
 
                 return await run(f"ws://127.0.0.1:{port}/v1/signal", tokens, scenario,

@@ -215,6 +215,7 @@ class SignalClient:
             pc = self.subscriber
             if pc is None:
                 pc = self.subscriber = RTCPeerConnection(_config())
+                self._spawn(self._renack(pc))
             await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
             aiortc_adapter.apply_candidate_policy(pc, self.policy)
             if self.on_subscriber_pc is not None:
@@ -230,6 +231,14 @@ class SignalClient:
             await pc.setLocalDescription(await pc.createAnswer())
             aiortc_adapter.route_rtx_to_receivers(pc)
             await self.request({"type": "subscriber_answer", "sdp": pc.localDescription.sdp})
+
+    async def _renack(self, pc: RTCPeerConnection) -> None:
+        """Re-ask for lost packets on a timer, as browsers do (see renack_missing)."""
+        with contextlib.suppress(asyncio.CancelledError):
+            while pc.connectionState not in ("closed", "failed"):
+                await asyncio.sleep(0.25)
+                if pc.connectionState == "connected":
+                    await aiortc_adapter.renack_missing(pc, time.monotonic())
 
     async def _consume(self, track: MediaStreamTrack, rec: ReceivedTrack) -> None:
         with contextlib.suppress(MediaStreamError, asyncio.CancelledError):

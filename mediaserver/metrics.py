@@ -119,6 +119,7 @@ DROP_REASONS = (
 DROP = {reason: DROPS.labels(reason=reason) for reason in DROP_REASONS}
 RETRANSMITTED = RETRANSMISSIONS.labels(result="sent")
 RETRANSMIT_MISSING = RETRANSMISSIONS.labels(result="missing")
+RETRANSMIT_OBSOLETE = RETRANSMISSIONS.labels(result="obsolete_layer")
 
 # -- bandwidth adaptation ----------------------------------------------------------------
 

@@ -50,6 +50,7 @@ TICK = 0.25
 QUALITY_INTERVAL = 1.0
 ADAPT_INTERVAL = 0.5
 LAYER_OFF_DELAY = 5.0  # an unwanted simulcast layer keeps flowing this long before it stops
+LAYER_RESUME_GRACE = 3.0  # a layer the publisher was asked to resume, until it shows up
 MAX_OBSERVERS = 4
 
 
@@ -600,7 +601,11 @@ class Room:
                             active.append(stream)
                 rids = tuple(s.rid for s in active if s.rid)
                 for stream in producer.streams:
-                    stream.paused_upstream = stream not in active
+                    paused = stream not in active
+                    if stream.paused_upstream and not paused:
+                        # Asked to send again: it counts as available until it arrives.
+                        stream.expected_until = now + LAYER_RESUME_GRACE
+                    stream.paused_upstream = paused
                 if not rids or self._told_layers.get(producer.track_id) == rids:
                     continue
                 self._told_layers[producer.track_id] = rids

@@ -28,8 +28,11 @@ if TYPE_CHECKING:
 from mediaserver.sfu.producer import WIRE_OVERHEAD
 
 # A single-encoding video track can be squeezed (the publisher is asked for less by REMB),
-# so it only needs this much to stay on; below it the track is paused.
+# so it only needs this much to stay on; below it the track is paused. Until the link has
+# lost packets (and for a while after), such tracks are neither counted nor capped: the
+# estimate only grows by probing, and probing needs a layer to aim at.
 ELASTIC_MIN = 80_000
+LOSS_MEMORY = 20.0
 PACE_INTERVAL = 0.02
 STEP_INTERVAL = 0.5
 
@@ -79,7 +82,8 @@ class SubscriberAdaptation:
             total += st.octets_sent + st.packets_sent * (12 + WIRE_OVERHEAD)
         return total
 
-    def _demand(self, c: Consumer, prefs: dict[str, Any], hint: str | None) -> TrackDemand:
+    def _demand(self, c: Consumer, prefs: dict[str, Any], hint: str | None, now: float
+                ) -> TrackDemand:
         producer = c.producer
         layers: list[Layer] = []
         if producer.kind == "audio":
@@ -87,12 +91,12 @@ class SubscriberAdaptation:
             layers.append(Layer(0, 0, stream.wire_bitrate or 64_000))
         elif not producer.simulcast:
             stream = producer.streams[0]
-            layers.append(Layer(0, 0, ELASTIC_MIN, stream.width, stream.height,
-                                stream.fps or None))
+            cost = ELASTIC_MIN if self.estimator.lossy_within(LOSS_MEMORY, now) else 0
+            layers.append(Layer(0, 0, cost, stream.width, stream.height, stream.fps or None))
         else:
             for s in producer.streams:
                 bitrate = s.wire_bitrate or s.last_wire_bitrate
-                if bitrate and (s.active or s.paused_upstream):
+                if bitrate and (s.active or s.paused_upstream or now < s.expected_until):
                     layers.append(Layer(s.spatial, 0, bitrate, s.width, s.height,
                                         s.fps or None))
         return TrackDemand(
@@ -124,12 +128,19 @@ class SubscriberAdaptation:
         for c in self.transport.consumers.values():
             if c.closed or c.producer.closed:
                 continue
-            d = self._demand(c, preferences.get(c.producer.track_id, {}), hint_for(c))
+            d = self._demand(c, preferences.get(c.producer.track_id, {}), hint_for(c), now)
             if not d.layers and not d.disabled:
                 continue  # nothing measured yet: decide once the layers are known
             consumers.append(c)
             demands.append(d)
         estimate = est.value
+        if not est.lossy_within(LOSS_MEMORY, now):
+            # Without loss to prove the link short, every track keeps at least its lowest
+            # layer: a new subscriber starts there, and a falling REMB holds layers down
+            # but never pauses video on its own.
+            minimal = sum(min((la.bitrate for la in d.layers), default=0)
+                          for d in demands if not d.disabled)
+            estimate = max(estimate, int(minimal * self.allocator.up_hysteresis))
         metrics.SUBSCRIBER_ESTIMATE.observe(estimate)
         allocations = self.allocator.allocate(estimate, demands, now)
         self.audio_only = self.allocator.audio_only or self.audio_only_requested
@@ -150,7 +161,8 @@ class SubscriberAdaptation:
             event = self._apply(c, d, a, now)
             if event is not None:
                 events.append(event)
-        self._set_upstream_caps(consumers, demands, allocations, estimate - audio_bps)
+        self._set_upstream_caps(consumers, demands, allocations, estimate - audio_bps,
+                                est.lossy_within(LOSS_MEMORY, now))
         self._maybe_probe(audio_bps + video_bps, deficit, now)
         return events
 
@@ -185,8 +197,13 @@ class SubscriberAdaptation:
                 "height": a.layer.height if a.layer else None}
 
     def _set_upstream_caps(self, consumers: list[Consumer], demands: list[TrackDemand],
-                           allocations: list[Allocation], video_budget: int) -> None:
+                           allocations: list[Allocation], video_budget: int,
+                           congested: bool) -> None:
         """Single-encoding video: the share of the estimate goes upstream as REMB."""
+        if not congested:
+            for c in consumers:
+                c.target_bitrate = None  # the subscriber's own REMB passes on unchanged
+            return
         elastic = [(c, a) for c, d, a in zip(consumers, demands, allocations, strict=True)
                    if d.kind == "video" and not c.producer.simulcast and a.layer is not None]
         fixed = sum(a.layer.bitrate for c, d, a in zip(consumers, demands, allocations,

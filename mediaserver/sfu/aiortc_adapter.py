@@ -241,6 +241,54 @@ def hook_packets(pc: RTCPeerConnection, on_rtp: Callable[[bytes, int], None],
         _fast_path(dtls, on_rtp, on_rtcp)
 
 
+async def renack_missing(pc: RTCPeerConnection, now: float, give_up_after: float = 1.0
+                         ) -> int:
+    """Client side: what a browser's receiver does about lost packets and aiortc's does not.
+
+    aiortc's NackGenerator asks once, when a gap appears; if the retransmission is lost too
+    (a congested link loses both), or never comes (the SFU does not resend packets of a
+    layer it has switched away from), its video jitter buffer (512 packets) waits for the
+    hole until it overflows: half a minute of frozen video at a low layer's packet rate.
+    Browsers re-ask on a timer and, after a while, give the packet up and ask for a
+    keyframe. Called every few hundred milliseconds, this does both. Returns the number of
+    RTCP packets sent.
+    """
+    sent = 0
+    for t in pc.getTransceivers():
+        receiver = t.receiver
+        generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
+        if generator is None or not generator.missing:
+            continue
+        rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+        media = [x for x in getattr(receiver, "_RTCRtpReceiver__active_ssrc", {})
+                 if x not in rtx]
+        if not media:
+            continue
+        first_seen: dict[int, float] = receiver.__dict__.setdefault("_sfu_missing_since", {})
+        for seq in list(first_seen):
+            if seq not in generator.missing:
+                del first_seen[seq]
+        for seq in generator.missing:
+            first_seen.setdefault(seq, now)
+        stale = [seq for seq, at in first_seen.items() if now - at > give_up_after]
+        if stale:
+            buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+            origin = getattr(buffer, "_origin", None)
+            if buffer is not None and origin is not None:
+                skip = max((seq - origin) & 0xFFFF for seq in stale) + 1
+                if skip < buffer.capacity:
+                    buffer.smart_remove(skip)
+            for seq in stale:
+                generator.missing.discard(seq)
+                del first_seen[seq]
+            await receiver._send_rtcp_pli(media[-1])
+            sent += 1
+        if generator.missing:
+            await receiver._send_rtcp_nack(media[-1], sorted(generator.missing))
+            sent += 1
+    return sent
+
+
 def tap_rtcp(pc: RTCPeerConnection, on_rtcp: Callable[[bytes], None]) -> None:
     """Let a client see decrypted RTCP before aiortc routes it (for SSRCs aiortc never
     registered, such as the simulcast layers a test publisher sends itself)."""

@@ -96,9 +96,13 @@ class StreamAllocator:
         min_hold: float = 2.0,
         up_hysteresis: float = 1.15,
         audio_only_floor: int = 60_000,
+        down_tolerance: float = 1.1,
     ) -> None:
         self._min_hold = min_hold
         self._up = up_hysteresis
+        # A layer being forwarded keeps its place until it exceeds the budget by this
+        # much: its measured bitrate swings with keyframes more than the link does.
+        self._down = down_tolerance
         self._floor = audio_only_floor
         self._audio_only = False
         self._tracks: dict[str, _TrackState] = {}
@@ -182,7 +186,7 @@ class StreamAllocator:
             index = -1
         else:
             index = keys.index(state.layer)
-            if wanted[index].bitrate > budget:
+            if wanted[index].bitrate > budget * self._down:
                 return best  # no longer fits: step down at once
         current = wanted[index] if index >= 0 else None
         if index + 1 >= len(wanted) or now - state.changed_at < self._min_hold:

@@ -111,8 +111,9 @@ class Consumer:
         self.nacks_received = 0
         self.keyframe_requests = 0
         self.retransmitted = 0
-        # Slot -> (output seq16, stream ext seq, output ts32, stream) for NACK answers.
-        self._history: list[tuple[int, int, int, RecvStream] | None] = [None] * HISTORY_SIZE
+        # Slot -> [output seq16, stream ext seq, output ts32, stream, last resent at] for
+        # NACK answers.
+        self._history: list[list[Any] | None] = [None] * HISTORY_SIZE
         self._rtx_seq = random.randrange(1 << 16)
         self._packets_counter = metrics.PACKETS.labels(direction="out", kind=producer.kind)
         self._bytes_counter = metrics.BYTES.labels(direction="out", kind=producer.kind)
@@ -159,7 +160,7 @@ class Consumer:
             return
         out_seq, out_ts = out
         data = self._build(pkt, out_seq, out_ts, self.payload_type, self.ssrc, now, payload)
-        self._history[out_seq & HISTORY_MASK] = (out_seq, ext_seq, out_ts, stream)
+        self._history[out_seq & HISTORY_MASK] = [out_seq, ext_seq, out_ts, stream, 0.0]
         ctx = self.context
         if not ctx.send_rtp(data):
             metrics.DROP["not_connected"].inc()
@@ -180,7 +181,9 @@ class Consumer:
         previous = self.stream
         self.stream = stream
         if previous is not None and self.rewriter.started:
-            self.source_changed(now)
+            # The history keeps its entries (each names its own stream): packets sent
+            # before the switch can still be retransmitted.
+            self.rewriter.switch_source(self._ts_gap(now))
         if self.temporal is not None:
             self.temporal.reset_source()
         self.waiting_keyframe = True  # satisfied by the keyframe that triggered the switch
@@ -262,7 +265,15 @@ class Consumer:
             if entry is None or entry[0] != seq:
                 metrics.RETRANSMIT_MISSING.inc()
                 continue
-            _, ext_seq, out_ts, stream = entry
+            _, ext_seq, out_ts, stream, resent_at = entry
+            if stream is not self.stream or stream is None:
+                # A layer the subscriber was switched away from: the new layer started
+                # with a keyframe, so these packets would only cost a congested link.
+                metrics.RETRANSMIT_OBSOLETE.inc()
+                continue
+            if now - resent_at < max(0.05, self.stats.rtt or 0.1):
+                continue  # resent less than a round trip ago: this NACK crossed it
+            entry[4] = now
             pkt = stream.cached(ext_seq)
             if pkt is None:
                 metrics.RETRANSMIT_MISSING.inc()
@@ -301,12 +312,14 @@ class Consumer:
     def refresh_paused(self, now: float) -> None:
         self.set_paused(self.producer.muted or self.disabled or self.bandwidth_paused, now)
 
+    def _ts_gap(self, now: float) -> int:
+        if self.last_sent_at is None:
+            return 1
+        return int((now - self.last_sent_at) * self.clock_rate)
+
     def source_changed(self, now: float) -> None:
         """The producer's upstream stream restarted: continue the output seamlessly."""
-        gap = 1
-        if self.last_sent_at is not None:
-            gap = int((now - self.last_sent_at) * self.clock_rate)
-        self.rewriter.switch_source(gap)
+        self.rewriter.switch_source(self._ts_gap(now))
         self._history = [None] * HISTORY_SIZE
         if self.kind == "video":
             self.waiting_keyframe = True

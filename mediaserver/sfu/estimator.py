@@ -40,10 +40,13 @@ class BandwidthEstimator:
         loss_high: float = 0.08,
         loss_low: float = 0.02,
         quiet: float = 1.5,
-        probe_duration: float = 0.6,
+        probe_duration: float = 0.8,
+        probe_step: float = 1.5,
         probe_settle: float = 1.0,
         backoff_min: float = 2.0,
-        backoff_max: float = 30.0,
+        backoff_max: float = 5.0,
+        cut_guard: float = 2.0,
+        upgrade_trial: float = 4.0,
     ) -> None:
         self.estimate = initial
         self.floor = floor
@@ -53,12 +56,19 @@ class BandwidthEstimator:
         self._loss_low = loss_low
         self._quiet = quiet
         self._probe_duration = probe_duration
+        self._probe_step = probe_step
         self._probe_settle = probe_settle
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
+        self._cut_guard = cut_guard
         self._backoff = backoff_min
+        self._streak = 0  # probes in a row that went through
+        self._calm_reports = 0  # receiver reports in a row with little loss
+        self._last_probe_ok = float("-inf")
+        self._upgrade_trial = upgrade_trial
         self._last_remb: int | None = None
         self.last_congestion = float("-inf")
+        self.last_loss = float("-inf")
         self._guard_until = float("-inf")
         self._next_probe_at = float("-inf")
         self.sent_rate = 0
@@ -75,6 +85,15 @@ class BandwidthEstimator:
             value = min(value, self.cap)
         return max(self.floor, value)
 
+    def lossy_within(self, seconds: float, now: float) -> bool:
+        """Whether the link lost packets heavily lately: congestion beyond doubt.
+
+        A falling REMB alone can also mean a receiver too busy to keep its own timing
+        (a cheap phone decoding several streams): enough to hold layers down, not to
+        pause video or go audio-only.
+        """
+        return now - self.last_loss < seconds
+
     # -- feedback ------------------------------------------------------------------------
 
     def on_sent(self, bps: int) -> None:
@@ -84,14 +103,24 @@ class BandwidthEstimator:
     def on_remb(self, bps: int, now: float) -> None:
         last = self._last_remb
         self._last_remb = bps
-        if last is not None and bps < last * 0.9 and bps < self.sent_rate * 0.9:
-            # The receiver's delay-based detector saw overuse: it reports ~85 % of what
-            # it received, which is a safe rate to fall back to.
+        if last is None or bps >= last * 0.9:
+            return
+        # The receiver's delay-based detector saw overuse and reports ~85 % of what it
+        # received. Far below what is being sent, that is a real capacity drop: take it.
+        # Near it, a keyframe burst may have filled a queue for a moment: keep what is
+        # flowing (the allocator's layers fit it) but lose the headroom and probe later.
+        if self.probe is not None or now < self._guard_until or bps < self.sent_rate * 0.7:
             self._congested(max(bps, self.floor), now, "remb")
+        else:
+            self.last_congestion = now
+            self.history.append((now, "remb (soft)", bps))
+            self.estimate = max(self.floor, min(self.estimate, max(bps, self.sent_rate)))
 
     def on_loss(self, fraction: float, now: float) -> None:
         """Loss (0..1) from a receiver report of this subscriber."""
+        self._calm_reports = self._calm_reports + 1 if fraction <= self._loss_low else 0
         if fraction > self._loss_high:
+            self.last_loss = now
             base = self.sent_rate or self.estimate
             self._congested(int(base * (1 - 0.5 * fraction)), now, f"loss {fraction:.2f}")
         elif fraction > self._loss_low and self.probe is not None:
@@ -112,10 +141,21 @@ class BandwidthEstimator:
             return
         if now < self._guard_until:
             return
+        if now - self._last_probe_ok < self._upgrade_trial:
+            # The layer that the last probe let in did not fit after all: the probe was too
+            # short to fill the link's queue. Treat it as failed, so the next waits longer.
+            self.history.append((now, "upgrade failed", bps))
+            self._last_probe_ok = float("-inf")
+            self._probe_failed(now)
         self.estimate = max(self.floor, min(self.estimate, bps))
+        # Reports in the next moments still describe the rate before this cut: receiver
+        # reports cover the last second, and a lower layer only flows from its next
+        # keyframe on. Acting on them again would cut twice.
+        self._guard_until = now + self._cut_guard
 
     def _probe_failed(self, now: float) -> None:
         self.probes_failed += 1
+        self._streak = 0
         self._next_probe_at = now + self._backoff
         self._backoff = min(self._backoff * 2, self._backoff_max)
 
@@ -127,7 +167,15 @@ class BandwidthEstimator:
             return False
         if self.cap is not None and self.estimate >= self.cap:
             return False
+        # Never more than half again the estimate in one probe: a probe that overfills a
+        # weak link costs its queue (and audio) dearly; several smaller steps get there.
+        # After a probe that went through, the next may go twice as far: a link that has
+        # just opened up is climbed in a few steps.
+        step = self._probe_step * (4 / 3 if self._streak else 1)
+        goal = min(goal, int(self.value * step))
         if now < self._next_probe_at or now - self.last_congestion < self._quiet:
+            return False
+        if self._calm_reports < 2:  # the subscriber has confirmed the current rate
             return False
         self.probe = Probe(goal, now, now + self._probe_duration,
                            now + self._probe_duration + self._probe_settle)
@@ -147,6 +195,8 @@ class BandwidthEstimator:
         if probe is not None and now >= probe.settles:
             self.probe = None
             self.probes_ok += 1
+            self._last_probe_ok = now
+            self._streak += 1
             self._backoff = self._backoff_min
             self._next_probe_at = now
             self.estimate = min(self.ceiling, max(self.estimate, probe.goal))

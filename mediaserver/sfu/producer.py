@@ -101,6 +101,7 @@ class RecvStream:
         self.last_wire_bitrate = 0  # the last measurement while the layer was arriving
         self.fps = 0.0
         self.paused_upstream = False  # the publisher was asked to stop sending this layer
+        self.expected_until = 0.0  # ...or asked to resume it, and it is on its way
         self._window_start: float | None = None
         self._window_bytes = 0
         self._window_packets = 0
