@@ -164,10 +164,10 @@ async def resume_elsewhere(session: SignalSession, claims: Any, msg: dict[str, A
         if placement.node is not None:
             await _redirect(session, placement.node, request_id)
             return True
-        room = rooms.rooms.get(name)
     saved = await _saved(router, name)
     if saved is None or pid not in (saved.get("participants") or {}):
         raise RoomError("resume_failed", "nothing to resume: join again")
+    room = rooms.rooms.get(name)  # again: another resume may have rebuilt it meanwhile
     if room is None:
         room = rebuild_room(rooms, saved)
         router.adopted(room, saved)
