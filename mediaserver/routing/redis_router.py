@@ -135,6 +135,8 @@ class RedisRouter:
     async def start(self) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self._beat()  # registered before the first client arrives, if Redis is up
+            self._available = True
+            log.info("cluster: node %s registered at %s", self.node_id, self.url)
         self._task = asyncio.create_task(self._heartbeat())
 
     async def stop(self) -> None:
