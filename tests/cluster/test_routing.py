@@ -37,6 +37,14 @@ async def test_join_through_any_node_reaches_the_rooms_node_and_media_flows(clus
                          and frames_from(client, therapist, "video") >= 15,
                          timeout=60, message="video both ways")
 
+        # A dropped socket resumed through the entry node only: redirected, nothing moved.
+        await client.kill_socket()
+        client.node_url = None  # as a client that only knows the load balancer's URL
+        reply = await client.resume()
+        assert reply["type"] == "resumed" and "restored" not in reply, reply
+        assert client.redirects == [b.ws_url, b.ws_url] and client.node_url == b.ws_url
+        await media_flows(therapist, client, kind="audio")
+
         # The admin API answers about the room from every node (forwarded to b).
         status, room = await a.get("/v1/rooms/s1")
         assert status == 200, room
