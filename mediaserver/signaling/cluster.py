@@ -257,8 +257,13 @@ async def _list_everywhere(request: web.Request, handler: Any) -> web.StreamResp
     body = json.loads(bytes(local.body))  # type: ignore[arg-type]
     for room in body["rooms"]:
         room["node_id"] = router.node_id
-    unreachable = []
-    for node in await router.nodes():
+    unreachable: list[str] = []
+    try:
+        nodes = await router.nodes()
+    except RoutingError:
+        body["cluster_unavailable"] = True  # Redis is away: this node's rooms only
+        nodes = []
+    for node in nodes:
         if node.node_id == router.node_id:
             continue
         r = await _forward(request, node)

@@ -44,6 +44,9 @@ async def test_redis_outage_keeps_calls_refuses_new_rooms_and_recovers(tmp_path,
             assert (reply["type"], reply["code"]) == ("error", "cluster_unavailable"), reply
             assert "Redis" in reply["message"]
             await late.close()
+            status, listing = await a.get("/v1/rooms")  # what a knows by itself
+            assert status == 200 and listing["cluster_unavailable"] is True
+            assert [r["room"] for r in listing["rooms"]] == ["call"]
             # Someone already in the room still gets back in after a dropped socket.
             await c.kill_socket()
             resumed = await c.resume()
