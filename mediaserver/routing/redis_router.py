@@ -51,6 +51,16 @@ def default_node_id() -> str:
     return f"{host[:40] or 'node'}-{secrets.token_hex(3)}"
 
 
+def _no_maint() -> dict[str, Any]:
+    """redis-py >= 7 probes every new connection for Redis Enterprise's maintenance
+    notifications; that extra round trip is of no use here and delays reconnecting."""
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:
+        return {}
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
 class LoadSampler:
     """CPU share and forwarded bitrate between two heartbeats."""
 
@@ -98,7 +108,7 @@ class RedisRouter:
         self.resume_grace = config.rooms.resume_grace
         self.redis = client or aioredis.Redis.from_url(
             config.redis_url, decode_responses=True, socket_timeout=1.0,
-            socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 1))
+            socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 1), **_no_maint())
         self._place = self.redis.register_script(scripts.PLACE)
         self._renew = self.redis.register_script(scripts.RENEW)
         self._release = self.redis.register_script(scripts.RELEASE)
@@ -110,6 +120,7 @@ class RedisRouter:
         self._absent: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._conflicts: set[str] = set()  # rooms another node holds the lease of (logged)
         self._wake = asyncio.Event()
+        self._stopped = False
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -142,10 +153,20 @@ class RedisRouter:
     async def stop(self) -> None:
         """Leave the registry. Rooms closed for shutdown have released their leases already
         (room_closed) and kept their session state, so their clients can resume elsewhere."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Asked to finish rather than cancelled first: redis-py's own timeouts can turn a
+            # cancellation that lands inside a command into a TimeoutError, which the loop
+            # would take for an outage and carry on.
+            done, _ = await asyncio.wait([self._task], timeout=2.0)
+            if not done:
+                self._task.cancel()
+                done, _ = await asyncio.wait([self._task], timeout=2.0)
+                if not done:
+                    log.warning("cluster: heartbeat did not stop; leaving it behind")
         if self._pending:
             await asyncio.wait(self._pending, timeout=2.0)
         with contextlib.suppress(RedisError, OSError):
@@ -161,13 +182,16 @@ class RedisRouter:
 
     async def _heartbeat(self) -> None:
         backoff = 0.25
-        while True:
+        while not self._stopped:
             try:
                 await self._beat()
                 if not self._available:
                     log.info("cluster: node %s registered at %s", self.node_id, self.url)
                 self._available, backoff, delay = True, 0.25, self.interval
             except (RedisError, OSError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # not an outage: we are cancelled
                 if self._available:
                     log.warning("cluster: Redis unreachable (%s); running sessions continue, "
                                 "new rooms are refused until it is back", exc)
@@ -176,9 +200,12 @@ class RedisRouter:
             except Exception:
                 log.exception("cluster: heartbeat failed")
                 delay = self.interval
+            if self._stopped:
+                return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def _beat(self) -> None:
         """Register, extend (or re-assert) the leases of local rooms, save their state."""
