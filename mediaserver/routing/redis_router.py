@@ -40,6 +40,7 @@ from mediaserver.routing.keys import Keys
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
+MOVED = "room_moved"  # the reason given to participants of a copy that lost its lease
 BUSY_CPU = 0.9  # a node above this share of a core gets new rooms only if all are busy
 _UNAVAILABLE = ("cluster_unavailable",
                 "the cluster's coordination store (Redis) is unreachable: new sessions "
@@ -118,7 +119,6 @@ class RedisRouter:
         self._load = LoadSampler()
         # Participants of rooms moved here who have not resumed yet: room -> id -> record.
         self._absent: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
-        self._conflicts: set[str] = set()  # rooms another node holds the lease of (logged)
         self._wake = asyncio.Event()
         self._stopped = False
         self._task: asyncio.Task[None] | None = None
@@ -218,28 +218,34 @@ class RedisRouter:
         pipe.zremrangebyscore(k.nodes, 0, int(now * 1000) - 60_000)  # long dead, any node
         pipe.pexpire(k.nodes, 10 * self.lease_ms)
         for room in local:
-            await self._renew(keys=[k.owner(room.name)], args=[self.node_id, self.lease_ms],
-                        client=pipe)
+            saved = json.dumps(self._snapshot(room, now))
+            await self._renew(keys=[k.owner(room.name), k.session(room.name)],
+                              args=[self.node_id, self.lease_ms, saved, self.session_ms],
+                              client=pipe)
         if local:
             pipe.sadd(k.node_rooms(self.node_id), *[r.name for r in local])
         pipe.pexpire(k.node_rooms(self.node_id), self.lease_ms)
-        for room in local:
-            pipe.set(k.session(room.name), json.dumps(self._snapshot(room, now)),
-                     px=self.session_ms)
         results = await pipe.execute()
         for room, status in zip(local, results[4:4 + len(local)], strict=True):
             self._lease_status(room.name, int(status))
         await self._forget_strays({r.name for r in local})
 
     def _lease_status(self, name: str, status: int) -> None:
-        if status == 0 and name not in self._conflicts:
-            self._conflicts.add(name)
-            log.error("cluster: room %s is open here but another node holds its lease; "
-                      "leaving it to that node for new joins", name)
-        elif status != 0:
-            if status == 2:
-                log.info("cluster: re-asserted the lease of room %s", name)
-            self._conflicts.discard(name)
+        if status == 0:
+            # Our lease lapsed (a heartbeat stalled past lease_ttl) and another node took the
+            # room. Two copies must not live on: the lease holder keeps it, ours ends and its
+            # people resume there (``removed`` with reason ``room_moved``).
+            log.error("cluster: room %s is open here but another node holds its lease now; "
+                      "ending it here so that its participants resume there", name)
+            task = asyncio.get_running_loop().create_task(self._give_up(name))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        elif status == 2:
+            log.info("cluster: re-asserted the lease of room %s", name)
+
+    async def _give_up(self, name: str) -> None:
+        if name in self.rooms.rooms:
+            await self.rooms.end(name, MOVED)
 
     async def _forget_strays(self, local: set[str]) -> None:
         """Drop rooms from our set that were placed here but never opened (lease lapsed)."""
@@ -347,21 +353,16 @@ class RedisRouter:
         keep = reason == "server_shutdown"
         saved = self._snapshot(room, time.time()) if keep else None
         self._absent.pop(room.name, None)
-        self._conflicts.discard(room.name)
         task = asyncio.get_running_loop().create_task(self._released(room.name, saved))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def _released(self, name: str, saved: dict[str, Any] | None) -> None:
         k = self.keys
+        mode = ["keep", json.dumps(saved), self.session_ms] if saved is not None else ["drop"]
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            if saved is not None:
-                pipe.set(k.session(name), json.dumps(saved), px=self.session_ms)
             await self._release(keys=[k.owner(name), k.session(name), k.node_rooms(self.node_id)],
-                          args=[self.node_id, name, "0" if saved is not None else "1"],
-                          client=pipe)
-            await pipe.execute()
+                                args=[self.node_id, name, *mode])
         except (RedisError, OSError) as exc:
             log.warning("cluster: could not release room %s (%s); its lease lapses by itself",
                         name, exc)

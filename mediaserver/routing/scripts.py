@@ -27,22 +27,35 @@ if redis.call('PTTL', set) < tonumber(ARGV[1]) then redis.call('PEXPIRE', set, A
 return {best, 1}
 """
 
-# KEYS[1] room owner key. ARGV: node id, lease ms.
-# 1: extended; 2: it had lapsed (Redis restarted, or an outage outlived it) and is ours
-# again; 0: another node holds it.
+# KEYS[1] room owner key, KEYS[2] its session key. ARGV: node id, lease ms, session JSON,
+# session ms. 1: extended; 2: it had lapsed (Redis restarted, or an outage outlived it) and
+# is ours again; 0: another node holds it, and its session state is left alone.
 RENEW = """
 local owner = redis.call('GET', KEYS[1])
-if owner == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not owner then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
-return 0
+local status = 1
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif not owner then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  status = 2
+else
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+return status
 """
 
-# KEYS[1] owner key, KEYS[2] session key, KEYS[3] this node's room set.
-# ARGV: node id, room, "1" to drop the session state too. Only while the lease is ours.
+# KEYS[1] owner key, KEYS[2] session key, KEYS[3] this node's room set. ARGV: node id, room,
+# "keep" (a handoff: write the final session state, ARGV[4] JSON for ARGV[5] ms) or "drop"
+# (the room ended: delete it). Owner and state are touched only while the lease is ours.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[3] == 'keep' then
+    redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+  else
+    redis.call('DEL', KEYS[2])
+  end
   redis.call('DEL', KEYS[1])
-  if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
 end
 redis.call('SREM', KEYS[3], ARGV[2])
 return 1

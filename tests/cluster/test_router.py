@@ -130,3 +130,27 @@ async def test_saved_session_rebuilds_the_room_and_checks_identity_and_secret():
     assert back_host.state == "active"
     await source.close_all()
     await target.close_all()
+
+
+async def test_a_copy_that_lost_its_lease_ends_and_leaves_the_holders_state_alone():
+    async with routers("a") as (redis, prefix, (a,)):
+        told: list[dict] = []
+
+        async def send(msg):
+            told.append(msg)
+
+        assert (await a.place("split")).local
+        room = a.rooms.create("split", "group")
+        await room.join(_claims("t1", Role.HOST), send)
+        a.room_changed(room)
+        session_key = f"{prefix}:room:split:session"
+        await wait_until(lambda: redis.exists(session_key), message="state saved")
+        # a's heartbeat stalled past the lease and node c took the room meanwhile.
+        await redis.set(f"{prefix}:room:split:owner", "c", px=60_000)
+        await redis.set(session_key, '{"node": "c"}', px=60_000)
+        a.room_changed(room)  # the next heartbeat finds out
+        await wait_until(lambda: "split" not in a.rooms.rooms, message="a's copy ended")
+        assert {"type": "removed", "reason": "room_moved"} in told
+        await asyncio.gather(*a._pending)
+        assert await redis.get(f"{prefix}:room:split:owner") == "c"
+        assert await redis.get(session_key) == '{"node": "c"}'
