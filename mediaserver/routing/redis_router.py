@@ -145,8 +145,10 @@ class RedisRouter:
 
     async def start(self) -> None:
         with contextlib.suppress(RedisError, OSError):
+            metrics.CLUSTER_REDIS_UP.set(0)
             await self._beat()  # registered before the first client arrives, if Redis is up
             self._available = True
+            metrics.CLUSTER_REDIS_UP.set(1)
             log.info("cluster: node %s registered at %s", self.node_id, self.url)
         self._task = asyncio.create_task(self._heartbeat())
 
@@ -188,6 +190,7 @@ class RedisRouter:
                 if not self._available:
                     log.info("cluster: node %s registered at %s", self.node_id, self.url)
                 self._available, backoff, delay = True, 0.25, self.interval
+                metrics.CLUSTER_REDIS_UP.set(1)
             except (RedisError, OSError) as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -196,6 +199,7 @@ class RedisRouter:
                     log.warning("cluster: Redis unreachable (%s); running sessions continue, "
                                 "new rooms are refused until it is back", exc)
                 self._available = False
+                metrics.CLUSTER_REDIS_UP.set(0)
                 delay, backoff = backoff, min(backoff * 2, MAX_BACKOFF)
             except Exception:
                 log.exception("cluster: heartbeat failed")
@@ -232,6 +236,7 @@ class RedisRouter:
 
     def _lease_status(self, name: str, status: int) -> None:
         if status == 0:
+            metrics.CLUSTER_LEASE_CONFLICTS.inc()
             # Our lease lapsed (a heartbeat stalled past lease_ttl) and another node took the
             # room. Two copies must not live on: the lease holder keeps it, ours ends and its
             # people resume there (``removed`` with reason ``room_moved``).
@@ -341,6 +346,7 @@ class RedisRouter:
         until = time.time() + self.resume_grace + self.lease_ms / 1000
         people = saved.get("participants") or {}
         self._absent[room.name] = {pid: (until, rec) for pid, rec in people.items()}
+        metrics.CLUSTER_ROOMS_MOVED_IN.inc()
         log.info("cluster: room %s moved here from node %s (%d participants to resume)",
                  room.name, saved.get("node"), len(people))
         self._wake.set()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from mediaserver import metrics
 from mediaserver.config import Config
 from mediaserver.rooms import RoomError, RoomManager
 from mediaserver.routing import NodeInfo, Router, RoutingError, make_router
@@ -60,6 +61,7 @@ class NodeControl:
         log.info("drain: no new sessions; exit when the last participant left or after %ds",
                  self.config.cluster.drain_timeout)
         self.router.drain()
+        metrics.CLUSTER_DRAINING.set(1)
         self.drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
@@ -127,7 +129,9 @@ async def _saved(router: Router, room: str) -> dict[str, Any] | None:
         raise RoomError(exc.code, exc.message) from None
 
 
-async def _redirect(session: SignalSession, node: NodeInfo, request_id: Any) -> None:
+async def _redirect(session: SignalSession, node: NodeInfo, request_id: Any,
+                    message: str) -> None:
+    metrics.CLUSTER_REDIRECTS.labels(message=message).inc()
     await session.send(proto.reply("redirect", request_id, url=node.signal_url,
                                    node_id=node.node_id))
     session._schedule_close(1000, b"redirect")
@@ -140,7 +144,7 @@ async def redirect_join(session: SignalSession, room_name: str, request_id: Any)
         return False
     placement = await _placed(router, room_name)
     if placement.node is not None:
-        await _redirect(session, placement.node, request_id)
+        await _redirect(session, placement.node, request_id, "join")
         return True
     if router.clustered:
         saved = await _saved(router, room_name)
@@ -162,7 +166,7 @@ async def resume_elsewhere(session: SignalSession, claims: Any, msg: dict[str, A
     if room is None:
         placement = await _placed(router, name)
         if placement.node is not None:
-            await _redirect(session, placement.node, request_id)
+            await _redirect(session, placement.node, request_id, "resume")
             return True
     saved = await _saved(router, name)
     if saved is None or pid not in (saved.get("participants") or {}):

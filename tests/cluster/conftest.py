@@ -88,6 +88,15 @@ class Node:
                 http.request(method, self.url + path, headers=ADMIN, **kw) as r:
             return r.status, await r.json(content_type=None)
 
+    async def metric(self, line_start: str) -> float:
+        """The value of the first /metrics sample line starting with ``line_start``."""
+        async with aiohttp.ClientSession() as http, http.get(self.url + "/metrics") as r:
+            text = await r.text()
+        for line in text.splitlines():
+            if line.startswith(line_start):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"no sample {line_start!r}")
+
     async def local_rooms(self) -> list[str]:
         status, body = await self.get("/v1/node")
         assert status == 200, body

@@ -85,6 +85,8 @@ async def test_killed_node_rooms_move_and_resume_while_other_rooms_carry_on(clus
         print(f"\nfailover (lease {LEASE_TTL} s): kill -> resumed {resumed_at - killed_at:.2f} s,"
               f" kill -> media flowing again {flowing_at - killed_at:.2f} s")
 
+        owner_node = cluster.nodes[new_owner]
+        assert await owner_node.metric("mediaserver_cluster_rooms_moved_in_total") == 1
         # Same people, same ids: they see each other again.
         await wait_until(lambda: any(e.get("type") == "participant_joined" for e in t1.events
                                      if e.get("participant", {}).get("participant_id")

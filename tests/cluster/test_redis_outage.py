@@ -39,6 +39,7 @@ async def test_redis_outage_keeps_calls_refuses_new_rooms_and_recovers(tmp_path,
             for node in (a, b):
                 await wait_until(lambda n=node: _available(n, False), timeout=10,
                                  message=f"{node.name} notices the outage")
+            assert await a.metric("mediaserver_cluster_redis_up") == 0
             await media_flows(t, c)  # the call goes on
             reply = await late.connect()  # a new room cannot be placed safely
             assert (reply["type"], reply["code"]) == ("error", "cluster_unavailable"), reply
@@ -57,6 +58,7 @@ async def test_redis_outage_keeps_calls_refuses_new_rooms_and_recovers(tmp_path,
             for node in (a, b):
                 await wait_until(lambda n=node: _available(n, True), timeout=20,
                                  message=f"{node.name} back on Redis")
+            assert await a.metric("mediaserver_cluster_redis_up") == 1
             # a registered again and re-asserted its room's lease and session state.
             await wait_until(lambda: cluster.owner("call"), message="call's lease re-asserted")
             assert await cluster.owner("call") == "a"

@@ -27,6 +27,7 @@ async def test_join_through_any_node_reaches_the_rooms_node_and_media_flows(clus
         assert (await client.connect())["type"] == "joined"
         assert therapist.redirects == [b.ws_url] and client.redirects == [b.ws_url]
         assert therapist.node_url == client.node_url == b.ws_url
+        assert await a.metric('mediaserver_cluster_redirects_total{message="join"}') == 1
         print(f"\njoin with one redirect: therapist {therapist.join_seconds * 1000:.0f} ms, "
               f"client {client.join_seconds * 1000:.0f} ms")
 
