@@ -62,6 +62,26 @@ def _no_maint() -> dict[str, Any]:
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
+def _json_or_none(raw: Any, what: str) -> Any:
+    """Parsed JSON, or None (logged) for a value another version or a person wrote badly."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        log.warning("cluster: ignoring unreadable %s in Redis", what)
+        return None
+
+
+def _node_or_none(raw: Any) -> NodeInfo | None:
+    data = _json_or_none(raw, "node entry")
+    try:
+        return NodeInfo.from_json(data) if isinstance(data, dict) else None
+    except (KeyError, TypeError, ValueError):
+        log.warning("cluster: ignoring unreadable node entry in Redis")
+        return None
+
+
 class LoadSampler:
     """CPU share and forwarded bitrate between two heartbeats."""
 
@@ -279,7 +299,7 @@ class RedisRouter:
             raw = await self.redis.mget([self.keys.node(str(i)) for i in ids]) if ids else []
         except (RedisError, OSError):
             raise RoutingError(*_UNAVAILABLE) from None
-        found = [NodeInfo.from_json(json.loads(r)) for r in raw if r]
+        found = [node for node in map(_node_or_none, raw) if node is not None]
         if not any(n.node_id == self.node_id for n in found):
             found.append(self.info())  # registered moments from now
         return found
@@ -328,7 +348,7 @@ class RedisRouter:
             raw = await self.redis.get(self.keys.node(str(owner)))
         except (RedisError, OSError):
             raise RoutingError(*_UNAVAILABLE) from None
-        return NodeInfo.from_json(json.loads(raw)) if raw else None
+        return _node_or_none(raw)
 
     # -- session state ------------------------------------------------------------------
 
@@ -340,7 +360,7 @@ class RedisRouter:
             raw = await self.redis.get(self.keys.session(room))
         except (RedisError, OSError):
             raise RoutingError(*_UNAVAILABLE) from None
-        return json.loads(raw) if raw else None
+        return _json_or_none(raw, f"saved state of room {room}")
 
     def adopted(self, room: Room, saved: dict[str, Any]) -> None:
         until = time.time() + self.resume_grace + self.lease_ms / 1000

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from mediaserver.rooms import RoomError, RoomManager
-from mediaserver.routing import RoutingError
+from mediaserver.routing import NodeInfo, RoutingError
 from mediaserver.routing.redis_router import RedisRouter
 from mediaserver.routing.session import readmit, rebuild_room, snapshot
 from mediaserver.sfu.aiortc_adapter import CandidatePolicy
@@ -154,3 +154,20 @@ async def test_a_copy_that_lost_its_lease_ends_and_leaves_the_holders_state_alon
         await asyncio.gather(*a._pending)
         assert await redis.get(f"{prefix}:room:split:owner") == "c"
         assert await redis.get(session_key) == '{"node": "c"}'
+
+
+def test_node_urls_become_signalling_urls():
+    assert NodeInfo("n", "http://10.0.0.5:7880").signal_url == "ws://10.0.0.5:7880/v1/signal"
+    assert NodeInfo("n", "https://sfu.example.org").signal_url == (
+        "wss://sfu.example.org/v1/signal")
+    info = NodeInfo("n", "http://h:1", capacity=5, draining=True, cpu=0.25, rooms=2)
+    assert NodeInfo.from_json(info.to_json()) == info
+
+
+async def test_unreadable_registry_entries_are_skipped():
+    async with routers("a") as (redis, prefix, (a,)):
+        await redis.set(f"{prefix}:node:junk", "{not json", px=60_000)
+        await redis.zadd(f"{prefix}:nodes", {"junk": 2**42})
+        await redis.set(f"{prefix}:room:bad:session", "[", px=60_000)
+        assert [n.node_id for n in await a.nodes()] == ["a"]
+        assert await a.saved_room("bad") is None
