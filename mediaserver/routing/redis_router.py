@@ -244,7 +244,8 @@ class RedisRouter:
         for room in local:
             saved = json.dumps(self._snapshot(room, now))
             await self._renew(keys=[k.owner(room.name), k.session(room.name)],
-                              args=[self.node_id, self.lease_ms, saved, self.session_ms],
+                              args=[self.node_id, self.lease_ms, saved,
+                                    self._keep_ms(room, now)],
                               client=pipe)
         if local:
             pipe.sadd(k.node_rooms(self.node_id), *[r.name for r in local])
@@ -282,6 +283,19 @@ class RedisRouter:
         gone = [r for r, o in zip(strays, owners, strict=True) if o != self.node_id]
         if gone:
             await self.redis.srem(self.keys.node_rooms(self.node_id), *gone)
+
+    def _keep_ms(self, room: Room | dict[str, Any], now: float) -> int:
+        """How long a room's saved state lives. A room created ahead through the admin API
+        keeps its options until its time limit, even if its node goes away before anyone
+        joined; other rooms only need their clients to have time to come back."""
+        if isinstance(room, Room):
+            persistent, ends = room.persistent, room.created_at + room.max_duration
+        else:
+            persistent = bool(room.get("persistent"))
+            ends = float(room.get("created_at", now)) + float(room.get("max_duration", 0))
+        if not persistent:
+            return self.session_ms
+        return max(self.session_ms, int((ends - now) * 1000))
 
     def _snapshot(self, room: Room, now: float) -> dict[str, Any]:
         absent = self._absent.get(room.name, {})
@@ -385,7 +399,8 @@ class RedisRouter:
 
     async def _released(self, name: str, saved: dict[str, Any] | None) -> None:
         k = self.keys
-        mode = ["keep", json.dumps(saved), self.session_ms] if saved is not None else ["drop"]
+        mode = (["keep", json.dumps(saved), self._keep_ms(saved, time.time())]
+                if saved is not None else ["drop"])
         try:
             await self._release(keys=[k.owner(name), k.session(name), k.node_rooms(self.node_id)],
                                 args=[self.node_id, name, *mode])

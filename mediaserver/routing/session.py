@@ -40,7 +40,8 @@ def snapshot(room: Room, node_id: str, absent: dict[str, dict[str, Any]] | None 
     return {"v": VERSION, "node": node_id, "room": room.name, "kind": room.kind,
             "max_participants": room.max_participants, "options": room.options,
             "locked": room.locked, "persistent": room.persistent,
-            "created_at": room.created_at, "banned": sorted(room.banned_tokens),
+            "created_at": room.created_at, "max_duration": room.max_duration,
+            "banned": sorted(room.banned_tokens),
             "participants": people}
 
 

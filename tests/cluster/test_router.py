@@ -171,3 +171,18 @@ async def test_unreadable_registry_entries_are_skipped():
         await redis.set(f"{prefix}:room:bad:session", "[", px=60_000)
         assert [n.node_id for n in await a.nodes()] == ["a"]
         assert await a.saved_room("bad") is None
+
+
+async def test_a_room_created_ahead_keeps_its_saved_state_until_its_time_limit():
+    async with routers("a") as (redis, prefix, (a,)):
+        assert (await a.place("booked")).local
+        room = a.rooms.create("booked", "one_to_one", None, {"waiting_room": True})
+        room.mark_persistent()
+        a.room_changed(room)
+        key = f"{prefix}:room:booked:session"
+        await wait_until(lambda: redis.exists(key), message="state saved")
+        assert await redis.pttl(key) > 3600_000  # 4 h limit, not a resume grace
+        await a.rooms.end("booked", "server_shutdown")  # a handoff: the state stays
+        await asyncio.gather(*a._pending)
+        assert await redis.pttl(key) > 3600_000
+        assert not await redis.exists(f"{prefix}:room:booked:owner")
