@@ -27,6 +27,9 @@ from loadtest.media import body_color, read_frame_number
 from mediaserver.sfu import aiortc_adapter
 
 LOOPBACK = aiortc_adapter.CandidatePolicy(addresses=("127.0.0.1",))
+MAX_REDIRECTS = 3
+RETRYABLE = ("room_unavailable", "cluster_unavailable")  # the room is moving: retry
+RETRY_INTERVAL = 0.25
 
 
 def _config() -> RTCConfiguration:
@@ -83,18 +86,47 @@ class SignalClient:
         self._reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._offer_lock = asyncio.Lock()
+        self.node_url: str | None = None  # the node this client is connected to
+        self.redirects: list[str] = []  # signalling URLs it was sent to, in order
+        self.join_seconds: float | None = None  # connect() to its reply, redirects included
 
     # -- signalling ----------------------------------------------------------------------
 
     async def connect(self, **join_fields: Any) -> dict[str, Any]:
+        """Join; a ``redirect`` reply (the room lives on another node) is followed."""
         self.session = aiohttp.ClientSession()
-        self.ws = await self.session.ws_connect(self.url, heartbeat=15)
-        self._reader = asyncio.create_task(self._read())
-        reply = await self.request({"type": "join", "token": self.token, **join_fields})
+        started = time.monotonic()
+        reply = await self._enter({"type": "join", "token": self.token, **join_fields},
+                                  self.url)
+        self.join_seconds = time.monotonic() - started
         if reply["type"] == "joined":
             self.joined = reply
             self.participant_id = reply["participant_id"]
         return reply
+
+    async def _open(self, url: str) -> None:
+        assert self.session is not None
+        self.ws = await self.session.ws_connect(url, heartbeat=15)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _close_socket(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self.ws is not None and not self.ws.closed:
+            await self.ws.close()
+
+    async def _enter(self, msg: dict[str, Any], url: str) -> dict[str, Any]:
+        """Send ``join``/``resume`` on a new socket to ``url``, following redirects."""
+        for _ in range(MAX_REDIRECTS + 1):
+            await self._open(url)
+            reply = await self.request(msg)
+            if reply.get("type") != "redirect":
+                self.node_url = url
+                return reply
+            self.redirects.append(reply["url"])
+            url = reply["url"]
+            await self._close_socket()
+        raise RuntimeError(f"more than {MAX_REDIRECTS} redirects")
 
     async def kill_socket(self) -> None:
         """Drop the signalling connection without a leave, as a network change would."""
@@ -107,14 +139,44 @@ class SignalClient:
             transport.abort()  # a reset, not a polite close
         await self.ws.close()
 
-    async def resume(self) -> dict[str, Any]:
-        """Come back on a new socket as the same participant."""
+    async def resume(self, retry_for: float = 0.0) -> dict[str, Any]:
+        """Come back on a new socket as the same participant.
+
+        Tries the node it was on, then the URL it started from (a load balancer, any node),
+        following redirects. While the room is moving to another node (``room_unavailable``,
+        or the old node refuses connections) it retries for up to ``retry_for`` seconds.
+        A ``resumed`` reply with ``restored: true`` means the room moved: the media
+        connections are gone (forgotten here already) and the caller publishes again.
+        """
         assert self.session is not None and self.joined is not None
-        self.ws = await self.session.ws_connect(self.url, heartbeat=15)
-        self._reader = asyncio.create_task(self._read())
-        return await self.request({"type": "resume", "token": self.token,
-                                   "participant_id": self.participant_id,
-                                   "resume_token": self.joined["resume_token"]})
+        msg = {"type": "resume", "token": self.token, "participant_id": self.participant_id,
+               "resume_token": self.joined["resume_token"]}
+        deadline = time.monotonic() + retry_for
+        urls = list(dict.fromkeys([self.node_url or self.url, self.url]))
+        while True:
+            reply: dict[str, Any] | None = None
+            for url in urls:
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    reply = await self._enter(msg, url)
+                    if reply.get("code") not in RETRYABLE:
+                        return reply
+                    await self._close_socket()
+            if time.monotonic() >= deadline:
+                if reply is None:
+                    raise ConnectionError("no node accepted the connection")
+                return reply
+            await asyncio.sleep(RETRY_INTERVAL)
+
+    def _forget_media(self) -> None:
+        """The room moved to another node: the old connections lead nowhere."""
+        for task in list(self._tasks):
+            task.cancel()
+        for pc in (self.publisher, self.subscriber):
+            if pc is not None:
+                self._spawn(pc.close())
+        self.publisher = self.subscriber = None
+        self.received.clear()
+        self.published = []
 
     async def send(self, msg: dict[str, Any]) -> None:
         assert self.ws is not None
@@ -141,6 +203,8 @@ class SignalClient:
                 continue
             data = json.loads(msg.data)
             self.events.append(data)
+            if data.get("type") == "resumed" and data.get("restored"):
+                self._forget_media()  # before any offer from the new node is handled
             waiter = self._waiters.get(data.get("id"))
             if waiter is not None and not waiter.done():
                 waiter.set_result(data)

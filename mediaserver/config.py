@@ -122,6 +122,23 @@ class RecordingConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """How this node takes part in a cluster; used only when ``redis_url`` is set.
+
+    ``node_url`` is where clients and the other nodes reach this node (its signalling URL is
+    derived from it); ``lease_ttl`` bounds how long a dead node's rooms stay unreachable.
+    docs/cluster.md describes the Redis keys these settings shape.
+    """
+
+    prefix: str = "mediaserver"  # every Redis key starts with "<prefix>:"
+    node_id: str | None = None  # None: "<hostname>-<random>" chosen at start
+    node_url: str | None = None  # None: http://<host>:<port>, when host is not a wildcard
+    capacity: int = 100  # rooms this node hosts at most
+    lease_ttl: int = 10  # seconds a heartbeat (and a room lease) stays valid
+    drain_timeout: int = 900  # seconds a draining node waits for its sessions to finish
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole server configuration, immutable once loaded."""
 
@@ -141,6 +158,7 @@ class Config:
     rooms: RoomConfig = field(default_factory=RoomConfig)
     signal_idle_timeout: int = 60  # close a signalling socket silent this long
     recording: RecordingConfig = field(default_factory=RecordingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         # frozen=True stops rebinding the field, not mutating the dict behind it.
@@ -176,6 +194,7 @@ class Config:
             "recording": {"directory": self.recording.directory,
                           "keys": "***" if self.recording.keys else None,
                           "retention_days": self.recording.retention_days},
+            "cluster": asdict(self.cluster),
         }
 
 
@@ -365,7 +384,8 @@ _SETTINGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("max_message_bytes", "--max-message-bytes", "MAX_MESSAGE_BYTES", {"metavar": "BYTES"}),
     ("group_max_participants", "--group-max-participants", "GROUP_MAX_PARTICIPANTS",
      {"metavar": "N"}),
-    ("redis_url", "--redis-url", "REDIS_URL", {"metavar": "URL", "help": "not used yet"}),
+    ("redis_url", "--redis-url", "REDIS_URL", {"metavar": "URL",
+                                               "help": "Redis for a multi-node cluster"}),
     ("use_uvloop", "--no-uvloop", "USE_UVLOOP", {"dest": "use_uvloop", "action": "store_false",
                                                  "help": "use the stock asyncio event loop"}),
     ("token_audience", None, "TOKEN_AUDIENCE", {}),
@@ -380,6 +400,13 @@ _SETTINGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("recording.keys", None, "RECORDING_KEYS", {}),
     ("recording.retention_days", "--recording-retention-days", "RECORDING_RETENTION_DAYS",
      {"metavar": "DAYS"}),
+    ("cluster.prefix", "--cluster-prefix", "CLUSTER_PREFIX", {"metavar": "PREFIX"}),
+    ("cluster.node_id", "--node-id", "NODE_ID", {"metavar": "ID"}),
+    ("cluster.node_url", "--node-url", "NODE_URL", {"metavar": "URL",
+                                                    "help": "this node's public http(s) URL"}),
+    ("cluster.capacity", "--node-capacity", "NODE_CAPACITY", {"metavar": "ROOMS"}),
+    ("cluster.lease_ttl", "--lease-ttl", "LEASE_TTL", {"metavar": "SECONDS"}),
+    ("cluster.drain_timeout", "--drain-timeout", "DRAIN_TIMEOUT", {"metavar": "SECONDS"}),
 )  # fmt: skip
 ENV_VARS = {"MEDIASERVER_" + env: name for name, _, env, _ in _SETTINGS}  # variable -> setting
 _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typed)
@@ -389,12 +416,13 @@ _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typ
 }
 _FILE_KEYS = {  # TOML table -> keys allowed in it ("" is the top level)
     "": {name for name, *_ in _SETTINGS if "." not in name}
-    | {"media", "turn_rest", "rooms", "recording"},
+    | {"media", "turn_rest", "rooms", "recording", "cluster"},
     "rooms": {"empty_timeout", "max_duration", "resume_grace", "report_retention"},
     "recording": {"directory", "keys", "retention_days"},
     "media": {"bind_host", "port_min", "port_max", "announced_ip", "allow_loopback",
               "adaptation"},
     "turn_rest": {"urls", "shared_secret", "ttl_seconds"},
+    "cluster": {"prefix", "node_id", "node_url", "capacity", "lease_ttl", "drain_timeout"},
 }
 
 
@@ -454,6 +482,35 @@ def _keys_spec(raw: Any) -> str:
     return raw
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _name(raw: Any) -> str:
+    if not isinstance(raw, str) or not _NAME_RE.fullmatch(raw):
+        raise _Bad("must be 1-64 characters of A-Z a-z 0-9 _ . -")
+    return raw
+
+
+def _http_url(raw: Any) -> str:
+    parts = urlsplit(raw) if isinstance(raw, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Bad("must be an http:// or https:// URL with a host")
+    return raw.rstrip("/")
+
+
+def _cluster(host: str, port: int, prefix: str, node_id: str | None, node_url: str | None,
+             capacity: int, lease_ttl: int, drain_timeout: int, clustered: bool
+             ) -> ClusterConfig:
+    if clustered and node_url is None:
+        if host in ("0.0.0.0", "::", ""):
+            raise ConfigError("cluster.node_url: required with redis_url when host is a "
+                              "wildcard address (MEDIASERVER_NODE_URL=http://10.0.0.5:7880): "
+                              "the other nodes send clients there")
+        node_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return ClusterConfig(prefix=prefix, node_id=node_id, node_url=node_url, capacity=capacity,
+                         lease_ttl=lease_ttl, drain_timeout=drain_timeout)
+
+
 def _recording(directory: str | None, keys: str | None, retention_days: int) -> RecordingConfig:
     if directory and not keys:
         raise ConfigError("recording.keys: required when recording.directory is set "
@@ -490,7 +547,7 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
                     raise ConfigError(f"{name}:{shown} {bad.reason} (from {origin})") from None
         return default
 
-    d, dm, dr = Config(), MediaConfig(), RoomConfig()
+    d, dm, dr, dc = Config(), MediaConfig(), RoomConfig(), ClusterConfig()
     dev = get("dev", _bool, False)
     lo, hi = get("media.port_range", _port_range, (dm.port_min, dm.port_max))
     media = MediaConfig(
@@ -518,9 +575,20 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
             shared_secret=get("turn_rest.shared_secret", _secret, ""),
             ttl_seconds=get("turn_rest.ttl_seconds", _int(60, 7 * 86400), 86400),
         )
+    host, port = get("host", _word, d.host), get("port", _int(1, 65535), d.port)
+    redis_url = get("redis_url", _redis_url, None)
+    cluster = _cluster(
+        host, port,
+        prefix=get("cluster.prefix", _name, dc.prefix),
+        node_id=get("cluster.node_id", _name, None),
+        node_url=get("cluster.node_url", _http_url, None),
+        capacity=get("cluster.capacity", _int(1, 100000), dc.capacity),
+        lease_ttl=get("cluster.lease_ttl", _int(2, 300), dc.lease_ttl),
+        drain_timeout=get("cluster.drain_timeout", _int(0, 86400), dc.drain_timeout),
+        clustered=redis_url is not None)
     return Config(
-        host=get("host", _word, d.host),
-        port=get("port", _int(1, 65535), d.port),
+        host=host,
+        port=port,
         api_keys=api_keys,
         dev=dev,
         media=media,
@@ -529,7 +597,7 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
         log_level=get("log_level", _log_level, d.log_level),
         max_message_bytes=get("max_message_bytes", _int(1024, 16 << 20), d.max_message_bytes),
         group_max_participants=get("group_max_participants", _int(2, 100), 16),
-        redis_url=get("redis_url", _redis_url, None),
+        redis_url=redis_url,
         use_uvloop=get("use_uvloop", _bool, d.use_uvloop),
         token_audience=get("token_audience", _word, d.token_audience),
         rooms=RoomConfig(
@@ -543,6 +611,7 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
         recording=_recording(get("recording.directory", _path, None),
                              get("recording.keys", _keys_spec, None),
                              get("recording.retention_days", _int(0, 36500), 0)),
+        cluster=cluster,
     )
 
 

@@ -204,6 +204,28 @@ EVENT_LOOP_LAG_DISTRIBUTION = Histogram(
 )
 BUILD_INFO = Info("mediaserver", "Version of the running server", registry=REGISTRY)
 
+# -- cluster (docs/cluster.md) -----------------------------------------------------------
+
+CLUSTER_REDIS_UP = Gauge(
+    "mediaserver_cluster_redis_up", "1 while Redis answers (always 1 on a single node)",
+    registry=REGISTRY,
+)
+CLUSTER_DRAINING = Gauge(
+    "mediaserver_cluster_draining", "1 once this node drains", registry=REGISTRY
+)
+CLUSTER_REDIRECTS = Counter(
+    "mediaserver_cluster_redirects_total", "join/resume answered with a redirect to another node",
+    ["message"], registry=REGISTRY,
+)
+CLUSTER_ROOMS_MOVED_IN = Counter(
+    "mediaserver_cluster_rooms_moved_in_total",
+    "Rooms rebuilt here from the saved state of a node that went away", registry=REGISTRY,
+)
+CLUSTER_LEASE_CONFLICTS = Counter(
+    "mediaserver_cluster_lease_conflicts_total",
+    "Rooms ended here because another node held their lease (room_moved)", registry=REGISTRY,
+)
+
 
 def _version() -> str:
     try:
@@ -221,6 +243,9 @@ for _kind in KINDS:
         BYTES.labels(direction=_dir, kind=_kind)
 for _room_kind in ROOM_KINDS:
     ROOMS.labels(kind=_room_kind)
+CLUSTER_REDIS_UP.set(1)
+for _message in ("join", "resume"):
+    CLUSTER_REDIRECTS.labels(message=_message)
 for _role in ROLES:
     PARTICIPANTS.labels(role=_role)
 for _dir in ("in", "out"):

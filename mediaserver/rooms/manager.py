@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mediaserver import metrics
@@ -30,6 +31,8 @@ class RoomManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Quality reports of ended sessions: room name -> (ended at, report).
         self.ended_reports: dict[str, tuple[float, dict[str, Any]]] = {}
+        # Told as a room starts closing (participants still in): the router releases it.
+        self.on_closed: Callable[[Room, str], None] | None = None
 
     def limit_for(self, kind: str) -> int:
         return KIND_LIMITS.get(kind, self.group_max)
@@ -77,6 +80,8 @@ class RoomManager:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             metrics.ROOMS.labels(kind=room.kind).dec()
+            if self.on_closed is not None:
+                self.on_closed(room, reason)
         await room.close(reason)
         if self.limits.report_retention > 0:
             report = room.report()

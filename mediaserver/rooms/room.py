@@ -182,6 +182,26 @@ class Room:
                         role=claims.role.value, claims=claims, send=send,
                         joined_at=time.time(), state=WAITING if waiting else ACTIVE,
                         auto_subscribe=auto_subscribe)
+        return self._add(p)
+
+    def adopt(self, claims: Claims, participant_id: str, resume_secret: str, waiting: bool,
+              joined_at: float, send: SendFn) -> Participant:
+        """Take in a participant whose room was moved here from a node that went away.
+
+        Same id, resume secret and admission as before; no media yet (the client publishes
+        and subscribes again). The caller has checked the identity and the secret.
+        """
+        if self.closed:
+            raise RoomError("room_closed", "the session has ended")
+        old = self.participants.get(participant_id)
+        if old is not None:
+            return old
+        p = Participant(id=participant_id, identity=claims.identity, name=claims.name,
+                        role=claims.role.value, claims=claims, send=send, joined_at=joined_at,
+                        state=WAITING if waiting else ACTIVE, resume_secret=resume_secret)
+        return self._add(p)
+
+    def _add(self, p: Participant) -> Participant:
         self.participants[p.id] = p
         self._identities[p.id] = p.identity
         self.quality[p.id] = ParticipantQuality(p.id)

@@ -25,7 +25,7 @@ from mediaserver.recording.keys import load_keks
 from mediaserver.rooms import Participant, Room, RoomError, RoomManager
 from mediaserver.rooms.recording import RecordingSettings
 from mediaserver.sfu import aiortc_adapter
-from mediaserver.signaling import admin
+from mediaserver.signaling import admin, cluster
 from mediaserver.signaling import protocol as proto
 from mediaserver.tokens import Claims, TokenError, verify_token
 
@@ -67,6 +67,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/v1/signal", signal_handler)
     admin.add_routes(app, CONFIG_KEY, ROOMS_KEY)
+    cluster.setup(app, config, app[ROOMS_KEY])  # routing: local, or Redis with redis_url
     app.on_shutdown.append(_on_shutdown)
     if config.recording.enabled and config.recording.retention_days:
         app.cleanup_ctx.append(_retention_ctx)
@@ -109,7 +110,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[STATE_KEY]["ready"]:
+    if request.app[STATE_KEY]["ready"] and not cluster.router_of(request.app).draining:
         return web.json_response({"status": "ready"})
     return web.json_response({"status": "not ready"}, status=503)
 
@@ -262,9 +263,12 @@ class SignalSession:
         started = time.monotonic()
         claims = self._claims(msg)
         assert claims.room is not None
+        if await cluster.redirect_join(self, claims.room, request_id):
+            return  # the room lives on another node: the client reconnects there
         room = self.rooms.get_or_create(claims.room, claims.kind.value if claims.kind else None)
         p = await room.join(claims, self.send, auto_subscribe=msg.get("auto_subscribe", True))
         self._attach(room, p)
+        cluster.router_of(self.app).room_changed(room)
         ice = [s.to_json() for s in self.config.ice_servers_for(claims.identity, time.time())]
         await self.send(proto.reply("joined", request_id, protocol=proto.PROTOCOL_VERSION,
                                     ice_servers=ice, **room.joined_reply(p)))
@@ -274,6 +278,8 @@ class SignalSession:
     async def resume(self, msg: dict[str, Any], request_id: Any) -> None:
         claims = self._claims(msg)
         assert claims.room is not None
+        if await cluster.resume_elsewhere(self, claims, msg, request_id):
+            return  # redirected, or seated again in a room moved here from a lost node
         room = self.rooms.rooms.get(claims.room)
         if room is None:
             raise RoomError("resume_failed", "nothing to resume: join again")
@@ -479,6 +485,9 @@ def run_server(config: Config) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        control = app[cluster.CONTROL_KEY]
+        control.stop = stop.set  # a drain ends the process when its sessions are done
+        loop.add_signal_handler(signal.SIGUSR1, control.drain)
         await stop.wait()
         log.info("shutting down")
         await runner.cleanup()

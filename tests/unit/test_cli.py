@@ -165,7 +165,8 @@ def test_config_show_redacts_secrets(
         json.dumps([{"urls": "turn:x.example", "username": "u", "credential": "ice-credential"}]),
     )
     code, out, err = run(
-        capsys, "config", "show", "--port", "9000", "--redis-url", "redis://:redis-pw@r:6379"
+        capsys, "config", "show", "--port", "9000", "--redis-url", "redis://:redis-pw@r:6379",
+        "--node-url", "http://10.0.0.5:9000",  # a cluster needs it with the wildcard host
     )
     assert (code, err) == (0, "")
     for secret in ("app-api-secret", "turn-shared-secret", "ice-credential", "redis-pw"):
@@ -176,6 +177,7 @@ def test_config_show_redacts_secrets(
     assert shown["turn_rest"]["shared_secret"] == "***"
     assert shown["ice_servers"][0]["credential"] == "***"
     assert shown["media"]["allow_loopback"] is False
+    assert shown["cluster"]["node_url"] == "http://10.0.0.5:9000"
 
 
 def test_serve_builds_config_and_runs_server(

@@ -15,6 +15,7 @@ import pytest
 from mediaserver.config import (
     DEV_API_KEY,
     DEV_API_SECRET,
+    ClusterConfig,
     Config,
     ConfigError,
     IceServer,
@@ -375,6 +376,7 @@ def test_toml_file_parsing(tmp_path: Path) -> None:
         redis_url="redis://:pw@redis:6379/1",
         use_uvloop=False,
         token_audience="therapy-sfu",
+        cluster=ClusterConfig(node_url="http://127.0.0.1:8443"),
     )
 
 
@@ -451,3 +453,63 @@ def test_config_is_immutable() -> None:
         config.port = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         config.api_keys["x"] = "y"  # type: ignore[index]
+
+
+def test_cluster_defaults_leave_a_single_node_alone() -> None:
+    config = build_config({}, KEYS_ENV, None)
+    assert config.redis_url is None
+    assert config.cluster == ClusterConfig()  # no node URL needed without Redis
+
+
+def test_cluster_settings_from_each_source(tmp_path: Path) -> None:
+    env = {**KEYS_ENV, "MEDIASERVER_REDIS_URL": "redis://127.0.0.1:6379/0",
+           "MEDIASERVER_CLUSTER_PREFIX": "prod-eu", "MEDIASERVER_NODE_ID": "node-a",
+           "MEDIASERVER_NODE_URL": "https://a.example:7880/", "MEDIASERVER_NODE_CAPACITY": "40",
+           "MEDIASERVER_LEASE_TTL": "6", "MEDIASERVER_DRAIN_TIMEOUT": "120"}
+    assert build_config({}, env, None).cluster == ClusterConfig(
+        prefix="prod-eu", node_id="node-a", node_url="https://a.example:7880", capacity=40,
+        lease_ttl=6, drain_timeout=120)
+    flags = flags_of("--cluster-prefix", "t1", "--node-id", "n1",
+                     "--node-url", "http://127.0.0.1:9001", "--node-capacity", "3",
+                     "--lease-ttl", "3", "--drain-timeout", "0")
+    assert build_config(flags, env, None).cluster == ClusterConfig(
+        prefix="t1", node_id="n1", node_url="http://127.0.0.1:9001", capacity=3, lease_ttl=3,
+        drain_timeout=0)
+    path = write_toml(tmp_path, 'redis_url = "redis://r:6379"\n[cluster]\nprefix = "f"\n'
+                      'node_url = "http://10.0.0.5:7880"\nlease_ttl = 30\n')
+    cluster = build_config({}, KEYS_ENV, path).cluster
+    assert (cluster.prefix, cluster.node_url, cluster.lease_ttl) == (
+        "f", "http://10.0.0.5:7880", 30)
+    assert build_config({}, KEYS_ENV, path).redacted()["cluster"]["prefix"] == "f"
+
+
+def test_cluster_node_url_derived_from_a_specific_host() -> None:
+    env = {**KEYS_ENV, "MEDIASERVER_REDIS_URL": "redis://r", "MEDIASERVER_HOST": "10.0.0.7",
+           "MEDIASERVER_PORT": "7990"}
+    assert build_config({}, env, None).cluster.node_url == "http://10.0.0.7:7990"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MEDIASERVER_REDIS_URL": "redis://r"},
+         "cluster.node_url: required with redis_url when host is a wildcard address"),
+        ({"MEDIASERVER_CLUSTER_PREFIX": "a b"},
+         "cluster.prefix: 'a b' must be 1-64 characters of A-Z a-z 0-9 _ . -"),
+        ({"MEDIASERVER_NODE_ID": "n/1"}, "cluster.node_id: 'n/1' must be 1-64 characters"),
+        ({"MEDIASERVER_NODE_URL": "ws://x:1"},
+         "cluster.node_url: 'ws://x:1' must be an http:// or https:// URL with a host"),
+        ({"MEDIASERVER_NODE_CAPACITY": "0"},
+         "cluster.capacity: '0' must be an integer in 1..100000"),
+        ({"MEDIASERVER_LEASE_TTL": "1"}, "cluster.lease_ttl: '1' must be an integer in 2..300"),
+        ({"MEDIASERVER_DRAIN_TIMEOUT": "-1"}, "cluster.drain_timeout: '-1' must be an integer"),
+        ({}, None),
+    ],
+)  # fmt: skip
+def test_cluster_setting_errors(env: dict[str, str], message: str | None) -> None:
+    if message is None:
+        build_config({}, {**KEYS_ENV, **env}, None)
+        return
+    with pytest.raises(ConfigError) as info:
+        build_config({}, {**KEYS_ENV, **env}, None)
+    assert message in str(info.value)
