@@ -138,9 +138,17 @@ class SubscriberAdaptation:
             # Without loss to prove the link short, every track keeps at least its lowest
             # layer: a new subscriber starts there, and a falling REMB holds layers down
             # but never pauses video on its own.
-            minimal = sum(min((la.bitrate for la in d.layers), default=0)
-                          for d in demands if not d.disabled)
-            estimate = max(estimate, int(minimal * self.allocator.up_hysteresis))
+            live = [d for d in demands if not d.disabled]
+            audio = sum(min((la.bitrate for la in d.layers), default=0)
+                        for d in live if d.kind == "audio")
+            video = sum(min((la.bitrate for la in d.layers), default=0)
+                        for d in live if d.kind == "video")
+            if any(d.kind == "video" for d in live):
+                # Above the audio-only floor as well: fat audio (aiortc sends 96 kbps Opus)
+                # must not, on its own, look like a link too thin for video.
+                video = max(video, self.allocator.audio_only_floor)
+            minimal = int((audio + video) * self.allocator.up_hysteresis)
+            estimate = max(estimate, minimal)
         metrics.SUBSCRIBER_ESTIMATE.observe(estimate)
         allocations = self.allocator.allocate(estimate, demands, now)
         self.audio_only = self.allocator.audio_only or self.audio_only_requested

@@ -108,6 +108,10 @@ class StreamAllocator:
         self._tracks: dict[str, _TrackState] = {}
 
     @property
+    def audio_only_floor(self) -> int:
+        return self._floor
+
+    @property
     def up_hysteresis(self) -> float:
         return self._up
 

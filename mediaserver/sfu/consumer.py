@@ -95,6 +95,7 @@ class Consumer:
         self.disabled = False  # the subscriber asked not to receive this track for now
         self.bandwidth_paused = False  # the allocator found no room for it
         self.target_bitrate: int | None = None  # share of the estimate, for REMB upstream
+        self.packets_at_report = 0  # packets sent when the subscriber's last report came
         self.closed = False
         self.waiting_keyframe = producer.kind == "video"
         # The layer forwarded now and the one wanted; differ until the target's keyframe.

@@ -37,7 +37,7 @@ class BandwidthEstimator:
         initial: int = 200_000,
         floor: int = 40_000,
         ceiling: int = 10_000_000,
-        loss_high: float = 0.08,
+        loss_high: float = 0.10,
         loss_low: float = 0.02,
         quiet: float = 1.5,
         probe_duration: float = 0.8,

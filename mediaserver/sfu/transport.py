@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 RTCP_INTERVAL = 1.0  # seconds, randomised +-50 % (RFC 3550 6.2)
 REMB_INTERVAL = 1.0
+# Fewer packets than this between two receiver reports say too little about loss (one lost
+# packet of five is not a 20 % lossy link).
+MIN_LOSS_SAMPLE = 20
 
 
 class NegotiationError(Exception):
@@ -471,16 +474,23 @@ class SubscriberTransport(PeerTransport):
                 metrics.RTCP.labels(direction="in", type="twcc").inc()
             elif isinstance(p, (rtcp.ReceiverReport, rtcp.SenderReport)):
                 ntp_now = rtcp.ntp_middle32(rtcp.ntp_from_seconds(time.time()))
-                worst = -1
+                lost = sent = 0.0
                 for block in p.reports:
                     consumer = self.by_ssrc.get(block.ssrc)  # RTX-stream blocks find none
                     if consumer is not None:
                         consumer.stats.on_receiver_report(
                             block.lsr, block.dlsr, block.fraction_lost, block.packets_lost,
                             ntp_now, block.jitter)
-                        worst = max(worst, block.fraction_lost)
-                if worst >= 0:
-                    self.adaptation.on_loss(worst / 256, now)
+                        # Weigh each stream's loss by what was sent on it since its last
+                        # report: the link's loss, not the noisiest small stream's.
+                        count = consumer.stats.packets_sent - consumer.packets_at_report
+                        consumer.packets_at_report = consumer.stats.packets_sent
+                        lost += block.fraction_lost / 256 * count
+                        sent += count
+                if sent >= MIN_LOSS_SAMPLE:
+                    self.adaptation.on_loss(lost / sent, now)
+                elif sent == 0:
+                    self.adaptation.on_loss(0.0, now)  # nothing sent, so nothing lost
 
     def _on_remb_packet(self, p: rtcp.Remb, now: float) -> None:
         self.adaptation.on_remb(p.bitrate, now)

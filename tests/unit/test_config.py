@@ -513,3 +513,13 @@ def test_cluster_setting_errors(env: dict[str, str], message: str | None) -> Non
     with pytest.raises(ConfigError) as info:
         build_config({}, {**KEYS_ENV, **env}, None)
     assert message in str(info.value)
+
+
+def test_adaptation_is_on_by_default_and_can_be_turned_off_everywhere(tmp_path: Path) -> None:
+    assert build_config({}, KEYS_ENV, None).media.adaptation is True
+    assert build_config({"adaptation": False}, KEYS_ENV, None).media.adaptation is False
+    env = {**KEYS_ENV, "MEDIASERVER_ADAPTATION": "0"}
+    assert build_config({}, env, None).media.adaptation is False
+    path = tmp_path / "m.toml"
+    path.write_text("[media]\nadaptation = false\n")
+    assert build_config({}, KEYS_ENV, str(path)).media.adaptation is False
