@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mediaserver import metrics
+from mediaserver.limits import bitrate_bucket
 from mediaserver.policy import Permission, allowed, bypasses_waiting_room, permissions, visible_to
 from mediaserver.quality.monitor import LinkCounters, ParticipantQuality
 from mediaserver.recording.consent import ConsentState, Step
@@ -53,8 +54,10 @@ class Room:
     def __init__(self, name: str, kind: str, max_participants: int, policy: CandidatePolicy,
                  options: dict[str, Any] | None = None, *, empty_timeout: float = 60,
                  max_duration: float = 4 * 3600, resume_grace: float = 30,
-                 recording: RecordingSettings | None = None) -> None:
+                 recording: RecordingSettings | None = None,
+                 publish_kbps: dict[str, int] | None = None) -> None:
         self.name = name
+        self.publish_kbps = publish_kbps or {}  # kind -> byte budget of each published track
         self.kind = kind
         self.max_participants = max_participants
         self.options = dict(options or {})
@@ -369,6 +372,7 @@ class Room:
                 source=source, send_rtcp=p.publisher.send_rtcp, rtcp_ssrc=track.rtcp_ssrc,
                 audio_level_id=track.audio_level_id)
             producer.speakers = self.speakers
+            producer.budget = bitrate_bucket(self.publish_kbps.get(track.kind, 0))
             producer.muted = bool(m.get("muted", False))
             if self.recording is not None:
                 self.recording.producer_added(producer, p.identity, now)
