@@ -50,8 +50,9 @@ class ReceivedTrack:
 
 class SignalClient:
     def __init__(self, url: str, token: str, *, policy: aiortc_adapter.CandidatePolicy = LOOPBACK,
-                 keep_audio_frames: int = 100) -> None:
+                 keep_audio_frames: int = 100, ssl: Any = None) -> None:
         self.url = url
+        self.ssl = ssl  # an ssl.SSLContext for wss:// with a private CA, else the default
         self.token = token
         self.policy = policy
         self.keep_audio_frames = keep_audio_frames
@@ -75,13 +76,17 @@ class SignalClient:
 
     async def connect(self, **join_fields: Any) -> dict[str, Any]:
         self.session = aiohttp.ClientSession()
-        self.ws = await self.session.ws_connect(self.url, heartbeat=15)
+        self.ws = await self.session.ws_connect(self.url, heartbeat=15, ssl=self._ssl_arg)
         self._reader = asyncio.create_task(self._read())
         reply = await self.request({"type": "join", "token": self.token, **join_fields})
         if reply["type"] == "joined":
             self.joined = reply
             self.participant_id = reply["participant_id"]
         return reply
+
+    @property
+    def _ssl_arg(self) -> Any:
+        return True if self.ssl is None else self.ssl  # aiohttp's default: verify
 
     async def kill_socket(self) -> None:
         """Drop the signalling connection without a leave, as a network change would."""
@@ -97,7 +102,7 @@ class SignalClient:
     async def resume(self) -> dict[str, Any]:
         """Come back on a new socket as the same participant."""
         assert self.session is not None and self.joined is not None
-        self.ws = await self.session.ws_connect(self.url, heartbeat=15)
+        self.ws = await self.session.ws_connect(self.url, heartbeat=15, ssl=self._ssl_arg)
         self._reader = asyncio.create_task(self._read())
         return await self.request({"type": "resume", "token": self.token,
                                    "participant_id": self.participant_id,

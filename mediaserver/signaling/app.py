@@ -220,6 +220,7 @@ class SignalSession:
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     last_message = time.monotonic()
                     await self.handle_raw(msg.data)
+                    await asyncio.sleep(0)  # let the outbox write between buffered requests
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
                                   WSMsgType.ERROR):
                     return

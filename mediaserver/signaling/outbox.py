@@ -37,6 +37,7 @@ class Outbox:
         self._queue: deque[dict[str, Any]] = deque()
         self._close: tuple[int, bytes] | None = None
         self._dead = False
+        self._in_send = False
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="signal-outbox")
 
@@ -48,7 +49,9 @@ class Outbox:
         """Queue ``msg``; False if the socket is closing or was just cut off for overflow."""
         if self.closing:
             return False
-        if len(self._queue) >= self.limit:
+        if len(self._queue) >= self.limit and self._in_send:
+            # Only a write stuck on the socket makes a client slow: a burst of our own
+            # (many events queued before the writer ran) drains by itself.
             self.overflowed = True
             metrics.LIMIT["slow_consumer"].inc()
             log.info("signalling socket cut off: %d messages unsent", len(self._queue))
@@ -88,6 +91,7 @@ class Outbox:
                     if ws.closed:
                         self._queue.clear()
                         return
+                    self._in_send = True
                     try:
                         await asyncio.wait_for(ws.send_json(msg), self.write_timeout)
                     except TimeoutError:
@@ -96,6 +100,8 @@ class Outbox:
                         return
                     except (ConnectionError, RuntimeError):
                         return  # the socket went away under us
+                    finally:
+                        self._in_send = False
                 if self._close is not None:
                     if not ws.closed:
                         code, reason = self._close
