@@ -31,6 +31,7 @@ from mediaserver.sfu import rtcp
 from mediaserver.sfu.consumer import Consumer, DownstreamContext
 from mediaserver.sfu.producer import CodecInfo, Producer
 from mediaserver.sfu.rtp import EXT_TRANSPORT_CC, parse_rtp, unpack_str
+from mediaserver.sfu.sdpcheck import check_offer
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,10 @@ class PublisherTransport(PeerTransport):
     async def handle_offer(self, sdp: str) -> tuple[str, list[PublishedTrack], list[str]]:
         """Apply an offer; return (answer sdp, tracks newly sent, mids no longer sent)."""
         async with self._lock:
+            previous = [t.mid for t in self.pc.getTransceivers()]
+            problem = check_offer(sdp, previous)
+            if problem is not None:
+                raise NegotiationError(problem)
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:  # aiortc raises ValueError, OperationError, ...
