@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop starting soak cycles after M minutes")
     s.add_argument("--soak-hold", type=float, default=2.0, metavar="SECONDS",
                    help="seconds of audio everyone must hear from everyone per cycle (2)")
+    s.add_argument("--soak-warmup", type=int, metavar="N",
+                   help="cycles before the baseline sample (a fifth of the cycles, 1-10)")
+    s.add_argument("--soak-max-rss-slope", type=float, default=100.0, metavar="KB",
+                   help="largest RSS growth per cycle over the second half, kB (100)")
     s.add_argument("--soak-video", action="store_true",
                    help="the first participant of each cycle also sends --video")
     t = p.add_argument_group("thresholds (exit code 1 when one fails)")
@@ -171,7 +175,9 @@ def _soak(args: argparse.Namespace) -> int:
                     cycles=args.soak_cycles, minutes=args.soak_minutes,
                     participants=args.participants_per_room, video=args.soak_video,
                     hold=args.soak_hold,
-                    warmup=max(1, min(10, args.soak_cycles // 5)))
+                    warmup=(args.soak_warmup if args.soak_warmup is not None
+                            else max(1, min(10, args.soak_cycles // 5))),
+                    max_rss_slope_kb=args.soak_max_rss_slope)
     result = asyncio.run(Soak(spec, progress=None if args.quiet else sys.stderr).execute())
     doc = result.as_dict()
     print(format_soak(doc))
