@@ -164,6 +164,11 @@ async def test_admin_api_needs_its_own_credential_and_a_room_bound_one_stays_in_
                     assert "b-client-3390" not in body
             assert "room-b" in server.rooms.rooms
             assert len(server.rooms.rooms["room-b"].participants) == 1
+            # A body nested deeper than Python's recursion limit is bad JSON, not a crash.
+            deep = '{"room": ' + "[" * 30000 + "]" * 30000 + "}"
+            async with http.post(server.url + "/v1/rooms", data=deep, headers={
+                    "Authorization": "Bearer " + _admin(None)}) as r:
+                assert (r.status, (await r.json())["code"]) == (400, "bad_json")
             async with http.get(server.url + "/v1/rooms/room-b",
                                 headers={"Authorization": "Bearer " + _admin("room-b")}) as r:
                 assert r.status == 200
