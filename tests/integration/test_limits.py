@@ -20,7 +20,9 @@ import pytest
 from aiortc.rtp import RtpPacket
 
 from loadtest.client import SignalClient
-from loadtest.media import SineAudioTrack, SyntheticVideoTrack
+from loadtest.media import SineAudioTrack, SyntheticVideoTrack, TimestampedVideoTrack
+from loadtest.report import TrackStats
+from loadtest.runner import MeasuringClient
 from mediaserver import metrics
 from mediaserver.signaling.app import STATE_KEY
 from tests.conftest import start_server, wait_until
@@ -234,36 +236,55 @@ def _flood(client: SignalClient, factor: int) -> dict[str, int]:
     return state
 
 
+def _p95(values: list[int]) -> float:
+    ordered = sorted(values)
+    return float(ordered[int(0.95 * (len(ordered) - 1))])
+
+
 async def test_a_publisher_flooding_at_ten_times_its_bitrate_is_throttled():
     # The synthetic 320x240 video needs ~11 kbps; a 40 kbps budget and a ~420 kbps flood.
     async with start_server(publish_video_kbps="40") as server:
         flooder = SignalClient(server.ws_url, server.token("flood", "flooder", kind="couples"))
         honest = SignalClient(server.ws_url, server.token("flood", "honest", kind="couples"))
-        viewer = SignalClient(server.ws_url, server.token("flood", "viewer", kind="couples"))
+        # The viewer reads each frame's send-time stamp: latency, not only frame counts.
+        viewer = MeasuringClient(server.ws_url, server.token("flood", "viewer", kind="couples"),
+                                 decode=True, fps=15, clock=time.monotonic)
         try:
             for c in (flooder, honest, viewer):
                 await c.connect()
             await flooder.publish(SyntheticVideoTrack((250, 0, 0), width=320, height=240,
                                                       fps=15))
-            await honest.publish(SyntheticVideoTrack((0, 0, 250), width=320, height=240,
-                                                     fps=15), SineAudioTrack(600))
+            await honest.publish(TimestampedVideoTrack((0, 0, 250), width=320, height=240,
+                                                       fps=15), SineAudioTrack(600))
 
-            def honest_frames() -> int:
+            def honest_video() -> TrackStats | None:
                 assert honest.participant_id is not None
-                return sum(t.frames for t in viewer.tracks_from(honest.participant_id, "video"))
+                tracks = viewer.tracks_from(honest.participant_id, "video")
+                return viewer.stats.get(tracks[0].track_id) if tracks else None
 
-            await wait_until(lambda: honest_frames() >= 10, timeout=60, message="call up")
+            await wait_until(lambda: (st := honest_video()) is not None and st.frames >= 45,
+                             timeout=60, message="three seconds of the honest video")
+            stats = honest_video()
+            assert stats is not None
+            normal = list(stats.latencies)
             dropped_before = metrics.DROP["rate_limited"]._value.get()
             state = _flood(flooder, 10)
-            start_frames, started = honest_frames(), time.monotonic()
+            start_frames, start_latencies = stats.frames, len(stats.latencies)
+            started = time.monotonic()
             await wait_until(lambda: state["sent"] > 2000, timeout=60, message="flood sent")
             elapsed = time.monotonic() - started
-            fps = (honest_frames() - start_frames) / elapsed
-            dropped = metrics.DROP["rate_limited"]._value.get() - dropped_before
             kbps = state["bytes"] * 8 / elapsed / 1000
             assert kbps > 10 * 40, f"the flood was only {kbps:.0f} kbps"
+            dropped = metrics.DROP["rate_limited"]._value.get() - dropped_before
             assert dropped > state["sent"] * 0.5, (dropped, state["sent"])
+            fps = (stats.frames - start_frames) / elapsed
             assert fps > 8, f"the honest publisher's video fell to {fps:.1f} fps"
+            during = stats.latencies[start_latencies:]
+            assert len(normal) >= 20 and len(during) >= 40
+            # Loopback latency is tens of ms; the same process also runs the flooder, so
+            # allow generous slack, but a queue building up behind the flood would show.
+            assert _p95(during) <= max(2 * _p95(normal), _p95(normal) + 150), (
+                _p95(normal), _p95(during))
             assert len(server.rooms.rooms["flood"].participants) == 3
         finally:
             for c in (flooder, honest, viewer):
