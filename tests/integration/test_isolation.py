@@ -56,7 +56,7 @@ async def test_a_token_for_room_a_reaches_nothing_of_room_b(tmp_path):
             room_b = server.rooms.rooms["room-b"]
             b_pids = [b_host.participant_id, b_client.participant_id]
             b_tracks = [t["track_id"] for c in (b_host, b_client) for t in c.published]
-            b_events_before = len(b_host.events) + len(b_client.events)
+            b_seen_before = (len(b_host.events), len(b_client.events))
             b_track, b_pid = b_tracks[0], b_pids[1]
 
             tries: list[tuple[dict[str, Any], set[str]]] = [
@@ -119,7 +119,13 @@ async def test_a_token_for_room_a_reaches_nothing_of_room_b(tmp_path):
             assert all(not pr.muted for p in room_b.participants.values()
                        for pr in p.producers.values())
             assert room_b.recording is not None and room_b.recording.phase.value == "idle"
-            assert len(b_host.events) + len(b_client.events) == b_events_before
+            # B's own life goes on (quality and speaker updates, its own negotiation), but
+            # nothing B was told came from A or names anyone of A.
+            b_new = b_host.events[b_seen_before[0]:] + b_client.events[b_seen_before[1]:]
+            assert {e["type"] for e in b_new} <= {"connection_quality", "speakers_changed",
+                                                  "subscriber_offer", "ack"}, b_new
+            a_ids = {attacker.participant_id, a_peer.participant_id, "a-host", "a-peer"}
+            assert not any(str(i) in json.dumps(b_new) for i in a_ids), b_new
             # B's media never went to A: every track the attacker was offered is A's.
             a_tracks = {t["track_id"] for t in a_peer.published}
             assert {r.track_id for r in attacker.received.values()} <= a_tracks
