@@ -81,6 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=1, help="seed for loss and jitter (1)")
     add("--quiet", action="store_true", help="no progress line")
     add("--no-uvloop", action="store_true", help="use the stock asyncio event loop")
+    s = p.add_argument_group(
+        "soak mode (join/leave cycles; passes when memory, fds and tasks return to baseline;"
+        " the server needs /metrics and the admin API reachable)")
+    s.add_argument("--soak-cycles", type=_positive(int), metavar="N",
+                   help="run N join/leave cycles of one room of --participants-per-room "
+                        "audio publishers instead of a load test")
+    s.add_argument("--soak-minutes", type=_positive(float), metavar="M",
+                   help="stop starting soak cycles after M minutes")
+    s.add_argument("--soak-hold", type=float, default=2.0, metavar="SECONDS",
+                   help="seconds of audio everyone must hear from everyone per cycle (2)")
+    s.add_argument("--soak-warmup", type=int, metavar="N",
+                   help="cycles before the baseline sample (a fifth of the cycles, 1-10)")
+    s.add_argument("--soak-max-rss-slope", type=float, default=100.0, metavar="KB",
+                   help="largest RSS growth per cycle over the second half, kB (100)")
+    s.add_argument("--soak-video", action="store_true",
+                   help="the first participant of each cycle also sends --video")
     t = p.add_argument_group("thresholds (exit code 1 when one fails)")
     t.add_argument("--max-loss", type=float, metavar="FRACTION",
                    help="packet loss over all received streams, e.g. 0.02")
@@ -152,10 +168,32 @@ def _run(scenario: Scenario, quiet: bool, uvloop_ok: bool) -> dict[str, Any]:
         return runner.run(run.execute())
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from loadtest.soak import Soak, SoakSpec, format_soak
+
+    spec = SoakSpec(url=args.url, api_key=args.api_key, api_secret=args.api_secret,
+                    cycles=args.soak_cycles, minutes=args.soak_minutes,
+                    participants=args.participants_per_room, video=args.soak_video,
+                    hold=args.soak_hold,
+                    warmup=(args.soak_warmup if args.soak_warmup is not None
+                            else max(1, min(10, args.soak_cycles // 5))),
+                    max_rss_slope_kb=args.soak_max_rss_slope)
+    result = asyncio.run(Soak(spec, progress=None if args.quiet else sys.stderr).execute())
+    doc = result.as_dict()
+    print(format_soak(doc))
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    if result.error is not None:
+        return EXIT_USAGE
+    return EXIT_PASS if result.passed else EXIT_FAIL
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.soak_cycles:
+        return _soak(args)
     try:
         scenario, notes = scenario_from(args)
     except UsageError as exc:

@@ -66,8 +66,9 @@ class ReceivedTrack:
 
 class SignalClient:
     def __init__(self, url: str, token: str, *, policy: aiortc_adapter.CandidatePolicy = LOOPBACK,
-                 keep_audio_frames: int = 100) -> None:
+                 keep_audio_frames: int = 100, ssl: Any = None) -> None:
         self.url = url
+        self.ssl = ssl  # an ssl.SSLContext for wss:// with a private CA, else the default
         self.token = token
         self.policy = policy
         self.keep_audio_frames = keep_audio_frames
@@ -106,7 +107,7 @@ class SignalClient:
 
     async def _open(self, url: str) -> None:
         assert self.session is not None
-        self.ws = await self.session.ws_connect(url, heartbeat=15)
+        self.ws = await self.session.ws_connect(url, heartbeat=15, ssl=self._ssl_arg)
         self._reader = asyncio.create_task(self._read())
 
     async def _close_socket(self) -> None:
@@ -127,6 +128,10 @@ class SignalClient:
             url = reply["url"]
             await self._close_socket()
         raise RuntimeError(f"more than {MAX_REDIRECTS} redirects")
+
+    @property
+    def _ssl_arg(self) -> Any:
+        return True if self.ssl is None else self.ssl  # aiohttp's default: verify
 
     async def kill_socket(self) -> None:
         """Drop the signalling connection without a leave, as a network change would."""

@@ -21,7 +21,7 @@ import json
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -139,6 +139,37 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """What one client, and the node as a whole, may ask of the server (mediaserver/limits.py).
+
+    0 turns a limit off where that makes sense; the defaults are far above what a
+    well-behaved client does and low enough that a runaway one cannot starve the rest.
+    """
+
+    messages_per_second: int = 50  # signalling messages per connection, sustained
+    message_burst: int = 100  # ... and in a burst
+    connections_per_ip: int = 32  # open signalling connections per client address (0: any)
+    joins_per_second: int = 50  # node-wide join/resume rate (0: any)
+    max_participants: int = 500  # on this node (0: any)
+    max_loop_lag_ms: int = 500  # refuse joins while the smoothed loop lag is higher (0: off)
+    send_queue: int = 256  # messages queued to one slow socket before it is disconnected
+    publish_video_kbps: int = 8000  # per published video track, excess dropped (0: any)
+    publish_audio_kbps: int = 600  # per published audio track (Opus peaks at 510)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """A certificate chain and private key (PEM files) to serve HTTPS/WSS directly."""
+
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert and self.key)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole server configuration, immutable once loaded."""
 
@@ -159,6 +190,9 @@ class Config:
     signal_idle_timeout: int = 60  # close a signalling socket silent this long
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    shutdown_timeout: int = 10  # seconds from SIGTERM to exit, clients told and files sealed
 
     def __post_init__(self) -> None:
         # frozen=True stops rebinding the field, not mutating the dict behind it.
@@ -195,6 +229,9 @@ class Config:
                           "keys": "***" if self.recording.keys else None,
                           "retention_days": self.recording.retention_days},
             "cluster": asdict(self.cluster),
+            "limits": asdict(self.limits),
+            "tls": asdict(self.tls),  # paths, not the key itself
+            "shutdown_timeout": self.shutdown_timeout,
         }
 
 
@@ -407,6 +444,13 @@ _SETTINGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("cluster.capacity", "--node-capacity", "NODE_CAPACITY", {"metavar": "ROOMS"}),
     ("cluster.lease_ttl", "--lease-ttl", "LEASE_TTL", {"metavar": "SECONDS"}),
     ("cluster.drain_timeout", "--drain-timeout", "DRAIN_TIMEOUT", {"metavar": "SECONDS"}),
+    *((f"limits.{name}", "--" + name.replace("_", "-"), name.upper(), {"metavar": "N"})
+      for name in ("messages_per_second", "message_burst", "connections_per_ip",
+                   "joins_per_second", "max_participants", "max_loop_lag_ms", "send_queue",
+                   "publish_video_kbps", "publish_audio_kbps")),
+    ("tls.cert", "--tls-cert", "TLS_CERT", {"metavar": "PEM", "help": "serve HTTPS/WSS"}),
+    ("tls.key", "--tls-key", "TLS_KEY", {"metavar": "PEM"}),
+    ("shutdown_timeout", "--shutdown-timeout", "SHUTDOWN_TIMEOUT", {"metavar": "SECONDS"}),
 )  # fmt: skip
 ENV_VARS = {"MEDIASERVER_" + env: name for name, _, env, _ in _SETTINGS}  # variable -> setting
 _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typed)
@@ -416,9 +460,11 @@ _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typ
 }
 _FILE_KEYS = {  # TOML table -> keys allowed in it ("" is the top level)
     "": {name for name, *_ in _SETTINGS if "." not in name}
-    | {"media", "turn_rest", "rooms", "recording", "cluster"},
+    | {"media", "turn_rest", "rooms", "recording", "cluster", "limits", "tls"},
     "rooms": {"empty_timeout", "max_duration", "resume_grace", "report_retention"},
     "recording": {"directory", "keys", "retention_days"},
+    "limits": {f.name for f in fields(LimitsConfig)},
+    "tls": {"cert", "key"},
     "media": {"bind_host", "port_min", "port_max", "announced_ip", "allow_loopback",
               "adaptation"},
     "turn_rest": {"urls", "shared_secret", "ttl_seconds"},
@@ -612,7 +658,37 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
                              get("recording.keys", _keys_spec, None),
                              get("recording.retention_days", _int(0, 36500), 0)),
         cluster=cluster,
+        limits=_limits(get),
+        tls=_tls(get("tls.cert", _path, None), get("tls.key", _path, None)),
+        shutdown_timeout=get("shutdown_timeout", _int(1, 600), d.shutdown_timeout),
     )
+
+
+_LIMIT_RANGES = {  # LimitsConfig field -> (lowest, highest) accepted
+    "messages_per_second": (1, 10000), "message_burst": (1, 100000),
+    "connections_per_ip": (0, 100000), "joins_per_second": (0, 10000),
+    "max_participants": (0, 100000), "max_loop_lag_ms": (0, 60000), "send_queue": (8, 100000),
+    "publish_video_kbps": (0, 1000000), "publish_audio_kbps": (0, 1000000),
+}
+
+
+def _limits(get: Callable[[str, Callable[[Any], int], int], int]) -> LimitsConfig:
+    d = LimitsConfig()
+    return LimitsConfig(**{name: get(f"limits.{name}", _int(lo, hi), getattr(d, name))
+                           for name, (lo, hi) in _LIMIT_RANGES.items()})
+
+
+def _tls(cert: str | None, key: str | None) -> TlsConfig:
+    if bool(cert) != bool(key):
+        raise ConfigError("tls: cert and key must both be set (PEM files)")
+    for name, path in (("tls.cert", cert), ("tls.key", key)):
+        if path is not None:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as e:
+                raise ConfigError(f"{name}: cannot read {path!r}: {e.strerror}") from None
+    return TlsConfig(cert=cert, key=key)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
@@ -46,6 +46,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from mediaserver.limits import LIMIT_REASONS
 from mediaserver.tokens import Role, SessionKind
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -115,6 +116,7 @@ DROP_REASONS = (
     "handler_error",
     "srtp_error",
     "temporal_layer",
+    "rate_limited",
 )
 DROP = {reason: DROPS.labels(reason=reason) for reason in DROP_REASONS}
 RETRANSMITTED = RETRANSMISSIONS.labels(result="sent")
@@ -202,6 +204,18 @@ EVENT_LOOP_LAG_DISTRIBUTION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=REGISTRY,
 )
+ASYNCIO_TASKS = Gauge(
+    "mediaserver_asyncio_tasks",
+    "asyncio tasks alive in the server's event loop (a leak shows as growth across sessions)",
+    registry=REGISTRY,
+)
+LIMITED = Counter(
+    "mediaserver_limited_total",
+    "Requests, connections and packets refused or cut off by a limit, by limit",
+    ["limit"],
+    registry=REGISTRY,
+)
+LIMIT = {reason: LIMITED.labels(limit=reason) for reason in LIMIT_REASONS}
 BUILD_INFO = Info("mediaserver", "Version of the running server", registry=REGISTRY)
 
 # -- cluster (docs/cluster.md) -----------------------------------------------------------
@@ -311,6 +325,14 @@ def loop_lag(slept_at: float, woke_at: float, interval: float) -> float:
     return max(0.0, woke_at - slept_at - interval)
 
 
+LAG_OBSERVERS: list[Callable[[float], None]] = []  # e.g. limits.Admission.observe_lag
+
+
+def count_tasks() -> None:
+    """Set the asyncio task gauge; call from inside the loop (the /metrics handler does)."""
+    ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
+
+
 async def monitor_event_loop(interval: float = 0.5) -> None:
     """Sleep ``interval`` again and again; record how late each wake-up is, until cancelled.
 
@@ -324,6 +346,8 @@ async def monitor_event_loop(interval: float = 0.5) -> None:
         lag = loop_lag(slept_at, loop.time(), interval)
         EVENT_LOOP_LAG.set(lag)
         EVENT_LOOP_LAG_DISTRIBUTION.observe(lag)
+        for observe in LAG_OBSERVERS:
+            observe(lag)
 
 
 async def cleanup_ctx(app: object) -> AsyncIterator[None]:

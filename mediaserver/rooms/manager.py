@@ -21,8 +21,10 @@ KIND_LIMITS = {"one_to_one": 2, "couples": 3}
 class RoomManager:
     def __init__(self, policy: CandidatePolicy, group_max_participants: int = 16,
                  limits: RoomConfig | None = None,
-                 recording: RecordingSettings | None = None, adaptation: bool = True) -> None:
+                 recording: RecordingSettings | None = None,
+                 publish_kbps: dict[str, int] | None = None, adaptation: bool = True) -> None:
         self.recording = recording
+        self.publish_kbps = publish_kbps or {}
         self.adaptation = adaptation
         self.policy = policy
         self.group_max = group_max_participants
@@ -48,7 +50,7 @@ class RoomManager:
                     empty_timeout=self.limits.empty_timeout,
                     max_duration=self.limits.max_duration,
                     resume_grace=self.limits.resume_grace, recording=self.recording,
-                    adaptation=self.adaptation)
+                    publish_kbps=self.publish_kbps, adaptation=self.adaptation)
         self.rooms[name] = room
         metrics.ROOMS.labels(kind=kind).inc()
         self._tasks[name] = asyncio.create_task(room.run(self._closed_by_task))
@@ -87,6 +89,10 @@ class RoomManager:
             report = room.report()
             report["end_reason"] = reason
             self.ended_reports[room.name] = (time.monotonic(), report)
+
+    def participant_count(self) -> int:
+        """Everyone in a room on this node, waiting or disconnected ones included."""
+        return sum(len(room.participants) for room in self.rooms.values())
 
     def quality_counts(self) -> dict[str, int]:
         """Participants per quality level across the node (for the Prometheus gauge)."""

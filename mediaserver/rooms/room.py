@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mediaserver import metrics
+from mediaserver.limits import bitrate_bucket
 from mediaserver.policy import Permission, allowed, bypasses_waiting_room, permissions, visible_to
 from mediaserver.quality.monitor import LinkCounters, ParticipantQuality
 from mediaserver.recording.consent import ConsentState, Step
@@ -58,8 +59,10 @@ class Room:
     def __init__(self, name: str, kind: str, max_participants: int, policy: CandidatePolicy,
                  options: dict[str, Any] | None = None, *, empty_timeout: float = 60,
                  max_duration: float = 4 * 3600, resume_grace: float = 30,
-                 recording: RecordingSettings | None = None, adaptation: bool = True) -> None:
+                 recording: RecordingSettings | None = None,
+                 publish_kbps: dict[str, int] | None = None, adaptation: bool = True) -> None:
         self.name = name
+        self.publish_kbps = publish_kbps or {}  # kind -> byte budget of each published track
         self.adaptation = adaptation
         self.kind = kind
         self.max_participants = max_participants
@@ -400,6 +403,7 @@ class Room:
                 source=source, send_rtcp=p.publisher.send_rtcp, rtcp_ssrc=track.rtcp_ssrc,
                 audio_level_id=track.audio_level_id, layers=track.layers)
             producer.speakers = self.speakers
+            producer.budget = bitrate_bucket(self.publish_kbps.get(track.kind, 0))
             producer.muted = bool(m.get("muted", False))
             if self.recording is not None:
                 self.recording.producer_added(producer, p.identity, now)

@@ -165,6 +165,13 @@ class Consumer:
         ctx = self.context
         if not ctx.send_rtp(data):
             metrics.DROP["not_connected"].inc()
+            if self.kind == "video" and not self.waiting_keyframe:
+                # Sent into a connection that is not up yet (or no longer): if that was the
+                # keyframe this subscriber waited for, everything after it would be
+                # undecodable until the next one, which an aiortc publisher sends only
+                # when asked. Wait, and ask, again.
+                self.waiting_keyframe = True
+                self.producer.request_keyframe(now, self.spatial)
             return
         if ctx.joined_at is not None:
             metrics.observe_join_to_first_packet(now - ctx.joined_at)

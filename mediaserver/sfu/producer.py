@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mediaserver import metrics
+from mediaserver.limits import TokenBucket
 from mediaserver.quality.rtpstats import ReceiveStats
 from mediaserver.sfu import rtcp
 from mediaserver.sfu.h264 import is_h264_keyframe
@@ -112,6 +113,10 @@ class RecvStream:
 
     def on_rtp(self, pkt: RtpPacket, now: float) -> None:
         """A media packet from the publisher: account for it and fan it out."""
+        budget = self.producer.budget
+        if budget is not None and not budget.take(now, len(pkt.data)):
+            metrics.DROP["rate_limited"].inc()
+            return
         ext_seq = self._seq.unwrap(pkt.sequence_number)
         ext_ts = self._ts.unwrap(pkt.timestamp)
         size = len(pkt.data)
@@ -176,6 +181,10 @@ class RecvStream:
 
     def on_rtx(self, rtx_pkt: RtpPacket, now: float) -> None:
         """A retransmission from the publisher (RFC 4588): unwrap, then treat as media."""
+        budget = self.producer.budget
+        if budget is not None and not budget.take(now, len(rtx_pkt.data)):
+            metrics.DROP["rate_limited"].inc()
+            return
         unwrapped = unwrap_rtx(rtx_pkt)
         if unwrapped is None:
             # Padding-only RTX packets are the publisher's bandwidth probes.
@@ -342,6 +351,10 @@ class Producer:
         self.parse_vp8 = self.simulcast and codec.name == "VP8"
         # Layers some subscriber (or a recording) receives; the rest the publisher may stop.
         self.wanted_layers: frozenset[int] = frozenset(range(len(self.streams)))
+        # Byte budget (limits.bitrate_bucket), shared by all layers: a publisher flooding
+        # past it loses the excess here, before it costs every subscriber's link and the
+        # node's CPU.
+        self.budget: TokenBucket | None = None
         self._packets_counter = metrics.PACKETS.labels(direction="in", kind=kind)
         self._bytes_counter = metrics.BYTES.labels(direction="in", kind=kind)
 

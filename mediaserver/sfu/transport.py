@@ -32,6 +32,7 @@ from mediaserver.sfu.adaptation import SubscriberAdaptation
 from mediaserver.sfu.consumer import Consumer, DownstreamContext
 from mediaserver.sfu.producer import CodecInfo, LayerSpec, Producer, RecvStream
 from mediaserver.sfu.rtp import EXT_TRANSPORT_CC, parse_rtp, unpack_str
+from mediaserver.sfu.sdpcheck import check_offer
 from mediaserver.sfu.simulcast import SimulcastOffer, accept_simulcast, simulcast_offer
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,10 @@ class PublisherTransport(PeerTransport):
     async def handle_offer(self, sdp: str) -> tuple[str, list[PublishedTrack], list[str]]:
         """Apply an offer; return (answer sdp, tracks newly sent, mids no longer sent)."""
         async with self._lock:
+            previous = [t.mid for t in self.pc.getTransceivers()]
+            problem = check_offer(sdp, previous)
+            if problem is not None:
+                raise NegotiationError(problem)
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:  # aiortc raises ValueError, OperationError, ...

@@ -71,7 +71,7 @@ async def list_rooms(request: web.Request, rooms: RoomManager) -> web.Response:
 async def create_room(request: web.Request, rooms: RoomManager) -> web.Response:
     try:
         body: Any = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         return _error(400, "bad_json", "body is not valid JSON")
     if not isinstance(body, dict):
         return _error(400, "invalid_request", "body must be a JSON object")

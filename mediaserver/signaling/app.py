@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from aiohttp import WSMsgType, web
 from aiortc.sdp import candidate_from_sdp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mediaserver import metrics
+from mediaserver import limits, metrics
 from mediaserver.config import Config
 from mediaserver.recording.keys import load_keks
 from mediaserver.rooms import Participant, Room, RoomError, RoomManager
@@ -27,6 +28,7 @@ from mediaserver.rooms.recording import RecordingSettings
 from mediaserver.sfu import aiortc_adapter
 from mediaserver.signaling import admin, cluster
 from mediaserver.signaling import protocol as proto
+from mediaserver.signaling.outbox import Outbox
 from mediaserver.tokens import Claims, TokenError, verify_token
 
 log = logging.getLogger(__name__)
@@ -58,10 +60,20 @@ def create_app(config: Config) -> web.Application:
     aiortc_adapter.install()
     app = web.Application(client_max_size=1024 * 1024)
     app[CONFIG_KEY] = config
-    app[ROOMS_KEY] = RoomManager(candidate_policy(config), config.group_max_participants,
-                                 config.rooms, recording_settings(config),
-                                 adaptation=config.media.adaptation)
-    app[STATE_KEY] = {"ready": True, "sockets": set()}
+    app[ROOMS_KEY] = RoomManager(
+        candidate_policy(config), config.group_max_participants, config.rooms,
+        recording_settings(config),
+        publish_kbps={"audio": config.limits.publish_audio_kbps,
+                      "video": config.limits.publish_video_kbps},
+        adaptation=config.media.adaptation)
+    lim = config.limits
+    app[STATE_KEY] = {
+        "ready": True, "sessions": set(),
+        "connections": limits.ConnectionCounter(lim.connections_per_ip),
+        "admission": limits.Admission(limits.AdmissionLimits(
+            max_participants=lim.max_participants, max_loop_lag=lim.max_loop_lag_ms / 1000,
+            joins_per_second=lim.joins_per_second)),
+    }
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
@@ -72,6 +84,7 @@ def create_app(config: Config) -> web.Application:
     if config.recording.enabled and config.recording.retention_days:
         app.cleanup_ctx.append(_retention_ctx)
     app.cleanup_ctx.append(metrics.cleanup_ctx)  # event-loop lag monitor
+    app.cleanup_ctx.append(_admission_ctx)
     return app
 
 
@@ -98,11 +111,32 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
 
 
+async def _admission_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Feed the event-loop lag probes to admission control for the app's lifetime."""
+    observe = app[STATE_KEY]["admission"].observe_lag
+    metrics.LAG_OBSERVERS.append(observe)
+    yield
+    metrics.LAG_OBSERVERS.remove(observe)
+
+
 async def _on_shutdown(app: web.Application) -> None:
-    app[STATE_KEY]["ready"] = False
-    for ws in list(app[STATE_KEY]["sockets"]):
-        await ws.close(code=1001, message=b"server shutting down")
-    await app[ROOMS_KEY].close_all()
+    """Refuse newcomers, end every room (participants get ``removed`` with the reason
+    ``server_shutdown``, recordings are sealed), then flush and close every socket.
+
+    Bounded by ``shutdown_timeout`` overall (run_server also bounds the whole cleanup).
+    """
+    state, config = app[STATE_KEY], app[CONFIG_KEY]
+    state["ready"] = False
+    deadline = time.monotonic() + config.shutdown_timeout
+    try:
+        await asyncio.wait_for(app[ROOMS_KEY].close_all(), config.shutdown_timeout)
+    except TimeoutError:
+        log.warning("shutdown: rooms did not close within %ss", config.shutdown_timeout)
+    sessions = list(state["sessions"])
+    for session in sessions:
+        session.outbox.close(1001, b"server shutting down")
+    remaining = max(0.1, deadline - time.monotonic())
+    await asyncio.gather(*(s.outbox.aclose(remaining) for s in sessions))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -117,6 +151,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     metrics.set_quality_counts(request.app[ROOMS_KEY].quality_counts())
+    metrics.count_tasks()
     body = generate_latest(metrics.REGISTRY)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -136,24 +171,27 @@ class SignalSession:
         self.room: Room | None = None
         self.participant: Participant | None = None
         self.bad_messages = 0
-        self._send_lock = asyncio.Lock()
-        self._closing = False
+        lim = self.config.limits
+        self.rate = limits.TokenBucket(lim.messages_per_second, lim.message_burst)
+        transport = request.transport
+
+        def abort() -> None:
+            if transport is not None:
+                transport.abort()
+
+        # Every message to the client goes through the outbox: a room's events never wait
+        # for this socket, and a client that stops reading is cut off (outbox.py).
+        self.outbox = Outbox(ws, lim.send_queue, abort)
 
     async def send(self, msg: dict[str, Any]) -> None:
-        if self.ws.closed:
-            return
-        async with self._send_lock:
-            await self.ws.send_json(msg)
+        self.outbox.put(msg)
         if msg.get("type") in ("removed", "denied"):
             # The room let this participant go: nothing more to say on this socket.
             self.participant = self.room = None
             self._schedule_close(1000, b"removed")
 
     def _schedule_close(self, code: int, reason: bytes) -> None:
-        if not self._closing:
-            self._closing = True
-            asyncio.get_running_loop().call_soon(
-                lambda: asyncio.ensure_future(self.ws.close(code=code, message=reason)))
+        self.outbox.close(code, reason)  # after what is already queued
 
     async def fail(self, code: str, message: str, request_id: Any = None) -> None:
         metrics.SIGNAL_ERRORS.labels(code=code).inc()
@@ -175,7 +213,7 @@ class SignalSession:
                 else:
                     timeout = self.config.signal_idle_timeout - (now - last_message)
                     if timeout <= 0:
-                        await self.ws.close(code=1000, message=b"idle")
+                        self._schedule_close(1000, b"idle")
                         return
                 try:
                     msg = await asyncio.wait_for(self.ws.receive(), timeout)
@@ -184,6 +222,7 @@ class SignalSession:
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     last_message = time.monotonic()
                     await self.handle_raw(msg.data)
+                    await asyncio.sleep(0)  # let the outbox write between buffered requests
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
                                   WSMsgType.ERROR):
                     return
@@ -209,12 +248,16 @@ class SignalSession:
 
     async def handle_raw(self, raw: str | bytes) -> None:
         try:
+            if not self.rate.take(time.monotonic()):
+                metrics.LIMIT[limits.RATE_LIMITED].inc()
+                raise proto.ProtocolError(limits.RATE_LIMITED, "too many messages: at most "
+                                          f"{self.config.limits.messages_per_second} a second")
             msg = proto.decode(raw, self.config.max_message_bytes)
         except proto.ProtocolError as exc:
             self.bad_messages += 1
             await self.fail(exc.code, exc.message, exc.request_id)
             if self.bad_messages >= 20:
-                await self.ws.close(code=1008, message=b"too many invalid messages")
+                self._schedule_close(1008, b"too many invalid messages")
             return
         request_id = msg.get("id")
         try:
@@ -259,12 +302,21 @@ class SignalSession:
             raise RoomError("token_wrong_room", "the token is for another room")
         return claims
 
+    def _admit(self) -> None:
+        """Node-wide admission: refuse a newcomer rather than degrade every session."""
+        admission: limits.Admission = self.app[STATE_KEY]["admission"]
+        code = admission.check(self.rooms.participant_count(), time.monotonic())
+        if code is not None:
+            metrics.LIMIT[code].inc()
+            raise proto.ProtocolError(code, _ADMISSION_MESSAGES[code])
+
     async def join(self, msg: dict[str, Any], request_id: Any) -> None:
         started = time.monotonic()
         claims = self._claims(msg)
         assert claims.room is not None
         if await cluster.redirect_join(self, claims.room, request_id):
             return  # the room lives on another node: the client reconnects there
+        self._admit()
         room = self.rooms.get_or_create(claims.room, claims.kind.value if claims.kind else None)
         p = await room.join(claims, self.send, auto_subscribe=msg.get("auto_subscribe", True))
         self._attach(room, p)
@@ -423,8 +475,15 @@ async def _consent(s: SignalSession, room: Room, p: Participant, m: dict[str, An
 async def _leave(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
     await s.send(proto.reply("ack", m.get("id")))
     await s.detach(leaving=True)
-    await s.ws.close()
+    s._schedule_close(1000, b"")
     return None
+
+
+_ADMISSION_MESSAGES = {
+    limits.NODE_FULL: "this server is full; try again later",
+    limits.NODE_OVERLOADED: "this server is overloaded; try again later",
+    limits.JOIN_RATE_LIMITED: "too many joins right now; try again in a second",
+}
 
 
 _HANDLERS: dict[str, Handler] = {
@@ -458,29 +517,58 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
     if not request.app[STATE_KEY]["ready"]:
         return web.json_response({"code": "not_ready", "message": "node is draining"},
                                  status=503)
-    ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=config.max_message_bytes * 4)
-    await ws.prepare(request)
-    sockets = request.app[STATE_KEY]["sockets"]
-    sockets.add(ws)
+    state = request.app[STATE_KEY]
+    ip = request.remote or "?"
+    if not state["connections"].acquire(ip):
+        metrics.LIMIT[limits.TOO_MANY_CONNECTIONS].inc()
+        return web.json_response(
+            {"code": limits.TOO_MANY_CONNECTIONS,
+             "message": f"at most {config.limits.connections_per_ip} connections per address"},
+            status=429)
     try:
-        await SignalSession(request, ws).run()
+        ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=config.max_message_bytes * 4)
+        await ws.prepare(request)
+        session = SignalSession(request, ws)
+        state["sessions"].add(session)
+        try:
+            await session.run()
+        finally:
+            state["sessions"].discard(session)
+            await session.outbox.aclose(5.0)  # what is queued (an error, removed) goes first
     finally:
-        sockets.discard(ws)
-        if not ws.closed:
-            await ws.close()
+        state["connections"].release(ip)
     return ws
 
 
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context from ``tls.cert``/``tls.key``, or None for plain HTTP."""
+    if not config.tls.enabled:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    assert config.tls.cert is not None
+    ctx.load_cert_chain(config.tls.cert, config.tls.key)
+    return ctx
+
+
 def run_server(config: Config) -> None:
-    """Run one node until SIGINT/SIGTERM."""
+    """Run one node until SIGINT/SIGTERM; then shut down within ``shutdown_timeout``.
+
+    On the signal: new connections are refused, every room ends (clients get ``removed``
+    with the reason ``server_shutdown``, recordings are sealed), sockets are flushed and
+    closed. A second signal, or the timeout, ends the process without waiting further.
+    """
 
     async def main() -> None:
         app = create_app(config)
-        runner = web.AppRunner(app, access_log_format='%a "%r" %s %b %Tf')
+        runner = web.AppRunner(app, access_log_format='%a "%r" %s %b %Tf',
+                               shutdown_timeout=float(config.shutdown_timeout))
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port)
+        tls = ssl_context(config)
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
         await site.start()
-        log.info("mediaserver listening on http://%s:%d", config.host, config.port)
+        log.info("mediaserver listening on %s://%s:%d", "https" if tls else "http",
+                 config.host, config.port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -489,7 +577,17 @@ def run_server(config: Config) -> None:
         control.stop = stop.set  # a drain ends the process when its sessions are done
         loop.add_signal_handler(signal.SIGUSR1, control.drain)
         await stop.wait()
-        log.info("shutting down")
-        await runner.cleanup()
+        log.info("shutting down (at most %ss)", config.shutdown_timeout)
+        stop.clear()
+        cleanup = asyncio.create_task(runner.cleanup())
+        waiter = asyncio.create_task(stop.wait())  # a second signal: stop waiting
+        done, _ = await asyncio.wait({cleanup, waiter}, timeout=config.shutdown_timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if cleanup not in done:
+            log.warning("shutdown did not finish within %ss; exiting anyway",
+                        config.shutdown_timeout)
+            cleanup.cancel()
+        log.info("stopped")
 
     asyncio.run(main())

@@ -83,7 +83,8 @@ def decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
         raise ProtocolError(MESSAGE_TOO_LARGE, f"message exceeds {max_bytes} bytes")
     try:
         msg = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: a 64 KiB message can nest arrays 30,000 deep.
         raise ProtocolError(BAD_JSON, "message is not valid JSON") from None
     if not isinstance(msg, dict):
         raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object")

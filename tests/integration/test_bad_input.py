@@ -78,6 +78,14 @@ CASES = [
     (lambda: json.dumps({"type": "teleport", "id": 1}), "unknown_type"),
     (lambda: json.dumps({"type": "publish_offer", "id": 1, "sdp": "v=0"}), "not_joined"),
     (lambda: json.dumps({"type": "ping", "id": 1, "pad": "x" * 70000}), "message_too_large"),
+    # Nested 30,000 deep within the size limit: once a RecursionError that killed the socket.
+    (lambda: '{"type": "ping", "x": ' + "[" * 30000 + "]" * 30000 + "}", "bad_json"),
+    (lambda: json.dumps({"type": "ping", "id": True}), "invalid_message"),
+    (lambda: json.dumps({"type": "candidate", "id": 1, "target": "x", "candidate": None}),
+     "invalid_message"),
+    (lambda: json.dumps({"type": "mute", "id": 1, "track_id": "t" * 65, "muted": True}),
+     "invalid_message"),
+    (lambda: json.dumps({"type": "lock_room", "id": 1, "locked": "yes"}), "invalid_message"),
 ]
 
 

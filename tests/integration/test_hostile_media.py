@@ -8,6 +8,7 @@ import socket
 
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack, SyntheticVideoTrack
+from mediaserver import metrics
 from tests.conftest import wait_until
 
 
@@ -32,6 +33,8 @@ async def test_garbage_at_the_media_port_does_not_disturb_the_call(server):
         ports = _server_ports(a.publisher.remoteDescription.sdp)
         ports |= _server_ports(b.subscriber.remoteDescription.sdp)
         assert ports
+        dropped_before = sum(metrics.DROP[r]._value.get()
+                             for r in ("srtp_error", "malformed_rtp", "malformed_rtcp"))
         rng = random.Random(10)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sent = 0
@@ -53,6 +56,9 @@ async def test_garbage_at_the_media_port_does_not_disturb_the_call(server):
         finally:
             sock.close()
         assert sent >= 3000
+        dropped = sum(metrics.DROP[r]._value.get()
+                      for r in ("srtp_error", "malformed_rtp", "malformed_rtcp")) - dropped_before
+        assert dropped > 0  # RTP-looking garbage fails SRTP and is counted, never raised
         await wait_until(lambda: frames() >= before + 30, timeout=30,
                          message="video keeps flowing after the garbage")
         room = server.rooms.rooms["hostile"]

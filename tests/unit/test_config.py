@@ -523,3 +523,69 @@ def test_adaptation_is_on_by_default_and_can_be_turned_off_everywhere(tmp_path: 
     path = tmp_path / "m.toml"
     path.write_text("[media]\nadaptation = false\n")
     assert build_config({}, KEYS_ENV, str(path)).media.adaptation is False
+
+
+# ---- limits, TLS and shutdown (issue 10) ----
+
+_LIMIT_NAMES = ("messages_per_second", "message_burst", "connections_per_ip",
+                "joins_per_second", "max_participants", "max_loop_lag_ms", "send_queue",
+                "publish_video_kbps", "publish_audio_kbps")
+
+
+def test_limits_defaults_and_every_source(tmp_path: Path) -> None:
+    from mediaserver.config import LimitsConfig
+
+    assert build_config({}, KEYS_ENV, None).limits == LimitsConfig()
+    file_values = {name: 100 + i for i, name in enumerate(_LIMIT_NAMES)}
+    path = write_toml(tmp_path, "[limits]\n" + "".join(f"{k} = {v}\n"
+                                                       for k, v in file_values.items()))
+    assert build_config({}, KEYS_ENV, path).limits == LimitsConfig(**file_values)
+    env = {**KEYS_ENV, **{f"MEDIASERVER_{k.upper()}": str(v + 1000)
+                          for k, v in file_values.items()}}
+    expected_env = {k: v + 1000 for k, v in file_values.items()}
+    assert build_config({}, env, path).limits == LimitsConfig(**expected_env)
+    argv = [a for k, v in file_values.items() for a in ("--" + k.replace("_", "-"), str(v + 7))]
+    expected_flags = {k: v + 7 for k, v in file_values.items()}
+    assert build_config(flags_of(*argv), env, path).limits == LimitsConfig(**expected_flags)
+
+
+@pytest.mark.parametrize(("var", "value", "message"), [
+    ("MEDIASERVER_MESSAGES_PER_SECOND", "0", "limits.messages_per_second: '0' must be an"
+     " integer in 1..10000 (from MEDIASERVER_MESSAGES_PER_SECOND)"),
+    ("MEDIASERVER_SEND_QUEUE", "2", "limits.send_queue: '2' must be an integer in 8..100000"
+     " (from MEDIASERVER_SEND_QUEUE)"),
+    ("MEDIASERVER_MAX_LOOP_LAG_MS", "x", "limits.max_loop_lag_ms: 'x' must be an integer in"
+     " 0..60000 (from MEDIASERVER_MAX_LOOP_LAG_MS)"),
+    ("MEDIASERVER_SHUTDOWN_TIMEOUT", "0", "shutdown_timeout: '0' must be an integer in 1..600"
+     " (from MEDIASERVER_SHUTDOWN_TIMEOUT)"),
+    ("MEDIASERVER_TLS_CERT", "/nonexistent.pem", "tls: cert and key must both be set"
+     " (PEM files)"),
+])  # fmt: skip
+def test_limits_tls_shutdown_validation(var: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({}, {**KEYS_ENV, var: value}, None)
+    assert str(info.value) == message
+
+
+def test_tls_and_shutdown_from_every_source(tmp_path: Path) -> None:
+    from mediaserver.config import TlsConfig
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("y")
+    path = write_toml(tmp_path, f'shutdown_timeout = 20\n[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+    config = build_config({}, KEYS_ENV, path)
+    assert config.tls == TlsConfig(str(cert), str(key)) and config.tls.enabled
+    assert config.shutdown_timeout == 20
+    env = {**KEYS_ENV, "MEDIASERVER_SHUTDOWN_TIMEOUT": "5", "MEDIASERVER_TLS_KEY": str(cert)}
+    config = build_config({}, env, path)
+    assert (config.shutdown_timeout, config.tls.key) == (5, str(cert))
+    config = build_config(flags_of("--shutdown-timeout", "3", "--tls-cert", str(key)), env, path)
+    assert (config.shutdown_timeout, config.tls.cert) == (3, str(key))
+    assert build_config({}, KEYS_ENV, None).tls.enabled is False
+    with pytest.raises(ConfigError, match=r"tls.key: cannot read '/nope/k.pem'"):
+        build_config({}, {**KEYS_ENV, "MEDIASERVER_TLS_CERT": str(cert),
+                          "MEDIASERVER_TLS_KEY": "/nope/k.pem"}, None)
+    redacted = build_config({}, KEYS_ENV, path).redacted()
+    assert redacted["tls"] == {"cert": str(cert), "key": str(key)}
+    assert redacted["limits"]["send_queue"] == 256
