@@ -138,6 +138,7 @@ class Config:
     rooms: RoomConfig = field(default_factory=RoomConfig)
     signal_idle_timeout: int = 60  # close a signalling socket silent this long
     recording: RecordingConfig = field(default_factory=RecordingConfig)
+    web_enabled: bool = True  # serve the session page and the JavaScript SDK under /web/
 
     def __post_init__(self) -> None:
         # frozen=True stops rebinding the field, not mutating the dict behind it.
@@ -173,6 +174,7 @@ class Config:
             "recording": {"directory": self.recording.directory,
                           "keys": "***" if self.recording.keys else None,
                           "retention_days": self.recording.retention_days},
+            "web_enabled": self.web_enabled,
         }
 
 
@@ -374,6 +376,8 @@ _SETTINGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("recording.keys", None, "RECORDING_KEYS", {}),
     ("recording.retention_days", "--recording-retention-days", "RECORDING_RETENTION_DAYS",
      {"metavar": "DAYS"}),
+    ("web_enabled", "--no-web", "WEB_ENABLED", {"dest": "web_enabled", "action": "store_false",
+                                                "help": "do not serve the session page and SDK"}),
 )  # fmt: skip
 ENV_VARS = {"MEDIASERVER_" + env: name for name, _, env, _ in _SETTINGS}  # variable -> setting
 _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typed)
@@ -535,6 +539,7 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
         recording=_recording(get("recording.directory", _path, None),
                              get("recording.keys", _keys_spec, None),
                              get("recording.retention_days", _int(0, 36500), 0)),
+        web_enabled=get("web_enabled", _bool, d.web_enabled),
     )
 
 
