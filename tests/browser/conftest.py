@@ -1,0 +1,135 @@
+"""Real headless Chromium (Debian's package) driven by Playwright against a real server.
+
+Chromium runs with its fake camera (a moving test pattern) and fake microphone (a beep);
+each page gets its own browser context, so its own sessionStorage and its own devices.
+Playwright launches Chromium with ``--no-sandbox`` by default (``chromium_sandbox=False``):
+Chromium refuses to start its sandbox as root, and CI runs as root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.conftest import RunningServer, wait_until
+
+CHROMIUM = os.environ.get("MEDIASERVER_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    # Remote audio plays without a click on the page, as after a real user's "Join".
+    "--autoplay-policy=no-user-gesture-required",
+]
+SMALL_VIDEO = "320x240@15"  # keeps several encoders and decoders cheap on a shared machine
+
+if not shutil.which(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} not found: install Debian's chromium package (.ci/run does)",
+                allow_module_level=True)
+
+from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
+
+# Per remote track: what the browser's getStats says it received.
+REMOTE_STATS_JS = """async () => {
+  const out = {};
+  for (const r of window.sessionPage.session.remoteTracks.values()) {
+    const report = await r.receiver.getStats();
+    for (const s of report.values()) {
+      if (s.type !== "inbound-rtp") continue;
+      out[r.track_id] = {kind: s.kind, participant_id: r.participant_id,
+        framesDecoded: s.framesDecoded ?? 0, packetsReceived: s.packetsReceived ?? 0,
+        totalAudioEnergy: s.totalAudioEnergy ?? 0, frameWidth: s.frameWidth ?? 0,
+        frameHeight: s.frameHeight ?? 0};
+    }
+  }
+  return out;
+}"""
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@dataclass
+class SessionPage:
+    """One person's browser tab on the session page."""
+
+    page: Page
+    name: str
+
+    async def js(self, expression: str, arg: Any = None) -> Any:
+        return await self.page.evaluate(expression, arg)
+
+    async def participant_id(self) -> str:
+        return await self.js("window.sessionPage.session.participantId")
+
+    async def remote_stats(self) -> dict[str, dict[str, Any]]:
+        return await self.js(REMOTE_STATS_JS)
+
+    async def decoded_from(self, participant_id: str) -> int:
+        stats = await self.remote_stats()
+        return sum(s["framesDecoded"] for s in stats.values()
+                   if s["participant_id"] == participant_id and s["kind"] == "video")
+
+    async def audio_from(self, participant_id: str) -> tuple[int, float]:
+        stats = await self.remote_stats()
+        audio = [s for s in stats.values()
+                 if s["participant_id"] == participant_id and s["kind"] == "audio"]
+        return (sum(s["packetsReceived"] for s in audio),
+                sum(s["totalAudioEnergy"] for s in audio))
+
+
+async def open_session(browser: Browser, server: RunningServer, token: str, name: str, *,
+                       join: bool = True, video: str = SMALL_VIDEO, extra: str = "",
+                       viewport: dict[str, int] | None = None) -> SessionPage:
+    """Open the session page with ``token`` in the fragment, pass the pre-call check, join."""
+    context = await browser.new_context(viewport=viewport or {"width": 800, "height": 600})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{server.url}/web/#token={token}&video={video}{extra}")
+    sp = SessionPage(page, name)
+    if join:
+        await click_join(sp)
+    assert not errors, errors
+    return sp
+
+
+async def click_join(sp: SessionPage) -> None:
+    await sp.page.get_by_role("button", name="Join the session").click(timeout=30000)
+    await wait_until(lambda: sp.js("['active', 'waiting'].includes("
+                                   "window.sessionPage.session.state)"),
+                     timeout=20, message=f"{sp.name} joined")
+
+
+async def frames_grow(viewer: SessionPage, subject_id: str, at_least: int = 10,
+                      timeout: float = 40) -> None:
+    """``viewer`` decodes ``subject_id``'s video: at least N frames, then more."""
+    first = await wait_until(lambda: _ge(viewer.decoded_from(subject_id), at_least),
+                             timeout=timeout,
+                             message=f"{viewer.name} decodes {at_least} frames of {subject_id}")
+    await wait_until(lambda: _ge(viewer.decoded_from(subject_id), first + 5), timeout=timeout,
+                     message=f"{viewer.name} keeps decoding {subject_id}")
+
+
+async def _ge(value_coro: Any, n: int) -> int:
+    value = await value_coro
+    return value if value >= n else 0
+
+
+async def hears(viewer: SessionPage, subject_id: str, timeout: float = 30) -> None:
+    """``viewer`` receives ``subject_id``'s audio with sound in it (the fake mic beeps)."""
+    async def energy() -> bool:
+        packets, energy = await viewer.audio_from(subject_id)
+        return packets > 50 and energy > 0
+    await wait_until(energy, timeout=timeout, message=f"{viewer.name} hears {subject_id}")
