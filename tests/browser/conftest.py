@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from playwright.async_api import Browser, Page, async_playwright
 
 from tests.conftest import RunningServer, wait_until
 
@@ -26,12 +27,6 @@ ARGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 SMALL_VIDEO = "320x240@15"  # keeps several encoders and decoders cheap on a shared machine
-
-if not shutil.which(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} not found: install Debian's chromium package (.ci/run does)",
-                allow_module_level=True)
-
-from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
 
 # Per remote track: what the browser's getStats says it received.
 REMOTE_STATS_JS = """async () => {
@@ -52,6 +47,8 @@ REMOTE_STATS_JS = """async () => {
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium package (.ci/run does)")
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -91,12 +88,16 @@ class SessionPage:
 
 async def open_session(browser: Browser, server: RunningServer, token: str, name: str, *,
                        join: bool = True, video: str = SMALL_VIDEO, extra: str = "",
-                       viewport: dict[str, int] | None = None) -> SessionPage:
+                       viewport: dict[str, int] | None = None,
+                       before: Callable[[Page], Awaitable[Any]] | None = None) -> SessionPage:
     """Open the session page with ``token`` in the fragment, pass the pre-call check, join."""
     context = await browser.new_context(viewport=viewport or {"width": 800, "height": 600})
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: print(f"[{name}] {m.type}: {m.text}"))
+    if before is not None:
+        await before(page)
     await page.goto(f"{server.url}/web/#token={token}&video={video}{extra}")
     sp = SessionPage(page, name)
     if join:

@@ -161,7 +161,7 @@ export class Session extends Emitter {
     this.simulcast = options.simulcast ?? true;
     this.autoResume = options.autoResume ?? true;
     this.resumeWindowMs = options.resumeWindowMs ?? 30000;
-    this._log = options.log ?? (() => {});
+    this._log = options.log ?? ((m) => console.debug(`[sdk] ${m}`));
     /** @type {string} */
     this.state = "idle";
     /** @type {string|null} */
@@ -243,11 +243,15 @@ export class Session extends Emitter {
   _open() {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.url);
+      const failed = () => reject(new SessionError("connect_failed", "signalling socket did not open"));
       this._ws = ws;
       ws.onopen = () => resolve();
-      ws.onerror = () => reject(new SessionError("connect_failed", "signalling socket did not open"));
+      ws.onerror = failed;
       ws.onmessage = (ev) => this._onMessage(ws, ev.data);
-      ws.onclose = (ev) => this._onSocketClose(ws, ev);
+      ws.onclose = (ev) => {
+        failed(); // no effect once open
+        this._onSocketClose(ws, ev);
+      };
     });
   }
 

@@ -155,11 +155,8 @@ class SessionPage {
     $("leave").onclick = () => s.leave();
     $("mic").onclick = () => this.setMic(!this.localMuted("audio"));
     $("cam").onclick = () => this.setCam(!this.localMuted("video"));
-    $("host-toggle").onclick = () => {
-      const open = $("host").hidden;
-      $("host").hidden = !open;
-      $("host-toggle").setAttribute("aria-expanded", String(open));
-    };
+    $("host-toggle").onclick = () => this.showHostPanel($("host").hidden);
+    $("host-close").onclick = () => this.showHostPanel(false);
     $("lock").onclick = () => s.lockRoom(!s.room?.locked).catch((e) => toast(e.message));
     $("record").onclick = () => {
       const active = ["waiting_consent", "recording", "paused"].includes(s.recording?.state);
@@ -367,6 +364,13 @@ class SessionPage {
 
   // ---- host panel -----------------------------------------------------------------------
 
+  showHostPanel(open) {
+    $("host").hidden = !open;
+    $("host-toggle").setAttribute("aria-expanded", String(open));
+    if (open) $("host-title").focus();
+    else $("host-toggle").focus();
+  }
+
   renderPeople() {
     const s = this.session;
     const wl = $("waiting-list");
@@ -434,7 +438,7 @@ class SessionPage {
     const badge = $("quality");
     const level = q?.level ?? "excellent";
     badge.dataset.level = q ? level : "unknown";
-    badge.textContent = q ? `Connection: ${LEVELS[level].label.toLowerCase()}` : "Connection";
+    badge.textContent = q ? `Connection: ${LEVELS[level].label.toLowerCase()}` : "Connection: measuring";
     badge.setAttribute("aria-label", q ? `Connection ${level}. Show why` : "Connection quality. Show details");
     if (!$("quality-details").hidden) this.explainQuality();
   }
