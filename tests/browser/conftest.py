@@ -107,7 +107,9 @@ async def open_session(browser: Browser, server: RunningServer, token: str, name
 
 
 async def click_join(sp: SessionPage) -> None:
-    await sp.page.get_by_role("button", name="Join the session").click(timeout=30000)
+    join = sp.page.get_by_role("button", name="Join the session")
+    await sp.page.locator("#join:enabled").wait_for(timeout=30000)
+    await join.click()
     await wait_until(lambda: sp.js("['active', 'waiting'].includes("
                                    "window.sessionPage.session.state)"),
                      timeout=20, message=f"{sp.name} joined")

@@ -937,15 +937,25 @@ Session.prototype._setTrackMuted = function (msg, muted) {
 /**
  * Check camera, microphone, the signalling server and WebRTC before joining. The stream it
  * opened is returned so that the page can preview it and publish it without asking again.
- * @param {{url?: string, video?: MediaTrackConstraints|boolean, audio?: MediaTrackConstraints|boolean, iceServers?: RTCIceServer[], timeoutMs?: number}} [opts]
+ * `onStream` is called as soon as the camera and microphone are open (a page may let the user
+ * join from then on), `onResult` as each check finishes.
+ * @param {{url?: string, video?: MediaTrackConstraints|boolean, audio?: MediaTrackConstraints|boolean, iceServers?: RTCIceServer[], timeoutMs?: number, onStream?: (stream: MediaStream|null) => void, onResult?: (name: string, result: CheckResult) => void}} [opts]
  * @returns {Promise<{ok: boolean, stream: MediaStream|null, camera: CheckResult, microphone: CheckResult, signalling: CheckResult, network: CheckResult}>}
  */
 export async function preCallCheck(opts = {}) {
   const timeoutMs = opts.timeoutMs ?? 5000;
   const result = { ok: false, stream: null, camera: null, microphone: null, signalling: null, network: null };
-  const media = checkMedia(opts, timeoutMs).then((m) => Object.assign(result, m));
-  const signalling = checkSignalling(opts.url ?? defaultSignalUrl(), timeoutMs).then((s) => (result.signalling = s));
-  const network = checkNetwork(opts.iceServers ?? [], timeoutMs).then((n) => (result.network = n));
+  const report = (name, r) => {
+    result[name] = r;
+    opts.onResult?.(name, r);
+  };
+  const media = checkMedia(opts, timeoutMs).then((m) => {
+    result.stream = m.stream;
+    report("camera", m.camera);
+    report("microphone", m.microphone);
+  });
+  const signalling = checkSignalling(opts.url ?? defaultSignalUrl(), timeoutMs).then((r) => report("signalling", r));
+  const network = checkNetwork(opts.iceServers ?? [], timeoutMs).then((r) => report("network", r));
   await Promise.all([media, signalling, network]);
   result.ok = [result.camera, result.microphone, result.signalling, result.network].every((c) => c.status !== "fail");
   return result;
@@ -959,8 +969,10 @@ async function checkMedia(opts, timeoutMs) {
   } catch (err) {
     const detail = err.name === "NotAllowedError" ? "Camera and microphone access was refused: allow it in the browser's site settings." : err.name === "NotFoundError" ? "No camera or microphone was found." : `Camera or microphone could not be opened (${err.name}).`;
     const fail = { status: "fail", detail };
+    opts.onStream?.(null);
     return { stream: null, camera: want.video ? fail : skipped(), microphone: want.audio ? fail : skipped() };
   }
+  opts.onStream?.(stream);
   const [video] = stream.getVideoTracks();
   const [audio] = stream.getAudioTracks();
   const [camera, microphone] = await Promise.all([

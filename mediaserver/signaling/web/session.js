@@ -87,7 +87,9 @@ class SessionPage {
     this.session = new Session({ token, simulcast: options.get("simulcast") !== "0" });
     this.stream = null;
     this.tiles = new Map(); // participant_id -> {fig, video, audio, caption}
-    this.firstRemoteFrameAt = null; // ms since navigation start
+    // Milliseconds since navigation start, for measuring: pre-call check done, Join
+    // clicked, first remote video frame presented.
+    this.precallDoneAt = this.joinClickedAt = this.firstRemoteFrameAt = null;
     this.consentGiven = false;
     this.bind();
   }
@@ -177,21 +179,28 @@ class SessionPage {
   async precall() {
     show("precall");
     const video = videoConstraints(this.options.get("video"));
-    const result = await preCallCheck({ video, audio: { echoCancellation: true, noiseSuppression: true } });
-    this.stream = result.stream;
-    if (this.stream) $("preview").srcObject = this.stream;
-    for (const name of ["camera", "microphone", "signalling", "network"]) {
+    const onStream = (stream) => {
+      // Joining needs only the camera and microphone; the other checks go on meanwhile.
+      this.stream = stream;
+      if (stream) $("preview").srcObject = stream;
+      $("join").disabled = false;
+      if (!document.activeElement || document.activeElement === document.body) $("join").focus();
+    };
+    const onResult = (name, r) => {
       const li = document.querySelector(`[data-check="${name}"]`);
-      li.dataset.status = result[name].status;
-      li.querySelector("span:last-child").textContent = result[name].detail;
+      li.dataset.status = r.status;
+      li.querySelector("span:last-child").textContent = r.detail;
+    };
+    const result = await preCallCheck({ video, audio: { echoCancellation: true, noiseSuppression: true }, onStream, onResult });
+    if (this.session.state === "idle") {
+      $("precall-note").textContent = result.ok ? "" : "Something is wrong (see above). You can still try to join.";
     }
-    $("precall-note").textContent = result.ok ? "" : "Something is wrong (see above). You can still try to join.";
-    $("join").disabled = false;
-    $("join").focus();
     this.precallResult = result;
+    this.precallDoneAt = performance.now();
   }
 
   async join() {
+    this.joinClickedAt = performance.now();
     $("join").disabled = true;
     try {
       const joined = await this.session.connect();
