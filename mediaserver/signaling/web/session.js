@@ -473,7 +473,7 @@ class SessionPage {
     const level = stats?.level ?? s.quality.get(s.participantId)?.level ?? "excellent";
     const info = LEVELS[level] ?? LEVELS.excellent;
     const h = document.createElement("h2");
-    h.textContent = `Your connection: ${info.label}${stats ? ` (${stats.score.toFixed(1)} of 4.5)` : ""}`;
+    h.textContent = `Your connection: ${info.label}${stats?.score != null ? ` (${stats.score.toFixed(1)} of 4.5)` : ""}`;
     panel.append(h, para(info.text), para(`What to do: ${info.advice}`));
     const worst = stats ? worstTrack(stats.tracks) : null;
     if (worst) {
