@@ -8,6 +8,7 @@ Chromium refuses to start its sandbox as root, and CI runs as root.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, WebSocketRoute, async_playwright
 
 from tests.conftest import RunningServer, wait_until
 
@@ -25,6 +26,10 @@ ARGS = [
     "--use-fake-ui-for-media-stream",
     # Remote audio plays without a click on the page, as after a real user's "Join".
     "--autoplay-policy=no-user-gesture-required",
+    # ICE only on the default-route interface: other work on a shared machine creates and
+    # deletes network interfaces (veths of network-namespace tests), and a call whose
+    # candidate pair sits on one of them dies with it.
+    "--webrtc-ip-handling-policy=default_public_interface_only",
 ]
 SMALL_VIDEO = "320x240@15"  # keeps several encoders and decoders cheap on a shared machine
 
@@ -55,6 +60,31 @@ async def browser() -> AsyncIterator[Browser]:
             yield b
         finally:
             await b.close()
+
+
+class SignalRecorder:
+    """Routes a page's signalling WebSocket through Playwright and keeps every message."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []  # by the page
+        self.received: list[dict[str, Any]] = []  # by the page
+
+    async def install(self, page: Page) -> None:
+        await page.route_web_socket("**/v1/signal", self._route)
+
+    def _route(self, ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def to_server(message: str | bytes) -> None:
+            self.sent.append(json.loads(message))
+            server.send(message)
+
+        def to_page(message: str | bytes) -> None:
+            self.received.append(json.loads(message))
+            ws.send(message)
+
+        ws.on_message(to_server)
+        server.on_message(to_page)
 
 
 @dataclass
@@ -110,19 +140,46 @@ async def click_join(sp: SessionPage) -> None:
     join = sp.page.get_by_role("button", name="Join the session")
     await sp.page.locator("#join:enabled").wait_for(timeout=30000)
     await join.click()
-    await wait_until(lambda: sp.js("['active', 'waiting'].includes("
-                                   "window.sessionPage.session.state)"),
+    # Joined, and (unless waiting or not allowed to) publishing camera and microphone.
+    await wait_until(lambda: sp.js("(() => { const s = window.sessionPage.session; "
+                                   "return s.state === 'waiting' || s.state === 'active' && "
+                                   "(!s.can('publish') || s.localTracks.size >= 2); })()"),
                      timeout=20, message=f"{sp.name} joined")
+
+
+DIAGNOSE_JS = """async () => {
+  const s = window.sessionPage.session;
+  const out = {state: s.state, pub: s.publisher?.connectionState ?? null,
+               sub: s.subscriber?.connectionState ?? null, remote: [], local: []};
+  for (const r of s.remoteTracks.values()) {
+    for (const x of (await r.receiver.getStats()).values())
+      if (x.type === "inbound-rtp") out.remote.push({kind: x.kind, from: r.participant_id,
+        packets: x.packetsReceived, lost: x.packetsLost, frames: x.framesDecoded,
+        keyframes: x.keyFramesDecoded, plis: x.pliCount, nacks: x.nackCount});
+  }
+  for (const t of s.localTracks.values()) {
+    for (const x of (await t.transceiver.sender.getStats()).values())
+      if (x.type === "outbound-rtp") out.local.push({kind: x.kind, rid: x.rid ?? null,
+        packets: x.packetsSent, frames: x.framesEncoded, keyframes: x.keyFramesEncoded,
+        plis: x.pliCount, limit: x.qualityLimitationReason});
+  }
+  return out;
+}"""
 
 
 async def frames_grow(viewer: SessionPage, subject_id: str, at_least: int = 10,
                       timeout: float = 40) -> None:
     """``viewer`` decodes ``subject_id``'s video: at least N frames, then more."""
-    first = await wait_until(lambda: _ge(viewer.decoded_from(subject_id), at_least),
-                             timeout=timeout,
-                             message=f"{viewer.name} decodes {at_least} frames of {subject_id}")
-    await wait_until(lambda: _ge(viewer.decoded_from(subject_id), first + 5), timeout=timeout,
-                     message=f"{viewer.name} keeps decoding {subject_id}")
+    try:
+        first = await wait_until(lambda: _ge(viewer.decoded_from(subject_id), at_least),
+                                 timeout=timeout, interval=0.25,
+                                 message=f"{viewer.name} decodes {at_least} frames of "
+                                 f"{subject_id}")
+        await wait_until(lambda: _ge(viewer.decoded_from(subject_id), first + 5),
+                         timeout=timeout, interval=0.25,
+                         message=f"{viewer.name} keeps decoding {subject_id}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {viewer.name}: {await viewer.js(DIAGNOSE_JS)}") from None
 
 
 async def _ge(value_coro: Any, n: int) -> int:
@@ -135,4 +192,5 @@ async def hears(viewer: SessionPage, subject_id: str, timeout: float = 30) -> No
     async def energy() -> bool:
         packets, energy = await viewer.audio_from(subject_id)
         return packets > 50 and energy > 0
-    await wait_until(energy, timeout=timeout, message=f"{viewer.name} hears {subject_id}")
+    await wait_until(energy, timeout=timeout, interval=0.25,
+                     message=f"{viewer.name} hears {subject_id}")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from tests.browser.conftest import frames_grow, hears, open_session
+from tests.browser.conftest import SignalRecorder, frames_grow, hears, open_session
+from tests.conftest import wait_until
+from tests.integration.test_protocol_schemas import validator
 
 
 async def test_two_pages_one_to_one_see_and_hear_each_other(server, browser):
+    recorders = [SignalRecorder(), SignalRecorder()]
     therapist = await open_session(browser, server, server.token("b-1on1", "t", role="host"),
-                                   "therapist")
-    client = await open_session(browser, server, server.token("b-1on1", "c"), "client")
+                                   "therapist", before=recorders[0].install)
+    client = await open_session(browser, server, server.token("b-1on1", "c"), "client",
+                                before=recorders[1].install)
     t_id, c_id = await therapist.participant_id(), await client.participant_id()
     assert t_id != c_id
     await frames_grow(therapist, c_id)
@@ -18,3 +22,42 @@ async def test_two_pages_one_to_one_see_and_hear_each_other(server, browser):
     # Through the server: both publish to it, and the room forwards one to the other.
     room = server.rooms.rooms["b-1on1"]
     assert {p.id for p in room.participants.values()} == {t_id, c_id}
+
+    # The SDK speaks the protocol as documented: every message both ways fits its schema.
+    sent = [m for r in recorders for m in r.sent]
+    received = [m for r in recorders for m in r.received]
+    assert {"join", "publish_offer", "subscriber_answer", "ping"} <= {m["type"] for m in sent}
+    assert {"joined", "publish_answer", "subscriber_offer"} <= {m["type"] for m in received}
+    problems = {(direction, m["type"], e.message)
+                for direction, msgs in (("client", sent), ("server", received))
+                for m in msgs for e in validator(direction, m["type"]).iter_errors(m)}
+    assert not problems, sorted(problems)
+    assert not [m for m in received if m["type"] == "error"]
+
+
+async def test_call_controls_work_from_the_keyboard(server, browser):
+    page = await open_session(browser, server, server.token("b-keys", "t", role="host"), "host")
+    # Tab through the page from the top: every control is reached, in reading order.
+    await page.page.locator(".skip").focus()
+    names = []
+    for _ in range(6):
+        await page.page.keyboard.press("Tab")
+        names.append(await page.js("(() => { const e = document.activeElement; return "
+                                   "e.getAttribute('aria-label') || e.textContent.trim(); })()"))
+    order = ["Connection", "Mute microphone", "Turn camera off", "Host controls", "Leave"]
+    positions = [next(i for i, n in enumerate(names) if n.startswith(label)) for label in order]
+    assert positions == sorted(positions), names
+    # Space on the focused mute button mutes; the button says so to a screen reader.
+    mic = page.page.locator("#mic")
+    await mic.focus()
+    await page.page.keyboard.press("Space")
+    await wait_until(lambda: page.js("document.querySelector('#mic')"
+                                     ".getAttribute('aria-pressed') === 'true'"),
+                     message="the microphone muted by the keyboard")
+    assert await mic.text_content() == "Unmute microphone"
+    # Every button has a name, and every dialog a title.
+    unnamed = await page.js("[...document.querySelectorAll('button')].filter(b => "
+                            "!(b.getAttribute('aria-label') || b.textContent.trim())).length")
+    assert unnamed == 0
+    assert await page.js("[...document.querySelectorAll('dialog')].every(d => "
+                         "document.getElementById(d.getAttribute('aria-labelledby')))")

@@ -41,6 +41,8 @@ async def test_four_pages_and_an_aiortc_peer_in_a_group(server, browser):
     await host.page.screenshot(path=str(desktop))
     await pages[3].page.screenshot(path=str(phone))
     print(f"\nscreenshots: {desktop} {phone}")
+    # The phone's page fits its width: nothing to scroll sideways.
+    assert await pages[3].js("document.documentElement.scrollWidth <= innerWidth")
     captions = await host.js("[...document.querySelectorAll('#grid figcaption')]"
                              ".map(c => c.textContent)")
     for name in names[1:]:

@@ -29,6 +29,7 @@ export const SIMULCAST_LAYERS = Object.freeze([
 const REQUEST_TIMEOUT_MS = 20000;
 const PING_INTERVAL_MS = 15000;
 const PREFERENCES_DEBOUNCE_MS = 250;
+const MEDIA_RECOVERY_MS = 5000; // a connection disconnected this long is replaced
 
 /**
  * @typedef {Object} TrackInfo  A published track, as the server describes it (Track object).
@@ -396,7 +397,7 @@ export class Session extends Emitter {
 
   /** After `resumed`: new media connections for those that died, missing tracks again. */
   async _repairMedia(resumed) {
-    const dead = (pc) => pc && ["failed", "closed"].includes(pc.connectionState);
+    const dead = (pc) => pc && ["failed", "closed", "disconnected"].includes(pc.connectionState);
     if (dead(this.publisher)) await this.restartPublisher();
     const expected = new Set();
     for (const p of resumed.participants ?? []) for (const t of p.tracks ?? []) if (!t.muted) expected.add(t.track_id);
@@ -476,13 +477,29 @@ export class Session extends Emitter {
     const pc = new RTCPeerConnection(this._pcConfig());
     this._pubCandidates = [];
     pc.onicecandidate = (ev) => this._candidate("publisher", pc, ev.candidate);
-    pc.onconnectionstatechange = () => {
-      this.emit("media_state", { target: "publisher", state: pc.connectionState });
-      if (pc.connectionState === "failed" && pc === this.publisher && this.state === "active") {
-        this.restartPublisher().catch((err) => this._log(`publisher restart failed: ${err.code ?? err}`));
-      }
-    };
+    this._watchMedia(pc, "publisher");
     return pc;
+  }
+
+  /**
+   * A media connection that stays disconnected (the network path changed or died) or fails is
+   * replaced by a new one: the server has no ICE restart.
+   */
+  _watchMedia(pc, target) {
+    let timer = null;
+    const current = () => pc === (target === "publisher" ? this.publisher : this.subscriber);
+    const restart = () => {
+      if (!current() || this.state !== "active") return;
+      this._log(`${target} connection ${pc.connectionState}: new connection`);
+      const run = target === "publisher" ? this.restartPublisher() : this.restartSubscriber();
+      run.catch((err) => this._log(`${target} restart failed: ${err.code ?? err}`));
+    };
+    pc.onconnectionstatechange = () => {
+      this.emit("media_state", { target, state: pc.connectionState });
+      clearTimeout(timer);
+      if (pc.connectionState === "failed") restart();
+      else if (pc.connectionState === "disconnected") timer = setTimeout(restart, MEDIA_RECOVERY_MS);
+    };
   }
 
   _candidate(target, pc, candidate) {
@@ -584,7 +601,14 @@ export class Session extends Emitter {
   }
 
   /** Publish the same tracks on a new publisher connection (after a network change). */
-  async restartPublisher() {
+  restartPublisher() {
+    const run = () => this._restartPublisher();
+    const p = this._pubChain.then(run, run);
+    this._pubChain = p.catch(() => {});
+    return p;
+  }
+
+  async _restartPublisher() {
     const old = this.publisher;
     const local = [...this.localTracks.values()];
     old?.close();
@@ -652,12 +676,7 @@ export class Session extends Emitter {
       this._subCandidates = [];
       pc.onicecandidate = (ev) => this._candidate("subscriber", pc, ev.candidate);
       pc.ontrack = (ev) => this._onRemoteTrack(pc, ev);
-      pc.onconnectionstatechange = () => {
-        this.emit("media_state", { target: "subscriber", state: pc.connectionState });
-        if (pc.connectionState === "failed" && pc === this.subscriber && this.state === "active") {
-          this.restartSubscriber().catch((err) => this._log(`subscriber restart failed: ${err.code ?? err}`));
-        }
-      };
+      this._watchMedia(pc, "subscriber");
     }
     for (const t of msg.tracks ?? []) this._subMids.set(t.mid, t);
     await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
