@@ -8,6 +8,7 @@ from playwright.async_api import WebSocketRoute
 from mediaserver.config import build_config
 from mediaserver.recording.keys import new_kek_line
 from mediaserver.rooms.participant import DISCONNECTED
+from mediaserver.sfu import aiortc_adapter
 from tests.browser.conftest import frames_grow, open_session
 from tests.conftest import start_server, wait_until
 
@@ -144,8 +145,9 @@ async def test_page_resumes_after_its_connection_is_cut(server, browser):
                                                                           cut.route))
     c_id, t_id = await client.participant_id(), await host.participant_id()
     await frames_grow(host, c_id)
-    await client.js("window.__events = []; for (const t of ['reconnecting', 'reconnected', "
-                    "'rejoined']) window.sessionPage.session.on(t, () => __events.push(t))")
+    await client.js("(() => { window.__events = []; for (const t of ['reconnecting', "
+                    "'reconnected', 'rejoined']) window.sessionPage.session.on(t, "
+                    "() => window.__events.push(t)); })()")
 
     # Cut the page's signalling: its WebSocket drops, and new ones fail for a while.
     await cut.cut()
@@ -174,3 +176,32 @@ async def test_page_resumes_after_its_connection_is_cut(server, browser):
                                      f"'{c_id}').tracks.values()].some(t => t.kind === "
                                      f"'audio' && t.muted)"),
                      message="the host sees the resumed client's mute")
+
+
+def _blackhole(pc) -> None:
+    """The server stops reaching this connection's peer: every datagram it sends is lost."""
+    for dtls in aiortc_adapter.dtls_transports(pc):
+        for protocol in dtls.transport._connection._protocols:
+            protocol.transport.sendto = lambda *args, **kw: None
+
+
+async def test_page_replaces_a_dead_media_connection(server, browser):
+    host = await open_session(browser, server, server.token("b-path", "t", role="host"), "host")
+    client = await open_session(browser, server, server.token("b-path", "c"), "client")
+    c_id, t_id = await client.participant_id(), await host.participant_id()
+    await frames_grow(client, t_id)
+    await client.js("(() => { const s = window.sessionPage.session; window.__media = []; "
+                    "window.__oldSub = s.subscriber; s.on('media_state', "
+                    "e => window.__media.push(e.target + ':' + e.state)); })()")
+
+    # The path from the server to the client's subscriber connection dies (signalling lives).
+    _blackhole(server.rooms.rooms["b-path"].participants[c_id].subscriber.pc)
+    await wait_until(lambda: client.js("__media.includes('subscriber:disconnected')"),
+                     timeout=20, message="the browser notices the dead path")
+    # The SDK gives the connection 5 s to come back, then asks for a new one.
+    await wait_until(lambda: client.js("window.sessionPage.session.subscriber !== null && "
+                                       "window.sessionPage.session.subscriber !== __oldSub"),
+                     timeout=30, message="a new subscriber connection")
+    await frames_grow(client, t_id)
+    assert await client.participant_id() == c_id
+    assert await host.js("window.sessionPage.tiles.size") == 2  # nobody left
