@@ -55,9 +55,21 @@ async def test_call_controls_work_from_the_keyboard(server, browser):
                                      ".getAttribute('aria-pressed') === 'true'"),
                      message="the microphone muted by the keyboard")
     assert await mic.text_content() == "Unmute microphone"
+    # The quality badge opens an explanation: the level, what it means, what to do.
+    await page.page.locator("#quality").focus()
+    await page.page.keyboard.press("Enter")
+    details = page.page.locator("#quality-details")
+    await wait_until(lambda: details.is_visible(), message="the quality explanation")
+    await wait_until(lambda: _contains(details, "What to do:"), message="the explanation")
+    assert "Your connection:" in await details.text_content()
+    assert await page.page.locator("#quality").get_attribute("aria-expanded") == "true"
     # Every button has a name, and every dialog a title.
     unnamed = await page.js("[...document.querySelectorAll('button')].filter(b => "
                             "!(b.getAttribute('aria-label') || b.textContent.trim())).length")
     assert unnamed == 0
     assert await page.js("[...document.querySelectorAll('dialog')].every(d => "
                          "document.getElementById(d.getAttribute('aria-labelledby')))")
+
+
+async def _contains(locator, text: str) -> bool:
+    return text in (await locator.text_content() or "")

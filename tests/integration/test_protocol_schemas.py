@@ -27,7 +27,18 @@ from mediaserver.rooms.participant import DISCONNECTED
 from mediaserver.signaling import protocol as proto
 from tests.conftest import start_server, wait_until
 
+try:  # simulcast publishing for aiortc clients came with the adaptation work (issue 4)
+    from loadtest.simulcast import SimulcastPublisher
+except ImportError:
+    SimulcastPublisher = None
+
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+# The adaptation messages (issue 4) are documented; a server from before them has neither
+# these messages nor these fields. With them in the server, every check below is exact.
+ADAPTIVE = "set_bandwidth" in proto.MESSAGE_TYPES
+ADAPTATION_CLIENT = {"set_bandwidth"}
+ADAPTATION_SERVER = {"stream_state", "publisher_layers"}
+ADAPTATION_FIELDS = {"set_preferences": {"pinned"}}
 
 
 def _load() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], Registry]:
@@ -69,10 +80,13 @@ class RecordingClient(SignalClient):
 
 
 def test_client_schemas_match_the_servers_validation_table():
-    assert set(CLIENT) == set(proto.MESSAGE_TYPES)
+    pending = set() if ADAPTIVE else ADAPTATION_CLIENT
+    assert set(CLIENT) - pending == set(proto.MESSAGE_TYPES)
     for mtype, fields in proto._FIELDS.items():
         schema = CLIENT[mtype]
         props = set(schema["properties"]) - {"type", "id"}
+        if not ADAPTIVE:
+            props -= ADAPTATION_FIELDS.get(mtype, set())
         assert props == set(fields), mtype
         required = {name for name, (_, req, _) in fields.items() if req}
         assert set(schema["required"]) - {"type"} == required, mtype
@@ -117,7 +131,10 @@ async def test_schemas_refuse_and_accept_what_the_server_does(server):
     """Probe every client schema's limits on a live socket, before joining."""
     probes: list[tuple[dict[str, Any], bool]] = []  # message, valid by its schema
     for mtype, schema in sorted(CLIENT.items()):
-        props = {k: v for k, v in schema["properties"].items() if k not in ("type", "id")}
+        if mtype not in proto.MESSAGE_TYPES:
+            continue  # adaptation messages, before the server has them
+        props = {k: v for k, v in schema["properties"].items()
+                 if k not in ("type", "id") and k in proto._FIELDS[mtype]}
         minimal = {"type": mtype, **{k: _example(props[k]) for k in schema["required"]
                                      if k != "type"}}
         if mtype == "candidate":
@@ -199,9 +216,10 @@ async def test_a_recorded_session_matches_the_schemas(tmp_path):
 
         host, guest, late, leaver = (make("host", role="host", name="Dr A"),
                                      make("guest", name="Sam"), make("late"), make("leaver"))
-        clients = [host, guest, late, leaver]
+        simulcaster = make("simulcaster") if ADAPTIVE else None
+        clients = [host, guest, late, leaver] + ([simulcaster] if simulcaster else [])
         try:
-            await _session(server, host, guest, late, leaver)
+            await _session(server, host, guest, late, leaver, simulcaster)
         finally:
             await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
@@ -211,14 +229,17 @@ async def test_a_recorded_session_matches_the_schemas(tmp_path):
                 for direction, msgs in (("client", sent), ("server", received))
                 for msg in msgs for e in validator(direction, msg["type"]).iter_errors(msg)}
     assert not problems, sorted(problems)
-    assert {m["type"] for m in sent} == set(CLIENT), set(CLIENT) - {m["type"] for m in sent}
-    assert {m["type"] for m in received} == set(SERVER), (
-        set(SERVER) - {m["type"] for m in received})
+    client_types = set(CLIENT) - (set() if ADAPTIVE else ADAPTATION_CLIENT)
+    server_types = set(SERVER) - (set() if ADAPTIVE else ADAPTATION_SERVER)
+    assert {m["type"] for m in sent} == client_types, client_types - {m["type"] for m in sent}
+    assert {m["type"] for m in received} == server_types, (
+        server_types - {m["type"] for m in received})
     print(f"\n{len(sent)} client and {len(received)} server messages match docs/schemas/")
 
 
 async def _session(server, host: RecordingClient, guest: RecordingClient,
-                   late: RecordingClient, leaver: RecordingClient) -> None:
+                   late: RecordingClient, leaver: RecordingClient,
+                   simulcaster: RecordingClient | None) -> None:
     async def ok(c: RecordingClient, msg: dict[str, Any], reply: str = "ack") -> dict[str, Any]:
         got = await c.request(msg)
         assert got["type"] == reply, (msg, got)
@@ -252,6 +273,22 @@ async def _session(server, host: RecordingClient, guest: RecordingClient,
                      "max_width": 320, "max_height": 240, "max_fps": 15})
     await ok(guest, {"type": "unsubscribe", "track_id": host_video})
     await ok(guest, {"type": "subscribe", "track_id": host_video})
+    if ADAPTIVE:
+        await ok(guest, {"type": "set_preferences", "track_id": host_video, "pinned": True})
+        await ok(guest, {"type": "set_bandwidth", "audio_only": False, "max_bitrate": 2_000_000})
+        # A simulcast publisher is told which layers to send (publisher_layers), and its
+        # subscribers how their stream goes (stream_state).
+        assert SimulcastPublisher is not None and simulcaster is not None
+        assert (await simulcaster.connect())["state"] == "waiting"
+        await ok(host, {"type": "admit", "participant_id": simulcaster.participant_id})
+        sim = SimulcastPublisher(simulcaster)
+        assert (await sim.start())["type"] == "publish_answer"
+        try:
+            await wait_until(lambda: simulcaster.has("publisher_layers")
+                             and guest.has("stream_state"),
+                             timeout=20, message="publisher_layers and stream_state")
+        finally:
+            await sim.stop()
 
     # Mute, host controls.
     guest_audio = next(t["track_id"] for t in guest.published if t["kind"] == "audio")
@@ -306,3 +343,10 @@ def _has_stats(c: RecordingClient) -> Any:
         reply = await c.request({"type": "get_stats"})
         return "tracks" in reply
     return ask()
+
+
+def test_every_schema_is_linked_from_the_protocol_reference():
+    doc = (SCHEMAS.parent / "protocol.md").read_text()
+    for direction, schemas in (("client", CLIENT), ("server", SERVER)):
+        for mtype in schemas:
+            assert f"(schemas/{direction}/{mtype}.json)" in doc, (direction, mtype)

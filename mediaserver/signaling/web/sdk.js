@@ -29,6 +29,9 @@ export const SIMULCAST_LAYERS = Object.freeze([
 const REQUEST_TIMEOUT_MS = 20000;
 const PING_INTERVAL_MS = 15000;
 const PREFERENCES_DEBOUNCE_MS = 250;
+// Below this capture size (longer side) video is published without simulcast: Chrome would
+// send only the lowest layers of a small camera (q alone, 80x60, for 320x240).
+const SIMULCAST_MIN_SIDE = 640;
 const MEDIA_RECOVERY_MS = 5000; // a connection disconnected this long is replaced
 
 /**
@@ -58,7 +61,8 @@ const MEDIA_RECOVERY_MS = 5000; // a connection disconnected this long is replac
  * @property {"audio"|"video"} kind
  * @property {MediaStreamTrack} mediaStreamTrack
  * @property {MediaStream} stream  A stream holding only this track, for an element's srcObject.
- * @property {{state: string, reason?: string, spatial?: number, temporal?: number}|null} streamState
+ * @property {{state: string, reason?: string|null, spatial?: number|null, temporal?: number|null, width?: number|null, height?: number|null}|null} streamState
+ *   The server's last `stream_state` for this track (adaptation): paused or active, and why.
  */
 
 /**
@@ -92,6 +96,11 @@ export class SessionError extends Error {
     /** Stable error code (docs/protocol.md, "Error codes"). */
     this.code = code;
   }
+}
+
+function bigEnough(track) {
+  const { width = 0, height = 0 } = track.getSettings?.() ?? {};
+  return Math.max(width, height) >= SIMULCAST_MIN_SIDE;
 }
 
 /** Minimal event emitter: on() returns a function that removes the listener. */
@@ -545,7 +554,7 @@ export class Session extends Emitter {
     for (const e of entries) {
       const source = e.source ?? (e.track.kind === "audio" ? "microphone" : "camera");
       const init = { direction: "sendonly", streams: [new MediaStream([e.track])] };
-      const simulcast = e.track.kind === "video" && source === "camera" && (e.simulcast ?? this.simulcast);
+      const simulcast = e.track.kind === "video" && source === "camera" && (e.simulcast ?? this.simulcast) && bigEnough(e.track);
       if (simulcast) init.sendEncodings = SIMULCAST_LAYERS.map((l) => ({ ...l }));
       const transceiver = pc.addTransceiver(e.track, init);
       added.push({ transceiver, source, muted: !!e.muted, track: e.track, simulcast });
@@ -656,9 +665,21 @@ export class Session extends Emitter {
     return [...this.localTracks.values()].find((t) => t.kind === kind && t.source !== "screen" && t.source !== "screen_audio");
   }
 
-  /** Ask for video to stop (audio only) or come back; adaptation message, see docs/protocol.md. */
+  /**
+   * This subscriber's own limits (adaptation, see docs/protocol.md): receive audio only, or at
+   * most `maxBitrate` bits per second (0 removes the cap). Omitted fields stay as they were.
+   * @param {{audioOnly?: boolean, maxBitrate?: number}} limits
+   */
+  setBandwidth(limits) {
+    const msg = { type: "set_bandwidth" };
+    if (limits.audioOnly !== undefined) msg.audio_only = !!limits.audioOnly;
+    if (limits.maxBitrate !== undefined) msg.max_bitrate = Math.max(0, Math.round(limits.maxBitrate));
+    return this.request(msg);
+  }
+
+  /** Receive audio only (for a bad connection), or video again. @param {boolean} enabled */
   setAudioOnly(enabled) {
-    return this.request({ type: "set_audio_only", enabled: !!enabled });
+    return this.setBandwidth({ audioOnly: enabled });
   }
 
   // ---- receiving -------------------------------------------------------------------------
@@ -733,7 +754,7 @@ export class Session extends Emitter {
   /**
    * Replace this client's preferences for a track (each message replaces the last).
    * @param {string} trackId
-   * @param {{disabled?: boolean, max_width?: number, max_height?: number, max_fps?: number}} prefs
+   * @param {{disabled?: boolean, max_width?: number, max_height?: number, max_fps?: number, pinned?: boolean}} prefs
    */
   setPreferences(trackId, prefs) {
     this._prefs.set(trackId, JSON.stringify(prefs));
@@ -744,7 +765,9 @@ export class Session extends Emitter {
    * Show a remote track in an element. For video the SDK then keeps the server told what the
    * element needs: its size in device pixels (max_width/max_height), and `disabled` while the
    * element is scrolled out of view, not displayed, or the page is hidden.
-   * @param {string} trackId @param {HTMLMediaElement} element @param {{maxFps?: number}} [opts]
+   * `pinned` asks the server to favour this track when bandwidth is short (the person the user
+   * chose to watch); the dominant speaker is favoured without asking.
+   * @param {string} trackId @param {HTMLMediaElement} element @param {{maxFps?: number, pinned?: boolean}} [opts]
    * @returns {() => void} detach
    */
   attach(trackId, element, opts = {}) {
@@ -761,7 +784,7 @@ export class Session extends Emitter {
       this._attachments.set(trackId, { element, detach });
       return detach;
     }
-    const state = { element, visible: true, width: 0, height: 0, maxFps: opts.maxFps, timer: null };
+    const state = { element, visible: true, width: 0, height: 0, maxFps: opts.maxFps, pinned: !!opts.pinned, timer: null };
     const resize = new ResizeObserver(() => {
       state.width = element.clientWidth;
       state.height = element.clientHeight;
@@ -799,6 +822,7 @@ export class Session extends Emitter {
     const shown = s.visible && !this._pageHidden && s.width > 0 && s.height > 0;
     const prefs = shown ? { disabled: false, max_width: Math.round(s.width * dpr), max_height: Math.round(s.height * dpr) } : { disabled: true };
     if (shown && s.maxFps) prefs.max_fps = s.maxFps;
+    if (shown && s.pinned) prefs.pinned = true;
     if (this._prefs.get(trackId) === JSON.stringify(prefs)) return;
     this.setPreferences(trackId, prefs).catch((err) => this._log(`set_preferences failed: ${err.code}`));
   }
@@ -916,7 +940,7 @@ const EVENT_HANDLERS = {
   },
   stream_state(msg) {
     const r = this.remoteTracks.get(msg.track_id);
-    if (r) r.streamState = { state: msg.state, reason: msg.reason, spatial: msg.spatial, temporal: msg.temporal };
+    if (r) r.streamState = { state: msg.state, reason: msg.reason, spatial: msg.spatial, temporal: msg.temporal, width: msg.width, height: msg.height };
   },
   publisher_layers(msg) {
     const local = this.localTracks.get(msg.track_id);

@@ -16,6 +16,13 @@ const LEVELS = {
   lost: { label: "Lost", text: "Nothing has arrived for two seconds or more.", advice: "Wait a few seconds; if it does not come back, leave and join again." },
 };
 
+// stream_state reasons (adaptation): short chip text, and what it means.
+const PAUSED = {
+  bandwidth: ["video paused", "Video paused: not enough bandwidth on your connection for it"],
+  audio_only: ["audio only", "You chose to receive audio only"],
+  preference: ["video paused", "Video paused for this tile's size"],
+};
+
 const REASONS = {
   left: "You left the session.",
   room_ended: "The host ended the session.",
@@ -295,7 +302,8 @@ class SessionPage {
       const tracks = t.self ? [...s.localTracks.values()] : [...p.tracks.values()];
       const audioMuted = tracks.some((x) => x.kind === "audio" && x.muted);
       const q = s.quality.get(pid);
-      const paused = t.videoTrackId && s.remoteTracks.get(t.videoTrackId)?.streamState?.state === "paused";
+      const stream = t.videoTrackId ? s.remoteTracks.get(t.videoTrackId)?.streamState : null;
+      const paused = stream?.state === "paused" && stream.reason !== "disabled";
       const parts = [t.self ? "You" : p.name || p.identity];
       if (p.role === "host") parts.push("host");
       t.caption.textContent = "";
@@ -303,7 +311,7 @@ class SessionPage {
       name.textContent = parts.join(" · ");
       t.caption.append(name);
       if (audioMuted) t.caption.append(chip("muted", "Microphone muted"));
-      if (paused) t.caption.append(chip("video paused", "Video paused to save bandwidth"));
+      if (paused) t.caption.append(chip(PAUSED[stream.reason]?.[0] ?? "video paused", PAUSED[stream.reason]?.[1] ?? "Video paused by the server"));
       if (q) t.caption.append(chip(q.level, `Connection ${q.level}`, `q-${q.level}`));
       t.fig.setAttribute("aria-label", `${parts.join(", ")}${audioMuted ? ", microphone muted" : ""}${q ? `, connection ${q.level}` : ""}`);
     }
@@ -449,7 +457,9 @@ class SessionPage {
     badge.dataset.level = q ? level : "unknown";
     badge.textContent = q ? `Connection: ${LEVELS[level].label.toLowerCase()}` : "Connection: measuring";
     badge.setAttribute("aria-label", q ? `Connection ${level}. Show why` : "Connection quality. Show details");
-    if (!$("quality-details").hidden) this.explainQuality();
+    // Refresh an open explanation, unless the keyboard is in it (it would lose its place).
+    const panel = $("quality-details");
+    if (!panel.hidden && !panel.contains(document.activeElement)) this.explainQuality();
   }
 
   toggleQuality() {
@@ -483,6 +493,19 @@ class SessionPage {
       panel.append(para(`Weakest part: ${t.kind} in ${dir}: ${(t.loss * 100).toFixed(1)} % of packets lost${rtt}, jitter ${Math.round((t.jitter ?? 0) * 1000)} ms.`));
       if (t.loss > 0.05) panel.append(para(key.endsWith(":uplink") ? "Your own connection is losing data: a wired connection or being nearer the router helps." : "Data is lost on the way to you: other apps using the network, or a weak Wi-Fi signal, are likely causes."));
     }
+    const audioOnly = document.createElement("button");
+    audioOnly.type = "button";
+    audioOnly.textContent = this.audioOnly ? "Receive video again" : "Receive audio only";
+    audioOnly.setAttribute("aria-pressed", String(!!this.audioOnly));
+    audioOnly.onclick = () => {
+      const next = !this.audioOnly;
+      s.setAudioOnly(next).then(() => {
+        this.audioOnly = next;
+        toast(next ? "Receiving audio only." : "Receiving video again.");
+        this.explainQuality();
+      }, (e) => toast(`Not available: ${e.message}`));
+    };
+    panel.append(audioOnly);
     const others = [...s.quality.entries()].filter(([pid]) => pid !== s.participantId && s.participants.has(pid));
     if (others.length) {
       const ul = document.createElement("ul");
