@@ -2,8 +2,12 @@
 
 Chromium runs with its fake camera (a moving test pattern) and fake microphone (a beep);
 each page gets its own browser context, so its own sessionStorage and its own devices.
-Playwright launches Chromium with ``--no-sandbox`` by default (``chromium_sandbox=False``):
-Chromium refuses to start its sandbox as root, and CI runs as root.
+Playwright launches Chromium with ``--no-sandbox`` by default (``chromium_sandbox=False``),
+and it has to: CI runs as root, and Chromium as root without it stops at once with "Running as
+root without --no-sandbox is not supported" (crbug.com/638180); with ``chromium_sandbox=True``
+Playwright reports "Chromium sandboxing failed!". The pages only ever load this server's own
+page. (Debian's /usr/bin/chromium wrapper also prints "[: ...: unexpected operator" on start:
+a harmless bug in its shell script.)
 """
 
 from __future__ import annotations
