@@ -37,6 +37,11 @@ async def test_four_pages_and_an_aiortc_peer_in_a_group(server, browser):
                                      "[...document.querySelectorAll('#grid figure')]"
                                      ".every(f => !f.classList.contains('novideo'))"),
                      message="four tiles with video on the host's page")
+    # The badges show a level once the media has settled (the first seconds read "measuring").
+    for p in (host, pages[3]):
+        await wait_until(lambda p=p: p.js("document.querySelector('#quality').dataset.level"
+                                          " !== 'unknown'"),
+                         timeout=30, interval=0.5, message=f"{p.name}'s connection level")
     desktop, phone = ARTIFACTS / "session-4-desktop.png", ARTIFACTS / "session-4-phone.png"
     await host.page.screenshot(path=str(desktop))
     await pages[3].page.screenshot(path=str(phone))

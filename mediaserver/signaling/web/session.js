@@ -23,6 +23,8 @@ const PAUSED = {
   preference: ["video paused", "Video paused for this tile's size"],
 };
 
+const QUALITY_SETTLE_MS = 6000;
+
 const REASONS = {
   left: "You left the session.",
   room_ended: "The host ended the session.",
@@ -271,7 +273,7 @@ class SessionPage {
       fig.classList.toggle("novideo", !this.stream?.getVideoTracks().length);
     }
     $("grid").append(fig);
-    t = { fig, video, audio, caption, self };
+    t = { fig, video, audio, caption, self, since: performance.now() };
     this.tiles.set(pid, t);
     this.refreshCaptions();
     this.layout();
@@ -301,7 +303,7 @@ class SessionPage {
       if (!p) continue;
       const tracks = t.self ? [...s.localTracks.values()] : [...p.tracks.values()];
       const audioMuted = tracks.some((x) => x.kind === "audio" && x.muted);
-      const q = s.quality.get(pid);
+      const q = this.settled(t) ? s.quality.get(pid) : null;
       const stream = t.videoTrackId ? s.remoteTracks.get(t.videoTrackId)?.streamState : null;
       const paused = stream?.state === "paused" && stream.reason !== "disabled";
       const parts = [t.self ? "You" : p.name || p.identity];
@@ -315,6 +317,22 @@ class SessionPage {
       if (q) t.caption.append(chip(q.level, `Connection ${q.level}`, `q-${q.level}`));
       t.fig.setAttribute("aria-label", `${parts.join(", ")}${audioMuted ? ", microphone muted" : ""}${q ? `, connection ${q.level}` : ""}`);
     }
+  }
+
+  /**
+   * Connection levels are shown once a tile's media has had a few seconds: the server's first
+   * windows of a starting video track (a few frames a second) read poor for a moment, and a
+   * badge saying "poor" for every newcomer would teach people to ignore it.
+   */
+  settled(tile) {
+    const ready = performance.now() - tile.since >= QUALITY_SETTLE_MS;
+    if (!ready && !tile.settleTimer) {
+      tile.settleTimer = setTimeout(() => {
+        this.refreshCaptions();
+        this.renderBadge();
+      }, QUALITY_SETTLE_MS);
+    }
+    return ready;
   }
 
   myRole() {
@@ -451,7 +469,8 @@ class SessionPage {
   // ---- connection quality ------------------------------------------------------------------
 
   renderBadge() {
-    const q = this.session.quality.get(this.session.participantId);
+    const own = this.tiles.get(this.session.participantId);
+    const q = own && this.settled(own) ? this.session.quality.get(this.session.participantId) : null;
     const badge = $("quality");
     const level = q?.level ?? "excellent";
     badge.dataset.level = q ? level : "unknown";
