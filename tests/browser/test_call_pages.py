@@ -73,3 +73,44 @@ async def test_call_controls_work_from_the_keyboard(server, browser):
 
 async def _contains(locator, text: str) -> bool:
     return text in (await locator.text_content() or "")
+
+
+async def test_preferences_follow_the_tile_and_subscriptions_renegotiate(server, browser):
+    host = await open_session(browser, server, server.token("b-prefs", "t", role="host"), "host")
+    client = await open_session(browser, server, server.token("b-prefs", "c"), "client")
+    t_id, c_id = await host.participant_id(), await client.participant_id()
+    await frames_grow(client, t_id)
+    video = await client.js("[...window.sessionPage.session.remoteTracks.values()]"
+                            ".find(r => r.kind === 'video').track_id")
+    room = server.rooms.rooms["b-prefs"]
+    viewer = room.participants[c_id]
+    tile = client.page.locator(f'[data-participant="{t_id}"] video')
+
+    async def prefs_match_tile() -> bool:
+        box = await tile.evaluate("v => [v.clientWidth, v.clientHeight, devicePixelRatio]")
+        want = {"disabled": False, "max_width": round(box[0] * box[2]),
+                "max_height": round(box[1] * box[2])}
+        return viewer.preferences.get(video) == want
+
+    # The server knows the tile's size in device pixels, and follows it when it changes.
+    await wait_until(prefs_match_tile, message="preferences with the tile's size")
+    before = dict(viewer.preferences[video])
+    await client.page.set_viewport_size({"width": 420, "height": 700})
+    await wait_until(prefs_match_tile, message="preferences after a resize")
+    assert viewer.preferences[video] != before
+
+    # A tile out of sight is paused on the server (disabled), and resumes when shown.
+    await tile.evaluate("v => v.closest('figure').style.display = 'none'")
+    await wait_until(lambda: video in viewer.disabled_tracks, message="disabled when hidden")
+    await tile.evaluate("v => v.closest('figure').style.display = ''")
+    await wait_until(lambda: video not in viewer.disabled_tracks, message="enabled when shown")
+    await frames_grow(client, t_id)
+
+    # unsubscribe takes the track away (renegotiation), subscribe brings it back.
+    await client.js(f"window.sessionPage.session.unsubscribe('{video}')")
+    await wait_until(lambda: client.js(f"!window.sessionPage.session.remoteTracks.has('{video}')"),
+                     message="the track unsubscribed")
+    await client.js(f"window.sessionPage.session.subscribe('{video}')")
+    await wait_until(lambda: client.js(f"window.sessionPage.session.remoteTracks.has('{video}')"),
+                     message="the track subscribed again")
+    await frames_grow(client, t_id)

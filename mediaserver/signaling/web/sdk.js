@@ -705,10 +705,13 @@ export class Session extends Emitter {
     if (pc !== this.subscriber) return; // restarted meanwhile
     await this.request({ type: "subscriber_answer", sdp: pc.localDescription.sdp });
     this._flushCandidates("subscriber");
-    // m-lines the server deactivated: their tracks are gone.
+    // m-lines the server deactivated: their tracks are gone. (A track subscribed again comes
+    // on a new m-line; the old one stays inactive and must not take the new one away.)
     for (const t of pc.getTransceivers()) {
       const info = this._subMids.get(t.mid);
-      if (info && t.currentDirection === "inactive") this._dropRemoteTrack(info.track_id);
+      if (!info || t.currentDirection !== "inactive") continue;
+      this._subMids.delete(t.mid);
+      if (this.remoteTracks.get(info.track_id)?.receiver === t.receiver) this._dropRemoteTrack(info.track_id);
     }
   }
 
