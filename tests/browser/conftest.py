@@ -97,6 +97,7 @@ class SessionPage:
 
     page: Page
     name: str
+    requests: list[str]  # every URL the page asked for (the token must be in none)
 
     async def js(self, expression: str, arg: Any = None) -> Any:
         return await self.page.evaluate(expression, arg)
@@ -130,10 +131,12 @@ async def open_session(browser: Browser, server: RunningServer, token: str, name
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda m: print(f"[{name}] {m.type}: {m.text}"))
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
     if before is not None:
         await before(page)
     await page.goto(f"{server.url}/web/#token={token}&video={video}{extra}")
-    sp = SessionPage(page, name)
+    sp = SessionPage(page, name, requests)
     if join:
         await click_join(sp)
     assert not errors, errors

@@ -9,9 +9,10 @@ from tests.integration.test_protocol_schemas import validator
 
 async def test_two_pages_one_to_one_see_and_hear_each_other(server, browser):
     recorders = [SignalRecorder(), SignalRecorder()]
-    therapist = await open_session(browser, server, server.token("b-1on1", "t", role="host"),
-                                   "therapist", before=recorders[0].install)
-    client = await open_session(browser, server, server.token("b-1on1", "c"), "client",
+    tokens = [server.token("b-1on1", "t", role="host"), server.token("b-1on1", "c")]
+    therapist = await open_session(browser, server, tokens[0], "therapist",
+                                   before=recorders[0].install)
+    client = await open_session(browser, server, tokens[1], "client",
                                 before=recorders[1].install)
     t_id, c_id = await therapist.participant_id(), await client.participant_id()
     assert t_id != c_id
@@ -33,6 +34,13 @@ async def test_two_pages_one_to_one_see_and_hear_each_other(server, browser):
                 for m in msgs for e in validator(direction, m["type"]).iter_errors(m)}
     assert not problems, sorted(problems)
     assert not [m for m in received if m["type"] == "error"]
+
+    # The token travelled in the fragment and in the join message only: no request URL has
+    # it (so no access log can), and the page took it out of the address bar.
+    for page, token in ((therapist, tokens[0]), (client, tokens[1])):
+        assert page.requests and not [u for u in page.requests if token in u]
+        assert await page.js("location.hash") == ""
+        assert any(m.get("token") == token for m in recorders[tokens.index(token)].sent)
 
 
 async def test_call_controls_work_from_the_keyboard(server, browser):

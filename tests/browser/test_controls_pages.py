@@ -205,3 +205,44 @@ async def test_page_replaces_a_dead_media_connection(server, browser):
     await frames_grow(client, t_id)
     assert await client.participant_id() == c_id
     assert await host.js("window.sessionPage.tiles.size") == 2  # nobody left
+
+
+async def test_host_locks_removes_and_ends_from_the_panel(server, browser):
+    host = await open_session(browser, server, server.token("b-host", "t", role="host",
+                                                            name="Dr Rivera"), "host")
+    client = await open_session(browser, server, server.token("b-host", "c", name="Sam"),
+                                "client")
+    room = server.rooms.rooms["b-host"]
+    await host.page.get_by_role("button", name="Host controls").click()
+
+    lock = host.page.get_by_role("button", name="Lock the room")
+    await lock.click()
+    await wait_until(lambda: room.locked, message="the room locked")
+    await wait_until(lambda: _attr_is(host, "#lock", "aria-pressed", "true"),
+                     message="the lock button pressed")
+
+    # Removing asks first; Cancel keeps Sam, confirming removes Sam.
+    await host.page.get_by_role("button", name="Remove Sam from the session").click()
+    dialog = host.page.get_by_role("dialog", name="Remove Sam?")
+    await wait_until(dialog.is_visible, message="the confirmation")
+    await dialog.get_by_role("button", name="Cancel").click()
+    assert len(room.participants) == 2
+    await host.page.get_by_role("button", name="Remove Sam from the session").click()
+    await dialog.get_by_role("button", name="Remove").click()
+    await wait_until(lambda: client.page.locator("#ended").is_visible(),
+                     message="Sam's page says the session ended")
+    assert await client.page.locator("#ended-reason").text_content() == (
+        "The host removed you from the session.")
+    await wait_until(lambda: len(room.participants) == 1, message="Sam gone")
+
+    await host.page.get_by_role("button", name="End the session").click()
+    await host.page.get_by_role("dialog", name="End the session?").get_by_role(
+        "button", name="End for everyone").click()
+    await wait_until(lambda: host.page.locator("#ended").is_visible(), message="ended")
+    assert await host.page.locator("#ended-reason").text_content() == (
+        "The host ended the session.")
+    assert "b-host" not in server.rooms.rooms
+
+
+async def _attr_is(sp, selector: str, name: str, value: str) -> bool:
+    return await sp.page.locator(selector).get_attribute(name) == value
