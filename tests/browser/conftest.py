@@ -72,12 +72,18 @@ class SignalRecorder:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []  # by the page
         self.received: list[dict[str, Any]] = []  # by the page
+        self.page_sides: list[WebSocketRoute] = []
 
     async def install(self, page: Page) -> None:
         await page.route_web_socket("**/v1/signal", self._route)
 
+    def inject(self, msg: dict[str, Any]) -> None:
+        """Send the page a message as if the server had (on its latest socket)."""
+        self.page_sides[-1].send(json.dumps(msg))
+
     def _route(self, ws: WebSocketRoute) -> None:
         server = ws.connect_to_server()
+        self.page_sides.append(ws)
 
         def to_server(message: str | bytes) -> None:
             self.sent.append(json.loads(message))

@@ -35,6 +35,25 @@ async def test_two_pages_one_to_one_see_and_hear_each_other(server, browser):
     assert not problems, sorted(problems)
     assert not [m for m in received if m["type"] == "error"]
 
+    # Adaptation events reach the page: a video paused for bandwidth says so on its tile.
+    video = await client.js("[...window.sessionPage.session.remoteTracks.values()]"
+                            ".find(r => r.kind === 'video').track_id")
+    state = {"type": "stream_state", "track_id": video, "participant_id": t_id,
+             "state": "paused", "reason": "bandwidth", "spatial": None, "temporal": None,
+             "width": None, "height": None}
+    assert not list(validator("server", "stream_state").iter_errors(state))
+    chips = f"[...document.querySelectorAll('[data-participant=\"{t_id}\"] .chip')]"
+    recorders[1].inject(state)
+    await wait_until(lambda: client.js(f"{chips}.some(c => c.textContent === 'video paused' "
+                                       "&& c.title.includes('bandwidth'))"),
+                     message="the tile shows the pause and why")
+    recorders[1].inject({**state, "state": "active", "reason": None, "spatial": 0,
+                         "temporal": 2, "width": 320, "height": 240})
+    await wait_until(lambda: client.js(f"!{chips}.some(c => c.textContent === 'video paused')"),
+                     message="the tile shows the video again")
+    assert await client.js(f"window.sessionPage.session.remoteTracks.get('{video}')"
+                           ".streamState.width") == 320
+
     # The token travelled in the fragment and in the join message only: no request URL has
     # it (so no access log can), and the page took it out of the address bar.
     for page, token in ((therapist, tokens[0]), (client, tokens[1])):
