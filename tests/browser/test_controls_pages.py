@@ -246,3 +246,19 @@ async def test_host_locks_removes_and_ends_from_the_panel(server, browser):
 
 async def _attr_is(sp, selector: str, name: str, value: str) -> bool:
     return await sp.page.locator(selector).get_attribute(name) == value
+
+
+async def test_waiting_guest_turned_away_sees_why(server, browser):
+    await _create_room(server, "b-deny", waiting_room=True)
+    host = await open_session(browser, server, server.token("b-deny", "t", role="host"), "host")
+    guest = await open_session(browser, server, server.token("b-deny", "g", name="Sam"), "guest")
+    await wait_until(visible(guest, "#waiting"), message="the guest's waiting screen")
+    await host.page.get_by_role("button", name="Host controls").click()
+    await host.page.get_by_role("button", name="Turn away Sam").click()
+    await wait_until(visible(guest, "#ended"), message="the guest's page ends")
+    assert await guest.page.locator("#ended-reason").text_content() == (
+        "The host did not admit you.")
+    assert await guest.js("window.sessionPage.session.state") == "closed"
+    await wait_until(lambda: not server.rooms.rooms["b-deny"].waiting_list(),
+                     message="the waiting room empty")
+    assert await host.js("window.sessionPage.session.waiting.size") == 0

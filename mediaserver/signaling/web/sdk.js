@@ -910,7 +910,10 @@ const EVENT_HANDLERS = {
     this._applyRoster({ participants: msg.participants });
     this._setState("active");
   },
-  denied() {},
+  denied() {
+    this._leaving = true; // the server closes the socket next: no resume, no "disconnected"
+    queueMicrotask(() => this._teardown("denied"));
+  },
   removed(msg) {
     this._leaving = true; // do not resume: the server let us go
     queueMicrotask(() => this._teardown(msg.reason));

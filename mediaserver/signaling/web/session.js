@@ -123,7 +123,7 @@ class SessionPage {
     });
     s.on("waiting_left", () => this.renderPeople());
     s.on("admitted", () => this.enterCall());
-    s.on("denied", ({ reason }) => ($("ended-reason").textContent = reason));
+    s.on("denied", ({ reason }) => (this.deniedReason = reason));
     s.on("track_subscribed", (remote) => this.showRemote(remote));
     s.on("track_unsubscribed", (remote) => {
       const t = this.tiles.get(remote.participant_id);
@@ -244,7 +244,9 @@ class SessionPage {
 
   onState(state, reason) {
     if (state === "closed") {
-      $("ended-reason").textContent = REASONS[reason] ?? $("ended-reason").textContent ?? "";
+      let text = REASONS[reason] ?? "";
+      if (reason === "denied" && this.deniedReason) text = sentence(this.deniedReason);
+      $("ended-reason").textContent = text;
       show("ended");
       $("host").hidden = $("quality").hidden = $("withdraw").hidden = true;
       $("quality-details").hidden = true;
@@ -537,6 +539,11 @@ class SessionPage {
       panel.append(para("Others:"), ul);
     }
   }
+}
+
+function sentence(text) {
+  const t = text.trim();
+  return t.charAt(0).toUpperCase() + t.slice(1) + (/[.!?]$/.test(t) ? "" : ".");
 }
 
 function worstTrack(tracks) {
