@@ -17,6 +17,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +36,7 @@ ARGS = [
     # candidate pair sits on one of them dies with it.
     "--webrtc-ip-handling-policy=default_public_interface_only",
 ]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # screenshots; ignored by git
 SMALL_VIDEO = "320x240@15"  # keeps several encoders and decoders cheap on a shared machine
 
 # Per remote track: what the browser's getStats says it received.

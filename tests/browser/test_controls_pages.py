@@ -9,7 +9,7 @@ from mediaserver.config import build_config
 from mediaserver.recording.keys import new_kek_line
 from mediaserver.rooms.participant import DISCONNECTED
 from mediaserver.sfu import aiortc_adapter
-from tests.browser.conftest import frames_grow, open_session
+from tests.browser.conftest import ARTIFACTS, frames_grow, open_session
 from tests.conftest import start_server, wait_until
 
 
@@ -208,12 +208,17 @@ async def test_page_replaces_a_dead_media_connection(server, browser):
 
 
 async def test_host_locks_removes_and_ends_from_the_panel(server, browser):
+    # The host is on a phone: the panel is a sheet over the lower part of the call.
     host = await open_session(browser, server, server.token("b-host", "t", role="host",
-                                                            name="Dr Rivera"), "host")
+                                                            name="Dr Rivera"), "host",
+                              viewport={"width": 390, "height": 844})
     client = await open_session(browser, server, server.token("b-host", "c", name="Sam"),
                                 "client")
     room = server.rooms.rooms["b-host"]
     await host.page.get_by_role("button", name="Host controls").click()
+    assert await host.js("document.activeElement.id") == "host-title"  # focus moved into it
+    ARTIFACTS.mkdir(exist_ok=True)
+    await host.page.screenshot(path=str(ARTIFACTS / "host-panel-phone.png"))
 
     lock = host.page.get_by_role("button", name="Lock the room")
     await lock.click()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack, SyntheticVideoTrack
-from tests.browser.conftest import frames_grow, hears, open_session
+from tests.browser.conftest import ARTIFACTS, frames_grow, hears, open_session
 from tests.conftest import wait_until
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 PHONE = {"width": 390, "height": 844}
 
 
