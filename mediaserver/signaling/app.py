@@ -25,7 +25,7 @@ from mediaserver.recording.keys import load_keks
 from mediaserver.rooms import Participant, Room, RoomError, RoomManager
 from mediaserver.rooms.recording import RecordingSettings
 from mediaserver.sfu import aiortc_adapter
-from mediaserver.signaling import admin, webpage
+from mediaserver.signaling import admin
 from mediaserver.signaling import protocol as proto
 from mediaserver.tokens import Claims, TokenError, verify_token
 
@@ -65,9 +65,11 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/v1/signal", signal_handler)
-    admin.add_routes(app, CONFIG_KEY, ROOMS_KEY)
-    if config.web_enabled:
+    if config.web_enabled:  # the session page and the JavaScript SDK, as files
+        from mediaserver.signaling import webpage
+
         webpage.add_routes(app)
+    admin.add_routes(app, CONFIG_KEY, ROOMS_KEY)
     app.on_shutdown.append(_on_shutdown)
     if config.recording.enabled and config.recording.retention_days:
         app.cleanup_ctx.append(_retention_ctx)
