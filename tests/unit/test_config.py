@@ -465,4 +465,3 @@ def test_config_is_immutable() -> None:
         config.port = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         config.api_keys["x"] = "y"  # type: ignore[index]
-
