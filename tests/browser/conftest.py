@@ -75,6 +75,7 @@ class SignalRecorder:
         self.sent: list[dict[str, Any]] = []  # by the page
         self.received: list[dict[str, Any]] = []  # by the page
         self.page_sides: list[WebSocketRoute] = []
+        self.server_sides: list[WebSocketRoute] = []
 
     async def install(self, page: Page) -> None:
         await page.route_web_socket("**/v1/signal", self._route)
@@ -83,9 +84,15 @@ class SignalRecorder:
         """Send the page a message as if the server had (on its latest socket)."""
         self.page_sides[-1].send(json.dumps(msg))
 
+    async def drop(self) -> None:
+        """Close the latest socket on both sides, as the server does after some messages."""
+        await self.page_sides[-1].close(code=1000, reason="test")
+        await self.server_sides[-1].close()
+
     def _route(self, ws: WebSocketRoute) -> None:
         server = ws.connect_to_server()
         self.page_sides.append(ws)
+        self.server_sides.append(server)
 
         def to_server(message: str | bytes) -> None:
             self.sent.append(json.loads(message))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 from playwright.async_api import WebSocketRoute
 
@@ -9,7 +11,7 @@ from mediaserver.config import build_config
 from mediaserver.recording.keys import new_kek_line
 from mediaserver.rooms.participant import DISCONNECTED
 from mediaserver.sfu import aiortc_adapter
-from tests.browser.conftest import ARTIFACTS, frames_grow, open_session
+from tests.browser.conftest import ARTIFACTS, SignalRecorder, frames_grow, open_session
 from tests.conftest import start_server, wait_until
 
 
@@ -267,3 +269,51 @@ async def test_waiting_guest_turned_away_sees_why(server, browser):
     await wait_until(lambda: not server.rooms.rooms["b-deny"].waiting_list(),
                      message="the waiting room empty")
     assert await host.js("window.sessionPage.session.waiting.size") == 0
+
+
+async def test_page_follows_a_redirect_and_resumes_after_room_moved(server, browser):
+    """Cluster behaviour, played by the test: the first node redirects, later the room moves."""
+    seen: list[str] = []
+    other_node = f"{server.ws_url}?node=b"  # the same server, under another URL
+
+    def route(ws: WebSocketRoute) -> None:
+        seen.append(ws.url)
+        if ws.url == other_node:
+            recorder._route(ws)  # the room's node: the real server, recorded
+            return
+
+        def answer(message: str | bytes) -> None:
+            msg = json.loads(message)
+            if msg["type"] == "ping":
+                ws.send(json.dumps({"type": "pong", "id": msg.get("id")}))
+            elif msg["type"] in ("join", "resume"):
+                ws.send(json.dumps({"type": "redirect", "id": msg["id"], "url": other_node,
+                                    "node_id": "b"}))
+        ws.on_message(answer)
+
+    recorder = SignalRecorder()
+    host = await open_session(browser, server, server.token("b-moved", "t", role="host"), "host")
+    client = await open_session(browser, server, server.token("b-moved", "c"), "client",
+                                before=lambda page: page.route_web_socket("**/v1/signal*",
+                                                                          route))
+    # The join went to the first node, was redirected, and the session runs on the second.
+    assert other_node in seen
+    assert await client.js("window.sessionPage.session.url") == other_node
+    assert [m["type"] for m in recorder.sent][:1] == ["join"]
+    c_id = await client.participant_id()
+    await frames_grow(host, c_id)
+
+    # The room moves (cluster): removed with reason room_moved, the socket closes; the page
+    # resumes instead of ending, and is the same participant.
+    await client.js("(() => { window.__events = []; for (const t of ['reconnecting', "
+                    "'reconnected', 'disconnected']) window.sessionPage.session.on(t, "
+                    "() => window.__events.push(t)); })()")
+    recorder.inject({"type": "removed", "reason": "room_moved"})
+    await recorder.drop()
+    await wait_until(lambda: client.js("window.__events.includes('reconnected')"), timeout=30,
+                     message="the page resumed after room_moved")
+    assert await client.js("window.__events") == ["reconnecting", "reconnected"]
+    assert await client.participant_id() == c_id
+    assert not await client.page.locator("#ended").is_visible()
+    assert [m["type"] for m in recorder.sent].count("resume") == 1
+    await frames_grow(host, c_id)

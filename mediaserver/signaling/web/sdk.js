@@ -33,6 +33,7 @@ const PREFERENCES_DEBOUNCE_MS = 250;
 // send only the lowest layers of a small camera (q alone, 80x60, for 320x240).
 const SIMULCAST_MIN_SIDE = 640;
 const MEDIA_RECOVERY_MS = 5000; // a connection disconnected this long is replaced
+const MAX_REDIRECTS = 3;
 
 /**
  * @typedef {Object} TrackInfo  A published track, as the server describes it (Track object).
@@ -233,8 +234,7 @@ export class Session extends Emitter {
     this._leaving = false;
     this._setState("connecting");
     try {
-      await this._open();
-      const joined = await this.request({ type: "join", token: this._token, protocol: PROTOCOL_VERSION, auto_subscribe: this.autoSubscribe });
+      const joined = await this._firstMessage({ type: "join", token: this._token, protocol: PROTOCOL_VERSION, auto_subscribe: this.autoSubscribe });
       this.iceServers = joined.ice_servers ?? [];
       this._applyRoster(joined);
       this._setState(joined.state === "waiting" ? "waiting" : "active");
@@ -247,6 +247,38 @@ export class Session extends Emitter {
       this._setState("closed", err.code ?? "connect_failed");
       throw err;
     }
+  }
+
+  /**
+   * Open a socket and send `join` or `resume`, following `redirect` replies (a cluster: the
+   * room lives on another node) to the node named in them.
+   */
+  async _firstMessage(msg) {
+    for (let redirects = 0; ; redirects++) {
+      await this._open();
+      const reply = await this.request(msg);
+      if (reply.type !== "redirect") return reply;
+      if (redirects >= MAX_REDIRECTS) throw new SessionError("too_many_redirects", "redirected too many times");
+      this._log(`redirected to node ${reply.node_id ?? "?"}`);
+      this._closeSocket();
+      this.url = reply.url;
+    }
+  }
+
+  /**
+   * `resumed` with `restored: true` (a cluster moved the room to another node): same
+   * participant, but no media. Publish the same tracks anew on a new connection (they get new
+   * ids) and receive on the new subscriber connection the server offers.
+   */
+  async _restoreMedia() {
+    const local = [...this.localTracks.values()];
+    this.publisher?.close();
+    this.publisher = null;
+    this.localTracks.clear();
+    if (local.length && this.can("publish")) {
+      await this.publish(local.map((t) => ({ track: t.mediaStreamTrack, source: t.source, muted: t.muted, simulcast: t.simulcast })));
+    }
+    this.emit("restored", {});
   }
 
   /** @returns {Promise<void>} */
@@ -364,12 +396,12 @@ export class Session extends Emitter {
     try {
       while (Date.now() < deadline && !this._leaving) {
         try {
-          await this._open();
-          const resumed = await this.request({ type: "resume", token: this._token, participant_id: this.participantId, resume_token: this._resumeToken, protocol: PROTOCOL_VERSION });
+          const resumed = await this._firstMessage({ type: "resume", token: this._token, participant_id: this.participantId, resume_token: this._resumeToken, protocol: PROTOCOL_VERSION });
           this._applyRoster(resumed);
           this._setState(resumed.state === "waiting" ? "waiting" : "active");
           this._startPing();
-          await this._repairMedia(resumed);
+          if (resumed.restored) await this._restoreMedia();
+          else await this._repairMedia(resumed);
           this.emit("reconnected", resumed);
           return;
         } catch (err) {
@@ -914,7 +946,20 @@ const EVENT_HANDLERS = {
     this._leaving = true; // the server closes the socket next: no resume, no "disconnected"
     queueMicrotask(() => this._teardown("denied"));
   },
+  resumed(msg) {
+    if (!msg.restored) return;
+    // Before the subscriber_offer that follows is handled: it is for a new connection.
+    for (const id of [...this.remoteTracks.keys()]) this._dropRemoteTrack(id);
+    this.subscriber?.close();
+    this.subscriber = null;
+  },
   removed(msg) {
+    if (msg.reason === "room_moved") {
+      // A cluster moved the room: the server closes this socket, and resuming (redirected to
+      // the room's new node) seats us again. Nothing to tear down.
+      this._log("the room moved to another node: resuming");
+      return;
+    }
     this._leaving = true; // do not resume: the server let us go
     queueMicrotask(() => this._teardown(msg.reason));
   },
