@@ -84,11 +84,6 @@ class SignalRecorder:
         """Send the page a message as if the server had (on its latest socket)."""
         self.page_sides[-1].send(json.dumps(msg))
 
-    async def drop(self) -> None:
-        """Close the latest socket on both sides, as the server does after some messages."""
-        await self.page_sides[-1].close(code=1000, reason="test")
-        await self.server_sides[-1].close()
-
     def _route(self, ws: WebSocketRoute) -> None:
         server = ws.connect_to_server()
         self.page_sides.append(ws)

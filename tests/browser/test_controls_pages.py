@@ -309,7 +309,13 @@ async def test_page_follows_a_redirect_and_resumes_after_room_moved(server, brow
                     "'reconnected', 'disconnected']) window.sessionPage.session.on(t, "
                     "() => window.__events.push(t)); })()")
     recorder.inject({"type": "removed", "reason": "room_moved"})
-    await recorder.drop()
+    # The server lets go of the socket first (as a node that lost the room does), then the
+    # page sees it close.
+    await recorder.server_sides[-1].close()
+    room = server.rooms.rooms["b-moved"]
+    await wait_until(lambda: room.participants[c_id].state == DISCONNECTED,
+                     message="the server let go of the socket")
+    await recorder.page_sides[-1].close(code=1000, reason="room moved")
     await wait_until(lambda: client.js("window.__events.includes('reconnected')"), timeout=30,
                      message="the page resumed after room_moved")
     assert await client.js("window.__events") == ["reconnecting", "reconnected"]
