@@ -186,6 +186,7 @@ class Config:
     redis_url: str | None = None
     use_uvloop: bool = True
     token_audience: str = "mediaserver"
+    web_enabled: bool = True  # serve the session page and the JavaScript SDK under /web/
     rooms: RoomConfig = field(default_factory=RoomConfig)
     signal_idle_timeout: int = 60  # close a signalling socket silent this long
     recording: RecordingConfig = field(default_factory=RecordingConfig)
@@ -223,6 +224,7 @@ class Config:
             "redis_url": _redact_url(self.redis_url),
             "use_uvloop": self.use_uvloop,
             "token_audience": self.token_audience,
+            "web_enabled": self.web_enabled,
             "rooms": asdict(self.rooms),
             "signal_idle_timeout": self.signal_idle_timeout,
             "recording": {"directory": self.recording.directory,
@@ -426,6 +428,8 @@ _SETTINGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("use_uvloop", "--no-uvloop", "USE_UVLOOP", {"dest": "use_uvloop", "action": "store_false",
                                                  "help": "use the stock asyncio event loop"}),
     ("token_audience", None, "TOKEN_AUDIENCE", {}),
+    ("web_enabled", "--no-web", "WEB_ENABLED", {"dest": "web_enabled", "action": "store_false",
+                                                "help": "do not serve the session page and SDK"}),
     ("rooms.empty_timeout", "--room-empty-timeout", "ROOM_EMPTY_TIMEOUT", {"metavar": "SECONDS"}),
     ("rooms.max_duration", "--room-max-duration", "ROOM_MAX_DURATION", {"metavar": "SECONDS"}),
     ("rooms.resume_grace", "--resume-grace", "RESUME_GRACE", {"metavar": "SECONDS"}),
@@ -646,6 +650,7 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
         redis_url=redis_url,
         use_uvloop=get("use_uvloop", _bool, d.use_uvloop),
         token_audience=get("token_audience", _word, d.token_audience),
+        web_enabled=get("web_enabled", _bool, d.web_enabled),
         rooms=RoomConfig(
             empty_timeout=get("rooms.empty_timeout", _int(0, 86400), dr.empty_timeout),
             max_duration=get("rooms.max_duration", _int(60, 7 * 86400), dr.max_duration),

@@ -78,6 +78,10 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/v1/signal", signal_handler)
+    if config.web_enabled:  # the session page and the JavaScript SDK, as files
+        from mediaserver.signaling import webpage
+
+        webpage.add_routes(app)
     admin.add_routes(app, CONFIG_KEY, ROOMS_KEY)
     cluster.setup(app, config, app[ROOMS_KEY])  # routing: local, or Redis with redis_url
     app.on_shutdown.append(_on_shutdown)

@@ -145,6 +145,20 @@ def test_boolean_false_words(word: str) -> None:
     assert not build_config({}, {**KEYS_ENV, "MEDIASERVER_USE_UVLOOP": word}, None).use_uvloop
 
 
+def test_web_page_is_served_unless_turned_off(tmp_path: Path) -> None:
+    assert build_config({}, KEYS_ENV, None).web_enabled is True
+    assert build_config(flags_of("--no-web"), KEYS_ENV, None).web_enabled is False
+    env = {**KEYS_ENV, "MEDIASERVER_WEB_ENABLED": "false"}
+    assert build_config({}, env, None).web_enabled is False
+    path = write_toml(tmp_path, "web_enabled = false\n")
+    assert build_config({}, KEYS_ENV, path).web_enabled is False
+    # The flag only turns it off; the environment can turn a file's "off" back on.
+    on_env = {**KEYS_ENV, "MEDIASERVER_WEB_ENABLED": "yes"}
+    assert build_config({}, on_env, path).web_enabled is True
+    with pytest.raises(ConfigError, match=r"web_enabled: 'maybe' must be"):
+        build_config({}, {**KEYS_ENV, "MEDIASERVER_WEB_ENABLED": "maybe"}, None)
+
+
 # Each row: environment variable, bad value, the exact ConfigError message.
 _BAD_ENV = [
     ("MEDIASERVER_PORT", "abc", "port: 'abc' must be an integer in 1..65535"
