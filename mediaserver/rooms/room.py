@@ -616,7 +616,9 @@ class Room:
                 active = []
                 for stream in producer.streams:
                     key = (producer.track_id, stream.spatial)
-                    if stream.spatial in wanted:
+                    # A layer never measured yet (a browser starts its top layers only when
+                    # its own estimate allows) is left alone: stopping it would hide it.
+                    if stream.spatial in wanted or not stream.last_wire_bitrate:
                         self._unwanted_since.pop(key, None)
                         active.append(stream)
                     else:

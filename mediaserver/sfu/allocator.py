@@ -78,14 +78,34 @@ def _rank(demand: TrackDemand) -> int:
     return 3
 
 
-def _within_preferences(demand: TrackDemand, layer: Layer) -> bool:
-    # An unknown dimension cannot violate a cap; the publisher simply did not report it.
-    checks = (
-        (demand.max_width, layer.width),
-        (demand.max_height, layer.height),
-        (demand.max_fps, layer.fps),
-    )
-    return all(cap is None or value is None or value <= cap for cap, value in checks)
+def _wanted_layers(demand: TrackDemand, ordered: list[Layer]) -> list[Layer]:
+    """The layers a subscriber's preferences allow, cheapest first.
+
+    ``max_width``/``max_height`` describe the element the video is shown in, so the layer
+    that covers it (the smallest at least that size) is allowed, and everything smaller; a
+    tile of 600 pixels gets the 640-wide layer scaled down, not the 320-wide one scaled up.
+    ``max_fps`` is a plain cap. An unknown dimension cannot violate a cap: the publisher
+    simply did not report it.
+    """
+    cover: int | None = None
+    if demand.max_width is not None or demand.max_height is not None:
+        big_enough = [la.width for la in ordered if la.width and la.height
+                      and (demand.max_width is None or la.width >= demand.max_width)
+                      and (demand.max_height is None or la.height >= demand.max_height)]
+        cover = min(big_enough) if big_enough else None
+
+    def allowed(la: Layer) -> bool:
+        if demand.max_fps is not None and la.fps is not None and la.fps > demand.max_fps:
+            return False
+        if la.width is None or (demand.max_width is None and demand.max_height is None):
+            return True
+        if cover is not None:
+            return la.width <= cover
+        return ((demand.max_width is None or la.width <= demand.max_width)
+                and (demand.max_height is None or la.height is None
+                     or la.height <= demand.max_height))
+
+    return [la for la in ordered if allowed(la)]
 
 
 class StreamAllocator:
@@ -159,7 +179,7 @@ class StreamAllocator:
             self._set(d.track_id, None, now)
             return Allocation(d.track_id, None, "disabled")
         ordered = sorted(d.layers, key=lambda la: (la.bitrate, la.spatial, la.temporal))
-        wanted = [la for la in ordered if _within_preferences(d, la)]
+        wanted = _wanted_layers(d, ordered)
         capped = len(wanted) < len(ordered)
         if not wanted:  # caps below every layer: the smallest is the closest we can offer
             wanted = ordered[:1]

@@ -404,9 +404,6 @@ class SubscriberTransport(PeerTransport):
         new_transceivers = []
         for producer in add:
             t = self.pc.addTransceiver(producer.kind, direction="sendonly")
-            # Without transport-wide feedback the subscriber falls back to REMB, which the
-            # estimator reads; the SFU has no send-side estimator for TWCC feedback.
-            adapter.drop_extension(t, EXT_TRANSPORT_CC)
             caps = RTCRtpSender.getCapabilities(producer.kind).codecs
             prefs = [c for c in caps if _same_codec(c, producer.codec)]
             if producer.kind == "video":
@@ -415,6 +412,9 @@ class SubscriberTransport(PeerTransport):
             new_transceivers.append((t, producer))
         self._prepare()
         offer = await self.pc.createOffer()
+        # aiortc puts every known extension back into each offer: take transport-cc out
+        # here, so that browsers fall back to REMB, which the estimator reads.
+        offer = RTCSessionDescription(sdp=_without_transport_cc(offer.sdp), type="offer")
         await self.pc.setLocalDescription(offer)
         self._after_local_description()
         for t, producer in new_transceivers:
@@ -533,6 +533,18 @@ class SubscriberTransport(PeerTransport):
             consumer.close()
         self.consumers.clear()
         await super().close()
+
+
+def _without_transport_cc(sdp: str) -> str:
+    """An offer without transport-wide congestion control (its extmap and rtcp-fb lines).
+
+    The SFU has no send-side estimator for TWCC feedback; without it, subscribers send
+    REMB, which the per-subscriber estimator reads.
+    """
+    keep = [line for line in sdp.split("\r\n")
+            if not (line.startswith("a=extmap:") and EXT_TRANSPORT_CC in line)
+            and not (line.startswith("a=rtcp-fb:") and line.endswith(" transport-cc"))]
+    return "\r\n".join(keep)
 
 
 def _same_codec(capability: Any, codec: CodecInfo) -> bool:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from mediaserver.tokens import Grants
 from tests.browser.conftest import open_session
 from tests.conftest import wait_until
@@ -78,9 +76,6 @@ async def _width_at_most(sp, width: int) -> bool:
     return got["frames"] > 0 and 0 < got["width"] <= width
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "needs simulcast reception on the server (issue 4, on main since 20e9ab9, not on this "
-    "branch): this branch's server answers a simulcast offer without a=simulcast"))
 async def test_browser_simulcast_reaches_the_server_and_tiles_get_their_layer(server, browser):
     def token(identity: str, **kw) -> str:
         return server.token("b-simulcast", identity, kind="group", **kw)

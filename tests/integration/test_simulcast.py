@@ -86,7 +86,7 @@ async def test_preferences_cap_the_layer_and_unused_layers_stop_upstream(server)
     try:
         track_id = sim.track_id
         reply = await small.request({"type": "set_preferences", "track_id": track_id,
-                                     "max_width": 200, "max_height": 150})
+                                     "max_width": 160, "max_height": 120})
         assert reply["type"] == "ack", reply
         await wait_until(lambda: 640 in _recent_widths(big, pub), timeout=40,
                          message="the unconstrained viewer at the top layer")

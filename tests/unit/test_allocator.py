@@ -66,6 +66,8 @@ def test_audio_is_kept_even_above_estimate() -> None:
     ("prefs", "want_spatial", "want_reason"),
     [
         ({"max_width": 320}, 0, "preference"),
+        ({"max_width": 400}, 1, "preference"),  # the layer that covers the element
+        ({"max_width": 300, "max_height": 300}, 1, "preference"),  # covers both
         ({"max_width": 640, "max_height": 360}, 1, "preference"),
         ({"max_height": 720}, 2, None),
         ({"max_fps": 15.0}, 0, "preference"),
