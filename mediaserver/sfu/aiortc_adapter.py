@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 AIORTC_VERSION = "1.16.0"
 
+OPUS_PARAMETERS = {"minptime": 10, "useinbandfec": 1, "usedtx": 1}
+
 
 # With BUNDLE the extension id space is shared by audio and video: ids must not clash.
 _EXTENSION_IDS = {
@@ -151,6 +153,12 @@ def install() -> None:
     for codec in CODECS["video"]:
         if codec.mimeType.lower() != "video/rtx" and fir not in codec.rtcpFeedback:
             codec.rtcpFeedback.append(fir)
+    for codec in CODECS["audio"]:
+        if codec.mimeType.lower() == "audio/opus":
+            # In-band FEC (a lost 20 ms frame rebuilt from the next packet) and DTX (no
+            # packets in silence): what keeps speech clear on a lossy, thin link. aiortc
+            # offers Opus without them, and browsers use neither unless the other side asks.
+            codec.parameters.update(OPUS_PARAMETERS)
     _installed = True
 
 

@@ -38,6 +38,7 @@ class BandwidthEstimator:
         floor: int = 40_000,
         ceiling: int = 10_000_000,
         loss_high: float = 0.10,
+        loss_heavy: float = 0.2,
         loss_low: float = 0.02,
         quiet: float = 1.5,
         probe_duration: float = 0.8,
@@ -53,6 +54,8 @@ class BandwidthEstimator:
         self.ceiling = ceiling
         self.cap: int | None = None  # what the subscriber asked for at most
         self._loss_high = loss_high
+        self._loss_heavy = loss_heavy
+        self._last_remb_fall = float("-inf")
         self._loss_low = loss_low
         self._quiet = quiet
         self._probe_duration = probe_duration
@@ -105,6 +108,7 @@ class BandwidthEstimator:
         self._last_remb = bps
         if last is None or bps >= last * 0.9:
             return
+        self._last_remb_fall = now
         # The receiver's delay-based detector saw overuse and reports ~85 % of what it
         # received. Far below what is being sent, that is a real capacity drop: take it.
         # Near it, a keyframe burst may have filled a queue for a moment: keep what is
@@ -119,7 +123,11 @@ class BandwidthEstimator:
     def on_loss(self, fraction: float, now: float) -> None:
         """Loss (0..1) from a receiver report of this subscriber."""
         self._calm_reports = self._calm_reports + 1 if fraction <= self._loss_low else 0
-        if fraction > self._loss_high:
+        # Loss with no sign of a queue (no REMB fall lately) and below ``loss_heavy`` is
+        # taken as a lossy radio, not a full link: cutting the rate would not cure it and
+        # would only starve the video. GCC's loss controller lacks this distinction.
+        congestive = fraction > self._loss_heavy or now - self._last_remb_fall < 3.0
+        if fraction > self._loss_high and congestive:
             self.last_loss = now
             base = self.sent_rate or self.estimate
             self._congested(int(base * (1 - 0.5 * fraction)), now, f"loss {fraction:.2f}")

@@ -381,6 +381,10 @@ class Producer:
         return self.streams[0].frames
 
     @property
+    def nacks(self) -> NackTracker | None:
+        return self.streams[0].nacks
+
+    @property
     def nacks_sent(self) -> int:
         return sum(s.nacks_sent for s in self.streams)
 

@@ -68,6 +68,7 @@ async def test_a_token_for_room_a_reaches_nothing_of_room_b(tmp_path):
                 ({"type": "unsubscribe", "track_id": b_track}, {"track_not_found"}),
                 ({"type": "set_preferences", "track_id": b_track, "disabled": True},
                  {"track_not_found"}),
+                ({"type": "set_bandwidth", "audio_only": True}, {"ack"}),  # own link only
                 ({"type": "mute", "track_id": b_track, "muted": True}, {"track_not_found"}),
                 ({"type": "unpublish", "track_id": b_track}, {"track_not_found"}),
                 ({"type": "admit", "participant_id": b_pid}, {"participant_not_found"}),

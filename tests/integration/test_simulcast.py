@@ -4,9 +4,11 @@ preferences and by the subscriber's own choices, and unwanted layers turned off 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 from loadtest.client import SignalClient
+from loadtest.media import SineAudioTrack
 from loadtest.simulcast import SimulcastPublisher
 from tests.conftest import wait_until
 
@@ -131,3 +133,27 @@ async def test_audio_only_by_choice_pauses_video_and_keeps_audio(server):
     finally:
         await sim.stop()
         await asyncio.gather(pub.close(), viewer.close())
+
+
+async def test_opus_fec_and_dtx_are_negotiated_both_ways(server):
+    pub = SignalClient(server.ws_url, server.token("opus-fec", "pub"))
+    sub = SignalClient(server.ws_url, server.token("opus-fec", "sub"))
+    try:
+        assert (await pub.connect())["type"] == "joined"
+        reply = await pub.publish(SineAudioTrack(440))
+        wanted = {"useinbandfec=1", "usedtx=1"}
+
+        def opus_params(sdp: str) -> set[str]:
+            pts = re.findall(r"a=rtpmap:(\d+) opus/48000", sdp)
+            lines = [x for x in sdp.splitlines() if pts and x.startswith(f"a=fmtp:{pts[0]} ")]
+            return set(lines[0].split(" ", 1)[1].split(";")) if lines else set()
+
+        assert wanted <= opus_params(reply["sdp"])  # the publisher is asked for FEC and DTX
+        assert (await sub.connect())["type"] == "joined"
+        offer = await sub.wait_event(lambda e: e["type"] == "subscriber_offer"
+                                     and e.get("tracks"), timeout=20)
+        assert wanted <= opus_params(offer["sdp"])  # and the subscriber is told it is there
+        await wait_until(lambda: sum(r.frames for r in sub.received.values()) > 20,
+                         timeout=20, message="audio through")
+    finally:
+        await asyncio.gather(pub.close(), sub.close())

@@ -121,3 +121,15 @@ def test_no_probe_soon_after_congestion_or_when_already_enough() -> None:
     assert not est2.want_probe(900_000, 5.0)
     est2.cap = 1_000_000
     assert not est2.want_probe(2_000_000, 5.0)
+
+
+def test_moderate_loss_cuts_only_with_a_sign_of_a_queue() -> None:
+    est = BandwidthEstimator(initial=1_000_000)
+    est.on_sent(800_000)
+    est.on_loss(0.15, 1.0)  # a lossy radio: no REMB fall, so no cut
+    assert est.value == 1_000_000 and not est.lossy_within(10, 1.0)
+    est.on_remb(900_000, 2.0)
+    est.on_remb(700_000, 2.5)  # the receiver saw a queue grow (soft: near what is sent)
+    est.on_loss(0.15, 3.5)  # now the same loss means a full link
+    assert est.lossy_within(10, 3.5)
+    assert est.value == int(800_000 * (1 - 0.075))

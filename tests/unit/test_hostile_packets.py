@@ -74,7 +74,7 @@ def test_producer_survives_any_packet_sequence(packets, kind, budget_kbps):
 def test_absurd_sequence_jumps_ask_for_a_keyframe_not_for_thousands_of_nacks():
     producer = _producer("video")
     sent: list[bytes] = []
-    producer._send_rtcp = lambda data: sent.append(data) or True  # type: ignore[method-assign]
+    producer.send_rtcp = lambda data: sent.append(data) or True  # type: ignore[method-assign]
     now = 0.0
     for seq in (100, 101, 30000, 30001, 5, 6, 40000):
         now += 0.02
