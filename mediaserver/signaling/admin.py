@@ -21,7 +21,8 @@ from mediaserver.tokens import SessionKind, TokenError, verify_token
 
 KINDS = tuple(k.value for k in SessionKind)
 ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-_STATUS = {"room_not_found": 404, "participant_not_found": 404, "room_exists": 409}
+_STATUS = {"room_not_found": 404, "participant_not_found": 404, "room_exists": 409,
+           "permission_denied": 403, "recording_unavailable": 409}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -62,6 +63,7 @@ def add_routes(app: web.Application, config_key: web.AppKey[Config],
     app.router.add_delete("/v1/rooms/{room}", authed(end_room))
     app.router.add_get("/v1/rooms/{room}/report", authed(room_report))
     app.router.add_delete("/v1/rooms/{room}/participants/{identity}", authed(remove_participant))
+    app.router.add_post("/v1/rooms/{room}/recording", authed(recording))
 
 
 async def list_rooms(request: web.Request, rooms: RoomManager) -> web.Response:
@@ -145,3 +147,27 @@ async def remove_participant(request: web.Request, rooms: RoomManager) -> web.Re
         raise RoomError("participant_not_found", "no such participant in the room")
     await rooms.leave(room, p, reason="removed_by_admin")
     return web.json_response({"removed": True})
+
+
+async def recording(request: web.Request, rooms: RoomManager) -> web.Response:
+    """Start or stop a recording on behalf of a host in the room (the clinic's own app).
+
+    Consent works exactly as when the host sends ``record_start``: the host named counts as
+    the one asking, everyone else is asked, and nothing is written before all have agreed.
+    """
+    room = rooms.rooms.get(request.match_info["room"])
+    if room is None:
+        raise RoomError("room_not_found", "no such room")
+    try:
+        body: Any = await request.json()
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _error(400, "bad_json", "body is not valid JSON")
+    if not isinstance(body, dict) or body.get("action") not in ("start", "stop") \
+            or not isinstance(body.get("identity"), str):
+        return _error(400, "invalid_request",
+                      'body must be {"action": "start" or "stop", "identity": <a host>}')
+    p = room.by_identity(body["identity"])
+    if p is None:
+        raise RoomError("participant_not_found", "no such participant in the room")
+    state = await room.record(p, body["action"] == "start")
+    return web.json_response(state)

@@ -55,6 +55,11 @@ async def test_join_through_any_node_reaches_the_rooms_node_and_media_flows(clus
             ("s1", "b", 2)]
         status, report = await c.get("/v1/rooms/s1/report")
         assert status == 200 and report["room"] == "s1"
+        # Starting a recording from any node reaches the room's node, which answers (these
+        # nodes have no recording configured; c alone would have said room_not_found).
+        status, body = await c.request("POST", "/v1/rooms/s1/recording",
+                                       json={"action": "start", "identity": "t1"})
+        assert status == 409 and body["code"] == "recording_unavailable", body
         status, body = await c.request("DELETE", "/v1/rooms/s1/participants/c1")
         assert status == 200, body
         removed = await client.wait_event(lambda e: e.get("type") == "removed")

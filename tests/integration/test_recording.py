@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import aiohttp
 import av
 import pytest
 
@@ -170,3 +172,41 @@ async def test_a_newcomer_pauses_the_recording_until_they_consent(tmp_path):
         finally:
             for c in clients:
                 await c.close()
+
+
+async def test_admin_api_starts_and_stops_a_recording_for_a_host(tmp_path):
+    config = build_config({"dev": True, "host": "127.0.0.1", "bind_host": "127.0.0.1",
+                           "allow_loopback": True, "recording_dir": str(tmp_path / "rec")},
+                          {"MEDIASERVER_RECORDING_KEYS": new_kek_line("k1")}, None)
+    async with start_server(config=config) as server:
+        host = SignalClient(server.ws_url, server.token("adm-rec", "therapist", role="host"))
+        client = SignalClient(server.ws_url, server.token("adm-rec", "client"))
+        url = f"{server.url}/v1/rooms/adm-rec/recording"
+        auth = {"Authorization": f"Bearer {server.admin_token()}"}
+        try:
+            for c in (host, client):
+                await c.connect()
+            await client.publish(SineAudioTrack(500))
+            async with aiohttp.ClientSession(headers=auth) as http:
+                async def post(body: object) -> tuple[int, dict]:
+                    async with http.post(url, json=body) as r:
+                        return r.status, await r.json()
+
+                # Only a host's identity may start it; a bad body or a stranger is refused.
+                assert (await post({"action": "start", "identity": "client"}))[0] == 403
+                assert (await post({"action": "start", "identity": "nobody"}))[0] == 404
+                assert (await post({"action": "go"}))[1]["code"] == "invalid_request"
+                async with http.post(url, data="{") as r:
+                    assert (await r.json())["code"] == "bad_json"
+                status, state = await post({"action": "start", "identity": "therapist"})
+                assert status == 200 and state["state"] == "waiting_consent", state
+                await client.wait_event(lambda e: e["type"] == "consent_request")
+                room = server.rooms.rooms["adm-rec"]
+                assert room.recording.session is None  # consent first, as always
+                await client.request({"type": "consent", "granted": True})
+                await wait_until(lambda: _state(host) == "recording", message="recording")
+                status, state = await post({"action": "stop", "identity": "therapist"})
+                assert status == 200 and state["state"] == "stopped"
+                assert room.recording.session is None
+        finally:
+            await asyncio.gather(host.close(), client.close())
