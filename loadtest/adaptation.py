@@ -163,6 +163,7 @@ async def run(url: str, tokens: dict[str, str], scenario: Scenario, host_ip: str
         summary["unconstrained_viewer"] = {
             "fps_last_10s": round(len(tail) / 10, 1),
             "widths_last_10s": sorted(set(tail)),
+            "top_share_last_10s": round(tail.count(top) / len(tail), 2) if tail else 0.0,
         }
         summary["publisher_layers_active"] = [la.active for la in sim.layers]
         if last_trace is not None:

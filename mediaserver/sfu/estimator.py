@@ -56,6 +56,7 @@ class BandwidthEstimator:
         self._loss_high = loss_high
         self._loss_heavy = loss_heavy
         self._last_remb_fall = float("-inf")
+        self._loss_avg = 0.0
         self._loss_low = loss_low
         self._quiet = quiet
         self._probe_duration = probe_duration
@@ -89,11 +90,12 @@ class BandwidthEstimator:
         return max(self.floor, value)
 
     def lossy_within(self, seconds: float, now: float) -> bool:
-        """Whether the link lost packets heavily lately: congestion beyond doubt.
+        """Whether the link lost packets heavily (over ``loss_heavy``) lately.
 
-        A falling REMB alone can also mean a receiver too busy to keep its own timing
-        (a cheap phone decoding several streams): enough to hold layers down, not to
-        pause video or go audio-only.
+        Only that may pause video or go audio-only. A falling REMB alone can also mean a
+        receiver too busy to keep its own timing (a cheap phone decoding several
+        streams), and moderate loss a lossy radio: enough to hold layers down, not to
+        take the picture away.
         """
         return now - self.last_loss < seconds
 
@@ -126,9 +128,14 @@ class BandwidthEstimator:
         # Loss with no sign of a queue (no REMB fall lately) and below ``loss_heavy`` is
         # taken as a lossy radio, not a full link: cutting the rate would not cure it and
         # would only starve the video. GCC's loss controller lacks this distinction.
-        congestive = fraction > self._loss_heavy or now - self._last_remb_fall < 3.0
-        if fraction > self._loss_high and congestive:
+        # "Heavy" is judged on the last two reports together: one small report of a 10 %
+        # lossy radio can read 25 %, two in a row rarely do; a full link reads 50 % and more.
+        self._loss_avg = (self._loss_avg + fraction) / 2
+        heavy = self._loss_avg > self._loss_heavy
+        congestive = heavy or now - self._last_remb_fall < 3.0
+        if heavy:
             self.last_loss = now
+        if fraction > self._loss_high and congestive:
             base = self.sent_rate or self.estimate
             self._congested(int(base * (1 - 0.5 * fraction)), now, f"loss {fraction:.2f}")
         elif fraction > self._loss_low and self.probe is not None:

@@ -115,7 +115,7 @@ class RecvStream:
         """A media packet from the publisher: account for it and fan it out."""
         budget = self.producer.budget
         if budget is not None and not budget.take(now, len(pkt.data)):
-            metrics.DROP["rate_limited"].inc()
+            self._budget_drop(pkt, now)
             return
         ext_seq = self._seq.unwrap(pkt.sequence_number)
         ext_ts = self._ts.unwrap(pkt.timestamp)
@@ -144,6 +144,20 @@ class RecvStream:
                 self._nack_upstream(lost)
             if nacks.take_keyframe_request():
                 self.request_keyframe(now)
+
+    def _budget_drop(self, pkt: RtpPacket, now: float) -> None:
+        """A packet over the publisher's byte budget: dropped here, and made invisible.
+
+        Subscribers must not see the hole as loss on their own link (their estimate would
+        fall for the publisher's fault), and the publisher must not be asked to resend it.
+        """
+        metrics.DROP["rate_limited"].inc()
+        ext_seq = self._seq.unwrap(pkt.sequence_number)
+        for consumer in self.producer.consumers:
+            if consumer.stream is self:
+                consumer.rewriter.skip(ext_seq)
+        if self.nacks is not None:
+            self.nacks.on_packet(ext_seq, now, self.producer.rtt)
 
     def _close_window(self, now: float) -> None:
         elapsed = now - (self._window_start or now)

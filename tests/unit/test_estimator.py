@@ -43,8 +43,8 @@ def test_an_upgrade_that_congests_soon_after_its_probe_counts_as_a_failed_probe(
     est.tick(7.0)
     assert est.value == 150_000 and est.probes_ok == 1
     est.on_sent(150_000)
-    est.on_loss(0.3, 9.0)  # the layer the probe let in overfills the link's queue
-    assert est.value == int(150_000 * 0.85) and est.probes_failed == 1
+    est.on_loss(0.5, 9.0)  # the layer the probe let in overfills the link's queue
+    assert est.value == int(150_000 * 0.75) and est.probes_failed == 1
     assert est.history[-1][1] == "upgrade failed"
     calm(est, 9.5)
     assert not est.want_probe(400_000, 10.9)  # backoff applies
@@ -113,7 +113,7 @@ def test_congested_probe_is_stopped_and_keeps_the_old_estimate_then_backs_off() 
 def test_no_probe_soon_after_congestion_or_when_already_enough() -> None:
     est = BandwidthEstimator(initial=1_000_000, quiet=1.5)
     est.on_sent(900_000)
-    est.on_loss(0.3, 10.0)
+    est.on_loss(0.5, 10.0)
     calm(est, 10.5)
     assert not est.want_probe(2_000_000, 11.0)
     assert est.want_probe(2_000_000, 11.6)
@@ -123,6 +123,15 @@ def test_no_probe_soon_after_congestion_or_when_already_enough() -> None:
     assert not est2.want_probe(2_000_000, 5.0)
 
 
+def test_one_noisy_report_is_not_heavy_loss_two_are() -> None:
+    est = BandwidthEstimator(initial=1_000_000)
+    est.on_sent(800_000)
+    est.on_loss(0.25, 1.0)  # 5 of 20 packets: a 10 % radio's bad second
+    assert not est.lossy_within(10, 1.0) and est.value == 1_000_000
+    est.on_loss(0.3, 2.0)  # again: a full link
+    assert est.lossy_within(10, 2.0) and est.value < 1_000_000
+
+
 def test_moderate_loss_cuts_only_with_a_sign_of_a_queue() -> None:
     est = BandwidthEstimator(initial=1_000_000)
     est.on_sent(800_000)
@@ -130,6 +139,8 @@ def test_moderate_loss_cuts_only_with_a_sign_of_a_queue() -> None:
     assert est.value == 1_000_000 and not est.lossy_within(10, 1.0)
     est.on_remb(900_000, 2.0)
     est.on_remb(700_000, 2.5)  # the receiver saw a queue grow (soft: near what is sent)
-    est.on_loss(0.15, 3.5)  # now the same loss means a full link
-    assert est.lossy_within(10, 3.5)
+    est.on_loss(0.15, 3.5)  # now the same loss means a full link: the estimate falls...
     assert est.value == int(800_000 * (1 - 0.075))
+    assert not est.lossy_within(10, 3.5)  # ...but only heavy loss may pause video
+    est.on_loss(0.3, 6.0)
+    assert est.lossy_within(10, 6.0)

@@ -214,8 +214,14 @@ def test_vp8_damaged_stream_gives_a_subsequence_of_the_frames(
     clean = feed(Vp8Depacketizer(), ALL, packets)
     depack = Vp8Depacketizer()
     damaged = feed(depack, order, packets, dt=0.05) + depack.flush()
-    it = iter(clean)
-    assert all(any(frame == c for c in it) for frame in damaged)  # an ordered subsequence
+    # Compared by content and timestamp modulo 2**32: when the first packets are lost, the
+    # feed's fresh unwrapper meets the stream after the timestamp wrap and extends it
+    # differently, which is the test harness's doing, not the depacketizer's.
+    def key(f: Frame) -> tuple[bytes, int, bool]:
+        return f.data, f.timestamp & 0xFFFFFFFF, f.keyframe
+
+    it = iter([key(c) for c in clean])
+    assert all(any(key(frame) == c for c in it) for frame in damaged)  # ordered subsequence
 
 
 @settings(max_examples=300, deadline=None)
