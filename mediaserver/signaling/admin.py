@@ -17,7 +17,7 @@ from aiohttp import web
 
 from mediaserver.config import Config
 from mediaserver.rooms import RoomError, RoomManager
-from mediaserver.tokens import SessionKind, TokenError, verify_token
+from mediaserver.tokens import Claims, SessionKind, TokenError, verify_token
 
 KINDS = tuple(k.value for k in SessionKind)
 ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -31,22 +31,29 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message}, status=status)
 
 
+def admin_claims(request: web.Request, config: Config) -> Claims | web.Response:
+    """The claims of the request's admin token, or the error response to send instead."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return _error(401, "unauthorized", "missing Bearer token")
+    try:
+        claims = verify_token(header[7:].strip(), config.api_keys, now=time.time(),
+                              audience=config.token_audience)
+    except TokenError as exc:
+        return _error(401, exc.code, exc.message)
+    if not claims.grants.admin:
+        return _error(403, "permission_denied", "the token has no admin grant")
+    return claims
+
+
 def add_routes(app: web.Application, config_key: web.AppKey[Config],
                rooms_key: web.AppKey[RoomManager]) -> None:
     def authed(handler: Callable[[web.Request, RoomManager], Awaitable[web.Response]]
                ) -> Handler:
         async def wrapper(request: web.Request) -> web.StreamResponse:
-            config = request.app[config_key]
-            header = request.headers.get("Authorization", "")
-            if not header.startswith("Bearer "):
-                return _error(401, "unauthorized", "missing Bearer token")
-            try:
-                claims = verify_token(header[7:].strip(), config.api_keys, now=time.time(),
-                                      audience=config.token_audience)
-            except TokenError as exc:
-                return _error(401, exc.code, exc.message)
-            if not claims.grants.admin:
-                return _error(403, "permission_denied", "the token has no admin grant")
+            claims = admin_claims(request, request.app[config_key])
+            if isinstance(claims, web.Response):
+                return claims
             room = request.match_info.get("room")
             if claims.room is not None and (room is None or room != claims.room):
                 # An admin token minted for one room administers that room only.

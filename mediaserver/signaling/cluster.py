@@ -32,7 +32,7 @@ from mediaserver.rooms import RoomError, RoomManager
 from mediaserver.routing import NodeInfo, Router, RoutingError, make_router
 from mediaserver.routing.session import readmit, rebuild_room
 from mediaserver.signaling import protocol as proto
-from mediaserver.tokens import TokenError, verify_token
+from mediaserver.signaling.admin import admin_claims
 
 if TYPE_CHECKING:
     from mediaserver.signaling.app import SignalSession
@@ -189,16 +189,10 @@ async def resume_elsewhere(session: SignalSession, claims: Any, msg: dict[str, A
 
 def _admin(request: web.Request, any_room: bool) -> web.Response | None:
     """An error response unless the request carries an admin token (for all rooms)."""
-    config = request.app[CONTROL_KEY].config
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        return _error(401, "unauthorized", "missing Bearer token")
-    try:
-        claims = verify_token(header[7:].strip(), config.api_keys, now=time.time(),
-                              audience=config.token_audience)
-    except TokenError as exc:
-        return _error(401, exc.code, exc.message)
-    if not claims.grants.admin or (any_room and claims.room is not None):
+    claims = admin_claims(request, request.app[CONTROL_KEY].config)
+    if isinstance(claims, web.Response):
+        return claims
+    if any_room and claims.room is not None:
         return _error(403, "permission_denied", "needs an admin token for all rooms")
     return None
 
