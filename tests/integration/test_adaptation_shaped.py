@@ -69,8 +69,9 @@ async def test_capped_at_100_kbps_goes_audio_only_and_video_returns():
     capped, lifted = summary["phases"]
     states = [list(s) for s in summary["stream_states"]]
     assert ["paused", "audio_only", None] in states, summary
-    # Settled: audio only (at most a stray frame from the one upgrade attempt).
-    assert sum(capped["widths"].values()) <= 15, summary
+    # Audio only within about 8 s: heavy loss is judged on two receiver reports, so at most
+    # some 3 s of video reach the subscriber after the 5 s the phase figures skip.
+    assert sum(capped["widths"].values()) <= 45, summary
     assert capped["audio_frames"] >= 0.7 * 50 * 20, summary  # audio kept flowing
     assert lifted["widths"].get(640), summary  # video is back, up to the top layer
     _others_unaffected(summary)
