@@ -72,7 +72,9 @@ async def test_capped_at_100_kbps_goes_audio_only_and_video_returns():
     # Audio only within about 8 s: heavy loss is judged on two receiver reports, so at most
     # some 3 s of video reach the subscriber after the 5 s the phase figures skip.
     assert sum(capped["widths"].values()) <= 45, summary
-    assert capped["audio_frames"] >= 0.7 * 50 * 20, summary  # audio kept flowing
+    # Audio kept flowing: 50 frames/s over the phase, less the subscriber's own join (~1-2 s)
+    # and the onset's losses.
+    assert capped["audio_frames"] >= 0.6 * 50 * 20, summary
     assert lifted["widths"].get(640), summary  # video is back, up to the top layer
     _others_unaffected(summary)
 
