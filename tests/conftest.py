@@ -52,13 +52,22 @@ class RunningServer:
         return self.app[ROOMS_KEY]
 
     def token(self, room: str, identity: str, **kw: Any) -> str:
-        kw.setdefault("kind", "one_to_one")
-        return create_token(DEV_API_KEY, DEV_API_SECRET, room=room, identity=identity,
-                            now=time.time(), **kw)
+        return token(room, identity, **kw)
 
     def admin_token(self) -> str:
-        return create_token(DEV_API_KEY, DEV_API_SECRET, identity="backend", now=time.time(),
-                            grants=Grants(publish=False, subscribe=False, admin=True))
+        return admin_token()
+
+
+def token(room: str, identity: str, **kw: Any) -> str:
+    """A participant's access token from the dev key (a one-to-one room unless told)."""
+    kw.setdefault("kind", "one_to_one")
+    return create_token(DEV_API_KEY, DEV_API_SECRET, room=room, identity=identity,
+                        now=time.time(), **kw)
+
+
+def admin_token() -> str:
+    return create_token(DEV_API_KEY, DEV_API_SECRET, identity="backend", now=time.time(),
+                        grants=Grants(publish=False, subscribe=False, admin=True))
 
 
 def test_config(**flags: Any) -> Config:

@@ -85,10 +85,6 @@ class Room:
         self.reports: list[dict[str, Any]] = []  # of participants who left
         self._last_quality = float("-inf")
         self._last_adapt = float("-inf")
-        # Per producer: the layers the publisher was last told to send, and since when
-        # each unwanted layer has been unwanted (layers go off only after LAYER_OFF_DELAY).
-        self._told_layers: dict[str, tuple[str, ...]] = {}
-        self._unwanted_since: dict[tuple[str, int], float] = {}
         self.negotiator = Negotiator(policy, self._visible_producers, self._relay_remb)
         self.recording = (RoomRecording(name, recording, self._identity_of)
                           if recording is not None else None)
@@ -613,30 +609,27 @@ class Room:
                             wanted.add(c.stream.spatial)
                 if producer.taps:
                     wanted.add(producer.record_layer)
-                active = []
+                changed = False
                 for stream in producer.streams:
-                    key = (producer.track_id, stream.spatial)
                     # A layer never measured yet (a browser starts its top layers only when
                     # its own estimate allows) is left alone: stopping it would hide it.
                     if stream.spatial in wanted or not stream.last_wire_bitrate:
-                        self._unwanted_since.pop(key, None)
-                        active.append(stream)
-                    else:
-                        since = self._unwanted_since.setdefault(key, now)
-                        if now - since < LAYER_OFF_DELAY:
-                            active.append(stream)
-                rids = tuple(s.rid for s in active if s.rid)
-                for stream in producer.streams:
-                    paused = stream not in active
-                    if stream.paused_upstream and not paused:
+                        stream.unwanted_since = None
+                    elif stream.unwanted_since is None:
+                        stream.unwanted_since = now
+                    paused = (stream.unwanted_since is not None
+                              and now - stream.unwanted_since >= LAYER_OFF_DELAY)
+                    if paused == stream.paused_upstream:
+                        continue
+                    changed = True
+                    if not paused:
                         # Asked to send again: it counts as available until it arrives.
                         stream.expected_until = now + LAYER_RESUME_GRACE
                     stream.paused_upstream = paused
-                if not rids or self._told_layers.get(producer.track_id) == rids:
-                    continue
-                self._told_layers[producer.track_id] = rids
-                await owner.deliver({"type": "publisher_layers", "track_id": producer.track_id,
-                                     "active": list(rids)})
+                rids = [st.rid for st in producer.streams if st.rid and not st.paused_upstream]
+                if changed and rids:
+                    await owner.deliver({"type": "publisher_layers",
+                                         "track_id": producer.track_id, "active": rids})
 
     def _relay_remb(self, producer: Producer, now: float) -> None:
         owner = self.participants.get(producer.participant_id)

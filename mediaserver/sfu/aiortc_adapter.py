@@ -48,7 +48,6 @@ from mediaserver.sfu.rtp import (
     EXT_MID,
     EXT_REPAIRED_RID,
     EXT_RID,
-    EXT_TRANSPORT_CC,
 )
 
 log = logging.getLogger(__name__)
@@ -59,12 +58,14 @@ OPUS_PARAMETERS = {"minptime": 10, "useinbandfec": 1, "usedtx": 1}
 
 
 # With BUNDLE the extension id space is shared by audio and video: ids must not clash.
+# transport-cc is left out on purpose: the SFU has no send-side estimator for its feedback,
+# so peers that negotiated it would send none of the REMB the per-subscriber estimator
+# reads, and publishers using send-side estimation without feedback would starve.
 _EXTENSION_IDS = {
-    "audio": [(1, EXT_MID), (2, EXT_AUDIO_LEVEL), (3, EXT_ABS_SEND_TIME), (4, EXT_TRANSPORT_CC)],
+    "audio": [(1, EXT_MID), (2, EXT_AUDIO_LEVEL), (3, EXT_ABS_SEND_TIME)],
     "video": [
         (1, EXT_MID),
         (3, EXT_ABS_SEND_TIME),
-        (4, EXT_TRANSPORT_CC),
         (10, EXT_RID),
         (11, EXT_REPAIRED_RID),
     ],
@@ -537,11 +538,6 @@ def drop_incoming(pc: RTCPeerConnection, should_drop: Callable[[bytes], bool]) -
 
         ice._recv = recv
         ice._sfu_lossy = True
-
-
-def drop_extension(transceiver: Any, uri: str) -> None:
-    """Leave a header extension out of the answer for this transceiver."""
-    transceiver._headerExtensions = [e for e in transceiver._headerExtensions if e.uri != uri]
 
 
 def delay_incoming(pc: RTCPeerConnection, delay: Callable[[], float]) -> None:

@@ -112,9 +112,10 @@ class Consumer:
         self.nacks_received = 0
         self.keyframe_requests = 0
         self.retransmitted = 0
-        # Slot -> [output seq16, stream ext seq, output ts32, stream, last resent at] for
-        # NACK answers.
-        self._history: list[list[Any] | None] = [None] * HISTORY_SIZE
+        # Slot -> (output seq16, stream ext seq, output ts32, stream) for NACK answers, and
+        # when that packet was last resent.
+        self._history: list[tuple[int, int, int, RecvStream] | None] = [None] * HISTORY_SIZE
+        self._resent_at = [0.0] * HISTORY_SIZE
         self._rtx_seq = random.randrange(1 << 16)
         self._packets_counter = metrics.PACKETS.labels(direction="out", kind=producer.kind)
         self._bytes_counter = metrics.BYTES.labels(direction="out", kind=producer.kind)
@@ -147,10 +148,8 @@ class Consumer:
         temporal = self.temporal
         if temporal is not None:
             desc = stream.vp8
-            if desc is not None:
-                payload = temporal.process(
-                    memoryview(pkt.data)[pkt.payload_offset:pkt.payload_end], desc, ext_seq,
-                    pkt.marker)
+            if desc is not None and stream.vp8_payload is not None:
+                payload = temporal.process(stream.vp8_payload, desc, ext_seq, pkt.marker)
                 if payload is None:
                     metrics.DROP["temporal_layer"].inc()
                     self.rewriter.skip(ext_seq)
@@ -161,7 +160,9 @@ class Consumer:
             return
         out_seq, out_ts = out
         data = self._build(pkt, out_seq, out_ts, self.payload_type, self.ssrc, now, payload)
-        self._history[out_seq & HISTORY_MASK] = [out_seq, ext_seq, out_ts, stream, 0.0]
+        slot = out_seq & HISTORY_MASK
+        self._history[slot] = (out_seq, ext_seq, out_ts, stream)
+        self._resent_at[slot] = 0.0
         ctx = self.context
         if not ctx.send_rtp(data):
             metrics.DROP["not_connected"].inc()
@@ -273,15 +274,16 @@ class Consumer:
             if entry is None or entry[0] != seq:
                 metrics.RETRANSMIT_MISSING.inc()
                 continue
-            _, ext_seq, out_ts, stream, resent_at = entry
-            if stream is not self.stream or stream is None:
+            _, ext_seq, out_ts, stream = entry
+            if stream is not self.stream:
                 # A layer the subscriber was switched away from: the new layer started
                 # with a keyframe, so these packets would only cost a congested link.
                 metrics.RETRANSMIT_OBSOLETE.inc()
                 continue
-            if now - resent_at < max(0.05, self.stats.rtt or 0.1):
+            slot = seq & HISTORY_MASK
+            if now - self._resent_at[slot] < max(0.05, self.stats.rtt or 0.1):
                 continue  # resent less than a round trip ago: this NACK crossed it
-            entry[4] = now
+            self._resent_at[slot] = now
             pkt = stream.cached(ext_seq)
             if pkt is None:
                 metrics.RETRANSMIT_MISSING.inc()

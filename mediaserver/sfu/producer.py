@@ -86,6 +86,8 @@ class RecvStream:
         self.stats = ReceiveStats(ssrc or 0, producer.codec.clock_rate)
         self.nacks = NackTracker() if producer.is_video else None
         self.keyframes = KeyframeRequester()
+        self._packets_counter = producer.packets_counter
+        self._bytes_counter = producer.bytes_counter
         self.last_keyframe_at: float | None = None
         self.last_packet_at: float | None = None
         self.frames = 0  # frames seen (marker bits), for frame rates
@@ -93,7 +95,10 @@ class RecvStream:
         self.plis_sent = 0
         self.width: int | None = None
         self.height: int | None = None
-        self.vp8: Vp8Descriptor | None = None  # descriptor of the packet being fanned out
+        # Descriptor and payload of the packet being fanned out (VP8 simulcast), parsed once
+        # for every consumer's temporal filter.
+        self.vp8: Vp8Descriptor | None = None
+        self.vp8_payload: memoryview | None = None
         # Last sender report (publisher's NTP, its RTP timestamp, our arrival time).
         self.last_sr: tuple[int, int, float] | None = None
         # Measured over RATE_WINDOW: what the allocator knows of this layer.
@@ -102,6 +107,7 @@ class RecvStream:
         self.last_wire_bitrate = 0  # the last measurement while the layer was arriving
         self.fps = 0.0
         self.paused_upstream = False  # the publisher was asked to stop sending this layer
+        self.unwanted_since: float | None = None  # no subscriber's target since then
         self.expected_until = 0.0  # ...or asked to resume it, and it is on its way
         self._window_start: float | None = None
         self._window_bytes = 0
@@ -120,8 +126,9 @@ class RecvStream:
         ext_seq = self._seq.unwrap(pkt.sequence_number)
         ext_ts = self._ts.unwrap(pkt.timestamp)
         size = len(pkt.data)
+        self._packets_counter.inc()
+        self._bytes_counter.inc(size)
         producer = self.producer
-        producer.count_packet(size)
         self.stats.on_packet(ext_seq, pkt.timestamp, size, now)
         self.last_packet_at = now
         self._window_bytes += size
@@ -237,7 +244,8 @@ class RecvStream:
         producer = self.producer
         if producer.parse_vp8 and pkt.payload_end > pkt.payload_offset:
             # Parsed once here and shared by every consumer's temporal filter.
-            desc = self.vp8 = parse_vp8(memoryview(pkt.data)[pkt.payload_offset:pkt.payload_end])
+            payload = self.vp8_payload = memoryview(pkt.data)[pkt.payload_offset:pkt.payload_end]
+            desc = self.vp8 = parse_vp8(payload)
             keyframe = desc is not None and desc.is_keyframe
             if keyframe and desc is not None and desc.width:
                 self.width, self.height = desc.width, desc.height
@@ -357,24 +365,18 @@ class Producer:
         self.keyframe_check = _keyframe_checker(codec.name)
         self.rtt = 0.1
         self.remb_bitrate: int | None = None
+        self.packets_counter = metrics.PACKETS.labels(direction="in", kind=kind)
+        self.bytes_counter = metrics.BYTES.labels(direction="in", kind=kind)
         specs = list(layers) if layers else [LayerSpec(None, ssrc, rtx_ssrc)]
         self.simulcast = len(specs) > 1 or specs[0].rid is not None
         self.streams = [RecvStream(self, i, s.rid, s.ssrc, s.rtx_ssrc)
                         for i, s in enumerate(specs)]
         self.record_layer = len(self.streams) - 1
         self.parse_vp8 = self.simulcast and codec.name == "VP8"
-        # Layers some subscriber (or a recording) receives; the rest the publisher may stop.
-        self.wanted_layers: frozenset[int] = frozenset(range(len(self.streams)))
         # Byte budget (limits.bitrate_bucket), shared by all layers: a publisher flooding
         # past it loses the excess here, before it costs every subscriber's link and the
         # node's CPU.
         self.budget: TokenBucket | None = None
-        self._packets_counter = metrics.PACKETS.labels(direction="in", kind=kind)
-        self._bytes_counter = metrics.BYTES.labels(direction="in", kind=kind)
-
-    def count_packet(self, size: int) -> None:
-        self._packets_counter.inc()
-        self._bytes_counter.inc(size)
 
     # -- the single-stream view (also the lowest layer of a simulcast track) -------------
 
@@ -405,18 +407,6 @@ class Producer:
     @property
     def plis_sent(self) -> int:
         return sum(s.plis_sent for s in self.streams)
-
-    @property
-    def bytes_received(self) -> int:
-        return sum(s.stats.bytes_received for s in self.streams)
-
-    @property
-    def packets_expected(self) -> int:
-        return sum(s.stats.packets_expected for s in self.streams)
-
-    @property
-    def packets_lost(self) -> int:
-        return sum(s.stats.packets_lost for s in self.streams)
 
     def _top_known(self) -> RecvStream:
         known = [s for s in self.streams if s.width]

@@ -189,9 +189,6 @@ class PublisherTransport(PeerTransport):
                 raise NegotiationError("the offer has no audio or video section")
             for t in self.pc.getTransceivers():
                 adapter.restrict_codecs(t, _preferred_codec)
-                # No transport-cc upstream until the SFU sends transport-wide feedback:
-                # a publisher using send-side estimation without it would starve.
-                adapter.drop_extension(t, EXT_TRANSPORT_CC)
             self._prepare()
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
@@ -412,9 +409,6 @@ class SubscriberTransport(PeerTransport):
             new_transceivers.append((t, producer))
         self._prepare()
         offer = await self.pc.createOffer()
-        # aiortc puts every known extension back into each offer: take transport-cc out
-        # here, so that browsers fall back to REMB, which the estimator reads.
-        offer = RTCSessionDescription(sdp=_without_transport_cc(offer.sdp), type="offer")
         await self.pc.setLocalDescription(offer)
         self._after_local_description()
         for t, producer in new_transceivers:
@@ -446,7 +440,7 @@ class SubscriberTransport(PeerTransport):
                 payload_type=info.payload_type, rtx_payload_type=info.rtx_payload_type,
                 audio_level_id=_ext_id(extensions, adapter.EXT_AUDIO_LEVEL),
                 abs_send_time_id=_ext_id(extensions, adapter.EXT_ABS_SEND_TIME),
-                transport_cc_id=_ext_id(extensions, adapter.EXT_TRANSPORT_CC),
+                transport_cc_id=_ext_id(extensions, EXT_TRANSPORT_CC),
                 mid=t.mid)
             self.consumers[t.mid] = consumer
             self.by_ssrc[ssrc] = consumer  # feedback names the media SSRC, never the RTX one
@@ -533,18 +527,6 @@ class SubscriberTransport(PeerTransport):
             consumer.close()
         self.consumers.clear()
         await super().close()
-
-
-def _without_transport_cc(sdp: str) -> str:
-    """An offer without transport-wide congestion control (its extmap and rtcp-fb lines).
-
-    The SFU has no send-side estimator for TWCC feedback; without it, subscribers send
-    REMB, which the per-subscriber estimator reads.
-    """
-    keep = [line for line in sdp.split("\r\n")
-            if not (line.startswith("a=extmap:") and EXT_TRANSPORT_CC in line)
-            and not (line.startswith("a=rtcp-fb:") and line.endswith(" transport-cc"))]
-    return "\r\n".join(keep)
 
 
 def _same_codec(capability: Any, codec: CodecInfo) -> bool:

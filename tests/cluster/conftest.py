@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -29,9 +28,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from loadtest.client import SignalClient
-from mediaserver.config import DEV_API_KEY, DEV_API_SECRET
-from mediaserver.tokens import Grants, create_token
-from tests.conftest import wait_until
+from tests.conftest import admin_token, wait_until
 
 SHARED_REDIS = os.environ.get("MEDIASERVER_TEST_REDIS", "redis://127.0.0.1:6379/0")
 LEASE_TTL = 3
@@ -41,17 +38,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def token(room: str, identity: str, **kw: Any) -> str:
-    kw.setdefault("kind", "one_to_one")
-    return create_token(DEV_API_KEY, DEV_API_SECRET, room=room, identity=identity,
-                        now=time.time(), **kw)
-
-
-def admin_token() -> str:
-    return create_token(DEV_API_KEY, DEV_API_SECRET, identity="backend", now=time.time(),
-                        grants=Grants(publish=False, subscribe=False, admin=True))
 
 
 ADMIN = {"Authorization": f"Bearer {admin_token()}"}

@@ -8,8 +8,8 @@ import time
 
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack
-from tests.cluster.conftest import media_flows, token
-from tests.conftest import wait_until
+from tests.cluster.conftest import media_flows
+from tests.conftest import token, wait_until
 
 
 async def _ready_status(node) -> int:

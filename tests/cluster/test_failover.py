@@ -8,8 +8,8 @@ import time
 
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack
-from tests.cluster.conftest import LEASE_TTL, frames_from, media_flows, token
-from tests.conftest import wait_until
+from tests.cluster.conftest import LEASE_TTL, frames_from, media_flows
+from tests.conftest import token, wait_until
 
 
 async def _stall_monitor(a: SignalClient, b: SignalClient, gaps: list[float],

@@ -6,9 +6,9 @@ import asyncio
 
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack
-from tests.cluster.conftest import make_cluster, media_flows, token
+from tests.cluster.conftest import make_cluster, media_flows
 from tests.cluster.test_failover import _stall_monitor
-from tests.conftest import wait_until
+from tests.conftest import token, wait_until
 
 
 async def _available(node, value: bool) -> bool:

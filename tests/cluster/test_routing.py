@@ -8,8 +8,8 @@ import statistics
 
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack, SyntheticVideoTrack
-from tests.cluster.conftest import frames_from, media_flows, token
-from tests.conftest import wait_until
+from tests.cluster.conftest import frames_from, media_flows
+from tests.conftest import token, wait_until
 
 
 async def test_join_through_any_node_reaches_the_rooms_node_and_media_flows(cluster):

@@ -15,12 +15,14 @@ class FakeSocket:
         self.closed_with: tuple[int, bytes] | None = None
         self.gate = asyncio.Event()
         self.gate.set()
+        self.writing = asyncio.Event()  # a write has started
 
     @property
     def closed(self) -> bool:
         return self.closed_with is not None
 
     async def send_json(self, msg: Any) -> None:
+        self.writing.set()
         await self.gate.wait()  # a cleared gate is a socket whose buffers are full
         self.sent.append(msg)
 
@@ -60,7 +62,7 @@ async def test_a_stuck_socket_is_cut_off_when_the_queue_is_full() -> None:
     box, aborted = _outbox(ws, limit=4)
     before = metrics.LIMIT["slow_consumer"]._value.get()
     box.put({"n": 0})
-    await asyncio.sleep(0)  # the writer takes it and gets stuck
+    await asyncio.wait_for(ws.writing.wait(), 5)  # the writer takes it and gets stuck
     results = [box.put({"n": i}) for i in range(1, 7)]
     assert results == [True] * 4 + [False, False]
     assert box.overflowed and aborted == [1]
