@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
@@ -45,6 +45,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from mediaserver.limits import LIMIT_REASONS
 from mediaserver.tokens import Role, SessionKind
@@ -69,12 +70,47 @@ PARTICIPANTS = Gauge(
     "mediaserver_participants", "Participants joined on this node", ["role"], registry=REGISTRY
 )
 TRACKS = Gauge("mediaserver_tracks", "Published tracks", ["kind"], registry=REGISTRY)
-PACKETS = Counter(
-    "mediaserver_rtp_packets_total", "RTP packets", ["direction", "kind"], registry=REGISTRY
-)
-BYTES = Counter(
-    "mediaserver_rtp_bytes_total", "RTP bytes", ["direction", "kind"], registry=REGISTRY
-)
+
+
+class RtpTally:
+    """RTP packets and bytes of one (direction, kind), as plain integers.
+
+    Counted once per packet in and once per packet forwarded, so a Prometheus Counter
+    (a lock and three calls per ``inc``) cost more than the rest of the accounting; these
+    are read when /metrics is scraped (``_RtpCollector``) instead.
+    """
+
+    __slots__ = ("bytes", "packets")
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.bytes = 0
+
+
+RTP_DIRECTIONS = ("in", "out")
+RTP_TALLIES: dict[tuple[str, str], RtpTally] = {
+    (d, k): RtpTally() for d in RTP_DIRECTIONS for k in KINDS}
+
+
+def rtp_tally(direction: str, kind: str) -> RtpTally:
+    """The tally of one direction ("in"/"out") and media kind ("audio"/"video")."""
+    return RTP_TALLIES.setdefault((direction, kind), RtpTally())
+
+
+class _RtpCollector:
+    def collect(self) -> Iterator[Metric]:
+        packets = CounterMetricFamily("mediaserver_rtp_packets", "RTP packets",
+                                      labels=["direction", "kind"])
+        octets = CounterMetricFamily("mediaserver_rtp_bytes", "RTP bytes",
+                                     labels=["direction", "kind"])
+        for (direction, kind), tally in RTP_TALLIES.items():
+            packets.add_metric([direction, kind], tally.packets)
+            octets.add_metric([direction, kind], tally.bytes)
+        yield packets
+        yield octets
+
+
+REGISTRY.register(_RtpCollector())  # type: ignore[arg-type]
 RTCP = Counter(
     "mediaserver_rtcp_feedback_total",
     "RTCP feedback messages (nack, pli, fir, remb, twcc) by direction",
@@ -252,9 +288,6 @@ BUILD_INFO.info({"version": _version()})
 
 for _kind in KINDS:
     TRACKS.labels(kind=_kind)
-    for _dir in ("in", "out"):
-        PACKETS.labels(direction=_dir, kind=_kind)
-        BYTES.labels(direction=_dir, kind=_kind)
 for _room_kind in ROOM_KINDS:
     ROOMS.labels(kind=_room_kind)
 CLUSTER_REDIS_UP.set(1)

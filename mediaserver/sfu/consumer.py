@@ -117,8 +117,7 @@ class Consumer:
         self._history: list[tuple[int, int, int, RecvStream] | None] = [None] * HISTORY_SIZE
         self._resent_at = [0.0] * HISTORY_SIZE
         self._rtx_seq = random.randrange(1 << 16)
-        self._packets_counter = metrics.PACKETS.labels(direction="out", kind=producer.kind)
-        self._bytes_counter = metrics.BYTES.labels(direction="out", kind=producer.kind)
+        self._tally = metrics.rtp_tally("out", producer.kind)
 
     # -- packet path -------------------------------------------------------------------
 
@@ -183,8 +182,9 @@ class Consumer:
         stats.octets_sent += pkt.payload_end - pkt.payload_offset
         if pkt.marker:
             stats.frames_sent += 1
-        self._packets_counter.inc()
-        self._bytes_counter.inc(len(data))
+        tally = self._tally
+        tally.packets += 1
+        tally.bytes += len(data)
 
     def _switch_to(self, stream: RecvStream, now: float) -> None:
         previous = self.stream

@@ -86,8 +86,7 @@ class RecvStream:
         self.stats = ReceiveStats(ssrc or 0, producer.codec.clock_rate)
         self.nacks = NackTracker() if producer.is_video else None
         self.keyframes = KeyframeRequester()
-        self._packets_counter = producer.packets_counter
-        self._bytes_counter = producer.bytes_counter
+        self._tally = producer.tally
         self.last_keyframe_at: float | None = None
         self.last_packet_at: float | None = None
         self.frames = 0  # frames seen (marker bits), for frame rates
@@ -126,8 +125,9 @@ class RecvStream:
         ext_seq = self._seq.unwrap(pkt.sequence_number)
         ext_ts = self._ts.unwrap(pkt.timestamp)
         size = len(pkt.data)
-        self._packets_counter.inc()
-        self._bytes_counter.inc(size)
+        tally = self._tally
+        tally.packets += 1
+        tally.bytes += size
         producer = self.producer
         self.stats.on_packet(ext_seq, pkt.timestamp, size, now)
         self.last_packet_at = now
@@ -365,8 +365,7 @@ class Producer:
         self.keyframe_check = _keyframe_checker(codec.name)
         self.rtt = 0.1
         self.remb_bitrate: int | None = None
-        self.packets_counter = metrics.PACKETS.labels(direction="in", kind=kind)
-        self.bytes_counter = metrics.BYTES.labels(direction="in", kind=kind)
+        self.tally = metrics.rtp_tally("in", kind)
         specs = list(layers) if layers else [LayerSpec(None, ssrc, rtx_ssrc)]
         self.simulcast = len(specs) > 1 or specs[0].rid is not None
         self.streams = [RecvStream(self, i, s.rid, s.ssrc, s.rtx_ssrc)
