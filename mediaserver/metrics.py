@@ -192,6 +192,13 @@ JOIN_TO_FIRST_PACKET = Histogram(
     buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20),
     registry=REGISTRY,
 )
+FORWARDING_LATENCY = Histogram(
+    "mediaserver_forwarding_latency_seconds",
+    "Sampled RTP packets: from the kernel receiving the packet to the last copy sent",
+    buckets=(50e-6, 100e-6, 150e-6, 200e-6, 300e-6, 400e-6, 600e-6, 800e-6, 1e-3, 1.5e-3,
+             2e-3, 3e-3, 5e-3, 7.5e-3, 10e-3, 15e-3, 20e-3, 30e-3, 50e-3, 100e-3),
+    registry=REGISTRY,
+)
 RTT = Histogram(
     "mediaserver_rtt_seconds",
     "Round-trip time of a participant's uplink or downlink, from RTCP reports",
@@ -334,6 +341,11 @@ def observe_mos(direction: Direction, mos: float) -> None:
                          f"not {direction!r}")
     if (value := _finite(mos)) is not None:
         child.observe(min(4.5, max(1.0, value)))
+
+
+def packets_sent() -> int:
+    """RTP packets forwarded so far (all kinds), from the plain tallies."""
+    return sum(t.packets for (direction, _), t in RTP_TALLIES.items() if direction == "out")
 
 
 def observe_join_to_first_packet(seconds: float) -> None:

@@ -24,9 +24,12 @@ silently: the server refuses to start instead.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import random
 import socket
+import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -365,6 +368,59 @@ class FastSrtp:
         return self._run(data, srtp_lib.srtp_unprotect_rtcp, 0)
 
 
+LATENCY_SAMPLE_EVERY = 16  # RTP packets per socket between two forwarding-latency samples
+_SIOCGSTAMP = 0x8906  # Linux ioctl: kernel receive time of the socket's last datagram
+_TIMEVAL = struct.Struct("@ll")
+
+
+def _socket_fd(protocol: Any) -> int:
+    transport = getattr(protocol, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (OSError, ValueError):
+        return -1
+
+
+class LatencySampler:
+    """Forwarding latency of every ``LATENCY_SAMPLE_EVERY``-th RTP packet of one socket.
+
+    From the kernel's receive timestamp of the datagram (``SIOCGSTAMP``, so the time it
+    waited in the socket buffer for a busy event loop counts) to after the synchronous
+    fan-out sent its last copy; packets that were not forwarded are not samples. The
+    first ioctl on a socket only switches kernel timestamps on, so it is no sample either.
+    """
+
+    __slots__ = ("_enabled", "_fd", "countdown")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._enabled = False
+        self.countdown = LATENCY_SAMPLE_EVERY
+
+    def forward(self, data: bytes, on_rtp: Callable[[bytes, int], None]) -> None:
+        self.countdown = LATENCY_SAMPLE_EVERY
+        arrived = self._arrival()
+        before = metrics.packets_sent()
+        on_rtp(data, 0)
+        if arrived is not None and metrics.packets_sent() != before:
+            delay = time.time() - arrived
+            if 0.0 <= delay < 10.0:
+                metrics.FORWARDING_LATENCY.observe(delay)
+
+    def _arrival(self) -> float | None:
+        if self._fd < 0:
+            return None
+        try:
+            sec, usec = _TIMEVAL.unpack(fcntl.ioctl(self._fd, _SIOCGSTAMP, bytes(16)))
+        except OSError:
+            return None
+        if not self._enabled:
+            self._enabled = True
+            return None
+        return sec + usec / 1e6
+
+
 def _fast_path(dtls: RTCDtlsTransport, on_rtp: Callable[[bytes, int], None],
                on_rtcp: Callable[[bytes], None]) -> None:
     """Take SRTP/SRTCP straight from the socket callback once DTLS is up.
@@ -392,8 +448,10 @@ def _fast_path(dtls: RTCDtlsTransport, on_rtp: Callable[[bytes, int], None],
         if getattr(protocol, "_sfu_fast", False):
             continue
         original = protocol.datagram_received
+        sampler = LatencySampler(_socket_fd(protocol))
 
-        def datagram_received(data: bytes, addr: Any, original: Any = original) -> None:
+        def datagram_received(data: bytes, addr: Any, original: Any = original,
+                              sampler: LatencySampler = sampler) -> None:
             if data and 127 < data[0] < 192:
                 rx = rx_state[1] if rx_state[0] is not None else receiver()
                 if rx is not None:
@@ -401,7 +459,11 @@ def _fast_path(dtls: RTCDtlsTransport, on_rtp: Callable[[bytes, int], None],
                         if len(data) > 1 and 191 < data[1] < 224:
                             on_rtcp(rx.unprotect_rtcp(data))
                         else:
-                            on_rtp(rx.unprotect(data), 0)
+                            sampler.countdown -= 1
+                            if sampler.countdown:
+                                on_rtp(rx.unprotect(data), 0)
+                            else:
+                                sampler.forward(rx.unprotect(data), on_rtp)
                     except pylibsrtp.Error:
                         metrics.DROP["srtp_error"].inc()
                     except Exception:  # pragma: no cover - defensive, see hook_packets
