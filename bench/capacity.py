@@ -1,0 +1,317 @@
+"""Sessions per core: 1:1 calls or groups, stepped up until loss or latency gives out.
+
+Each step starts a fresh server pinned to one CPU (``taskset``), so what it carries is what
+one core carries (one worker process; a node runs one per core). Load-test generators
+(``python -m loadtest --mode cheap``: publishers replay pre-encoded 500 kbps VP8 at 25 fps
+plus Opus, subscribers count RTP before SRTP) run as separate processes pinned to the other
+CPUs, each driving a share of the rooms. Everyone publishes and everyone subscribes to
+everyone. Per step, over a steady window after everyone joined:
+
+- server CPU (utime + stime from /proc) as a share of its core, and per forwarded packet;
+- forwarding latency p50/p99 from the server's ``mediaserver_forwarding_latency_seconds``
+  (kernel receive stamp to last copy sent, every 16th packet), interpolated in its buckets;
+- packet loss seen by the subscribers, and join times (join to first audio packet);
+- server RSS over its idle RSS, per participant.
+
+A step passes when loss <= ``--max-loss``, latency p99 <= ``--max-latency-p99`` and CPU
+<= ``--max-cpu``; the sweep stops at the first failing step. When a generator reports itself
+saturated (its own CPU or event-loop lag), the step is marked: its figures describe the
+generator, and the capacity is then estimated from the server's CPU share instead.
+
+    .venv/bin/python -m bench.capacity --kind one_to_one --sessions 5,10,20,30
+    .venv/bin/python -m bench.capacity --kind group --size 6 --sessions 1,2,4,6
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.forwarding import Samples, machine, poll, scrape
+
+LATENCY = "mediaserver_forwarding_latency_seconds"
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (nm, lab), v in samples.items() if nm == name and want <= lab)
+
+
+def buckets(samples: Samples) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of the latency histogram, in bound order."""
+    rows = [(float(dict(lab)["le"]), v) for (nm, lab), v in samples.items()
+            if nm == f"{LATENCY}_bucket"]
+    return sorted(rows)
+
+
+def quantile(before: list[tuple[float, float]], after: list[tuple[float, float]],
+             q: float) -> float | None:
+    """The q-quantile of the observations made between two scrapes, interpolated linearly
+    inside its bucket (None without observations; the last finite bound if it is beyond)."""
+    counts = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+    n = counts[-1][1] if counts else 0.0
+    if n <= 0:
+        return None
+    rank, lower, below = q * n, 0.0, 0.0
+    for le, cum in counts:
+        if cum >= rank:
+            if math.isinf(le):
+                return lower
+            return lower + (le - lower) * (rank - below) / max(cum - below, 1e-12)
+        lower, below = le, cum
+    return lower
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def split(rooms: int, parts: int) -> list[int]:
+    """Rooms per generator: as even as possible, no generator without a room."""
+    parts = max(1, min(parts, rooms))
+    return [rooms // parts + (i < rooms % parts) for i in range(parts)]
+
+
+def pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus, *cmd] if cpus and shutil.which("taskset") else cmd
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_cmd(port: int) -> list[str]:
+    cmd = [sys.executable, "-m", "mediaserver", "serve", "--dev", "--host", "127.0.0.1",
+           "--bind-host", "127.0.0.1", "--port", str(port)]
+    help_text = subprocess.run([*cmd[:4], "--help"], capture_output=True, text=True).stdout
+    if "--workers" in help_text:
+        cmd += ["--workers", "1"]  # one process: the figure is per core
+    return cmd
+
+
+def start_generators(step: int, args: argparse.Namespace, port: int, duration: float,
+                     workdir: Path) -> list[subprocess.Popen[bytes]]:
+    generators = []
+    for i, rooms in enumerate(split(step, args.generators)):
+        cmd = [sys.executable, "-m", "loadtest", "--url", f"ws://127.0.0.1:{port}/v1/signal",
+               "--rooms", str(rooms), "--participants-per-room", str(args.size),
+               "--kind", args.kind, "--video", args.video, "--mode", "cheap",
+               "--ramp-up", str(args.ramp_up), "--duration", str(duration), "--quiet",
+               "--json", str(workdir / f"gen{i}.json")]
+        with open(workdir / f"gen{i}.log", "wb") as log:
+            generators.append(subprocess.Popen(pinned(cmd, args.generator_cpus),
+                                               stdout=log, stderr=subprocess.STDOUT))
+    return generators
+
+
+async def measure(step: int, args: argparse.Namespace, port: int,
+                  server: subprocess.Popen[bytes], workdir: Path) -> dict[str, Any]:
+    base = f"http://127.0.0.1:{port}"
+    participants = step * args.size
+
+    async with aiohttp.ClientSession() as http:
+        async def ready() -> bool:
+            if server.poll() is not None:
+                raise RuntimeError(f"server exited with code {server.returncode}")
+            try:
+                async with http.get(f"{base}/readyz") as r:
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await poll(ready, 30, "/readyz")
+        idle_rss = rss_bytes(server.pid)
+        duration = args.warmup + args.window + 10
+        generators = start_generators(step, args, port, duration, workdir)
+
+        async def everyone_joined() -> bool:
+            for g in generators:
+                if g.poll() is not None:
+                    raise RuntimeError(f"a generator exited early ({g.returncode}); see "
+                                       f"{workdir}")
+            return total(await scrape(http, base), "mediaserver_participants") >= participants
+
+        await poll(everyone_joined, 60 + participants / args.ramp_up * 2, "every participant")
+        await asyncio.sleep(args.warmup)  # fixed warm-up: key frames, estimates settle
+        m0, c0, t0 = await scrape(http, base), cpu_seconds(server.pid), time.monotonic()
+        await asyncio.sleep(args.window)  # the measurement window itself
+        c1, t1, m1 = cpu_seconds(server.pid), time.monotonic(), await scrape(http, base)
+        loaded_rss = rss_bytes(server.pid)
+        for g in generators:
+            g.wait(timeout=duration + 120)
+
+    docs = [json.loads((workdir / f"gen{i}.json").read_text())
+            for i in range(len(generators)) if (workdir / f"gen{i}.json").exists()]
+    tracks = [t for d in docs for t in d["tracks"]]
+    expected = sum(d["summary"]["tracks_expected"] for d in docs)
+    received = sum(d["summary"]["tracks_received"] for d in docs)
+    packets = sum(t["packets"] for t in tracks)
+    lost = sum(t["packets_lost"] for t in tracks)
+    join_ms = [float(t["first_frame_ms"]) for t in tracks
+               if t["kind"] == "audio" and t.get("first_frame_ms") is not None]
+    dt = t1 - t0
+    cpu = c1 - c0
+    out = total(m1, "mediaserver_rtp_packets_total", direction="out") - \
+        total(m0, "mediaserver_rtp_packets_total", direction="out")
+    inn = total(m1, "mediaserver_rtp_packets_total", direction="in") - \
+        total(m0, "mediaserver_rtp_packets_total", direction="in")
+    b0, b1 = buckets(m0), buckets(m1)
+    p50, p99 = quantile(b0, b1, 0.5), quantile(b0, b1, 0.99)
+    saturated = [r for d in docs for r in d["generator"]["reasons"]]
+    return {
+        "sessions": step, "participants": participants,
+        "packets_in_per_s": inn / dt, "packets_out_per_s": out / dt,
+        "server_cpu_pct": 100 * cpu / dt,
+        "us_per_forwarded_packet": cpu * 1e6 / out if out else None,
+        "latency_p50_ms": None if p50 is None else p50 * 1e3,
+        "latency_p99_ms": None if p99 is None else p99 * 1e3,
+        "latency_samples": (b1[-1][1] - b0[-1][1]) if b1 else 0,
+        "loss": lost / (packets + lost) if packets + lost else None,
+        "tracks": f"{received}/{expected}",
+        "join_audio_ms_p50": percentile(join_ms, 0.5),
+        "join_audio_ms_p95": percentile(join_ms, 0.95),
+        "rss_idle_mb": idle_rss / 2**20, "rss_loaded_mb": loaded_rss / 2**20,
+        "mb_per_participant": (loaded_rss - idle_rss) / 2**20 / participants,
+        "generator_cpu_pct": [d["generator"]["cpu_pct"] for d in docs],
+        "generator_saturated": sorted(set(saturated)),
+    }
+
+
+def verdict(row: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """Why a step failed (empty: it passed)."""
+    why = []
+    if row["tracks"].split("/")[0] != row["tracks"].split("/")[1]:
+        why.append(f"tracks {row['tracks']}")
+    if row["loss"] is None or row["loss"] > args.max_loss:
+        why.append(f"loss {row['loss']}")
+    if row["latency_p99_ms"] is None or row["latency_p99_ms"] > args.max_latency_p99:
+        why.append(f"latency p99 {row['latency_p99_ms']}")
+    if row["server_cpu_pct"] > args.max_cpu:
+        why.append(f"cpu {row['server_cpu_pct']:.0f}%")
+    return why
+
+
+def run_step(step: int, args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix=f"capacity-{step}-"))
+    with open(workdir / "server.log", "wb") as log:
+        server = subprocess.Popen(pinned(server_cmd(port), args.server_cpu), stdout=log,
+                                  stderr=subprocess.STDOUT)
+    try:
+        row = asyncio.run(measure(step, args, port, server, workdir))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    row["failed"] = verdict(row, args)
+    row["workdir"] = str(workdir)
+    return row
+
+
+def fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_row(r: dict[str, Any]) -> None:
+    sat = "SATURATED" if r["generator_saturated"] else ""
+    print(f"{r['sessions']:>8} {r['participants']:>6} {r['packets_in_per_s']:>8.0f} "
+          f"{r['packets_out_per_s']:>8.0f} {r['server_cpu_pct']:>6.1f} "
+          f"{fmt(r['us_per_forwarded_packet'], '.1f'):>7} {fmt(r['latency_p50_ms'], '.2f'):>7} "
+          f"{fmt(r['latency_p99_ms'], '.2f'):>7} {fmt(r['loss'] and 100 * r['loss'], '.2f'):>6} "
+          f"{r['tracks']:>9} {fmt(r['join_audio_ms_p50'], '.0f'):>6} "
+          f"{fmt(r['join_audio_ms_p95'], '.0f'):>6} {r['mb_per_participant']:>6.2f} "
+          f"{'+'.join(f'{c:.0f}' for c in r['generator_cpu_pct']):>8} "
+          f"{'FAIL ' + '; '.join(r['failed']) if r['failed'] else 'ok'} {sat}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--kind", choices=["one_to_one", "couples", "group"], default="one_to_one")
+    p.add_argument("--size", type=int, default=None,
+                   help="participants per session (2 for one_to_one, 3 couples, 6 group)")
+    p.add_argument("--sessions", default="5,10,20", help="steps: sessions (rooms) at once")
+    p.add_argument("--video", default="640x480@25")
+    p.add_argument("--window", type=float, default=20.0)
+    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--ramp-up", type=float, default=20.0, help="joins per second, per generator")
+    p.add_argument("--generators", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                   help="load-test processes")
+    p.add_argument("--server-cpu", default="1", help="CPU list the server is pinned to")
+    p.add_argument("--generator-cpus", default=None,
+                   help="CPU list for the generators (default: every CPU but the server's)")
+    p.add_argument("--max-loss", type=float, default=0.01)
+    p.add_argument("--max-latency-p99", type=float, default=20.0, help="ms")
+    p.add_argument("--max-cpu", type=float, default=95.0, help="server CPU, % of its core")
+    p.add_argument("--json", help="write every step as JSON")
+    args = p.parse_args(argv)
+    args.size = args.size or {"one_to_one": 2, "couples": 3, "group": 6}[args.kind]
+    if args.generator_cpus is None:
+        others = [str(c) for c in sorted(os.sched_getaffinity(0))
+                  if str(c) not in args.server_cpu.split(",")]
+        args.generator_cpus = ",".join(others) or None
+    steps = [int(s) for s in args.sessions.split(",")]
+    info = machine()
+    print(f"# capacity: {args.kind} x{args.size}, video {args.video} cheap replay, server on "
+          f"CPU {args.server_cpu}, {args.generators} generator(s) on CPU "
+          f"{args.generator_cpus}; {info}")
+    print(f"{'sessions':>8} {'people':>6} {'in/s':>8} {'out/s':>8} {'cpu%':>6} {'us/fwd':>7} "
+          f"{'lat p50':>7} {'lat p99':>7} {'loss%':>6} {'tracks':>9} {'join50':>6} "
+          f"{'join95':>6} {'MB/pp':>6} {'gen cpu':>8} verdict")
+    rows = []
+    for step in steps:
+        row = run_step(step, args)
+        rows.append(row)
+        print_row(row)
+        if row["failed"]:
+            break
+    clean = [r for r in rows if not r["failed"] and not r["generator_saturated"]]
+    best = clean[-1] if clean else None
+    summary: dict[str, Any] = {"capacity_measured": best["sessions"] if best else 0}
+    if best and best["server_cpu_pct"] > 0:
+        summary["capacity_by_cpu"] = int(best["sessions"] * args.max_cpu / best["server_cpu_pct"])
+    print(f"# largest passing step: {summary['capacity_measured']} session(s)"
+          + (f"; at that step's CPU per session, {summary['capacity_by_cpu']} would fill "
+             f"{args.max_cpu:.0f}% of the core" if "capacity_by_cpu" in summary else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "machine": info,
+                                               "steps": rows, "summary": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
