@@ -114,7 +114,8 @@ def free_port() -> int:
 
 def server_cmd(port: int) -> list[str]:
     cmd = [sys.executable, "-m", "mediaserver", "serve", "--dev", "--host", "127.0.0.1",
-           "--bind-host", "127.0.0.1", "--port", str(port)]
+           "--bind-host", "127.0.0.1", "--port", str(port), "--connections-per-ip", "0",
+           "--joins-per-second", "0"]
     help_text = subprocess.run([*cmd[:4], "--help"], capture_output=True, text=True).stdout
     if "--workers" in help_text:
         cmd += ["--workers", "1"]  # one process: the figure is per core

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from itertools import accumulate
 from typing import Literal
 
 # E-model (ITU-T G.107): R is the transmission rating (0-100), MOS is derived from it.
@@ -188,7 +189,11 @@ Counts = tuple[int, int]  # (packets expected, packets lost)
 
 
 def _counts(windows: list[WindowStats]) -> Counts:
-    return sum(w.packets_expected for w in windows), sum(w.packets_lost for w in windows)
+    expected = lost = 0
+    for w in windows:
+        expected += w.packets_expected
+        lost += w.packets_lost
+    return expected, lost
 
 
 def _shift(recent: Counts, base: Counts) -> float:
@@ -212,14 +217,18 @@ def _merge(windows: list[WindowStats], counts: Counts, worst: bool = False) -> W
                    frame_rate=pick([w.frame_rate for w in windows], min))
 
 
+def _loss_rate(w: WindowStats) -> float:
+    return w.packets_lost / (w.packets_expected or 1)
+
+
 def _spike_free(windows: list[WindowStats], k: int) -> tuple[Counts, Counts]:
     """Counts without the spikes among the k windows of highest loss, and among the k - 1
     highest. A spike lies Z_CHANGE standard errors above the rest; steady random loss has
     none, so the estimate stays unbiased."""
     total = _counts(windows)
-    if not 0 < k < len(windows):
+    if not 0 < k < len(windows) or not total[1]:  # without loss there is no spike
         return total, total
-    order = sorted(windows, key=lambda w: w.packets_lost / max(w.packets_expected, 1))
+    order = sorted(windows, key=_loss_rate)
     rest, drop, rise = _counts(order[:-k]), total, total
     for i, w in enumerate(order[-k:]):
         if _shift((w.packets_expected, w.packets_lost), rest) >= Z_CHANGE:
@@ -233,12 +242,20 @@ def _changed(pool: list[tuple[WindowStats, float]]) -> int:
     """How many of the latest windows to keep: all if the link is unchanged, else the newer
     half of the last m windows whose loss left the older ones behind (worse: judged with the
     recent worst window set aside, so one bad window is never enough; better: on all)."""
-    expected, lost = [w.packets_expected for w, _ in pool], [w.packets_lost for w, _ in pool]
     n = len(pool)
-    for m in (m for m in CHANGE_SCALES if n >= m + RECENT_WINDOWS):
-        recent, older = (sum(expected[-m:]), sum(lost[-m:])), (sum(expected[:-m]), sum(lost[:-m]))
-        r = min(range(n - m, n), key=lambda i: pool[i][1])  # each side's worst window
-        o = min(range(n - m), key=lambda i: pool[i][1])
+    scales = [m for m in CHANGE_SCALES if n >= m + RECENT_WINDOWS]
+    if not scales:
+        return n
+    expected, lost = [w.packets_expected for w, _ in pool], [w.packets_lost for w, _ in pool]
+    score = [sc for _, sc in pool].__getitem__
+    # Prefix sums: each scale's two sides in O(1) (this runs for every track every second).
+    sum_e, sum_l = list(accumulate(expected, initial=0)), list(accumulate(lost, initial=0))
+    for m in scales:
+        cut = n - m
+        recent = (sum_e[n] - sum_e[cut], sum_l[n] - sum_l[cut])
+        older = (sum_e[cut], sum_l[cut])
+        r = min(range(cut, n), key=score)  # each side's worst window
+        o = min(range(cut), key=score)
         if (_shift((recent[0] - expected[r], recent[1] - lost[r]), older) >= Z_CHANGE
                 or _shift(recent, (older[0] - expected[o], older[1] - lost[o])) <= -Z_CHANGE):
             return m // 2

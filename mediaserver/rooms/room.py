@@ -581,8 +581,10 @@ class Room:
             return "speaker" if c.producer.participant_id == dominant else None
 
         for p in list(self.participants.values()):
+            await asyncio.sleep(0)  # one subscriber at a time, packets in between (as above)
             sub = p.subscriber
-            if sub is None or p.state == WAITING or not sub.consumers:
+            if (sub is None or p.state == WAITING or not sub.consumers
+                    or self.participants.get(p.id) is not p):
                 continue
             if not self.adaptation:  # plain forwarding: every track's top layer, always
                 for c in sub.consumers.values():
@@ -673,8 +675,11 @@ class Room:
     async def _quality_step(self, now: float) -> None:
         changed: dict[str, dict[str, Any]] = {}
         for p in list(self.participants.values()):
+            # One participant's trackers at a time, then let waiting packets through: a big
+            # group's whole step in one go held every packet of the node back by milliseconds.
+            await asyncio.sleep(0)
             q = self.quality.get(p.id)
-            if q is None or p.state == WAITING:
+            if q is None or p.state == WAITING or self.participants.get(p.id) is not p:
                 continue
             level = q.update(self._counters(p), now)
             if level is not None:
@@ -688,7 +693,8 @@ class Room:
             if viewer.state == WAITING:
                 continue
             updates = [u for pid, u in changed.items()
-                       if pid == viewer.id or self._sees(viewer, self.participants[pid])]
+                       if pid == viewer.id or (pid in self.participants
+                                               and self._sees(viewer, self.participants[pid]))]
             if updates:
                 await viewer.deliver({"type": "connection_quality", "updates": updates})
 
