@@ -98,6 +98,13 @@ def alive(pid: int) -> bool:
         return False
 
 
+async def exited(node: Node, timeout: float) -> int | None:
+    """The node's exit status, waiting without blocking the clients in this process."""
+    await wait_until(lambda: node.proc.poll() is not None, timeout=timeout,
+                     message="the node exited")
+    return node.proc.returncode
+
+
 def stop(node: Node) -> None:
     if node.proc.poll() is None:
         node.proc.kill()
@@ -314,7 +321,7 @@ async def test_a_killed_worker_comes_back_and_the_other_room_carries_on(own_node
         for c in (*calm, back):
             removed = await c.wait_event(lambda e: e["type"] == "removed", timeout=10)
             assert removed["reason"] == "server_shutdown"
-        assert node.proc.wait(SHUTDOWN_TIMEOUT + 3) == 0
+        assert await exited(node, SHUTDOWN_TIMEOUT + 3) == 0
         assert not any(alive(pid) for pid in pids)
     finally:
         for c in clients:
@@ -343,7 +350,7 @@ async def test_drain_reaches_every_worker_and_the_node_exits_when_empty(own_node
         assert (await node.node())["draining"] is True
         for c in (host, guest):
             await c.request({"type": "leave"})
-        assert node.proc.wait(15) == 0  # every worker empty, drained and gone
+        assert await exited(node, 15) == 0  # every worker empty, drained and gone
         assert not any(alive(pid) for pid in pids)
     finally:
         for c in (host, guest, newcomer):
@@ -354,6 +361,6 @@ async def test_workers_of_a_killed_front_stop_by_themselves(node: Node) -> None:
     """Runs last on the shared node: kill -9 of the front leaves no worker behind."""
     pids = await node.worker_pids()
     node.proc.kill()
-    node.proc.wait(10)
+    await exited(node, 10)
     await wait_until(lambda: not any(alive(pid) for pid in pids), timeout=15,
                      message="the workers exited after their front")
