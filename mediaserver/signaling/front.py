@@ -289,6 +289,8 @@ async def _serve(front: Front) -> None:
         log.info("shutting down (at most %ss)", config.shutdown_timeout)
         front.stopping = True
         stop.clear()
+        # The workers stop first, while the relays are open, so that their clients hear
+        # ``removed``; runner.cleanup() then closes whatever is left (hence no cleanup_ctx).
         closing = asyncio.create_task(front.close())
         waiter = asyncio.create_task(stop.wait())  # a second signal: the workers stop waiting
         done, _ = await asyncio.wait({closing, waiter}, return_when=asyncio.FIRST_COMPLETED)
