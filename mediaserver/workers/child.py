@@ -8,12 +8,15 @@ It stops on SIGTERM like any node, and also when stdin reaches end-of-file: the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 
 from mediaserver.cli import EXIT_USAGE, install_uvloop, setup_logging
 from mediaserver.config import ConfigError, build_config
 from mediaserver.workers.spec import WorkerSpec, worker_config
+
+_orphaned: list[bool] = []  # set by front_gone: no front will start this worker again
 
 
 async def front_gone() -> None:
@@ -26,6 +29,7 @@ async def front_gone() -> None:
     try:
         while await reader.read(4096):
             pass
+        _orphaned.append(True)
     finally:
         transport.close()
 
@@ -49,6 +53,10 @@ def main() -> int:
     from mediaserver.signaling.app import run_server
 
     run_server(config, unix_path=spec.socket, until=front_gone)
+    if _orphaned:  # a front killed outright left its private directory: the last one out
+        with contextlib.suppress(OSError):
+            os.unlink(spec.socket)
+            os.rmdir(os.path.dirname(spec.socket))
     return 0
 
 

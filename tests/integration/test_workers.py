@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -364,3 +365,7 @@ async def test_workers_of_a_killed_front_stop_by_themselves(node: Node) -> None:
     await exited(node, 10)
     await wait_until(lambda: not any(alive(pid) for pid in pids), timeout=15,
                      message="the workers exited after their front")
+    runtime = re.search(r"listening on (\S+)/worker-0\.sock", node.output())
+    assert runtime is not None
+    await wait_until(lambda: not os.path.exists(runtime.group(1)), timeout=5,
+                     message="the front's private directory removed by its last worker")
