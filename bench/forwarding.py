@@ -165,7 +165,8 @@ def run_point(n: int, args: argparse.Namespace) -> dict[str, Any]:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     cmd = [sys.executable, "-m", "mediaserver", "serve", "--dev", "--host", "127.0.0.1",
-           "--port", str(port), "--bind-host", "127.0.0.1"]
+           "--port", str(port), "--bind-host", "127.0.0.1",
+           "--workers", "1"]  # its CPU time is read from /proc/<pid>: one process
     log_start = os.path.getsize(args.server_log) if os.path.exists(args.server_log) else 0
     with open(args.server_log, "ab") as log:
         log.write(f"=== {n} subscriber(s): {' '.join(cmd)}\n".encode())

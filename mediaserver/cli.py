@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mediaserver.config import (
+    SERVE_FLAGS,
     Config,
     ConfigError,
     add_serve_arguments,
@@ -97,19 +98,34 @@ def _load(flags: Mapping[str, Any], env: Mapping[str, str]) -> Config:
 
 
 def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    config = _load(vars(args), env)
-    _setup_logging(config.log_level)
-    loop_name = "uvloop" if config.use_uvloop and _install_uvloop() else "asyncio"
+    flags = vars(args)
+    config = _load(flags, env)
+    setup_logging(config.log_level)
+    from mediaserver.workers.spec import resolve_workers
+
+    clustered = config.redis_url is not None
+    workers = resolve_workers(config.workers, usable_cpus(), clustered)
+    if clustered and config.workers == 0:
+        log.info("cluster mode (redis_url): one process per node; run a node per core to use "
+                 "more of them (docs/workers.md)")
+    loop_name = "uvloop" if config.use_uvloop and install_uvloop() else "asyncio"
     log.info(
-        "starting on %s:%d (media UDP %s:%d-%d, %s event loop%s)",
+        "starting on %s:%d (media UDP %s:%d-%d, %s event loop, %s%s)",
         config.host,
         config.port,
         config.media.bind_host,
         config.media.port_min,
         config.media.port_max,
         loop_name,
+        f"{workers} workers" if workers > 1 else "one process",
         ", DEV MODE: do not expose" if config.dev else "",
     )
+    if workers > 1:
+        from mediaserver.signaling.front import run_front
+
+        typed = {k: v for k, v in flags.items() if k in SERVE_FLAGS and v is not None}
+        run_front(config, workers, typed, config_file_path(flags, env), env)
+        return EXIT_OK
     # Imported here: signaling pulls in aiohttp and aiortc, which token/config commands skip.
     from mediaserver.signaling.app import run_server
 
@@ -117,12 +133,22 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def usable_cpus() -> int:
+    """Cores this process may run on (its affinity mask), which a container may narrow."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def setup_logging(level: str, process: str = "") -> None:
+    """Log to stderr; ``process`` (``worker-2``) tags each line of a worker process."""
+    tag = f"{process} " if process else ""
+    logging.basicConfig(format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s")
     logging.getLogger().setLevel(level)
 
 
-def _install_uvloop() -> bool:
+def install_uvloop() -> bool:
     """Make new event loops uvloop ones; False (stock asyncio) when it is not installed."""
     try:
         import uvloop

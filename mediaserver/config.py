@@ -194,6 +194,9 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     shutdown_timeout: int = 10  # seconds from SIGTERM to exit, clients told and files sealed
+    # Processes that serve rooms behind one port (docs/workers.md); 0: one per usable core,
+    # resolved by the CLI, which reads the machine. 1: a single process, no front.
+    workers: int = 0
 
     def __post_init__(self) -> None:
         # frozen=True stops rebinding the field, not mutating the dict behind it.
@@ -234,6 +237,7 @@ class Config:
             "limits": asdict(self.limits),
             "tls": asdict(self.tls),  # paths, not the key itself
             "shutdown_timeout": self.shutdown_timeout,
+            "workers": self.workers,
         }
 
 
@@ -301,6 +305,19 @@ def _log_level(raw: Any) -> str:
     if isinstance(raw, str) and raw.strip().upper() in LOG_LEVELS:
         return raw.strip().upper()
     raise _Bad("must be one of " + ", ".join(LOG_LEVELS))
+
+
+MAX_WORKERS = 1024
+
+
+def _workers(raw: Any) -> int:
+    """``auto`` or 0 (one per core), else a process count."""
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return 0
+    try:
+        return _int(0, MAX_WORKERS)(raw)
+    except _Bad:
+        raise _Bad(f"must be auto or an integer in 0..{MAX_WORKERS}") from None
 
 
 def _redis_url(raw: Any) -> str:
@@ -455,6 +472,9 @@ _SETTINGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("tls.cert", "--tls-cert", "TLS_CERT", {"metavar": "PEM", "help": "serve HTTPS/WSS"}),
     ("tls.key", "--tls-key", "TLS_KEY", {"metavar": "PEM"}),
     ("shutdown_timeout", "--shutdown-timeout", "SHUTDOWN_TIMEOUT", {"metavar": "SECONDS"}),
+    ("workers", "--workers", "WORKERS", {"metavar": "N", "help": "processes serving rooms "
+                                         "behind this port: auto (one per core, the default)"
+                                         " or N; 1: a single process"}),
 )  # fmt: skip
 ENV_VARS = {"MEDIASERVER_" + env: name for name, _, env, _ in _SETTINGS}  # variable -> setting
 _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typed)
@@ -462,6 +482,7 @@ _FLAGS: dict[str, tuple[str, str]] = {  # argparse dest -> (setting, flag as typ
     for name, flag, _, kw in _SETTINGS
     if flag is not None
 }
+SERVE_FLAGS = frozenset(_FLAGS) | {"config"}  # the argparse dests of add_serve_arguments
 _FILE_KEYS = {  # TOML table -> keys allowed in it ("" is the top level)
     "": {name for name, *_ in _SETTINGS if "." not in name}
     | {"media", "turn_rest", "rooms", "recording", "cluster", "limits", "tls"},
@@ -627,6 +648,11 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
         )
     host, port = get("host", _word, d.host), get("port", _int(1, 65535), d.port)
     redis_url = get("redis_url", _redis_url, None)
+    workers = get("workers", _workers, d.workers)
+    if redis_url is not None and workers > 1:
+        raise ConfigError(f"workers: {workers} cannot be combined with redis_url: a cluster "
+                          "node is one process; run one node per core instead "
+                          "(docs/workers.md#cluster-mode)")
     cluster = _cluster(
         host, port,
         prefix=get("cluster.prefix", _name, dc.prefix),
@@ -666,6 +692,7 @@ def build_config(flags: Mapping[str, Any], env: Mapping[str, str], file_path: st
         limits=_limits(get),
         tls=_tls(get("tls.cert", _path, None), get("tls.key", _path, None)),
         shutdown_timeout=get("shutdown_timeout", _int(1, 600), d.shutdown_timeout),
+        workers=workers,
     )
 
 

@@ -7,11 +7,13 @@ deleted, inserted or reordered line breaks the chain at a line number ``verify_l
 
 Anyone who can rewrite the whole file can also recompute the chain; to catch that (or the
 removal of the newest lines) compare the head hash with one kept elsewhere (``anchor``).
-One process writes a given log; it fsyncs every entry before ``append`` returns.
+Writers take turns through a file lock, so any number of them (rooms, worker processes) may
+append to one log; each entry is fsynced before ``append`` returns.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -142,11 +144,17 @@ class AuditLog:
 
     Refuses to open a log that does not verify (extending a broken chain would bury the
     damage), and stops accepting entries after a failed write for the same reason.
+
+    Several writers may share one log: every room of a node has its own ``AuditLog``, and a
+    node of several worker processes has several of those. Each append holds an exclusive
+    lock on the file and, when the file is not as this writer left it, continues from the
+    entry at its end, so the chain stays one chain.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._seq, self._head, self._broken = 0, GENESIS, False
+        self._size = -1  # the file's size after our last append; -1: read its end first
         if self.path.exists():
             result = verify_log(self.path)
             if not result.ok:
@@ -156,7 +164,7 @@ class AuditLog:
 
     @property
     def head(self) -> tuple[int, str]:
-        """(entries, hash of the newest): save it elsewhere to anchor the log."""
+        """(entries, hash of the newest) as of this writer's last look: anchor it elsewhere."""
         return self._seq, self._head
 
     def append(self, event: str, *, session_id: str, participant: str | None,
@@ -164,20 +172,33 @@ class AuditLog:
         if self._broken:
             raise RecordingError(RecordingErrorCode.AUDIT_LOG_CORRUPT,
                                  f"{self.path}: an earlier write failed; open the log again")
-        entry = make_entry(seq=self._seq + 1, prev=self._head, event=event,
-                           session_id=session_id, participant=participant, details=details,
-                           now=now)
-        line = canonical(entry) + b"\n"
+        fields: dict[str, Any] = {"event": event, "session_id": session_id,
+                                  "participant": participant, "details": details, "now": now}
+        entry = make_entry(seq=self._seq + 1, prev=self._head, **fields)  # a bad one: no file
         created = not self.path.exists()
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError:
+            self._broken = True
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close below
+            size = os.fstat(fd).st_size
+            if size != self._size:  # another writer appended since: continue after it
+                self._seq, self._head = _last_entry(fd, size, self.path)
+                entry = make_entry(seq=self._seq + 1, prev=self._head, **fields)
+            line = canonical(entry) + b"\n"
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            self._size = size + len(line)
+        except OSError:
+            self._broken = True
+            raise
+        finally:
+            os.close(fd)
+        try:
             if created:
                 fsync_dir(self.path.parent)
         except OSError:
@@ -185,6 +206,32 @@ class AuditLog:
             raise
         self._seq, self._head = entry["seq"], entry["hash"]
         return entry
+
+
+def _last_entry(fd: int, size: int, path: Path) -> tuple[int, str]:
+    """(seq, hash) of the entry on the last line of an open log of ``size`` bytes."""
+    if size == 0:
+        return 0, GENESIS
+    span = 4096
+    while True:
+        start = max(0, size - span)
+        tail = os.pread(fd, size - start, start)
+        cut = tail.rfind(b"\n", 0, len(tail) - 1)
+        if cut >= 0 or start == 0:
+            break
+        span *= 4
+    raw = tail[cut + 1:]
+    try:
+        entry = json.loads(raw)
+        seq, prev = entry["seq"], entry["prev"]
+    except (ValueError, RecursionError, TypeError, KeyError):
+        seq, prev = None, None
+    error = ("not an audit entry" if type(seq) is not int or not isinstance(prev, str)
+             else _check_line(seq, raw, prev)[0])
+    if error is not None:
+        raise RecordingError(RecordingErrorCode.AUDIT_LOG_CORRUPT,
+                             f"{path}: last line: {error}; not extending a broken log")
+    return seq, entry["hash"]
 
 
 def fsync_dir(path: Path) -> None:

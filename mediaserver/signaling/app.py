@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,14 @@ from mediaserver.rooms.recording import RecordingSettings
 from mediaserver.sfu import aiortc_adapter
 from mediaserver.signaling import admin, cluster
 from mediaserver.signaling import protocol as proto
+from mediaserver.signaling.accept import accept_socket
 from mediaserver.signaling.outbox import Outbox
-from mediaserver.tokens import Claims, TokenError, verify_token
+from mediaserver.signaling.tls import ssl_context
+from mediaserver.tokens import Claims, TokenError
 
 log = logging.getLogger(__name__)
 
-JOIN_TIMEOUT = 10.0
+JOIN_TIMEOUT = proto.JOIN_DEADLINE
 CONFIG_KEY = web.AppKey("config", Config)
 ROOMS_KEY = web.AppKey("rooms", RoomManager)
 STATE_KEY = web.AppKey("state", dict)
@@ -175,6 +176,7 @@ class SignalSession:
         self.room: Room | None = None
         self.participant: Participant | None = None
         self.bad_messages = 0
+        self.routed_room = request.headers.get(proto.ROUTED_ROOM_HEADER)  # behind a front
         lim = self.config.limits
         self.rate = limits.TokenBucket(lim.messages_per_second, lim.message_burst)
         transport = request.transport
@@ -260,7 +262,7 @@ class SignalSession:
         except proto.ProtocolError as exc:
             self.bad_messages += 1
             await self.fail(exc.code, exc.message, exc.request_id)
-            if self.bad_messages >= 20:
+            if self.bad_messages >= proto.MAX_INVALID_MESSAGES:
                 self._schedule_close(1008, b"too many invalid messages")
             return
         request_id = msg.get("id")
@@ -293,17 +295,11 @@ class SignalSession:
     def _claims(self, msg: dict[str, Any]) -> Claims:
         if self.participant is not None:
             raise proto.ProtocolError(proto.ALREADY_JOINED, "already joined")
-        version = msg.get("protocol", proto.PROTOCOL_VERSION)
-        if version != proto.PROTOCOL_VERSION:
-            raise proto.ProtocolError(proto.UNSUPPORTED_VERSION,
-                                      f"protocol {version} not supported; this server speaks "
-                                      f"{proto.PROTOCOL_VERSION}")
-        claims = verify_token(msg["token"], self.config.api_keys, now=time.time(),
-                              audience=self.config.token_audience)
-        if not claims.room:
-            raise RoomError("token_no_room", "the token does not name a room")
-        if msg.get("room") is not None and msg["room"] != claims.room:
-            raise RoomError("token_wrong_room", "the token is for another room")
+        claims = proto.entry_claims(msg, self.config.api_keys, self.config.token_audience,
+                                    time.time())
+        if self.routed_room is not None and claims.room != self.routed_room:
+            raise proto.ProtocolError(proto.TOKEN_WRONG_ROOM, "this connection was opened "
+                                      "for another room: open a new one")
         return claims
 
     def _admit(self) -> None:
@@ -517,21 +513,12 @@ _HANDLERS: dict[str, Handler] = {
 
 
 async def signal_handler(request: web.Request) -> web.StreamResponse:
-    config = request.app[CONFIG_KEY]
-    if not request.app[STATE_KEY]["ready"]:
-        return web.json_response({"code": "not_ready", "message": "node is draining"},
-                                 status=503)
     state = request.app[STATE_KEY]
-    ip = request.remote or "?"
-    if not state["connections"].acquire(ip):
-        metrics.LIMIT[limits.TOO_MANY_CONNECTIONS].inc()
-        return web.json_response(
-            {"code": limits.TOO_MANY_CONNECTIONS,
-             "message": f"at most {config.limits.connections_per_ip} connections per address"},
-            status=429)
-    try:
-        ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=config.max_message_bytes * 4)
-        await ws.prepare(request)
+    async with accept_socket(request, request.app[CONFIG_KEY], state["ready"],
+                             state["connections"],
+                             metrics.LIMIT[limits.TOO_MANY_CONNECTIONS].inc) as ws:
+        if not isinstance(ws, web.WebSocketResponse):
+            return ws  # refused before the upgrade
         session = SignalSession(request, ws)
         state["sessions"].add(session)
         try:
@@ -539,40 +526,40 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
         finally:
             state["sessions"].discard(session)
             await session.outbox.aclose(5.0)  # what is queued (an error, removed) goes first
-    finally:
-        state["connections"].release(ip)
     return ws
 
 
-def ssl_context(config: Config) -> ssl.SSLContext | None:
-    """The server's TLS context from ``tls.cert``/``tls.key``, or None for plain HTTP."""
-    if not config.tls.enabled:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    assert config.tls.cert is not None
-    ctx.load_cert_chain(config.tls.cert, config.tls.key)
-    return ctx
-
-
-def run_server(config: Config) -> None:
+def run_server(config: Config, unix_path: str | None = None,
+               until: Callable[[], Coroutine[Any, Any, object]] | None = None) -> None:
     """Run one node until SIGINT/SIGTERM; then shut down within ``shutdown_timeout``.
 
     On the signal: new connections are refused, every room ends (clients get ``removed``
     with the reason ``server_shutdown``, recordings are sealed), sockets are flushed and
     closed. A second signal, or the timeout, ends the process without waiting further.
+
+    A worker behind a front (docs/workers.md) passes ``unix_path``: it serves plain HTTP on
+    that Unix socket, without an access log (the front logs each request), and ``until``,
+    whose return (the front went away) shuts it down as SIGTERM would.
     """
 
     async def main() -> None:
         app = create_app(config)
-        runner = web.AppRunner(app, access_log_format='%a "%r" %s %b %Tf',
-                               shutdown_timeout=float(config.shutdown_timeout))
+        logging_kw: dict[str, Any] = ({"access_log": None} if unix_path else
+                                      {"access_log_format": '%a "%r" %s %b %Tf'})
+        runner = web.AppRunner(app, shutdown_timeout=float(config.shutdown_timeout),
+                               **logging_kw)
         await runner.setup()
-        tls = ssl_context(config)
-        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
-        await site.start()
-        log.info("mediaserver listening on %s://%s:%d", "https" if tls else "http",
-                 config.host, config.port)
+        site: web.BaseSite
+        if unix_path is not None:
+            site = web.UnixSite(runner, unix_path)
+            await site.start()
+            log.info("mediaserver worker listening on %s", unix_path)
+        else:
+            tls = ssl_context(config)
+            site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
+            await site.start()
+            log.info("mediaserver listening on %s://%s:%d", "https" if tls else "http",
+                     config.host, config.port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -580,6 +567,10 @@ def run_server(config: Config) -> None:
         control = app[cluster.CONTROL_KEY]
         control.stop = stop.set  # a drain ends the process when its sessions are done
         loop.add_signal_handler(signal.SIGUSR1, control.drain)
+        watcher: asyncio.Task[object] | None = None if until is None else (
+            asyncio.create_task(until()))
+        if watcher is not None:
+            watcher.add_done_callback(lambda _: stop.set())
         await stop.wait()
         log.info("shutting down (at most %ss)", config.shutdown_timeout)
         stop.clear()
@@ -592,6 +583,8 @@ def run_server(config: Config) -> None:
             log.warning("shutdown did not finish within %ss; exiting anyway",
                         config.shutdown_timeout)
             cleanup.cancel()
+        if watcher is not None:
+            watcher.cancel()
         log.info("stopped")
 
     asyncio.run(main())

@@ -9,9 +9,13 @@ with a stable ``code``; the connection survives. docs/protocol.md describes ever
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
+from mediaserver.tokens import Claims, verify_token
+
 PROTOCOL_VERSION = 1
+JOIN_DEADLINE = 10.0  # seconds from the socket's opening to a successful join or resume
 
 # Stable error codes (documented in docs/protocol.md).
 BAD_JSON = "bad_json"
@@ -23,10 +27,18 @@ ALREADY_JOINED = "already_joined"
 UNSUPPORTED_VERSION = "unsupported_version"
 PERMISSION_DENIED = "permission_denied"
 JOIN_TIMEOUT = "join_timeout"
+TOKEN_NO_ROOM = "token_no_room"
+TOKEN_WRONG_ROOM = "token_wrong_room"
 INTERNAL_ERROR = "internal_error"
+
+# Set by a multi-worker front on the WebSocket it opens to a worker: the room it routed the
+# connection for. The worker refuses a join or resume for any other room on that connection,
+# so a room can never start on a worker the front did not place it on.
+ROUTED_ROOM_HEADER = "X-Mediaserver-Routed-Room"
 
 MAX_SDP = 64 * 1024
 MAX_ID = 64
+MAX_INVALID_MESSAGES = 20  # validation errors on one socket before it is closed (1008)
 
 
 class ProtocolError(Exception):
@@ -116,6 +128,26 @@ def decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
         raise ProtocolError(INVALID_MESSAGE, "candidate: target must be publisher or subscriber",
                             request_id)
     return msg
+
+
+def entry_claims(msg: dict[str, Any], api_keys: Mapping[str, str], audience: str,
+                 now: float) -> Claims:
+    """The verified claims of a decoded ``join`` or ``resume``, which must name a room.
+
+    Raises ProtocolError (version, room) or TokenError. Both the node and a multi-worker
+    front call it, so a client gets the same error from either.
+    """
+    request_id = msg.get("id")
+    version = msg.get("protocol", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(UNSUPPORTED_VERSION, f"protocol {version} not supported; this "
+                            f"server speaks {PROTOCOL_VERSION}", request_id)
+    claims = verify_token(msg["token"], api_keys, now=now, audience=audience)
+    if not claims.room:
+        raise ProtocolError(TOKEN_NO_ROOM, "the token does not name a room", request_id)
+    if msg.get("room") is not None and msg["room"] != claims.room:
+        raise ProtocolError(TOKEN_WRONG_ROOM, "the token is for another room", request_id)
+    return claims
 
 
 def error(code: str, message: str, request_id: Any = None) -> dict[str, Any]:

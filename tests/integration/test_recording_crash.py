@@ -36,6 +36,7 @@ async def test_kill_9_mid_recording_leaves_a_playable_prefix(tmp_path):
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mediaserver", "serve", "--dev", "--host", "127.0.0.1",
         "--port", str(port), "--bind-host", "127.0.0.1", "--recording-dir", str(rec_dir),
+        "--workers", "1",  # the killed process is the one writing the recording
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     url = f"ws://127.0.0.1:{port}/v1/signal"
 

@@ -64,7 +64,8 @@ def _token(identity: str, **kw: object) -> str:
                         kind="one_to_one", now=time.time(), **kw)  # type: ignore[arg-type]
 
 
-async def test_wss_dtls_srtp_and_a_graceful_sigterm(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])  # one process; a front and two workers
+async def test_wss_dtls_srtp_and_a_graceful_sigterm(tmp_path, workers):
     cert, key = _self_signed(tmp_path)
     rec_dir = tmp_path / "recordings"
     keyfile = tmp_path / "keys.txt"
@@ -76,7 +77,7 @@ async def test_wss_dtls_srtp_and_a_graceful_sigterm(tmp_path):
         str(server_bin), "serve", "--dev", "--host", "127.0.0.1", "--port", str(port),
         "--bind-host", "127.0.0.1", "--tls-cert", str(cert), "--tls-key", str(key),
         "--recording-dir", str(rec_dir), "--shutdown-timeout", str(SHUTDOWN_TIMEOUT),
-        env={**os.environ, "MEDIASERVER_RECORDING_KEYS": str(keyfile)},
+        "--workers", workers, env={**os.environ, "MEDIASERVER_RECORDING_KEYS": str(keyfile)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     ctx = ssl.create_default_context(cafile=str(cert))
     clients: list[SignalClient] = []

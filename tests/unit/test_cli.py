@@ -193,9 +193,10 @@ def test_serve_builds_config_and_runs_server(
         loop_installs.append(True)
         return True
 
-    monkeypatch.setattr(cli, "_install_uvloop", fake_install)
+    monkeypatch.setattr(cli, "install_uvloop", fake_install)
     levels: list[str] = []
-    monkeypatch.setattr(cli, "_setup_logging", levels.append)
+    monkeypatch.setattr(cli, "setup_logging", levels.append)
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 1)  # auto: one process, no front
     monkeypatch.setenv("MEDIASERVER_API_KEYS", "app:app-api-secret")
 
     code, _, _ = run(capsys, "serve", "--port", "9001", "--log-level", "debug")
@@ -207,6 +208,43 @@ def test_serve_builds_config_and_runs_server(
     assert code == 0
     assert seen[-1].use_uvloop is False
     assert loop_installs == [True]  # not installed the second time
+
+
+@pytest.mark.parametrize(("argv", "cpus", "env", "front"), [
+    (["--workers", "1"], 8, {}, None),  # exactly the single process of old
+    ([], 1, {}, None),
+    ([], 4, {}, 4),  # auto: one worker per core, behind a front
+    (["--workers", "3"], 1, {}, 3),
+    ([], 4, {"MEDIASERVER_REDIS_URL": "redis://127.0.0.1:6379/0"}, None),  # cluster: one
+])  # fmt: skip
+def test_serve_starts_a_front_for_several_workers(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: list[str],
+    cpus: int, env: dict[str, str], front: int | None,
+) -> None:
+    singles: list[Config] = []
+    fronts: list[tuple[int, dict[str, object], str | None]] = []
+    fake_app = types.ModuleType("mediaserver.signaling.app")
+    fake_app.run_server = singles.append  # type: ignore[attr-defined]
+    fake_front = types.ModuleType("mediaserver.signaling.front")
+    fake_front.run_front = (  # type: ignore[attr-defined]
+        lambda config, workers, flags, path, env: fronts.append((workers, flags, path)))
+    monkeypatch.setitem(sys.modules, "mediaserver.signaling.app", fake_app)
+    monkeypatch.setitem(sys.modules, "mediaserver.signaling.front", fake_front)
+    monkeypatch.setattr(cli, "install_uvloop", lambda: True)
+    monkeypatch.setattr(cli, "setup_logging", lambda level: None)
+    monkeypatch.setattr(cli, "usable_cpus", lambda: cpus)
+    for name, value in {"MEDIASERVER_API_KEYS": "app:app-api-secret",
+                        "MEDIASERVER_NODE_URL": "http://10.0.0.5:7880", **env}.items():
+        monkeypatch.setenv(name, value)
+
+    assert run(capsys, "serve", "--port", "9002", *argv)[0] == 0
+    if front is None:
+        assert (len(singles), fronts) == (1, [])
+    else:
+        assert singles == [] and [f[0] for f in fronts] == [front]
+        flags = fronts[0][1]  # the workers rebuild the config from the flags as typed
+        assert flags["port"] == "9002" and all(v is not None for v in flags.values())
+        assert "handler" not in flags and "command" not in flags
 
 
 def test_python_dash_m_token_create() -> None:

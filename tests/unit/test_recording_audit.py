@@ -234,3 +234,52 @@ def test_bad_entries_are_refused_and_nothing_is_written(
         log.append(args.pop("event"), **args)
     assert err.value.code is code and JWT not in err.value.message
     assert not path.exists() and log.head == (0, GENESIS)
+
+
+def test_writers_sharing_a_log_keep_one_chain(tmp_path: Path) -> None:
+    """Two rooms of a node (or two worker processes) each hold their own AuditLog."""
+    path = tmp_path / "audit.log"
+    first, second = AuditLog(path), AuditLog(path)
+    order = [first, second, second, first, second, first, first]
+    entries = [log.append(EVENTS[i], session_id=f"sess-{id(log) % 7}", participant="u",
+                          details={"i": i}, now=T0 + i) for i, log in enumerate(order)]
+    assert [e["seq"] for e in entries] == list(range(1, 8))
+    assert verify_log(path).ok and verify_log(path).entries == 7
+    late = AuditLog(path)  # opened now, appends after whatever came since
+    first.append(EVENTS[0], session_id="s", participant="u", details={}, now=T0 + 9)
+    assert late.append(EVENTS[1], session_id="s", participant="u", details={},
+                       now=T0 + 10)["seq"] == 9
+    assert verify_log(path).entries == 9
+
+
+def test_a_torn_line_left_by_another_writer_is_not_extended(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    log.append(EVENTS[0], session_id="s", participant="u", details={}, now=T0)
+    with open(path, "ab") as f:
+        f.write(b'{"seq":2,"ti')  # a writer that died mid-line
+    with pytest.raises(RecordingError) as err:
+        log.append(EVENTS[1], session_id="s", participant="u", details={}, now=T0)
+    assert err.value.code is C.AUDIT_LOG_CORRUPT and "last line" in err.value.message
+
+
+WRITER = """
+import sys
+from mediaserver.recording.audit import AuditLog
+log = AuditLog(sys.argv[1])
+for i in range(25):
+    log.append("consent_granted", session_id=sys.argv[2], participant="u", details={"i": i},
+               now=1.0 + i)
+"""
+
+
+def test_processes_appending_at_once_keep_one_chain(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "audit.log"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), f"worker-{n}"])
+             for n in range(3)]
+    assert [p.wait(60) for p in procs] == [0, 0, 0]
+    result = verify_log(path)
+    assert (result.ok, result.entries) == (True, 75), result
