@@ -15,6 +15,7 @@ import time
 
 import pylibsrtp
 
+from mediaserver.sfu.aiortc_adapter import FastSrtp
 from mediaserver.sfu.consumer import Consumer, DownstreamContext
 from mediaserver.sfu.producer import CodecInfo, Producer
 from mediaserver.sfu.rtp import build_rtp, parse_rtp
@@ -26,7 +27,7 @@ def run(subscribers: int) -> float:
     """Microseconds per incoming packet, fanned out to ``subscribers``."""
     key = os.urandom(30)
     policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
-    tx = pylibsrtp.Session(policy)
+    tx = FastSrtp(pylibsrtp.Session(policy))
 
     def send(data: bytes) -> bool:
         tx.protect(data)
@@ -38,7 +39,7 @@ def run(subscribers: int) -> float:
     for i in range(subscribers):
         c = Consumer(producer=producer, subscriber_id=f"s{i}", context=DownstreamContext(send),
                      ssrc=1000 + i, rtx_ssrc=2000 + i, payload_type=96, rtx_payload_type=97,
-                     audio_level_id=None, abs_send_time_id=3, transport_cc_id=4, mid=str(i))
+                     audio_level_id=None, abs_send_time_id=3, transport_cc_id=None, mid=str(i))
         c.waiting_keyframe = False
         producer.consumers.append(c)
     payload = bytes([0x90, 0x80, 0x12, 0x34]) + bytes(1100)

@@ -20,8 +20,11 @@ from mediaserver import metrics
 from mediaserver.quality.rtpstats import SendStats
 from mediaserver.sfu.rtp import (
     RtpPacket,
+    abs_send_time_24,
     abs_send_time_from_seconds,
     build_rtp,
+    header_abs_send_time,
+    header_level_abs_send_time,
     pack_transport_seq,
 )
 from mediaserver.sfu.seqnum import SEQ_MASK, OutputRewriter
@@ -35,13 +38,25 @@ PADDING_BYTES = 224  # per probe packet (RTP padding is at most 255 bytes)
 
 # The abs-send-time value depends only on ``now``, which is the same for every consumer a
 # packet fans out to: compute it once per packet, not once per subscriber.
-_last_abs: list[Any] = [None, b""]
+_last_abs: list[Any] = [None, b"", 0]
 
 
 def _abs_send_time(now: float) -> bytes:
     if _last_abs[0] != now:
-        _last_abs[0], _last_abs[1] = now, abs_send_time_from_seconds(now)
+        _set_abs_send_time(now)
     return _last_abs[1]  # type: ignore[no-any-return]
+
+
+def _abs_send_time_24(now: float) -> int:
+    if _last_abs[0] != now:
+        _set_abs_send_time(now)
+    return _last_abs[2]  # type: ignore[no-any-return]
+
+
+def _set_abs_send_time(now: float) -> None:
+    _last_abs[0], _last_abs[1], _last_abs[2] = (now, abs_send_time_from_seconds(now),
+                                                abs_send_time_24(now))
+
 HISTORY_MASK = HISTORY_SIZE - 1
 
 
@@ -90,6 +105,13 @@ class Consumer:
         self._src_audio_level_id = producer.audio_level_id
         self._abs_send_time_id = abs_send_time_id
         self._transport_cc_id = transport_cc_id
+        # The common header (abs-send-time, and an audio level for audio, nothing else) is
+        # packed in one struct call instead of build_rtp's general extension writer.
+        self._ast_id = abs_send_time_id or 0
+        self._level_id = audio_level_id or 0
+        self._fast_header = (0 < self._ast_id < 15 and not transport_cc_id
+                             and (not (self._level_id and self._src_audio_level_id)
+                                  or self._level_id < 15))
         self.rewriter = OutputRewriter(random.randrange(1 << 16), random.randrange(1 << 32))
         self.paused = False
         self.disabled = False  # the subscriber asked not to receive this track for now
@@ -253,14 +275,23 @@ class Consumer:
 
     def _build(self, pkt: RtpPacket, seq: int, ts: int, pt: int, ssrc: int, now: float,
                payload: bytes | memoryview | None = None) -> bytes:
-        exts: list[tuple[int, bytes]] = []
-        if self._audio_level_id and self._src_audio_level_id:
-            level = pkt.extensions.get(self._src_audio_level_id)
-            if level is not None:
-                exts.append((self._audio_level_id, level))
-        self._timing_extensions(exts, now)
         if payload is None:
             payload = memoryview(pkt.data)[pkt.payload_offset:pkt.payload_end]
+        level = None
+        if self._level_id and self._src_audio_level_id:
+            level = pkt.extensions.get(self._src_audio_level_id)
+        if self._fast_header:
+            if level is None:
+                return header_abs_send_time(pkt.marker, pt, seq, ts, ssrc, self._ast_id,
+                                            _abs_send_time_24(now)) + payload
+            if len(level) == 1:
+                return header_level_abs_send_time(pkt.marker, pt, seq, ts, ssrc,
+                                                  self._level_id, level[0], self._ast_id,
+                                                  _abs_send_time_24(now)) + payload
+        exts: list[tuple[int, bytes]] = []
+        if level is not None:
+            exts.append((self._level_id, level))
+        self._timing_extensions(exts, now)
         return build_rtp(marker=pkt.marker, payload_type=pt, sequence_number=seq,
                          timestamp=ts, ssrc=ssrc, extensions=exts, payload=payload)
 

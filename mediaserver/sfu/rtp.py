@@ -344,6 +344,38 @@ def unpack_audio_level(b: bytes) -> tuple[bool, int] | None:
     return v > 0x7F, v & 0x7F
 
 
+_HEADER_AST = struct.Struct("!BBHIIHHI")  # fixed header + a one-word one-byte extension block
+_HEADER_LEVEL_AST = struct.Struct("!BBHIIHHBBIH")  # ... a two-word block, 2 bytes of padding
+
+
+def abs_send_time_24(t: float) -> int:
+    """abs-send-time as an integer (see ``abs_send_time_from_seconds``)."""
+    return math.floor(t * 262144.0 + 0.5) & 0xFFFFFF
+
+
+def header_abs_send_time(marker: bool, payload_type: int, sequence_number: int,
+                         timestamp: int, ssrc: int, ext_id: int, ast24: int) -> bytes:
+    """The header ``build_rtp`` writes for abs-send-time as its only extension, in one pack.
+
+    The forwarding path's common case (a subscriber's video): ``ext_id`` must be 1..14 and
+    ``payload_type`` 0..127, which the negotiated values are.
+    """
+    return _HEADER_AST.pack(0x90, (0x80 if marker else 0) | payload_type,
+                            sequence_number & 0xFFFF, timestamp & 0xFFFFFFFF,
+                            ssrc & 0xFFFFFFFF, ONE_BYTE_PROFILE, 1,
+                            ((ext_id << 4) | 2) << 24 | ast24)
+
+
+def header_level_abs_send_time(marker: bool, payload_type: int, sequence_number: int,
+                               timestamp: int, ssrc: int, level_id: int, level: int,
+                               ext_id: int, ast24: int) -> bytes:
+    """As ``header_abs_send_time`` with a one-byte audio level before it (ids 1..14)."""
+    return _HEADER_LEVEL_AST.pack(0x90, (0x80 if marker else 0) | payload_type,
+                                  sequence_number & 0xFFFF, timestamp & 0xFFFFFFFF,
+                                  ssrc & 0xFFFFFFFF, ONE_BYTE_PROFILE, 2, level_id << 4, level,
+                                  ((ext_id << 4) | 2) << 24 | ast24, 0)
+
+
 def abs_send_time_from_seconds(t: float) -> bytes:
     """abs-send-time value: seconds in 6.18 fixed point, modulo 64 s.
 

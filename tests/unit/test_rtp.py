@@ -18,8 +18,11 @@ from mediaserver.sfu.rtp import (
     EXT_RID,
     EXT_TRANSPORT_CC,
     RtpPacket,
+    abs_send_time_24,
     abs_send_time_from_seconds,
     build_rtp,
+    header_abs_send_time,
+    header_level_abs_send_time,
     is_rtcp,
     pack_audio_level,
     pack_str,
@@ -394,3 +397,35 @@ def test_parse_never_raises_on_corrupted_packets(
     p = parse_rtp(raw)
     if p is not None:
         _check_bounds(raw, p)
+
+
+# -- the forwarding path's one-pack headers must equal build_rtp's ----------------------
+
+@pytest.mark.parametrize("marker,pt,seq,ts,ssrc,ext_id,t", [
+    (False, 96, 0, 0, 1, 1, 0.0),
+    (True, 111, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 14, 63.999999),
+    (True, 0, 70000, 1 << 33, 12345, 3, 1795667413.181748),  # reduced modulo field size
+    (False, 127, 1, 2, 3, 7, 64.0),                          # abs-send-time wraps at 64 s
+])
+def test_abs_send_time_header_equals_build_rtp(marker: bool, pt: int, seq: int, ts: int,
+                                               ssrc: int, ext_id: int, t: float) -> None:
+    payload = b"\x90\x80\x12\x34payload"
+    expected = build_rtp(marker=marker, payload_type=pt, sequence_number=seq, timestamp=ts,
+                         ssrc=ssrc, extensions=[(ext_id, abs_send_time_from_seconds(t))],
+                         payload=payload)
+    got = header_abs_send_time(marker, pt, seq, ts, ssrc, ext_id, abs_send_time_24(t)) + payload
+    assert got == expected
+    assert parse_rtp(got).extensions == {ext_id: abs_send_time_from_seconds(t)}
+
+
+@pytest.mark.parametrize("level_id,level,ext_id", [(1, 0x00, 3), (14, 0xFF, 1), (10, 0x7F, 14)])
+def test_level_and_abs_send_time_header_equals_build_rtp(level_id: int, level: int,
+                                                         ext_id: int) -> None:
+    t, payload = 12.345678, b"\xfc\x01\x02"
+    expected = build_rtp(marker=True, payload_type=111, sequence_number=9, timestamp=960,
+                         ssrc=77, extensions=[(level_id, bytes([level])),
+                                              (ext_id, abs_send_time_from_seconds(t))],
+                         payload=payload)
+    got = header_level_abs_send_time(True, 111, 9, 960, 77, level_id, level, ext_id,
+                                     abs_send_time_24(t)) + payload
+    assert got == expected
