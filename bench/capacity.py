@@ -45,18 +45,32 @@ from bench.forwarding import Samples, machine, poll, scrape
 LATENCY = "mediaserver_forwarding_latency_seconds"
 
 
+def family(pid: int) -> list[int]:
+    """The server's process and its children (a front's workers), recursively."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        for task in Path(f"/proc/{pids[i]}/task").glob("*/children"):
+            pids += [int(c) for c in task.read_text().split()]
+        i += 1
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time (utime + stime) of the server, with its worker processes if it has any."""
+    total = 0
+    for p in family(pid):
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    total = 0
+    for p in family(pid):
+        with open(f"/proc/{p}/status") as f:
+            total += next((int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS:")), 0)
+    return total
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:
@@ -65,10 +79,14 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 
 def buckets(samples: Samples) -> list[tuple[float, float]]:
-    """(upper bound, cumulative count) of the latency histogram, in bound order."""
-    rows = [(float(dict(lab)["le"]), v) for (nm, lab), v in samples.items()
-            if nm == f"{LATENCY}_bucket"]
-    return sorted(rows)
+    """(upper bound, cumulative count) of the latency histogram, in bound order, summed over
+    the workers' series when there are several."""
+    counts: dict[float, float] = {}
+    for (nm, lab), v in samples.items():
+        if nm == f"{LATENCY}_bucket":
+            le = float(dict(lab)["le"])
+            counts[le] = counts.get(le, 0.0) + v
+    return sorted(counts.items())
 
 
 def quantile(before: list[tuple[float, float]], after: list[tuple[float, float]],
@@ -112,13 +130,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_cmd(port: int) -> list[str]:
+def server_cmd(port: int, workers: int) -> list[str]:
     cmd = [sys.executable, "-m", "mediaserver", "serve", "--dev", "--host", "127.0.0.1",
            "--bind-host", "127.0.0.1", "--port", str(port), "--connections-per-ip", "0",
            "--joins-per-second", "0"]
     help_text = subprocess.run([*cmd[:4], "--help"], capture_output=True, text=True).stdout
     if "--workers" in help_text:
-        cmd += ["--workers", "1"]  # one process: the figure is per core
+        cmd += ["--workers", str(workers)]  # 1: one process, the figure is per core
     return cmd
 
 
@@ -228,8 +246,8 @@ def run_step(step: int, args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"capacity-{step}-"))
     with open(workdir / "server.log", "wb") as log:
-        server = subprocess.Popen(pinned(server_cmd(port), args.server_cpu), stdout=log,
-                                  stderr=subprocess.STDOUT)
+        server = subprocess.Popen(pinned(server_cmd(port, args.workers), args.server_cpu),
+                                  stdout=log, stderr=subprocess.STDOUT)
     try:
         row = asyncio.run(measure(step, args, port, server, workdir))
     finally:
@@ -273,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generators", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="load-test processes")
     p.add_argument("--server-cpu", default="1", help="CPU list the server is pinned to")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server worker processes (CPU and RSS are summed over them)")
     p.add_argument("--generator-cpus", default=None,
                    help="CPU list for the generators (default: every CPU but the server's)")
     p.add_argument("--max-loss", type=float, default=0.01)
