@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--audio-only", default="0", metavar="N|F",
         help="publishers per room that send audio only: a count, or a fraction like 0.5")
     add("--video", default="320x240@15", metavar="WxH@FPS", help="video size and rate")
+    add("--video-bitrate", type=_positive(int), metavar="KBPS",
+        help="cheap mode: bitrate the replayed VP8 is encoded at (default 0.1 bit per "
+             "pixel, at most 500); the run reports what it really is")
     add("--simulcast", action="store_true", help="ask for simulcast (not supported yet)")
     add("--speakers", action="store_true",
         help="publishers take 2 s turns being loud, so active speakers move")
@@ -138,6 +141,9 @@ def scenario_from(args: argparse.Namespace) -> tuple[Scenario, list[str]]:
         raise UsageError(str(exc)) from None
     if args.mode == "cheap" and (args.min_fps is not None or args.max_latency_p95 is not None):
         raise UsageError("--min-fps and --max-latency-p95 need decoded frames: use --mode full")
+    if args.video_bitrate is not None and args.mode != "cheap":
+        raise UsageError("--video-bitrate sets cheap mode's replay: full mode's live "
+                         "encoder follows the server's bandwidth estimate instead")
     if args.simulcast:
         notes.append("simulcast is not supported yet: the aiortc client sends one encoding; "
                      "running without it")
@@ -147,7 +153,8 @@ def scenario_from(args: argparse.Namespace) -> tuple[Scenario, list[str]]:
     scenario = Scenario(
         url=args.url, api_key=args.api_key, api_secret=args.api_secret, rooms=args.rooms,
         participants=n, kind=args.kind, publishers=publishers, audio_only=audio_only,
-        width=width, height=height, fps=fps, speakers=args.speakers, ramp_up=args.ramp_up,
+        width=width, height=height, fps=fps, video_bitrate_kbps=args.video_bitrate,
+        speakers=args.speakers, ramp_up=args.ramp_up,
         duration=args.duration, mode=args.mode, profiles=profiles, seed=args.seed,
         thresholds=Thresholds(args.max_loss, args.max_latency_p95, args.min_fps,
                               args.max_join_time))

@@ -297,8 +297,10 @@ def format_summary(doc: dict[str, Any]) -> str:
     s, g, sc = doc["summary"], doc["generator"], doc["scenario"]
     out = [f"load test {doc['run_id']}: {sc['rooms']} room(s) x {sc['participants_per_room']} "
            f"({sc['kind']}), {sc['publishers_per_room']} publisher(s)/room "
-           f"({sc['audio_only_per_room']} audio-only), video {sc['video']}, {sc['mode']} mode, "
-           f"{doc['measured_s']:.1f} s measured"]
+           f"({sc['audio_only_per_room']} audio-only), video {sc['video']}"
+           + (f" (replayed at {doc['replay_video_kbps']} kbps)"
+              if doc.get("replay_video_kbps") else "")
+           + f", {sc['mode']} mode, {doc['measured_s']:.1f} s measured"]
     rows = doc["tracks"]
     if len(rows) <= TRACK_LINES_MAX:
         out += ["", f"{'room':<10} {'subscriber':<12} {'publisher':<12} {'kind':<5} "

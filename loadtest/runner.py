@@ -56,6 +56,7 @@ class Scenario:
     width: int = 320
     height: int = 240
     fps: int = 15
+    video_bitrate_kbps: int | None = None  # cheap mode's replay; None: 0.1 bit per pixel
     speakers: bool = False
     ramp_up: float = 5.0  # participants joined per second; 0: all at once
     duration: float = 30.0
@@ -72,7 +73,8 @@ class Scenario:
         return {"url": self.url, "rooms": self.rooms, "participants_per_room": self.participants,
                 "kind": self.kind, "publishers_per_room": self.publishers_per_room,
                 "audio_only_per_room": self.audio_only,
-                "video": f"{self.width}x{self.height}@{self.fps}", "speakers": self.speakers,
+                "video": f"{self.width}x{self.height}@{self.fps}",
+                "video_bitrate_kbps": self.video_bitrate_kbps, "speakers": self.speakers,
                 "ramp_up_per_s": self.ramp_up, "duration_s": self.duration, "mode": self.mode,
                 "profiles": [f"{a.profile.name}:{a.count or 'all'}" for a in self.profiles],
                 "thresholds": self.thresholds.as_dict()}
@@ -205,8 +207,7 @@ class Run:
         self.rng = random.Random(scenario.seed)
         self.monitor = GeneratorMonitor(clock)
         self.decode_errors = DecodeErrorCounter()
-        self.replay = (media.replay_frames(scenario.width, scenario.height, scenario.fps)
-                       if scenario.mode == "cheap" else [])
+        self.replay = self._replay() if scenario.mode == "cheap" else []
         self.tones: dict[float, list[bytes]] = {}  # pre-encoded Opus, by frequency
         self.origin = clock()
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -226,6 +227,14 @@ class Run:
                     PacketTap(profiles[i], random.Random(self.rng.random()),
                               drop_rtp=s.mode == "cheap")))
         return plan
+
+    def _replay(self) -> list[bytes]:
+        s = self.s
+        if s.video_bitrate_kbps is None:
+            return media.replay_frames(s.width, s.height, s.fps)
+        # Warmed up, so that the loop holds the requested rate from its first frame.
+        return media.replay_frames(s.width, s.height, s.fps,
+                                   bitrate=s.video_bitrate_kbps * 1000, warmup=1.0)
 
     def room_name(self, room: int) -> str:
         return f"loadtest-{self.run_id}-{room}"
@@ -367,6 +376,9 @@ class Run:
                      "saturated": bool(reasons), "reasons": reasons}
         return {
             "run_id": self.run_id, "scenario": self.s.describe(),
+            # What cheap mode's replayed video really is (VP8 payload, before RTP).
+            "replay_video_kbps": (round(media.frames_kbps(self.replay, self.s.fps))
+                                  if self.replay else None),
             "measured_s": round(measured, 2), "started_at": self.started_at,
             "participants": [{
                 "room": f"room{p.room}", "label": p.label, "publishes": p.publishes,
