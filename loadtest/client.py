@@ -364,13 +364,19 @@ class SignalClient:
             if event.get("type") == "subscriber_offer":
                 for t in event.get("tracks", []):
                     track_by_mid[t["mid"]] = t["track_id"]
-        result: dict[int, tuple[str, bool]] = {}
-        for media in SessionDescription.parse(pc.remoteDescription.sdp).media:
-            track_id = track_by_mid.get(media.rtp.muxId)
-            if track_id is None:
-                continue
-            rtx = {g.items[1] for g in media.ssrc_group
-                   if g.semantic == "FID" and len(g.items) == 2}
-            for info in media.ssrc:
-                result[info.ssrc] = (track_id, info.ssrc in rtx)
-        return result
+        return ssrcs_by_track(pc.remoteDescription.sdp, track_by_mid)
+
+
+def ssrcs_by_track(sdp: str, track_by_mid: dict[str, str]) -> dict[int, tuple[str, bool]]:
+    """SSRC -> (track id, is RTX) from the ``a=ssrc`` lines and FID groups of an SDP whose
+    m-sections map to tracks by mid (any SFU's offer to a subscriber)."""
+    result: dict[int, tuple[str, bool]] = {}
+    for media in SessionDescription.parse(sdp).media:
+        track_id = track_by_mid.get(media.rtp.muxId)
+        if track_id is None:
+            continue
+        rtx = {g.items[1] for g in media.ssrc_group
+               if g.semantic == "FID" and len(g.items) == 2}
+        for info in media.ssrc:
+            result[info.ssrc] = (track_id, info.ssrc in rtx)
+    return result

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from loadtest import window
 from loadtest.profiles import StreamCounter
 
 FREEZE_INTERVALS = 3  # a video gap longer than this many frame intervals is a freeze
@@ -339,6 +340,8 @@ def format_summary(doc: dict[str, Any]) -> str:
             f"{_f(s['loss_worst_track'], '.2%')}); {s['packets']} packets, "
             f"{_f(s['kbps_total'])} kbps; freezes {s['freezes']} ({s['freeze_s']:.1f} s); "
             f"audio gaps {s['audio_gaps']}; undecodable frames {s.get('decode_errors', 0)}"]
+    if doc.get("window"):
+        out.append(window.format_line(doc["window"]))
     if doc.get("speakers"):
         sp = doc["speakers"]
         out.append(f"speakers: {sp['changes_per_subscriber']} speakers_changed events per "
