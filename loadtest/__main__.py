@@ -24,7 +24,7 @@ from typing import Any
 
 from loadtest.profiles import PROFILES, parse_profile
 from loadtest.report import Thresholds, format_summary
-from loadtest.runner import Run, Scenario, ScenarioError
+from loadtest.runner import TARGETS, Run, Scenario, ScenarioError
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 KIND_LIMITS = {"one_to_one": 2, "couples": 3}  # the server's fixed room sizes
@@ -54,8 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     for p in PROFILES.values()))
     add = p.add_argument
     add("--url", default="ws://127.0.0.1:7880/v1/signal", help="signalling WebSocket URL")
+    add("--target", choices=TARGETS, default="mediaserver",
+        help="the server's kind: mediaserver (ours) and relay (bench/relay_server.py) speak "
+             "our protocol; janus: a Janus VideoRoom's WebSocket API, cheap mode only "
+             "(mediaserver)")
     add("--ice-address", default="127.0.0.1", metavar="IP",
-        help="address the participants gather ICE candidates on (127.0.0.1)")
+        help="address the participants gather ICE candidates on (127.0.0.1); Janus skips "
+             "loopback interfaces, so a janus target needs the host's own address")
     add("--api-key", default="devkey", help="key to mint tokens with (devkey)")
     add("--api-secret", default="devsecret", help="secret to mint tokens with (devsecret)")
     add("--rooms", type=_positive(int), default=1, help="rooms (1)")
@@ -149,6 +154,8 @@ def scenario_from(args: argparse.Namespace) -> tuple[Scenario, list[str]]:
         raise UsageError(str(exc)) from None
     if args.mode == "cheap" and (args.min_fps is not None or args.max_latency_p95 is not None):
         raise UsageError("--min-fps and --max-latency-p95 need decoded frames: use --mode full")
+    if args.target == "janus" and args.mode != "cheap":
+        raise UsageError("--target janus counts packets only: use --mode cheap")
     if args.warmup < 0:
         raise UsageError("--warmup must be 0 or more seconds")
     if args.video_bitrate is not None and args.mode != "cheap":
@@ -165,7 +172,7 @@ def scenario_from(args: argparse.Namespace) -> tuple[Scenario, list[str]]:
         participants=n, kind=args.kind, publishers=publishers, audio_only=audio_only,
         width=width, height=height, fps=fps, video_bitrate_kbps=args.video_bitrate,
         speakers=args.speakers, ramp_up=args.ramp_up,
-        duration=args.duration, warmup=args.warmup, mode=args.mode,
+        duration=args.duration, warmup=args.warmup, mode=args.mode, target=args.target,
         ice_address=args.ice_address, profiles=profiles, seed=args.seed,
         thresholds=Thresholds(args.max_loss, args.max_latency_p95, args.min_fps,
                               args.max_join_time))

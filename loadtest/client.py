@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,14 @@ LOOPBACK = aiortc_adapter.CandidatePolicy(addresses=("127.0.0.1",))
 MAX_REDIRECTS = 3
 RETRYABLE = ("room_unavailable", "cluster_unavailable")  # the room is moving: retry
 RETRY_INTERVAL = 0.25
+
+
+async def json_messages(ws: aiohttp.ClientWebSocketResponse
+                        ) -> AsyncIterator[dict[str, Any]]:
+    """The JSON text messages of a signalling WebSocket, until it closes."""
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            yield json.loads(msg.data)
 
 
 def _config() -> RTCConfiguration:
@@ -203,10 +211,7 @@ class SignalClient:
 
     async def _read(self) -> None:
         assert self.ws is not None
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
+        async for data in json_messages(self.ws):
             self.events.append(data)
             if data.get("type") == "resumed" and data.get("restored"):
                 self._forget_media()  # before any offer from the new node is handled

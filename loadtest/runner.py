@@ -27,6 +27,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from loadtest import media, report, window
 from loadtest.client import ReceivedTrack, SignalClient
+from loadtest.janus import JanusClient
 from loadtest.profiles import (
     NetworkProfile,
     PacketTap,
@@ -38,6 +39,7 @@ from mediaserver.sfu.aiortc_adapter import CandidatePolicy
 from mediaserver.tokens import create_token
 
 JOIN_TIMEOUT_S = 30.0
+TARGETS = ("mediaserver", "janus", "relay")
 AUDIO_CHECK_EVERY = 25  # audio frames between spectrum checks (one per half second)
 
 
@@ -64,6 +66,8 @@ class Scenario:
     duration: float = 30.0
     warmup: float = 0.0  # seconds between everyone joined and the measured window
     mode: str = "full"  # or "cheap": no decoding, pre-encoded video
+    # mediaserver and relay (bench/relay_server.py) speak our protocol; janus: its VideoRoom
+    target: str = "mediaserver"
     ice_address: str = "127.0.0.1"  # where the participants gather ICE candidates
     profiles: tuple[ProfileAssignment, ...] = ()
     thresholds: report.Thresholds = field(default_factory=report.Thresholds)
@@ -80,7 +84,7 @@ class Scenario:
                 "video": f"{self.width}x{self.height}@{self.fps}",
                 "video_bitrate_kbps": self.video_bitrate_kbps, "speakers": self.speakers,
                 "ramp_up_per_s": self.ramp_up, "duration_s": self.duration,
-                "warmup_s": self.warmup, "mode": self.mode,
+                "warmup_s": self.warmup, "mode": self.mode, "target": self.target,
                 "ice_address": self.ice_address,
                 "profiles": [f"{a.profile.name}:{a.count or 'all'}" for a in self.profiles],
                 "thresholds": self.thresholds.as_dict()}
@@ -118,7 +122,8 @@ class MeasuringClient(SignalClient):
 
 
 class LoadClient(Protocol):
-    """What the runner needs of a participant's client, whichever server it talks to."""
+    """What the runner needs of a participant's client, whichever server it talks to
+    (MeasuringClient: our protocol; JanusClient: Janus's VideoRoom)."""
 
     participant_id: str | None
     joined: dict[str, Any] | None
@@ -310,6 +315,8 @@ class Run:
     def _client(self, p: Participant) -> LoadClient:
         s, identity = self.s, f"{p.label}-{self.run_id}"
         policy = CandidatePolicy(addresses=(s.ice_address,))
+        if s.target == "janus":
+            return JanusClient(s.url, self.room_name(p.room), identity, policy=policy)
         token = create_token(s.api_key, s.api_secret, room=self.room_name(p.room),
                              identity=identity, name=p.label, kind=s.kind, now=time.time())
         return MeasuringClient(s.url, token, decode=s.mode == "full", fps=s.fps,
