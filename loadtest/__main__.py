@@ -17,13 +17,14 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from loadtest.profiles import PROFILES, parse_profile
 from loadtest.report import Thresholds, format_summary
-from loadtest.runner import Run, Scenario, ScenarioError
+from loadtest.runner import TARGETS, Run, Scenario, ScenarioError
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 KIND_LIMITS = {"one_to_one": 2, "couples": 3}  # the server's fixed room sizes
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     for p in PROFILES.values()))
     add = p.add_argument
     add("--url", default="ws://127.0.0.1:7880/v1/signal", help="signalling WebSocket URL")
+    add("--target", choices=TARGETS, default="mediaserver",
+        help="the server's kind: mediaserver (ours) and relay (bench/relay_server.py) speak "
+             "our protocol; janus: a Janus VideoRoom's WebSocket API, cheap mode only "
+             "(mediaserver)")
+    add("--ice-address", default="127.0.0.1", metavar="IP",
+        help="address the participants gather ICE candidates on (127.0.0.1); Janus skips "
+             "loopback interfaces, so a janus target needs the host's own address")
     add("--api-key", default="devkey", help="key to mint tokens with (devkey)")
     add("--api-secret", default="devsecret", help="secret to mint tokens with (devsecret)")
     add("--rooms", type=_positive(int), default=1, help="rooms (1)")
@@ -65,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--audio-only", default="0", metavar="N|F",
         help="publishers per room that send audio only: a count, or a fraction like 0.5")
     add("--video", default="320x240@15", metavar="WxH@FPS", help="video size and rate")
+    add("--video-bitrate", type=_positive(int), metavar="KBPS",
+        help="cheap mode: bitrate the replayed VP8 is encoded at (default 0.1 bit per "
+             "pixel, at most 500); the run reports what it really is")
     add("--simulcast", action="store_true", help="ask for simulcast (not supported yet)")
     add("--speakers", action="store_true",
         help="publishers take 2 s turns being loud, so active speakers move")
@@ -72,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="participants joined per second, 0 for all at once (5)")
     add("--duration", type=_positive(float), default=30.0, metavar="SECONDS",
         help="measured seconds after everyone has joined (30)")
+    add("--warmup", type=float, default=0.0, metavar="SECONDS",
+        help="seconds between everyone joined and the measured window (0)")
+    add("--phase-marks", action="store_true",
+        help="print 'loadtest-phase NAME MONOTONIC' lines on stderr as the warm-up and the "
+             "window start and end, for a caller that measures the server meanwhile")
     add("--mode", choices=["full", "cheap"], default="full",
         help="full: decode and measure every frame; cheap: count RTP only, replay "
              "pre-encoded video (capacity runs)")
@@ -138,6 +154,13 @@ def scenario_from(args: argparse.Namespace) -> tuple[Scenario, list[str]]:
         raise UsageError(str(exc)) from None
     if args.mode == "cheap" and (args.min_fps is not None or args.max_latency_p95 is not None):
         raise UsageError("--min-fps and --max-latency-p95 need decoded frames: use --mode full")
+    if args.target == "janus" and args.mode != "cheap":
+        raise UsageError("--target janus counts packets only: use --mode cheap")
+    if args.warmup < 0:
+        raise UsageError("--warmup must be 0 or more seconds")
+    if args.video_bitrate is not None and args.mode != "cheap":
+        raise UsageError("--video-bitrate sets cheap mode's replay: full mode's live "
+                         "encoder follows the server's bandwidth estimate instead")
     if args.simulcast:
         notes.append("simulcast is not supported yet: the aiortc client sends one encoding; "
                      "running without it")
@@ -147,14 +170,21 @@ def scenario_from(args: argparse.Namespace) -> tuple[Scenario, list[str]]:
     scenario = Scenario(
         url=args.url, api_key=args.api_key, api_secret=args.api_secret, rooms=args.rooms,
         participants=n, kind=args.kind, publishers=publishers, audio_only=audio_only,
-        width=width, height=height, fps=fps, speakers=args.speakers, ramp_up=args.ramp_up,
-        duration=args.duration, mode=args.mode, profiles=profiles, seed=args.seed,
+        width=width, height=height, fps=fps, video_bitrate_kbps=args.video_bitrate,
+        speakers=args.speakers, ramp_up=args.ramp_up,
+        duration=args.duration, warmup=args.warmup, mode=args.mode, target=args.target,
+        ice_address=args.ice_address, profiles=profiles, seed=args.seed,
         thresholds=Thresholds(args.max_loss, args.max_latency_p95, args.min_fps,
                               args.max_join_time))
     return scenario, notes
 
 
-def _run(scenario: Scenario, quiet: bool, uvloop_ok: bool) -> dict[str, Any]:
+def _mark_phase(name: str) -> None:
+    print(f"loadtest-phase {name} {time.monotonic():.6f}", file=sys.stderr, flush=True)
+
+
+def _run(scenario: Scenario, quiet: bool, uvloop_ok: bool,
+         marks: bool = False) -> dict[str, Any]:
     factory = None
     if uvloop_ok:
         try:
@@ -164,7 +194,8 @@ def _run(scenario: Scenario, quiet: bool, uvloop_ok: bool) -> dict[str, Any]:
         except ImportError:
             pass
     with asyncio.Runner(loop_factory=factory) as runner:
-        run = Run(scenario, progress=None if quiet else sys.stderr)
+        run = Run(scenario, progress=None if quiet else sys.stderr,
+                  on_phase=_mark_phase if marks else None)
         return runner.run(run.execute())
 
 
@@ -203,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     try:
-        doc = _run(scenario, args.quiet, not args.no_uvloop)
+        doc = _run(scenario, args.quiet, not args.no_uvloop, args.phase_marks)
     except ScenarioError as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         if args.json:

@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,14 @@ LOOPBACK = aiortc_adapter.CandidatePolicy(addresses=("127.0.0.1",))
 MAX_REDIRECTS = 3
 RETRYABLE = ("room_unavailable", "cluster_unavailable")  # the room is moving: retry
 RETRY_INTERVAL = 0.25
+
+
+async def json_messages(ws: aiohttp.ClientWebSocketResponse
+                        ) -> AsyncIterator[dict[str, Any]]:
+    """The JSON text messages of a signalling WebSocket, until it closes."""
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            yield json.loads(msg.data)
 
 
 def _config() -> RTCConfiguration:
@@ -203,10 +211,7 @@ class SignalClient:
 
     async def _read(self) -> None:
         assert self.ws is not None
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
+        async for data in json_messages(self.ws):
             self.events.append(data)
             if data.get("type") == "resumed" and data.get("restored"):
                 self._forget_media()  # before any offer from the new node is handled
@@ -364,13 +369,19 @@ class SignalClient:
             if event.get("type") == "subscriber_offer":
                 for t in event.get("tracks", []):
                     track_by_mid[t["mid"]] = t["track_id"]
-        result: dict[int, tuple[str, bool]] = {}
-        for media in SessionDescription.parse(pc.remoteDescription.sdp).media:
-            track_id = track_by_mid.get(media.rtp.muxId)
-            if track_id is None:
-                continue
-            rtx = {g.items[1] for g in media.ssrc_group
-                   if g.semantic == "FID" and len(g.items) == 2}
-            for info in media.ssrc:
-                result[info.ssrc] = (track_id, info.ssrc in rtx)
-        return result
+        return ssrcs_by_track(pc.remoteDescription.sdp, track_by_mid)
+
+
+def ssrcs_by_track(sdp: str, track_by_mid: dict[str, str]) -> dict[int, tuple[str, bool]]:
+    """SSRC -> (track id, is RTX) from the ``a=ssrc`` lines and FID groups of an SDP whose
+    m-sections map to tracks by mid (any SFU's offer to a subscriber)."""
+    result: dict[int, tuple[str, bool]] = {}
+    for media in SessionDescription.parse(sdp).media:
+        track_id = track_by_mid.get(media.rtp.muxId)
+        if track_id is None:
+            continue
+        rtx = {g.items[1] for g in media.ssrc_group
+               if g.semantic == "FID" and len(g.items) == 2}
+        for info in media.ssrc:
+            result[info.ssrc] = (track_id, info.ssrc in rtx)
+    return result

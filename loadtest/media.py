@@ -236,10 +236,15 @@ class TurnTakingAudioTrack(SineAudioTrack):
 
 
 def encode_vp8(images: Sequence[np.ndarray], fps: int, bitrate: int = 500_000,
-               keyframe_interval: int | None = None) -> list[bytes]:
+               keyframe_interval: int | None = None, warmup: int = 0) -> list[bytes]:
     """Encode rgb24 images to VP8 frames once (the first is a key frame, and then every
     ``keyframe_interval``-th), with settings like aiortc's Vp8Encoder, for
-    PreEncodedVideoTrack to replay."""
+    PreEncodedVideoTrack to replay.
+
+    The first ``warmup`` images are encoded and thrown away: libvpx's rate control starts
+    low (a few hundred bytes a frame for the first quarter second) and only then settles
+    at ``bitrate``; the returned frames start with a key frame forced after the warm-up.
+    """
     height, width = images[0].shape[:2]
     codec = av.CodecContext.create("libvpx", "w")
     codec.width, codec.height = width, height  # type: ignore[attr-defined]
@@ -251,35 +256,44 @@ def encode_vp8(images: Sequence[np.ndarray], fps: int, bitrate: int = 500_000,
     for i, img in enumerate(images):
         frame = VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
         frame.pts = i
-        if keyframe_interval and i % keyframe_interval == 0:
+        kept = i - warmup
+        if kept == 0 or (kept > 0 and keyframe_interval and kept % keyframe_interval == 0):
             frame.pict_type = av.video.frame.PictureType.I
         data = b"".join(bytes(p) for p in codec.encode(frame))  # type: ignore[attr-defined]
-        if data:
+        if data and kept >= 0:
             frames.append(data)
     return frames
 
 
 def replay_frames(width: int, height: int, fps: int, seconds: float = 2.0,
-                  bitrate: int | None = None, keyframe_interval: int | None = None
-                  ) -> list[bytes]:
+                  bitrate: int | None = None, keyframe_interval: int | None = None,
+                  warmup: float = 0.0) -> list[bytes]:
     """``seconds`` of synthetic video encoded once, to replay in a loop (it starts over
     with its key frame every ``seconds``).
 
     A flat picture codes to almost nothing, so +-16 levels of noise go below the strips,
     and the encoder fills ``bitrate``: by default 0.1 bit per pixel (115 kbps at
-    320x240@15), at most aiortc's 500 kbps.
+    320x240@15), at most aiortc's 500 kbps. Without ``warmup`` (seconds encoded first and
+    thrown away, see encode_vp8) the loop starts below the rate: 460 kbps instead of 500
+    at 640x480@25; with 1 s of warm-up it holds it (519 kbps).
     """
     rate = bitrate or min(500_000, int(width * height * fps * 0.1))
     base = np.zeros((height, width, 3), dtype=np.int16)
     base[:, :] = (90, 140, 200)
     rng = np.random.default_rng(1)
     images = []
-    for n in range(max(1, int(seconds * fps))):
+    warm = int(warmup * fps)
+    for n in range(warm + max(1, int(seconds * fps))):
         img = base.copy()
         img[STAMP_ROWS * STRIP:] += rng.integers(-16, 17, img[STAMP_ROWS * STRIP:].shape,
                                                  dtype=np.int16)
-        images.append(synthetic_image(np.clip(img, 0, 255).astype(np.uint8), n))
-    return encode_vp8(images, fps, rate, keyframe_interval)
+        images.append(synthetic_image(np.clip(img, 0, 255).astype(np.uint8), n - warm))
+    return encode_vp8(images, fps, rate, keyframe_interval, warm)
+
+
+def frames_kbps(frames: Sequence[bytes], fps: float) -> float:
+    """The bitrate of replaying ``frames`` at ``fps`` (VP8 payload, before RTP)."""
+    return sum(len(f) for f in frames) * 8 * fps / max(1, len(frames)) / 1000
 
 
 def encode_opus(frequency: float, seconds: float = 1.0, amplitude: float = 0.3,

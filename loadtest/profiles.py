@@ -97,18 +97,20 @@ def is_rtp(data: bytes) -> bool:
 class StreamCounter:
     """Packets, bytes and losses of one SSRC, from sequence numbers."""
 
-    __slots__ = ("_seq", "bytes", "first_at", "first_seq", "highest", "last_at", "received")
+    __slots__ = ("_seq", "bytes", "first_at", "first_seq", "highest", "last_at", "padded",
+                 "received")
 
     def __init__(self) -> None:
         self._seq = Unwrapper(16)
         self.first_seq: int | None = None
         self.highest = -1
         self.received = 0
+        self.padded = 0  # of them, with the padding bit set (probes, or padded media)
         self.bytes = 0
         self.first_at: float | None = None
         self.last_at: float | None = None
 
-    def add(self, seq: int, size: int, now: float) -> None:
+    def add(self, seq: int, size: int, now: float, padded: bool = False) -> None:
         ext = self._seq.unwrap(seq)
         if self.first_seq is None or ext < self.first_seq:
             self.first_seq = ext
@@ -116,6 +118,7 @@ class StreamCounter:
             self.first_at = now
         self.highest = max(self.highest, ext)
         self.received += 1
+        self.padded += padded
         self.bytes += size
         self.last_at = now
 
@@ -147,7 +150,8 @@ class PacketTap:
             counter = self.streams.get(ssrc)
             if counter is None:
                 counter = self.streams[ssrc] = StreamCounter()
-            counter.add(int.from_bytes(data[2:4], "big"), len(data), now)
+            counter.add(int.from_bytes(data[2:4], "big"), len(data), now,
+                        bool(data[0] & 0x20))
         if self.profile.loss and is_srtp(data) and self.rng.random() < self.profile.loss:
             self.impaired += 1
             return True

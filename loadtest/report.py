@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from loadtest import window
 from loadtest.profiles import StreamCounter
 
 FREEZE_INTERVALS = 3  # a video gap longer than this many frame intervals is a freeze
@@ -297,8 +298,10 @@ def format_summary(doc: dict[str, Any]) -> str:
     s, g, sc = doc["summary"], doc["generator"], doc["scenario"]
     out = [f"load test {doc['run_id']}: {sc['rooms']} room(s) x {sc['participants_per_room']} "
            f"({sc['kind']}), {sc['publishers_per_room']} publisher(s)/room "
-           f"({sc['audio_only_per_room']} audio-only), video {sc['video']}, {sc['mode']} mode, "
-           f"{doc['measured_s']:.1f} s measured"]
+           f"({sc['audio_only_per_room']} audio-only), video {sc['video']}"
+           + (f" (replayed at {doc['replay_video_kbps']} kbps)"
+              if doc.get("replay_video_kbps") else "")
+           + f", {sc['mode']} mode, {doc['measured_s']:.1f} s measured"]
     rows = doc["tracks"]
     if len(rows) <= TRACK_LINES_MAX:
         out += ["", f"{'room':<10} {'subscriber':<12} {'publisher':<12} {'kind':<5} "
@@ -337,6 +340,8 @@ def format_summary(doc: dict[str, Any]) -> str:
             f"{_f(s['loss_worst_track'], '.2%')}); {s['packets']} packets, "
             f"{_f(s['kbps_total'])} kbps; freezes {s['freezes']} ({s['freeze_s']:.1f} s); "
             f"audio gaps {s['audio_gaps']}; undecodable frames {s.get('decode_errors', 0)}"]
+    if doc.get("window"):
+        out.append(window.format_line(doc["window"]))
     if doc.get("speakers"):
         sp = doc["speakers"]
         out.append(f"speakers: {sp['changes_per_subscriber']} speakers_changed events per "

@@ -18,14 +18,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import aiohttp
 import numpy as np
+from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from loadtest import media, report
+from loadtest import media, report, window
 from loadtest.client import ReceivedTrack, SignalClient
+from loadtest.janus import JanusClient
 from loadtest.profiles import (
     NetworkProfile,
     PacketTap,
@@ -33,9 +35,11 @@ from loadtest.profiles import (
     assign_profiles,
     install_tap,
 )
+from mediaserver.sfu.aiortc_adapter import CandidatePolicy
 from mediaserver.tokens import create_token
 
 JOIN_TIMEOUT_S = 30.0
+TARGETS = ("mediaserver", "janus", "relay")
 AUDIO_CHECK_EVERY = 25  # audio frames between spectrum checks (one per half second)
 
 
@@ -56,10 +60,15 @@ class Scenario:
     width: int = 320
     height: int = 240
     fps: int = 15
+    video_bitrate_kbps: int | None = None  # cheap mode's replay; None: 0.1 bit per pixel
     speakers: bool = False
     ramp_up: float = 5.0  # participants joined per second; 0: all at once
     duration: float = 30.0
+    warmup: float = 0.0  # seconds between everyone joined and the measured window
     mode: str = "full"  # or "cheap": no decoding, pre-encoded video
+    # mediaserver and relay (bench/relay_server.py) speak our protocol; janus: its VideoRoom
+    target: str = "mediaserver"
+    ice_address: str = "127.0.0.1"  # where the participants gather ICE candidates
     profiles: tuple[ProfileAssignment, ...] = ()
     thresholds: report.Thresholds = field(default_factory=report.Thresholds)
     seed: int = 1
@@ -72,8 +81,11 @@ class Scenario:
         return {"url": self.url, "rooms": self.rooms, "participants_per_room": self.participants,
                 "kind": self.kind, "publishers_per_room": self.publishers_per_room,
                 "audio_only_per_room": self.audio_only,
-                "video": f"{self.width}x{self.height}@{self.fps}", "speakers": self.speakers,
-                "ramp_up_per_s": self.ramp_up, "duration_s": self.duration, "mode": self.mode,
+                "video": f"{self.width}x{self.height}@{self.fps}",
+                "video_bitrate_kbps": self.video_bitrate_kbps, "speakers": self.speakers,
+                "ramp_up_per_s": self.ramp_up, "duration_s": self.duration,
+                "warmup_s": self.warmup, "mode": self.mode, "target": self.target,
+                "ice_address": self.ice_address,
                 "profiles": [f"{a.profile.name}:{a.count or 'all'}" for a in self.profiles],
                 "thresholds": self.thresholds.as_dict()}
 
@@ -82,8 +94,8 @@ class MeasuringClient(SignalClient):
     """A SignalClient whose received tracks feed TrackStats (or, cheap: are not read)."""
 
     def __init__(self, url: str, token: str, *, decode: bool, fps: int,
-                 clock: Callable[[], float]) -> None:
-        super().__init__(url, token)
+                 clock: Callable[[], float], policy: CandidatePolicy) -> None:
+        super().__init__(url, token, policy=policy)
         self.decode, self.fps, self.clock = decode, fps, clock
         self.stats: dict[str, report.TrackStats] = {}
 
@@ -109,6 +121,26 @@ class MeasuringClient(SignalClient):
                 stats.on_audio(now, frequency)
 
 
+class LoadClient(Protocol):
+    """What the runner needs of a participant's client, whichever server it talks to
+    (MeasuringClient: our protocol; JanusClient: Janus's VideoRoom)."""
+
+    participant_id: str | None
+    joined: dict[str, Any] | None
+    events: list[dict[str, Any]]
+    stats: dict[str, Any]
+    publisher: RTCPeerConnection | None
+    on_subscriber_pc: Callable[[RTCPeerConnection], None] | None
+
+    async def connect(self) -> dict[str, Any]: ...
+
+    async def publish(self, *tracks: MediaStreamTrack) -> dict[str, Any]: ...
+
+    def subscriber_ssrcs(self) -> dict[int, tuple[str, bool]]: ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass
 class Participant:
     room: int
@@ -119,7 +151,7 @@ class Participant:
     profile: NetworkProfile
     frequency: float
     tap: PacketTap
-    client: MeasuringClient | None = None
+    client: LoadClient | None = None
     connect_started: float | None = None
     published_at: float | None = None
     tracks: list[dict[str, Any]] = field(default_factory=list)  # published: track_id, kind
@@ -137,7 +169,7 @@ class GeneratorMonitor:
 
     def _sample(self) -> tuple[float, float, float, tuple[int, int] | None]:
         t = os.times()
-        return self.clock(), t.user + t.system, time.thread_time(), _machine_jiffies()
+        return self.clock(), t.user + t.system, time.thread_time(), machine_jiffies()
 
     async def _run(self) -> None:
         while True:
@@ -167,7 +199,7 @@ class GeneratorMonitor:
                 await self._task
 
 
-def _machine_jiffies() -> tuple[int, int] | None:
+def machine_jiffies() -> tuple[int, int] | None:
     """(busy, total) CPU jiffies of the whole machine (Linux), to tell whether the
     cores were shared with something else, such as the server or other jobs."""
     try:
@@ -199,14 +231,17 @@ class Run:
     """One scenario run; ``execute`` returns the result document."""
 
     def __init__(self, scenario: Scenario, *, progress: TextIO | None = sys.stderr,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_phase: Callable[[str], None] | None = None) -> None:
+        """``on_phase`` is called with "warmup", "window_start" and "window_end" as they
+        begin, so that another process can read the server's CPU at the same moments."""
         self.s, self.progress, self.clock = scenario, progress, clock
+        self.on_phase = on_phase
         self.run_id = secrets.token_hex(3)
         self.rng = random.Random(scenario.seed)
         self.monitor = GeneratorMonitor(clock)
         self.decode_errors = DecodeErrorCounter()
-        self.replay = (media.replay_frames(scenario.width, scenario.height, scenario.fps)
-                       if scenario.mode == "cheap" else [])
+        self.replay = self._replay() if scenario.mode == "cheap" else []
         self.tones: dict[float, list[bytes]] = {}  # pre-encoded Opus, by frequency
         self.origin = clock()
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -226,6 +261,14 @@ class Run:
                     PacketTap(profiles[i], random.Random(self.rng.random()),
                               drop_rtp=s.mode == "cheap")))
         return plan
+
+    def _replay(self) -> list[bytes]:
+        s = self.s
+        if s.video_bitrate_kbps is None:
+            return media.replay_frames(s.width, s.height, s.fps)
+        # Warmed up, so that the loop holds the requested rate from its first frame.
+        return media.replay_frames(s.width, s.height, s.fps,
+                                   bitrate=s.video_bitrate_kbps * 1000, warmup=1.0)
 
     def room_name(self, room: int) -> str:
         return f"loadtest-{self.run_id}-{room}"
@@ -249,11 +292,7 @@ class Run:
 
     async def _join(self, p: Participant, delay: float) -> None:
         await asyncio.sleep(delay)
-        token = create_token(self.s.api_key, self.s.api_secret, room=self.room_name(p.room),
-                             identity=f"{p.label}-{self.run_id}", name=p.label,
-                             kind=self.s.kind, now=time.time())
-        p.client = client = MeasuringClient(self.s.url, token, decode=self.s.mode == "full",
-                                            fps=self.s.fps, clock=self.clock)
+        p.client = client = self._client(p)
         client.on_subscriber_pc = lambda pc: install_tap(pc, p.tap, self.clock)
         p.connect_started = self.clock()
         where = f"room{p.room}/{p.label}"
@@ -272,6 +311,16 @@ class Run:
                                     f"{answer.get('message')}")
             p.published_at = self.clock()
             p.tracks = [{"track_id": t["track_id"], "kind": t["kind"]} for t in answer["tracks"]]
+
+    def _client(self, p: Participant) -> LoadClient:
+        s, identity = self.s, f"{p.label}-{self.run_id}"
+        policy = CandidatePolicy(addresses=(s.ice_address,))
+        if s.target == "janus":
+            return JanusClient(s.url, self.room_name(p.room), identity, policy=policy)
+        token = create_token(s.api_key, s.api_secret, room=self.room_name(p.room),
+                             identity=identity, name=p.label, kind=s.kind, now=time.time())
+        return MeasuringClient(s.url, token, decode=s.mode == "full", fps=s.fps,
+                               clock=self.clock, policy=policy)
 
     async def execute(self) -> dict[str, Any]:
         s = self.s
@@ -292,11 +341,22 @@ class Run:
                 for task in joins:
                     task.cancel()
             join_phase = self.monitor.mark()
+            if s.warmup > 0:
+                self._phase("warmup")
+                await asyncio.sleep(s.warmup)  # a fixed warm-up duration, not a condition
+                self.monitor.mark()  # not part of the window
+            before = self._snapshot()
+            self._phase("window_start")
             window_start = self.clock()
+            sent_before = await self._publisher_packets()
             await asyncio.sleep(s.duration)  # the measurement window itself
             end = self.clock()
-            window = self.monitor.mark()
-            doc = self._document(end, end - window_start, join_phase, window)
+            after = self._snapshot()
+            self._phase("window_end")
+            sent = await self._publisher_packets() - sent_before
+            counted = self._window(before, after, end - window_start, sent)
+            doc = self._document(end, end - window_start, join_phase, self.monitor.mark(),
+                                 counted)
         finally:
             progress.cancel()
             if self.progress is not None and self.progress.isatty():
@@ -312,6 +372,45 @@ class Run:
             await asyncio.wait_for(asyncio.gather(*(c.close() for c in clients),
                                                   return_exceptions=True), 20)
 
+    def _phase(self, name: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(name)
+
+    def _subscriptions(self, sub: Participant) -> list[tuple[Participant, dict[str, Any]]]:
+        """(publisher, published track) of everything ``sub`` should receive."""
+        return [(pub, t) for pub in self.participants
+                if pub is not sub and pub.room == sub.room and pub.published_at is not None
+                for t in pub.tracks]
+
+    def _snapshot(self) -> list[dict[int, window.Count]]:
+        return [window.snapshot(p.tap.streams) for p in self.participants]
+
+    async def _publisher_packets(self) -> int:
+        """RTP packets the publishers have sent so far (aiortc's outbound-rtp stats)."""
+        total = 0
+        for p in self.participants:
+            pc = p.client.publisher if p.client is not None else None
+            for sender in pc.getSenders() if pc is not None else []:
+                for st in (await sender.getStats()).values():
+                    if getattr(st, "type", None) == "outbound-rtp":
+                        total += st.packetsSent
+        return total
+
+    def _window(self, before: list[dict[int, window.Count]],
+                after: list[dict[int, window.Count]], seconds: float,
+                publisher_packets: int) -> dict[str, Any]:
+        rows, unknown = [], 0
+        for sub, start, end in zip(self.participants, before, after, strict=True):
+            assert sub.client is not None
+            tracks, stray = window.subscriber_window(start, end, sub.client.subscriber_ssrcs())
+            unknown += stray
+            for pub, t in self._subscriptions(sub):
+                w = tracks.get(t["track_id"], window.TrackWindow())
+                rows.append({"room": f"room{sub.room}", "subscriber": sub.label,
+                             "publisher": pub.label, "track_id": t["track_id"],
+                             "kind": t["kind"], **vars(w)})
+        return window.summarise(rows, unknown, seconds, publisher_packets)
+
     def _rows(self, end: float) -> tuple[list[dict[str, Any]], list[int]]:
         rows, latencies = [], []
         for sub in self.participants:
@@ -322,20 +421,18 @@ class Run:
                 if counter is not None:
                     totals = counters.setdefault(track_id, report.PacketTotals())
                     (totals.rtx if rtx else totals.media).append(counter)
-            for pub in self.participants:
-                if pub is sub or pub.room != sub.room or pub.published_at is None:
-                    continue
-                for t in pub.tracks:
-                    stats = sub.client.stats.get(t["track_id"])
-                    if stats is not None and t["kind"] == "video":
-                        latencies += stats.latencies
-                    rows.append(report.track_row(
-                        room=f"room{sub.room}", subscriber=sub.label, publisher=pub.label,
-                        track_id=t["track_id"], kind=t["kind"],
-                        stats=stats if self.s.mode == "full" else None,
-                        packets=counters.get(t["track_id"], report.PacketTotals()),
-                        ready_at=max(sub.connect_started, pub.published_at), end=end,
-                        expected_frequency=pub.frequency))
+            for pub, t in self._subscriptions(sub):
+                assert pub.published_at is not None
+                stats = sub.client.stats.get(t["track_id"])
+                if stats is not None and t["kind"] == "video":
+                    latencies += stats.latencies
+                rows.append(report.track_row(
+                    room=f"room{sub.room}", subscriber=sub.label, publisher=pub.label,
+                    track_id=t["track_id"], kind=t["kind"],
+                    stats=stats if self.s.mode == "full" else None,
+                    packets=counters.get(t["track_id"], report.PacketTotals()),
+                    ready_at=max(sub.connect_started, pub.published_at), end=end,
+                    expected_frequency=pub.frequency))
         return rows, latencies
 
     def _speakers(self) -> dict[str, Any] | None:
@@ -351,30 +448,37 @@ class Run:
                 "dominant_seen": seen}
 
     def _document(self, end: float, measured: float, join_phase: dict[str, Any],
-                  window: dict[str, Any]) -> dict[str, Any]:
+                  generated: dict[str, Any], counted: dict[str, Any]) -> dict[str, Any]:
         rows, latencies = self._rows(end)
         summary = report.summarise(rows, latencies)
         summary["decode_errors"] = self.decode_errors.count
         # aiortc's jitter buffer releases a frame when the next one starts arriving.
         summary["latency_includes_frame_hold_ms"] = round(1000 / self.s.fps)
         failures = report.check(summary, self.s.thresholds)
+        if counted["missing"]:
+            failures.append(f"{len(counted['missing'])} track(s) sent nothing during the "
+                            "window: " + ", ".join(counted["missing"][:5]))
         behind = {kind: max((b for p in self.participants for t in p.media if t.kind == kind
                              if (b := media.behind_schedule(t, end)) is not None), default=None)
                   for kind in ("audio", "video")}
-        reasons = (window["reasons"] + [f"while joining: {r}" for r in join_phase["reasons"]]
+        reasons = (generated["reasons"] + [f"while joining: {r}" for r in join_phase["reasons"]]
                    + report.schedule_reasons(behind))
-        generator = {**window, "join_phase": join_phase, "publishers_behind_s": behind,
+        generator = {**generated, "join_phase": join_phase, "publishers_behind_s": behind,
                      "saturated": bool(reasons), "reasons": reasons}
         return {
             "run_id": self.run_id, "scenario": self.s.describe(),
+            # What cheap mode's replayed video really is (VP8 payload, before RTP).
+            "replay_video_kbps": (round(media.frames_kbps(self.replay, self.s.fps))
+                                  if self.replay else None),
             "measured_s": round(measured, 2), "started_at": self.started_at,
             "participants": [{
                 "room": f"room{p.room}", "label": p.label, "publishes": p.publishes,
                 "audio_only": p.audio_only, "profile": p.profile.name,
                 "participant_id": p.client.participant_id if p.client else None,
                 "profile_drops": p.tap.impaired,
+                "client_errors": getattr(p.client, "errors", []),
             } for p in self.participants],
-            "tracks": rows, "summary": summary, "speakers": self._speakers(),
+            "tracks": rows, "window": counted, "summary": summary, "speakers": self._speakers(),
             "generator": generator, "generator_saturated": generator["saturated"],
             "failures": failures, "passed": not failures,
         }

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from loadtest.__main__ import main
-from loadtest.media import STRIP, latency_ms, read_frame_number, read_stamp, synthetic_image
+from loadtest.media import (
+    STRIP,
+    frames_kbps,
+    latency_ms,
+    read_frame_number,
+    read_stamp,
+    replay_frames,
+    synthetic_image,
+)
 from loadtest.profiles import CLEAN, PROFILES, PacketTap, assign_profiles, parse_profile
 from loadtest.report import TrackStats
 
@@ -74,7 +82,7 @@ async def test_cheap_mode_counts_packets_and_decodes_nothing(server, tmp_path):
     code, out, err = await run_cli(
         "--url", server.ws_url, "--rooms", "2", "--participants-per-room", "2",
         "--video", "160x120@10", "--duration", "4", "--ramp-up", "10", "--mode", "cheap",
-        "--max-loss", "0.05", "--json", str(report))
+        "--video-bitrate", "60", "--max-loss", "0.05", "--json", str(report))
     assert code == 0, out + err
     doc = json.loads(report.read_text())
     assert len(doc["tracks"]) == 8  # 2 rooms x 2 subscribers x (video + audio)
@@ -83,7 +91,9 @@ async def test_cheap_mode_counts_packets_and_decodes_nothing(server, tmp_path):
         assert t["packets"] > 0 and t["loss"] is not None, t
     assert doc["summary"]["latency_ms"]["p95"] is None
     assert {t["room"] for t in doc["tracks"]} == {"room0", "room1"}
-    assert "nothing decoded" in out
+    assert doc["scenario"]["video_bitrate_kbps"] == 60
+    assert 45 <= doc["replay_video_kbps"] <= 75, doc["replay_video_kbps"]
+    assert "nothing decoded" in out and "replayed at" in out
 
 
 async def test_unreachable_server_and_bad_options_exit_2(tmp_path):
@@ -93,6 +103,17 @@ async def test_unreachable_server_and_bad_options_exit_2(tmp_path):
     assert main(["--kind", "one_to_one", "--participants-per-room", "3"]) == 2
     assert main(["--mode", "cheap", "--min-fps", "10"]) == 2
     assert main(["--profile", "nonsense"]) == 2
+    assert main(["--video-bitrate", "500"]) == 2  # full mode encodes live
+
+
+def test_replay_holds_the_requested_video_bitrate() -> None:
+    """--video-bitrate 500 at 640x480@25: the warmed-up replay is within 10 % of 500 kbps,
+    from its first frame (a key frame) on."""
+    frames = replay_frames(640, 480, 25, bitrate=500_000, warmup=1.0)
+    assert len(frames) == 50
+    assert 450 <= frames_kbps(frames, 25) <= 550
+    assert 450 <= frames_kbps(frames[:25], 25) <= 550  # no slow start at the loop's head
+    assert frames[0][0] & 1 == 0  # VP8 frame tag: a key frame
 
 
 # -- the measuring pieces, as tables ---------------------------------------------------------

@@ -1,0 +1,54 @@
+"""bench/compare.py for a 1:1 call against a real Janus process and the decoding relay:
+each runs as its own process, the load-test CLI drives real aiortc participants against it,
+and every subscriber must receive every track of the other during the window.
+
+Janus comes from Debian's ``janus`` package (``.ci/run`` installs it when missing); without
+it the Janus half is skipped here, not in CI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import compare, servers
+
+WINDOW = "3"
+
+
+def _run(tmp_path: Path, target: str) -> dict:
+    out = tmp_path / f"{target}.json"
+    code = compare.main(["--configs", "2", "--targets", target, "--window", WINDOW,
+                         "--warmup", "1", "--log-dir", str(tmp_path), "--json", str(out)])
+    doc = json.loads(out.read_text())
+    (result,) = doc["results"]
+    assert code == 0 and "error" not in result, result.get("error")
+    return result
+
+
+def _every_track_arrived(result: dict) -> None:
+    subs = result["subscriptions"]
+    assert sorted((s["subscriber"], s["publisher"], s["kind"]) for s in subs) == [
+        ("p0", "p1", "audio"), ("p0", "p1", "video"),
+        ("p1", "p0", "audio"), ("p1", "p0", "video")]
+    for s in subs:  # ~50 audio and ~60 video packets a second, for 3 s
+        assert s["media"] > 100, s
+    assert result["us_per_forwarded_packet"] > 0 and result["server_cpu_s"] > 0
+
+
+@pytest.mark.skipif(not servers.janus_available(),
+                    reason="janus is not installed (apt-get install -y janus; .ci/run does)")
+def test_janus_one_to_one_every_track_arrives(tmp_path: Path) -> None:
+    result = _run(tmp_path, "janus")
+    _every_track_arrived(result)
+    assert result["loss"] is not None and result["loss"] < 0.01
+    # Janus forwards what it receives: as many packets out as in, 1:1
+    assert result["forwarded_per_s"] == pytest.approx(result["packets_in_per_s"], rel=0.1)
+
+
+def test_relay_one_to_one_every_track_arrives(tmp_path: Path) -> None:
+    result = _run(tmp_path, "relay")
+    _every_track_arrived(result)
+    assert result["video_kbps_per_subscription"] > 100  # re-encoded video, not a trickle

@@ -1,0 +1,74 @@
+"""bench/compare.py's accounting as tables: a point's figures and failures, the ratios,
+and the Janus configuration it writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.compare import _figures, table
+from bench.servers import write_janus_config
+from loadtest.__main__ import main
+from loadtest.window import summarise
+
+
+def _rows(media: list[int]) -> list[dict[str, Any]]:
+    return [{"room": "room0", "subscriber": f"p{i}", "publisher": "p9", "kind": "video",
+             "media": m, "rtx": 0, "padding": 0, "lost": 0, "expected": m, "bytes": 1000 * m}
+            for i, m in enumerate(media)]
+
+
+def _point(media: list[int], cpu: float = 0.5, exit_code: int = 0) -> dict[str, Any]:
+    doc = {"window": summarise(_rows(media), 0, 10.0, 500), "participants": [],
+           "generator": {"cpu_pct": 3.0}, "failures": []}
+    marks = {"window_start": {"t": 100.0, "cpu": 2.0, "machine": (0, 0)},
+             "window_end": {"t": 110.0, "cpu": 2.0 + cpu, "machine": (10, 100)}}
+    return _figures("janus", 2, doc, marks, {"loadtest_exit_code": exit_code,
+                                              "loadtest_stderr": [],
+                                              "server_alive_at_end": True})
+
+
+def test_a_point_is_cpu_over_the_media_packets_of_its_window() -> None:
+    r = _point([1000, 1500])
+    assert r["us_per_forwarded_packet"] == 200.0  # 0.5 s / 2500 packets
+    assert r["server_cpu_pct"] == 5.0 and r["forwarded_per_s"] == 250.0
+    assert r["packets_in_per_s"] == 50.0 and r["machine_busy_pct"] == 10.0
+    assert "error" not in r
+
+
+def test_a_subscription_without_packets_fails_the_point_loudly() -> None:
+    r = _point([1000, 0])
+    assert r["error"].startswith("1 subscription(s) received nothing in the window: room0/p1")
+    assert "load test exit code 1" in _point([1000, 1000], exit_code=1)["error"]
+
+
+def test_table_ratios() -> None:
+    results = [{"target": t, "participants": 4, "us_per_forwarded_packet": us}
+               for t, us in (("mediaserver", 30.0), ("janus", 60.0), ("relay", 900.0))]
+    assert table(results, [4]) == [{"participants": 4, "mediaserver_us": 30.0,
+                                    "janus_us": 60.0, "relay_us": 900.0,
+                                    "ours_over_janus": 0.5, "relay_over_ours": 30.0}]
+    assert table([], [7])[0]["ours_over_janus"] is None
+
+
+def test_janus_config_loads_only_videoroom_and_websockets(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    for sub, name in (("plugins", "libjanus_videoroom.so"), ("plugins", "libjanus_sip.so"),
+                      ("transports", "libjanus_websockets.so"),
+                      ("transports", "libjanus_http.so")):
+        (lib / sub).mkdir(parents=True, exist_ok=True)
+        (lib / sub / name).touch()
+    conf = tmp_path / "conf"
+    write_janus_config(conf, 18188, lib, "192.0.2.7")
+    assert sorted(p.name for p in (conf / "plugins").iterdir()) == ["libjanus_videoroom.so"]
+    assert sorted(p.name for p in (conf / "transports").iterdir()) == [
+        "libjanus_websockets.so"]
+    core = (conf / "janus.jcfg").read_text()
+    assert 'ice_enforce_list = "192.0.2.7"' in core and "stun" not in core
+    ws = (conf / "janus.transport.websockets.jcfg").read_text()
+    assert 'ws_ip = "127.0.0.1"' in ws and "ws_port = 18188" in ws
+    assert "string_ids = true" in (conf / "janus.plugin.videoroom.jcfg").read_text()
+
+
+def test_load_test_drives_janus_in_cheap_mode_only() -> None:
+    assert main(["--target", "janus"]) == 2  # full mode would decode: not for Janus
