@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: decode and measure every frame; cheap: count RTP only, replay "
              "pre-encoded video (capacity runs)")
     add("--profile", action="append", default=[], metavar="NAME[:N]",
-        help="client-side network profile for the downlink, repeatable")
+        help="client-side network profile for the downlink, repeatable; NAME may also be a "
+             "custom link such as rate=300,delay=100,jitter=20,loss=0.01,queue=200 "
+             "(kbit/s, ms, ms, fraction, ms)")
     add("--json", metavar="PATH", help="write the full result as JSON")
     add("--seed", type=int, default=1, help="seed for loss and jitter (1)")
     add("--quiet", action="store_true", help="no progress line")

@@ -1,9 +1,13 @@
 """Client-side network profiles, and the packet tap that counts what a subscriber receives.
 
-A load-test client can only impair what it receives: it sits after the network, so it can
-drop and hold datagrams (``aiortc_adapter.drop_incoming`` / ``delay_incoming``) but cannot
-limit the bandwidth the server sends at. Profiles therefore have loss, delay and jitter,
-applied to the server -> subscriber path. The figures are rough models of such links, not
+A load-test client can only impair what it receives: it sits after the network, so it drops
+and holds datagrams (``aiortc_adapter.drop_incoming`` / ``delay_incoming``) on the server ->
+subscriber path. Profiles have loss, delay, jitter and a bandwidth cap: the cap is a token
+bucket emulated at the client (each datagram leaves the virtual link when the link has
+sent everything before it; what would wait longer than the queue allows is dropped, as tbf
+does). The sender still sends at its own rate, so the cap acts through what the receiver's
+estimator (REMB, receiver reports) makes of the delays and drops, as on a real bottleneck
+whose queue sits at the far end. The figures are rough models of such links, not
 measurements.
 
 The tap sees every datagram before SRTP. SRTP encrypts only the payload, so the RTP header
@@ -14,7 +18,9 @@ decrypted or decoded. STUN, DTLS and RTCP always pass.
 
 from __future__ import annotations
 
+import math
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +36,14 @@ class NetworkProfile:
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss: float = 0.0
+    rate_kbps: float = 0.0  # bandwidth cap of the downlink; 0: none
+    queue_ms: float = 200.0  # with a cap: the longest a datagram may queue before it is dropped
     description: str = ""
+
+    @property
+    def holds(self) -> bool:
+        """True when datagrams have to go through a delay line."""
+        return bool(self.delay_ms or self.jitter_ms or self.rate_kbps)
 
 
 PROFILES: dict[str, NetworkProfile] = {p.name: p for p in (
@@ -44,7 +57,13 @@ PROFILES: dict[str, NetworkProfile] = {p.name: p for p in (
                    description="20 ms delay, 40 ms jitter, 3 % loss"),
     NetworkProfile("satellite", delay_ms=600, jitter_ms=20, loss=0.01,
                    description="600 ms delay, 20 ms jitter, 1 % loss"),
+    NetworkProfile("3g-weak", delay_ms=150, jitter_ms=30, loss=0.01, rate_kbps=400,
+                   description="400 kbit/s, 150 ms delay, 30 ms jitter, 1 % loss"),
+    NetworkProfile("edge", delay_ms=300, jitter_ms=50, loss=0.01, rate_kbps=150,
+                   description="150 kbit/s, 300 ms delay, 50 ms jitter, 1 % loss"),
 )}
+CUSTOM_KEYS = {"rate": "rate_kbps", "delay": "delay_ms", "jitter": "jitter_ms", "loss": "loss",
+               "queue": "queue_ms"}
 CLEAN = PROFILES["clean"]
 
 
@@ -57,14 +76,38 @@ class ProfileAssignment:
 
 
 def parse_profile(text: str) -> ProfileAssignment:
+    """``NAME[:N]``, or a custom link ``rate=KBPS,delay=MS,jitter=MS,loss=FRACTION,queue=MS``
+    (any subset) in place of NAME."""
     name, _, count = text.partition(":")
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})")
+    if "=" in name:
+        profile = _custom(name)
+    elif name in PROFILES:
+        profile = PROFILES[name]
+    else:
+        raise ValueError(f"unknown profile {name!r} (known: {', '.join(PROFILES)}, or "
+                         f"rate=KBPS,delay=MS,jitter=MS,loss=FRACTION,queue=MS)")
     if not count:
-        return ProfileAssignment(PROFILES[name])
+        return ProfileAssignment(profile)
     if not count.isdigit() or int(count) < 1:
         raise ValueError(f"profile participant count must be a positive integer: {text!r}")
-    return ProfileAssignment(PROFILES[name], int(count))
+    return ProfileAssignment(profile, int(count))
+
+
+def _custom(text: str) -> NetworkProfile:
+    values: dict[str, float] = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key not in CUSTOM_KEYS:
+            raise ValueError(f"unknown link setting {key!r} in {text!r} "
+                             f"(known: {', '.join(CUSTOM_KEYS)})")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{key} must be a number, not {value!r}") from None
+        if number < 0 or (key == "loss" and number >= 1) or not math.isfinite(number):
+            raise ValueError(f"{key}={value} is out of range")
+        values[CUSTOM_KEYS[key]] = number
+    return NetworkProfile(text, description="custom link", **values)
 
 
 def assign_profiles(assignments: list[ProfileAssignment], per_room: int) -> list[NetworkProfile]:
@@ -132,15 +175,19 @@ class StreamCounter:
 
 
 class PacketTap:
-    """Counts received RTP per SSRC, then applies the profile's loss, then (cheap mode)
-    drops RTP. Sans-IO: a datagram and ``now`` in, drop or not out."""
+    """Counts received RTP per SSRC, then applies the profile's loss and bandwidth cap, then
+    (cheap mode) drops RTP. Sans-IO: a datagram and ``now`` in, drop or not out; ``delay``
+    then says how long the delay line holds each datagram that passed."""
 
     def __init__(self, profile: NetworkProfile, rng: random.Random, drop_rtp: bool) -> None:
         self.profile = profile
         self.rng = rng
         self.drop_rtp = drop_rtp
         self.streams: dict[int, StreamCounter] = {}
-        self.impaired = 0  # datagrams the profile dropped
+        self.impaired = 0  # datagrams the profile dropped (random loss or a full queue)
+        self.queue_drops = 0  # of them, dropped by the bandwidth cap's queue
+        self._link_free_at = 0.0  # when the capped link has sent everything queued so far
+        self._released: deque[float] = deque()  # when each passed SRTP datagram got through
 
     def on_datagram(self, data: bytes, now: float) -> bool:
         """True when the datagram is to be dropped."""
@@ -152,20 +199,35 @@ class PacketTap:
                 counter = self.streams[ssrc] = StreamCounter()
             counter.add(int.from_bytes(data[2:4], "big"), len(data), now,
                         bool(data[0] & 0x20))
-        if self.profile.loss and is_srtp(data) and self.rng.random() < self.profile.loss:
+        srtp = is_srtp(data)
+        if self.profile.loss and srtp and self.rng.random() < self.profile.loss:
             self.impaired += 1
             return True
+        if self.profile.rate_kbps and srtp:
+            start = max(now, self._link_free_at)
+            if start - now > self.profile.queue_ms / 1000:
+                self.impaired += 1
+                self.queue_drops += 1
+                return True
+            # IPv4 + UDP headers go over the link too.
+            self._link_free_at = start + (len(data) + 28) * 8 / (self.profile.rate_kbps * 1000)
+            if not (rtp and self.drop_rtp):
+                self._released.append(self._link_free_at)
         return rtp and self.drop_rtp
 
-    def delay(self) -> float:
-        """Seconds to hold the next datagram: the profile's delay with Gaussian jitter.
+    def delay(self, data: bytes = b"", now: float = 0.0) -> float:
+        """Seconds to hold a datagram that passed: the bandwidth cap's queueing and
+        transmission time, plus the profile's delay with Gaussian jitter.
 
         The delay line keeps the order, so jitter delays packets behind a slow one
         rather than reordering them.
         """
         p = self.profile
-        return max(0.0, self.rng.gauss(p.delay_ms, p.jitter_ms) / 1000) if p.jitter_ms \
+        hold = max(0.0, self.rng.gauss(p.delay_ms, p.jitter_ms) / 1000) if p.jitter_ms \
             else p.delay_ms / 1000
+        if p.rate_kbps and is_srtp(data) and self._released:
+            hold += max(0.0, self._released.popleft() - now)
+        return hold
 
     @property
     def packets(self) -> int:
@@ -176,5 +238,5 @@ def install_tap(pc: RTCPeerConnection, tap: PacketTap, clock: Callable[[], float
     """Put ``tap`` on ``pc``'s incoming path (idempotent per connection): counting and loss
     first, at arrival, then the delay line, so that the tap sees arrival times."""
     drop_incoming(pc, lambda data: tap.on_datagram(data, clock()))
-    if tap.profile.delay_ms or tap.profile.jitter_ms:
-        delay_incoming(pc, tap.delay)
+    if tap.profile.holds:
+        delay_incoming(pc, lambda data: tap.delay(data, clock()))

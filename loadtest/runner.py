@@ -476,6 +476,7 @@ class Run:
                 "audio_only": p.audio_only, "profile": p.profile.name,
                 "participant_id": p.client.participant_id if p.client else None,
                 "profile_drops": p.tap.impaired,
+                "profile_queue_drops": p.tap.queue_drops,
                 "client_errors": getattr(p.client, "errors", []),
             } for p in self.participants],
             "tracks": rows, "window": counted, "summary": summary, "speakers": self._speakers(),

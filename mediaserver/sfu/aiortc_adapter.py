@@ -676,8 +676,8 @@ def drop_incoming(pc: RTCPeerConnection, should_drop: Callable[[bytes], bool]) -
         ice._sfu_lossy = True
 
 
-def delay_incoming(pc: RTCPeerConnection, delay: Callable[[], float]) -> None:
-    """Hold every received datagram for ``delay()`` seconds before the peer sees it.
+def delay_incoming(pc: RTCPeerConnection, delay: Callable[[bytes], float]) -> None:
+    """Hold every received datagram for ``delay(datagram)`` seconds before the peer sees it.
 
     A delay line, not a sleep per packet: a relay task reads datagrams as they come and
     releases each at its own due time, so throughput is kept and only latency grows
@@ -694,8 +694,8 @@ def delay_incoming(pc: RTCPeerConnection, delay: Callable[[], float]) -> None:
 
 
 class _DelayLine:
-    def __init__(self, source: Callable[[], Awaitable[bytes]], delay: Callable[[], float]
-                 ) -> None:
+    def __init__(self, source: Callable[[], Awaitable[bytes]],
+                 delay: Callable[[bytes], float]) -> None:
         self._source = source
         self._delay = delay
         self._line: asyncio.Queue[tuple[float, bytes | BaseException]] = asyncio.Queue()
@@ -709,7 +709,7 @@ class _DelayLine:
             except BaseException as exc:  # ConnectionError at the end, or cancellation
                 self._line.put_nowait((loop.time(), exc))
                 return
-            self._line.put_nowait((loop.time() + self._delay(), data))
+            self._line.put_nowait((loop.time() + self._delay(data), data))
 
     async def recv(self) -> bytes:
         if self._relay is None:

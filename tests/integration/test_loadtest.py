@@ -96,6 +96,25 @@ async def test_cheap_mode_counts_packets_and_decodes_nothing(server, tmp_path):
     assert "nothing decoded" in out and "replayed at" in out
 
 
+async def test_a_bandwidth_capped_participant_loses_what_its_link_cannot_carry(server, tmp_path):
+    # p1's downlink is capped at 200 kbit/s with a 100 ms queue; p0's is clean. p1 is sent
+    # about 400 kbit/s of video and 130 of audio (cheap mode: the server gets no feedback).
+    report = tmp_path / "capped.json"
+    code, out, err = await run_cli(
+        "--url", server.ws_url, "--rooms", "1", "--participants-per-room", "2",
+        "--video", "320x240@15", "--duration", "5", "--ramp-up", "10", "--mode", "cheap",
+        "--video-bitrate", "400", "--profile", "rate=200,queue=100:1", "--json", str(report))
+    assert code == 0, out + err
+    doc = json.loads(report.read_text())
+    by_label = {p["label"]: p for p in doc["participants"]}
+    assert by_label["p0"]["profile"] == "clean" and by_label["p0"]["profile_queue_drops"] == 0
+    capped = by_label["p1"]
+    assert capped["profile"] == "rate=200,queue=100"
+    received = sum(t["packets"] for t in doc["tracks"] if t["subscriber"] == "p1")
+    # Roughly 200 of 530 kbit/s get through: well over a third of the packets are dropped.
+    assert capped["profile_queue_drops"] > 0.35 * received, (capped, received)
+
+
 async def test_unreachable_server_and_bad_options_exit_2(tmp_path):
     code, _, err = await run_cli("--url", "ws://127.0.0.1:9/v1/signal", "--duration", "1",
                                  timeout=30)

@@ -44,7 +44,7 @@ async def test_quality_is_excellent_when_clean_poor_under_loss_and_recovers(serv
 
     def impair(pc) -> None:
         aiortc_adapter.drop_incoming(pc, impairment)
-        aiortc_adapter.delay_incoming(pc, lambda: impairment.delay)
+        aiortc_adapter.delay_incoming(pc, lambda _data: impairment.delay)
 
     viewer.on_subscriber_pc = impair
     try:
