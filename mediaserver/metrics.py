@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
@@ -241,6 +243,13 @@ EVENT_LOOP_LAG = Gauge(
     "How late the event loop woke the last lag probe (a busy loop delays every packet)",
     registry=REGISTRY,
 )
+GC_PAUSE = Histogram(
+    "mediaserver_gc_pause_seconds",
+    "Python garbage-collector pauses (every packet waits them out), by generation",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+    registry=REGISTRY,
+)
 EVENT_LOOP_LAG_DISTRIBUTION = Histogram(
     "mediaserver_event_loop_lag_distribution_seconds",
     "How late the event loop woke each lag probe",
@@ -295,6 +304,8 @@ BUILD_INFO.info({"version": _version()})
 
 for _kind in KINDS:
     TRACKS.labels(kind=_kind)
+for _generation in ("0", "1", "2"):
+    GC_PAUSE.labels(generation=_generation)
 for _room_kind in ROOM_KINDS:
     ROOMS.labels(kind=_room_kind)
 CLUSTER_REDIS_UP.set(1)
@@ -395,10 +406,26 @@ async def monitor_event_loop(interval: float = 0.5) -> None:
             observe(lag)
 
 
+def _time_gc() -> Callable[[str, dict[str, int]], None]:
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            GC_PAUSE.labels(generation=str(info.get("generation", 2))).observe(
+                time.perf_counter() - started[0])
+
+    return callback
+
+
 async def cleanup_ctx(app: object) -> AsyncIterator[None]:
     """aiohttp cleanup context: the metrics' background tasks live as long as the app."""
     task = asyncio.create_task(monitor_event_loop(), name="metrics-event-loop-lag")
+    gc_timer = _time_gc()
+    gc.callbacks.append(gc_timer)
     yield
+    gc.callbacks.remove(gc_timer)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

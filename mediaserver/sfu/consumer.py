@@ -134,9 +134,11 @@ class Consumer:
         self.nacks_received = 0
         self.keyframe_requests = 0
         self.retransmitted = 0
-        # Slot -> (output seq16, stream ext seq, output ts32, stream) for NACK answers, and
+        # Slot -> (output seq16, stream ext seq, output ts32, layer) for NACK answers, and
         # when that packet was last resent.
-        self._history: list[tuple[int, int, int, RecvStream] | None] = [None] * HISTORY_SIZE
+        # Entries hold the layer's index, not the stream: a tuple of plain ints is untracked
+        # by the garbage collector, one naming an object stays tracked (see Producer._cache).
+        self._history: list[tuple[int, int, int, int] | None] = [None] * HISTORY_SIZE
         self._resent_at = [0.0] * HISTORY_SIZE
         self._rtx_seq = random.randrange(1 << 16)
         self._tally = metrics.rtp_tally("out", producer.kind)
@@ -182,7 +184,7 @@ class Consumer:
         out_seq, out_ts = out
         data = self._build(pkt, out_seq, out_ts, self.payload_type, self.ssrc, now, payload)
         slot = out_seq & HISTORY_MASK
-        self._history[slot] = (out_seq, ext_seq, out_ts, stream)
+        self._history[slot] = (out_seq, ext_seq, out_ts, stream.spatial)
         self._resent_at[slot] = 0.0
         ctx = self.context
         if not ctx.send_rtp(data):
@@ -305,8 +307,9 @@ class Consumer:
             if entry is None or entry[0] != seq:
                 metrics.RETRANSMIT_MISSING.inc()
                 continue
-            _, ext_seq, out_ts, stream = entry
-            if stream is not self.stream:
+            _, ext_seq, out_ts, spatial = entry
+            stream = self.stream
+            if stream is None or spatial != stream.spatial:
                 # A layer the subscriber was switched away from: the new layer started
                 # with a keyframe, so these packets would only cost a congested link.
                 metrics.RETRANSMIT_OBSOLETE.inc()

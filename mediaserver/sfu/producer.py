@@ -81,7 +81,11 @@ class RecvStream:
         self.rtx_ssrc = rtx_ssrc
         self._seq = Unwrapper(16)
         self._ts = Unwrapper(32)
-        self._cache: list[RtpPacket | None] = [None] * CACHE_SIZE
+        # The packets' bytes only: a parsed RtpPacket is an object the garbage collector
+        # tracks, and some 80 000 of them churning through the caches of a busy node made
+        # every full collection a pause of tens of milliseconds for all packets. Bytes are
+        # not tracked; a NACK (rare) parses its packet again.
+        self._cache: list[bytes | None] = [None] * CACHE_SIZE
         self._cache_seq: list[int] = [-1] * CACHE_SIZE
         self.stats = ReceiveStats(ssrc or 0, producer.codec.clock_rate)
         self.nacks = NackTracker() if producer.is_video else None
@@ -235,7 +239,7 @@ class RecvStream:
 
     def _deliver(self, pkt: RtpPacket, ext_seq: int, ext_ts: int, now: float) -> None:
         slot = ext_seq & CACHE_MASK
-        self._cache[slot] = pkt
+        self._cache[slot] = pkt.data
         self._cache_seq[slot] = ext_seq
         keyframe = False
         if pkt.marker:
@@ -272,7 +276,8 @@ class RecvStream:
     def cached(self, ext_seq: int) -> RtpPacket | None:
         slot = ext_seq & CACHE_MASK
         if self._cache_seq[slot] == ext_seq:
-            return self._cache[slot]
+            data = self._cache[slot]
+            return None if data is None else parse_rtp(data)
         return None
 
     # -- feedback towards the publisher --------------------------------------------------

@@ -8,6 +8,7 @@ URL, so it cannot end up in access logs.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -544,6 +545,10 @@ def run_server(config: Config, unix_path: str | None = None,
 
     async def main() -> None:
         app = create_app(config)
+        # Everything loaded so far (modules, codec tables, the app) lives as long as the
+        # process: out of the collector's sight, full collections scan only what sessions
+        # create, which keeps their pauses short (mediaserver_gc_pause_seconds).
+        gc.freeze()
         logging_kw: dict[str, Any] = ({"access_log": None} if unix_path else
                                       {"access_log_format": '%a "%r" %s %b %Tf'})
         runner = web.AppRunner(app, shutdown_timeout=float(config.shutdown_timeout),
