@@ -4,7 +4,7 @@ The decisions are made by the pure parts (estimator.BandwidthEstimator,
 allocator.StreamAllocator); this class feeds them what the subscriber's connection saw,
 applies their answers to the consumers (layer targets, pauses) and paces probe padding.
 The room's control task calls ``step`` about twice a second; RTCP feedback arrives
-between steps through ``on_remb``/``on_loss``.
+between steps through ``on_remb``/``on_loss``/``on_nack``.
 """
 
 from __future__ import annotations
@@ -67,8 +67,11 @@ class SubscriberAdaptation:
 
     # -- feedback (from the subscriber transport's RTCP) ----------------------------------
 
-    def on_remb(self, bps: int, now: float) -> None:
-        self.estimator.on_remb(bps, now)
+    def on_remb(self, bps: int, now: float, source: int = 0) -> None:
+        self.estimator.on_remb(bps, now, source)
+
+    def on_nack(self, now: float) -> None:
+        self.estimator.on_nack(now)
 
     def on_loss(self, fraction: float, now: float) -> None:
         self.estimator.on_loss(fraction, now)
@@ -257,7 +260,8 @@ class SubscriberAdaptation:
                 if probe is None or now >= probe.ends:
                     break
                 rate = self.estimator.padding_rate(self.media_rate, now)
-                want = int(rate / 8 * (now - last))
+                # A late wake-up (a busy loop) must not turn into one burst of padding.
+                want = int(rate / 8 * min(now - last, 2 * PACE_INTERVAL))
                 last = now
                 carrier = self._padding_carrier()
                 if carrier is None:
