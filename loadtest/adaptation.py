@@ -128,7 +128,9 @@ async def run(url: str, tokens: dict[str, str], scenario: Scenario, host_ip: str
         reply = await publisher.connect()
         if reply["type"] != "joined":
             raise RuntimeError(f"publisher could not join: {reply}")
-        sim = SimulcastPublisher(publisher)
+        # Encoding the layers' loops takes seconds of CPU: off the event loop, whose lag
+        # would otherwise make the server (in the same process) refuse the next joins.
+        sim = await asyncio.to_thread(SimulcastPublisher, publisher)
         await sim.start()
         await viewer.connect()
         shaped_url = url.replace("127.0.0.1", host_ip)

@@ -235,11 +235,43 @@ class TurnTakingAudioTrack(SineAudioTrack):
         return await super().recv()
 
 
+# libvpx's temporal layering presets (FFmpeg's ts_layering_mode): the TID of each frame in
+# a period that restarts at every forced keyframe. Upper layers reference only lower ones.
+TEMPORAL_PATTERNS = {2: (0, 1), 3: (0, 2, 1, 2)}
+
+
+def temporal_ids(count: int, keyframe_interval: int | None, layers: int) -> list[int]:
+    """The TID of each of ``count`` frames encoded with ``layers`` temporal layers."""
+    if layers < 2:
+        return [0] * count
+    pattern = TEMPORAL_PATTERNS[layers]
+    gop = keyframe_interval or count
+    return [pattern[(i % gop) % len(pattern)] for i in range(count)]
+
+
+def _temporal_options(bitrate: int, layers: int) -> dict[str, str]:
+    """L1T2/L1T3 as Chrome sends them: TL0 40 % (3 layers) or 60 % (2) of the rate.
+
+    Error resilience keeps the upper layers from updating the entropy context, so that a
+    receiver of fewer layers decodes exactly what the encoder meant.
+    """
+    kbps = bitrate // 1000
+    if layers == 3:
+        ts = (f"ts_number_layers=3:ts_target_bitrate={kbps * 4 // 10},{kbps * 6 // 10},{kbps}:"
+              "ts_rate_decimator=4,2,1:ts_periodicity=4:ts_layer_id=0,2,1,2:ts_layering_mode=3")
+    else:
+        ts = (f"ts_number_layers=2:ts_target_bitrate={kbps * 6 // 10},{kbps}:"
+              "ts_rate_decimator=2,1:ts_periodicity=2:ts_layer_id=0,1:ts_layering_mode=2")
+    return {"error-resilient": "default", "ts-parameters": ts}
+
+
 def encode_vp8(images: Sequence[np.ndarray], fps: int, bitrate: int = 500_000,
-               keyframe_interval: int | None = None, warmup: int = 0) -> list[bytes]:
+               keyframe_interval: int | None = None, warmup: int = 0,
+               temporal_layers: int = 1) -> list[bytes]:
     """Encode rgb24 images to VP8 frames once (the first is a key frame, and then every
     ``keyframe_interval``-th), with settings like aiortc's Vp8Encoder, for
-    PreEncodedVideoTrack to replay.
+    PreEncodedVideoTrack to replay. With ``temporal_layers`` 2 or 3 the frames follow
+    ``temporal_ids``.
 
     The first ``warmup`` images are encoded and thrown away: libvpx's rate control starts
     low (a few hundred bytes a frame for the first quarter second) and only then settles
@@ -251,7 +283,9 @@ def encode_vp8(images: Sequence[np.ndarray], fps: int, bitrate: int = 500_000,
     codec.bit_rate, codec.pix_fmt = bitrate, "yuv420p"  # type: ignore[attr-defined]
     codec.time_base = fractions.Fraction(1, fps)
     codec.options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0",
-                     "minrate": str(bitrate), "maxrate": str(bitrate), "bufsize": str(bitrate)}
+                     "minrate": str(bitrate), "maxrate": str(bitrate), "bufsize": str(bitrate),
+                     **(_temporal_options(bitrate, temporal_layers)
+                        if temporal_layers > 1 else {})}
     frames: list[bytes] = []
     for i, img in enumerate(images):
         frame = VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
@@ -267,7 +301,7 @@ def encode_vp8(images: Sequence[np.ndarray], fps: int, bitrate: int = 500_000,
 
 def replay_frames(width: int, height: int, fps: int, seconds: float = 2.0,
                   bitrate: int | None = None, keyframe_interval: int | None = None,
-                  warmup: float = 0.0) -> list[bytes]:
+                  warmup: float = 0.0, temporal_layers: int = 1) -> list[bytes]:
     """``seconds`` of synthetic video encoded once, to replay in a loop (it starts over
     with its key frame every ``seconds``).
 
@@ -288,7 +322,8 @@ def replay_frames(width: int, height: int, fps: int, seconds: float = 2.0,
         img[STAMP_ROWS * STRIP:] += rng.integers(-16, 17, img[STAMP_ROWS * STRIP:].shape,
                                                  dtype=np.int16)
         images.append(synthetic_image(np.clip(img, 0, 255).astype(np.uint8), n - warm))
-    return encode_vp8(images, fps, rate, keyframe_interval, warm)
+    return encode_vp8(images, fps, rate, keyframe_interval, warmup=warm,
+                      temporal_layers=temporal_layers)
 
 
 def frames_kbps(frames: Sequence[bytes], fps: float) -> float:

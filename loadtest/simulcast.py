@@ -5,7 +5,9 @@ RID-based encodings (``a=rid`` + ``a=simulcast``, RFC 8853) and sends the layers
 the connection's SRTP session: pre-encoded VP8 loops of three sizes, each layer on its own
 SSRC with the mid and rid header extensions, as Chrome would. It answers PLIs per layer
 with that layer's next keyframe, and honours the server's ``publisher_layers`` event by
-stopping the layers nobody receives.
+stopping the layers nobody receives. With ``temporal_layers`` 2 or 3 each layer is encoded
+as L1T2/L1T3 (libvpx's temporal layering, as Chrome sends simulcast) and its payload
+descriptors carry TL0PICIDX, TID and the layer-sync bit.
 
 Audio goes through aiortc's own sender (a pre-encoded Opus loop).
 """
@@ -24,7 +26,7 @@ from aiortc import RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from loadtest.client import SignalClient, _config
-from loadtest.media import PreEncodedAudioTrack, encode_opus, replay_frames
+from loadtest.media import PreEncodedAudioTrack, encode_opus, replay_frames, temporal_ids
 from mediaserver.sfu import aiortc_adapter, rtcp
 from mediaserver.sfu.rtp import build_rtp
 
@@ -53,23 +55,33 @@ class _Layer:
     config: LayerConfig
     frames: list[bytes]
     keyframes: list[int]
+    tids: list[int] | None = None  # per frame, when encoded with temporal layers
     ssrc: int = field(default_factory=lambda: random.randrange(1, 1 << 32))
     seq: int = field(default_factory=lambda: random.randrange(1 << 16))
     ts_base: int = field(default_factory=lambda: random.randrange(1 << 32))
     picture_id: int = field(default_factory=lambda: random.randrange(1 << 15))
+    tl0picidx: int = field(default_factory=lambda: random.randrange(256))
+    synced: set[int] = field(default_factory=set)  # TIDs sent since the last TL0 frame
     index: int = 0
     active: bool = True
     packets_sent: int = 0
     keyframe_requests: int = 0
 
 
-def vp8_packets(frame: bytes, picture_id: int) -> list[bytes]:
-    """RFC 7741 payloads of one frame, with a 15-bit PictureID."""
+def vp8_packets(frame: bytes, picture_id: int,
+                temporal: tuple[int, int, bool] | None = None) -> list[bytes]:
+    """RFC 7741 payloads of one frame, with a 15-bit PictureID, and with ``temporal``
+    (TL0PICIDX, TID, layer sync) the L and T fields."""
+    ext = 0x80  # I
+    fields = bytes((0x80 | (picture_id >> 8), picture_id & 0xFF))
+    if temporal is not None:
+        tl0, tid, sync = temporal
+        ext |= 0x60  # L, T
+        fields += bytes((tl0 & 0xFF, (tid << 6) | (0x20 if sync else 0)))
     out = []
     for start in range(0, len(frame), MAX_CHUNK):
         first = 0x90 if start == 0 else 0x80  # X, and S on the first packet
-        head = bytes((first, 0x80, 0x80 | (picture_id >> 8), picture_id & 0xFF))
-        out.append(head + frame[start:start + MAX_CHUNK])
+        out.append(bytes((first, ext)) + fields + frame[start:start + MAX_CHUNK])
     return out
 
 
@@ -96,7 +108,8 @@ class SimulcastPublisher:
     """Publishes audio plus one simulcast video track through ``client``."""
 
     def __init__(self, client: SignalClient, layers: Sequence[LayerConfig] = DEFAULT_LAYERS,
-                 fps: int = 15, gop_seconds: float = 1.0, audio: bool = True) -> None:
+                 fps: int = 15, gop_seconds: float = 1.0, audio: bool = True,
+                 temporal_layers: int = 1) -> None:
         self.client = client
         self.fps = fps
         self.audio = audio
@@ -104,9 +117,12 @@ class SimulcastPublisher:
         self.layers = []
         for cfg in layers:
             frames = replay_frames(cfg.width, cfg.height, fps, seconds=2 * gop_seconds,
-                                   bitrate=cfg.bitrate, keyframe_interval=gop)
+                                   bitrate=cfg.bitrate, keyframe_interval=gop,
+                                   temporal_layers=temporal_layers)
             keyframes = [i for i, f in enumerate(frames) if f and not f[0] & 0x01]
-            self.layers.append(_Layer(cfg, frames, keyframes or [0]))
+            tids = (temporal_ids(len(frames), gop, temporal_layers)
+                    if temporal_layers > 1 else None)
+            self.layers.append(_Layer(cfg, frames, keyframes or [0], tids))
         self.track_id: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._sender: aiortc_adapter.PacketSender | None = None
@@ -216,15 +232,25 @@ class SimulcastPublisher:
         sender = self._sender
         if sender is None:
             return
-        frame = layer.frames[layer.index % len(layer.frames)]
+        position = layer.index % len(layer.frames)
+        frame = layer.frames[position]
         layer.index += 1
+        temporal = None
+        if layer.tids is not None:
+            tid = layer.tids[position]
+            if tid == 0:
+                layer.tl0picidx = (layer.tl0picidx + 1) & 0xFF
+                layer.synced.clear()
+            # Layer sync: the first frame of its layer since TL0 references TL0 alone.
+            temporal = (layer.tl0picidx, tid, tid > 0 and tid not in layer.synced)
+            layer.synced.add(tid)
         ts = (layer.ts_base + n * VIDEO_CLOCK // self.fps) & 0xFFFFFFFF
         exts = []
         if self._mid_id:
             exts.append((self._mid_id, self._mid))
         if self._rid_id:
             exts.append((self._rid_id, layer.config.rid.encode()))
-        payloads = vp8_packets(frame, layer.picture_id)
+        payloads = vp8_packets(frame, layer.picture_id, temporal)
         layer.picture_id = (layer.picture_id + 1) & 0x7FFF
         for i, payload in enumerate(payloads):
             layer.seq = (layer.seq + 1) & 0xFFFF

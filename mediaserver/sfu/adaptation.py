@@ -4,7 +4,7 @@ The decisions are made by the pure parts (estimator.BandwidthEstimator,
 allocator.StreamAllocator); this class feeds them what the subscriber's connection saw,
 applies their answers to the consumers (layer targets, pauses) and paces probe padding.
 The room's control task calls ``step`` about twice a second; RTCP feedback arrives
-between steps through ``on_remb``/``on_loss``.
+between steps through ``on_remb``/``on_loss``/``on_nack``.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from mediaserver import metrics
 from mediaserver.sfu.allocator import Allocation, Layer, StreamAllocator, TrackDemand
 from mediaserver.sfu.estimator import BandwidthEstimator
 
-if TYPE_CHECKING:
-    from mediaserver.sfu.consumer import Consumer
-    from mediaserver.sfu.transport import SubscriberTransport
-
 # SRTP tag + UDP + IPv4 headers per packet, so that rates compare with the link's.
 from mediaserver.sfu.producer import WIRE_OVERHEAD
+from mediaserver.sfu.temporal import MAX_TID
+
+if TYPE_CHECKING:
+    from mediaserver.sfu.consumer import Consumer
+    from mediaserver.sfu.producer import RecvStream
+    from mediaserver.sfu.transport import SubscriberTransport
 
 # A single-encoding video track can be squeezed (the publisher is asked for less by REMB),
 # so it only needs this much to stay on; below it the track is paused. Until the link has
@@ -44,6 +46,22 @@ class StreamState:
     active: bool
     reason: str | None
     spatial: int | None
+    temporal: int | None
+
+
+def stream_layers(stream: RecvStream, bitrate: int) -> list[Layer]:
+    """A simulcast layer as the allocator sees it: one rung per temporal layer measured.
+
+    ``bitrate`` is the whole stream's (its last measurement, for a layer stopped upstream);
+    the temporal layers' own rates are known only while the stream arrives.
+    """
+    rates, fps = stream.temporal.rates, stream.temporal.fps
+    size = (stream.width, stream.height)
+    top = Layer(stream.spatial, max(0, len(rates) - 1), bitrate, *size, stream.fps or None)
+    if len(rates) < 2 or not stream.wire_bitrate:
+        return [top]
+    return [Layer(stream.spatial, t, rates[t], *size, fps[t] or None)
+            for t in range(len(rates) - 1)] + [top]
 
 
 class SubscriberAdaptation:
@@ -56,7 +74,9 @@ class SubscriberAdaptation:
         self.audio_only_requested = False
         self.states: dict[str, StreamState] = {}
         self.allocations: dict[str, Allocation] = {}
-        self.switches = 0
+        self.switches = 0  # spatial layer changes
+        self.temporal_switches = 0  # temporal layer changes within one spatial layer
+        self.allocations_applied: dict[str, tuple[int, int]] = {}
         self._sent_bytes = 0
         self._last_step: float | None = None
         self._pacer: asyncio.Task[None] | None = None
@@ -67,8 +87,11 @@ class SubscriberAdaptation:
 
     # -- feedback (from the subscriber transport's RTCP) ----------------------------------
 
-    def on_remb(self, bps: int, now: float) -> None:
-        self.estimator.on_remb(bps, now)
+    def on_remb(self, bps: int, now: float, source: int = 0) -> None:
+        self.estimator.on_remb(bps, now, source)
+
+    def on_nack(self, now: float) -> None:
+        self.estimator.on_nack(now)
 
     def on_loss(self, fraction: float, now: float) -> None:
         self.estimator.on_loss(fraction, now)
@@ -97,8 +120,7 @@ class SubscriberAdaptation:
             for s in producer.streams:
                 bitrate = s.wire_bitrate or s.last_wire_bitrate
                 if bitrate and (s.active or s.paused_upstream or now < s.expected_until):
-                    layers.append(Layer(s.spatial, 0, bitrate, s.width, s.height,
-                                        s.fps or None))
+                    layers += stream_layers(s, bitrate)
         return TrackDemand(
             track_id=producer.track_id, kind="audio" if producer.kind == "audio" else "video",
             source=producer.source,  # type: ignore[arg-type]
@@ -185,22 +207,30 @@ class SubscriberAdaptation:
             c.bandwidth_paused = paused
             c.refresh_paused(now)
             metrics.LAYER_CHANGES.labels(direction="pause" if paused else "resume").inc()
-        spatial = None
+        spatial = temporal = None
         if a.layer is not None:
-            spatial = a.layer.spatial
-            if c.producer.simulcast and c.target.spatial != spatial:
+            spatial, temporal = a.layer.spatial, a.layer.temporal
+            before = self.allocations_applied.get(d.track_id)
+            if c.producer.simulcast and before is not None and before != (spatial, temporal):
                 metrics.LAYER_CHANGES.labels(
-                    direction="up" if spatial > c.target.spatial else "down").inc()
-                self.switches += 1
-            c.set_layer(spatial, a.layer.temporal, now)
-        state = StreamState(not paused, reason, spatial)
+                    direction="up" if (spatial, temporal) > before else "down").inc()
+                if before[0] != spatial:
+                    self.switches += 1
+                else:
+                    self.temporal_switches += 1
+            self.allocations_applied[d.track_id] = (spatial, temporal)
+            # The top temporal layer of a simulcast layer means "all of its frames", also
+            # those of temporal layers not measured yet.
+            top = max(la.temporal for la in d.layers if la.spatial == spatial)
+            c.set_layer(spatial, temporal if temporal < top else MAX_TID, now)
+        state = StreamState(not paused, reason, spatial, temporal)
         if self.states.get(d.track_id) == state:
             return None
         self.states[d.track_id] = state
         return {"type": "stream_state", "track_id": d.track_id,
                 "participant_id": c.producer.participant_id,
                 "state": "paused" if paused else "active", "reason": reason,
-                "spatial": spatial, "temporal": a.layer.temporal if a.layer else None,
+                "spatial": spatial, "temporal": temporal,
                 "width": a.layer.width if a.layer else None,
                 "height": a.layer.height if a.layer else None}
 
@@ -227,13 +257,16 @@ class SubscriberAdaptation:
                      now: float) -> None:
         if not deficit:
             return
-        # The cheapest step up among the tracks held back by bandwidth.
+        # The cheapest step up (the next rung of its ladder) among the tracks held back by
+        # bandwidth.
         steps = []
         for a, d in deficit:
-            current = a.layer.bitrate if a.layer else 0
-            higher = sorted(la.bitrate for la in d.layers if la.bitrate > current)
-            if higher:
-                steps.append(higher[0] - current)
+            ladder = self.allocator.ladder(d)
+            keys = [la.key for la in ladder]
+            index = keys.index(a.layer.key) if a.layer and a.layer.key in keys else -1
+            if index + 1 < len(ladder):
+                current = a.layer.bitrate if a.layer else 0
+                steps.append(max(1, ladder[index + 1].bitrate - current))
         if not steps:
             return
         # Headroom over the step: layer bitrates swing with keyframes and content.
@@ -257,7 +290,8 @@ class SubscriberAdaptation:
                 if probe is None or now >= probe.ends:
                     break
                 rate = self.estimator.padding_rate(self.media_rate, now)
-                want = int(rate / 8 * (now - last))
+                # A late wake-up (a busy loop) must not turn into one burst of padding.
+                want = int(rate / 8 * min(now - last, 2 * PACE_INTERVAL))
                 last = now
                 carrier = self._padding_carrier()
                 if carrier is None:

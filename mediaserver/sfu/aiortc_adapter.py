@@ -310,17 +310,28 @@ async def renack_missing(pc: RTCPeerConnection, now: float, give_up_after: float
 def tap_rtcp(pc: RTCPeerConnection, on_rtcp: Callable[[bytes], None]) -> None:
     """Let a client see decrypted RTCP before aiortc routes it (for SSRCs aiortc never
     registered, such as the simulcast layers a test publisher sends itself)."""
+    _tap(pc, "_handle_rtcp_data", on_rtcp)
+
+
+def tap_rtp(pc: RTCPeerConnection, on_rtp: Callable[[bytes], None]) -> None:
+    """Let a client see decrypted RTP before aiortc routes it (tests: the VP8 descriptors
+    a subscriber receives)."""
+    _tap(pc, "_handle_rtp_data", on_rtp)
+
+
+def _tap(pc: RTCPeerConnection, handler: str, callback: Callable[[bytes], None]) -> None:
     for dtls in dtls_transports(pc):
-        original = dtls._handle_rtcp_data
+        original = getattr(dtls, handler)
 
-        async def handle_rtcp(data: bytes, original: Any = original) -> None:
+        async def tapped(data: bytes, *args: Any, _original: Any = original, **kw: Any
+                         ) -> None:
             try:
-                on_rtcp(data)
+                callback(data)
             except Exception:  # pragma: no cover - defensive
-                log.exception("RTCP tap failed")
-            await original(data)
+                log.exception("%s tap failed", handler)
+            await _original(data, *args, **kw)
 
-        dtls._handle_rtcp_data = handle_rtcp  # type: ignore[method-assign]
+        setattr(dtls, handler, tapped)
 
 
 class FastSrtp:

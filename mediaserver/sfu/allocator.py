@@ -8,6 +8,13 @@ Why the order: a therapy session survives without video, never without voice, so
 allocated first and is never paused to make room for video. Screen share carries the content
 both sides are looking at, then come pinned tiles, the active speaker, and everyone else.
 
+Why a ladder of spatial and temporal layers: a track with VP8 temporal layers can be thinned
+to fewer frames per second (TL1, TL0) without a keyframe or a change of resolution. Its
+rungs are ordered by spatial layer, then temporal layer, so when the budget shrinks the
+frame rate goes first and the resolution only after; variants of the larger layers slower
+than ``min_fps`` are left out (a face at 4 fps is worse than a smaller one at 15), while the
+lowest layer keeps them all: a few frames a second beat a paused tile.
+
 Why hysteresis and a hold time: every layer switch costs a keyframe and a visible quality
 jump. Going down happens at once (a congested link must be relieved now); going up needs
 headroom (``up_hysteresis``) and ``min_hold`` seconds of calm, one layer per step, so an
@@ -79,7 +86,7 @@ def _rank(demand: TrackDemand) -> int:
 
 
 def _wanted_layers(demand: TrackDemand, ordered: list[Layer]) -> list[Layer]:
-    """The layers a subscriber's preferences allow, cheapest first.
+    """The layers a subscriber's preferences allow, worst first.
 
     ``max_width``/``max_height`` describe the element the video is shown in, so the layer
     that covers it (the smallest at least that size) is allowed, and everything smaller; a
@@ -117,6 +124,7 @@ class StreamAllocator:
         up_hysteresis: float = 1.15,
         audio_only_floor: int = 60_000,
         down_tolerance: float = 1.1,
+        min_fps: float = 7.0,
     ) -> None:
         self._min_hold = min_hold
         self._up = up_hysteresis
@@ -124,6 +132,7 @@ class StreamAllocator:
         # much: its measured bitrate swings with keyframes more than the link does.
         self._down = down_tolerance
         self._floor = audio_only_floor
+        self._min_fps = min_fps
         self._audio_only = False
         self._tracks: dict[str, _TrackState] = {}
 
@@ -138,6 +147,21 @@ class StreamAllocator:
     @property
     def audio_only(self) -> bool:
         return self._audio_only
+
+    def ladder(self, demand: TrackDemand) -> list[Layer]:
+        """The layers a video track can be given, worst first, within its preferences."""
+        ordered = self._rungs(demand)
+        return _wanted_layers(demand, ordered) or ordered[:1]
+
+    def _rungs(self, demand: TrackDemand) -> list[Layer]:
+        ordered = sorted(demand.layers, key=lambda la: (la.spatial, la.temporal))
+        if not ordered:
+            return ordered
+        lowest = ordered[0].spatial
+        top = {la.spatial: la.temporal for la in ordered}  # sorted: the last one wins
+        return [la for la in ordered
+                if la.spatial == lowest or la.temporal == top[la.spatial]
+                or la.fps is None or la.fps >= self._min_fps]
 
     def allocate(
         self, estimate_bps: int, demands: list[TrackDemand], now: float
@@ -178,7 +202,7 @@ class StreamAllocator:
         if d.disabled or not d.layers:
             self._set(d.track_id, None, now)
             return Allocation(d.track_id, None, "disabled")
-        ordered = sorted(d.layers, key=lambda la: (la.bitrate, la.spatial, la.temporal))
+        ordered = self._rungs(d)
         wanted = _wanted_layers(d, ordered)
         capped = len(wanted) < len(ordered)
         if not wanted:  # caps below every layer: the smallest is the closest we can offer

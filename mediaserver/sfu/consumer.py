@@ -227,7 +227,7 @@ class Consumer:
         streams = self.producer.streams
         target = streams[max(0, min(spatial, len(streams) - 1))]
         if self.temporal is not None:
-            self.temporal.set_target(temporal)
+            self.temporal.aim(temporal, self.spatial, target.spatial)
         if target is self.target:
             if target is not self.stream:
                 target.request_keyframe(now)  # throttled per layer

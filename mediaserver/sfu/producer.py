@@ -22,6 +22,7 @@ from mediaserver.sfu.keyframe import KeyframeRequester
 from mediaserver.sfu.nack import NackTracker
 from mediaserver.sfu.rtp import RtpPacket, build_rtp, parse_rtp, unwrap_rtx
 from mediaserver.sfu.seqnum import Unwrapper
+from mediaserver.sfu.temporal import TemporalRates
 from mediaserver.sfu.vp8 import Vp8Descriptor, parse_vp8
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class RecvStream:
         self.wire_bitrate = 0  # with SRTP/UDP/IP overhead, as a link carries it
         self.last_wire_bitrate = 0  # the last measurement while the layer was arriving
         self.fps = 0.0
+        self.temporal = TemporalRates()  # per VP8 temporal layer, when the stream has them
         self.paused_upstream = False  # the publisher was asked to stop sending this layer
         self.unwanted_since: float | None = None  # no subscriber's target since then
         self.expected_until = 0.0  # ...or asked to resume it, and it is on its way
@@ -183,6 +185,7 @@ class RecvStream:
             self.wire_bitrate = max(recent)
             self.last_wire_bitrate = self.wire_bitrate
             self.fps = self._window_frames / elapsed
+        self.temporal.close(elapsed)
         self._window_start = now
         self._window_bytes = 0
         self._window_packets = 0
@@ -195,6 +198,7 @@ class RecvStream:
             self.bitrate = self.wire_bitrate = 0
             self._recent.clear()
             self.fps = 0.0
+            self.temporal.clear()
             self._window_start = None
             self._window_bytes = 0
             self._window_packets = 0
@@ -250,6 +254,8 @@ class RecvStream:
             # Parsed once here and shared by every consumer's temporal filter.
             payload = self.vp8_payload = memoryview(pkt.data)[pkt.payload_offset:pkt.payload_end]
             desc = self.vp8 = parse_vp8(payload)
+            if desc is not None and desc.tid is not None:
+                self.temporal.add(desc.tid, len(pkt.data) + WIRE_OVERHEAD, pkt.marker)
             keyframe = desc is not None and desc.is_keyframe
             if keyframe and desc is not None and desc.width:
                 self.width, self.height = desc.width, desc.height

@@ -32,6 +32,7 @@ class Vp8TemporalFilter:
     FRAME_CACHE = 32
 
     __slots__ = (
+        "_after_switch",
         "_current",
         "_frames",
         "_last_in",
@@ -54,6 +55,7 @@ class Vp8TemporalFilter:
 
     def __init__(self, target: int = MAX_TID) -> None:
         self._target = _clamp(target)
+        self._after_switch: int | None = None  # the target once the source has switched
         self._current: int | None = None  # layer in effect; None until the first frame
         self._unwrapper: Unwrapper | None = None
         self._pid_bits = 0
@@ -84,12 +86,29 @@ class Vp8TemporalFilter:
 
     def set_target(self, tid: int) -> None:
         self._target = _clamp(tid)
+        self._after_switch = None
+
+    def aim(self, tid: int, current: int | None, target: int) -> None:
+        """Target temporal layer ``tid`` of simulcast layer ``target``; ``current`` is forwarded.
+
+        Until the switch to another simulcast layer happens (at its keyframe), the layer
+        still forwarded keeps its target when going up, and drops to TL0 when going down:
+        a link that needs less gets relief now, not at the next keyframe.
+        """
+        if current is None or current == target:
+            self.set_target(tid)
+            return
+        self._after_switch = _clamp(tid)
+        if target < current:
+            self._target = 0
 
     def reset_source(self) -> None:
         """The input switches to another stream (a simulcast layer); wait for its keyframe.
 
         The keyframe continues PictureID and TL0PICIDX right after the last ones sent.
         """
+        if self._after_switch is not None:
+            self._target, self._after_switch = self._after_switch, None
         self._waiting_key = True
         self._unwrapper = None
         self._frames.clear()
@@ -188,3 +207,62 @@ class Vp8TemporalFilter:
 
 def _clamp(tid: int) -> int:
     return min(max(tid, 0), MAX_TID)
+
+
+class TemporalRates:
+    """Bit and frame rates per temporal layer of one stream, as the allocator needs them.
+
+    The producer feeds every packet whose descriptor carries a TID (``add``, a few list
+    operations) and closes a window about once a second (``close``). ``rates[t]`` is what
+    forwarding the layers 0..t costs on the wire, the peak of the last few windows as for
+    the whole stream (a keyframe in one window must not make the layer look cheaper in the
+    next); ``fps[t]`` their frame rate. Both are empty for a stream without temporal layers.
+    """
+
+    PEAK_WINDOWS = 3
+
+    __slots__ = ("_bytes", "_frames", "_recent", "fps", "rates")
+
+    def __init__(self) -> None:
+        self._bytes = [0] * (MAX_TID + 1)
+        self._frames = [0] * (MAX_TID + 1)
+        self._recent: list[tuple[list[int], list[float]]] = []
+        self.rates: tuple[int, ...] = ()
+        self.fps: tuple[float, ...] = ()
+
+    def add(self, tid: int, wire_bytes: int, marker: bool) -> None:
+        self._bytes[tid] += wire_bytes
+        if marker:
+            self._frames[tid] += 1
+
+    def close(self, elapsed: float) -> None:
+        """End a measuring window of ``elapsed`` seconds."""
+        top = max((t for t in range(MAX_TID + 1) if self._bytes[t]), default=-1)
+        if elapsed > 0 and top >= 0:
+            rates: list[int] = []
+            fps: list[float] = []
+            bits = frames = 0
+            for t in range(top + 1):
+                bits += self._bytes[t] * 8
+                frames += self._frames[t]
+                rates.append(int(bits / elapsed))
+                fps.append(frames / elapsed)
+            self._recent.append((rates, fps))
+            del self._recent[:-self.PEAK_WINDOWS]
+            # Layers seen in any recent window; for a window without the higher ones (they
+            # were just turned on) forwarding "up to t" cost its whole rate.
+            depth = max(len(r) for r, _ in self._recent)
+            self.rates = tuple(max(r[t] if t < len(r) else r[-1] for r, _ in self._recent)
+                               for t in range(depth))
+            self.fps = tuple(max(f[t] if t < len(f) else f[-1] for _, f in self._recent)
+                             for t in range(depth))
+        self._bytes = [0] * (MAX_TID + 1)
+        self._frames = [0] * (MAX_TID + 1)
+
+    def clear(self) -> None:
+        """The stream stopped: forget what was measured."""
+        self._recent.clear()
+        self.rates = ()
+        self.fps = ()
+        self._bytes = [0] * (MAX_TID + 1)
+        self._frames = [0] * (MAX_TID + 1)

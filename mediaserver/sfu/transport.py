@@ -463,6 +463,7 @@ class SubscriberTransport(PeerTransport):
                 consumer = self.by_ssrc.get(p.media_ssrc)
                 if consumer is not None:
                     consumer.on_nack(p.lost, now)
+                    self.adaptation.on_nack(now)
             elif isinstance(p, rtcp.Pli):
                 metrics.RTCP.labels(direction="in", type="pli").inc()
                 consumer = self.by_ssrc.get(p.media_ssrc)
@@ -500,7 +501,7 @@ class SubscriberTransport(PeerTransport):
                     self.adaptation.on_loss(0.0, now)  # nothing sent, so nothing lost
 
     def _on_remb_packet(self, p: rtcp.Remb, now: float) -> None:
-        self.adaptation.on_remb(p.bitrate, now)
+        self.adaptation.on_remb(p.bitrate, now, p.sender_ssrc)
         touched = set()
         for ssrc in p.ssrcs:
             consumer = self.by_ssrc.get(ssrc)

@@ -42,12 +42,12 @@ def _others_unaffected(summary: dict[str, Any]) -> None:
 async def test_capped_at_250_kbps_audio_stays_clean_and_the_low_layer_flows():
     summary = await _run("cap250")
     (phase,) = summary["phases"]
+    # The figures: no gap over 200 ms, loss under 1 %. Probes ramp up to their goal
+    # and stop at the first REMB burst or NACK, so they never fill the 200 ms tbf queue;
+    # the longest gaps measured are ~50-60 ms (docs/benchmarks.md). One lost audio packet
+    # alone shows as a ~320 ms gap here: aiortc's audio jitter buffer waits for 16 packets.
     assert summary["audio_loss_pct"] < 1.0, summary
-    # The longest audio gap is ~100 ms when no probe overfills the link, up to ~500 ms when
-    # one does (its padding queues ahead of audio in the 200 ms tbf queue and the tail is
-    # dropped); this rules out dropouts only. The 200 ms is not met reliably yet
-    # (docs/benchmarks.md).
-    assert phase["audio_max_gap_ms"] < 750, summary
+    assert phase["audio_max_gap_ms"] < 200, summary
     assert set(phase["widths"]) == {160}, summary  # the low layer, and only it
     assert phase["video_fps_median"] >= 12, summary  # at a steady frame rate (15 sent)
     _others_unaffected(summary)

@@ -16,7 +16,7 @@ from tests.conftest import wait_until
 async def _call(server, room: str, *viewers: str):
     pub = SignalClient(server.ws_url, server.token(room, "pub", kind="group"))
     assert (await pub.connect())["type"] == "joined"
-    sim = SimulcastPublisher(pub)
+    sim = await asyncio.to_thread(SimulcastPublisher, pub)  # encoding would lag the loop
     reply = await sim.start()
     assert reply["type"] == "publish_answer", reply
     subs = [SignalClient(server.ws_url, server.token(room, v, kind="group")) for v in viewers]

@@ -213,3 +213,96 @@ def test_never_over_allocates_video(steps: list[tuple[int, float, list[TrackDema
                 assert a.layer is not None
             if a.layer is not None:
                 assert a.layer in d.layers
+
+
+# A simulcast track whose layers each carry three temporal layers (a 30 fps source, L1T3):
+# TL0 7.5 fps, TL0+1 15 fps, all 30 fps.
+LADDER = tuple(
+    Layer(s, t, rate, w, h, fps)
+    for s, (w, h), rates in (
+        (0, (320, 180), (40_000, 65_000, 80_000)),
+        (1, (640, 360), (160_000, 240_000, 320_000)),
+        (2, (1280, 720), (500_000, 750_000, 1_000_000)),
+    )
+    for t, (rate, fps) in enumerate(zip(rates, (7.5, 15.0, 30.0), strict=True))
+)
+
+
+def layer_of(a: Allocation) -> tuple[int, int] | None:
+    return None if a.layer is None else a.layer.key
+
+
+@pytest.mark.parametrize(
+    ("estimate", "want"),
+    [
+        (2_000_000, (2, 2)),
+        (900_000, (2, 1)),  # the top layer at 15 fps rather than the middle one at 30
+        (600_000, (2, 0)),
+        (400_000, (1, 2)),
+        (250_000, (1, 0)),
+        (120_000, (0, 2)),
+        (100_000, (0, 1)),
+        (95_000, (0, 0)),  # a few frames a second rather than a paused tile...
+        (80_000, None),  # ...down to the audio-only floor
+    ],
+)
+def test_temporal_layers_are_rungs_between_spatial_ones(estimate: int,
+                                                        want: tuple[int, int] | None) -> None:
+    demand = TrackDemand("v1", "video", "camera", None, LADDER)
+    got = by_id(StreamAllocator().allocate(estimate, [audio(), demand], now=0.0))
+    assert layer_of(got["v1"]) == want
+
+
+def test_a_shrinking_budget_takes_frame_rate_before_resolution() -> None:
+    alloc = StreamAllocator()
+    demands = [audio(), TrackDemand("v1", "video", "camera", None, LADDER)]
+    trace = [layer_of(alloc.allocate(e, demands, now)[1])
+             for now, e in ((0.0, 2_000_000), (1.0, 900_000), (2.0, 600_000), (3.0, 400_000))]
+    assert trace == [(2, 2), (2, 1), (2, 0), (1, 2)]
+
+
+def test_a_growing_budget_climbs_one_rung_per_hold() -> None:
+    alloc = StreamAllocator(min_hold=2.0)
+    demands = [audio(), TrackDemand("v1", "video", "camera", None, LADDER)]
+    alloc.allocate(400_000, demands, now=0.0)
+    trace = [layer_of(alloc.allocate(2_000_000, demands, now)[1])
+             for now in (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)]
+    assert trace == [(1, 2), (2, 0), (2, 0), (2, 1), (2, 2), (2, 2)]
+
+
+@pytest.mark.parametrize(
+    ("min_fps", "fps", "want"),
+    [
+        # A 15 fps source: TL0 is 3.75 fps, too slow for the larger layers.
+        (7.0, (3.75, 7.5, 15.0), [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)]),
+        (3.0, (3.75, 7.5, 15.0), [(s, t) for s in range(3) for t in range(3)]),
+        # Unknown frame rates leave every rung in.
+        (7.0, (None, None, None), [(s, t) for s in range(3) for t in range(3)]),
+    ],
+)
+def test_ladder_leaves_out_slow_variants_of_the_larger_layers(
+    min_fps: float, fps: tuple[float | None, ...], want: list[tuple[int, int]]
+) -> None:
+    layers = tuple(Layer(la.spatial, la.temporal, la.bitrate, la.width, la.height,
+                         fps[la.temporal]) for la in reversed(LADDER))
+    demand = TrackDemand("v1", "video", "camera", None, layers)
+    assert [la.key for la in StreamAllocator(min_fps=min_fps).ladder(demand)] == want
+
+
+@pytest.mark.parametrize(
+    ("max_fps", "want"),
+    [(30.0, (2, 2)), (20.0, (2, 1)), (10.0, (2, 0)), (5.0, (0, 0))],
+)
+def test_max_fps_picks_the_temporal_layer(max_fps: float, want: tuple[int, int]) -> None:
+    demand = TrackDemand("v1", "video", "camera", None, LADDER, max_fps=max_fps)
+    got = by_id(StreamAllocator().allocate(10_000_000, [audio(), demand], now=0.0))
+    assert layer_of(got["v1"]) == want
+    assert got["v1"].reason == ("preference" if max_fps < 30 else None)
+
+
+def test_ladder_follows_preferences() -> None:
+    # What probing aims at: the next rung the subscriber would accept, not one it refuses.
+    demand = TrackDemand("v1", "video", "camera", None, LADDER, max_fps=10.0)
+    assert [la.key for la in StreamAllocator().ladder(demand)] == [(0, 0), (1, 0), (2, 0)]
+    capped = TrackDemand("v1", "video", "camera", None, LADDER, max_fps=1.0)
+    assert [la.key for la in StreamAllocator().ladder(capped)] == [(0, 0)]  # the closest

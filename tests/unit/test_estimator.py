@@ -1,146 +1,211 @@
-"""The per-subscriber bandwidth estimator, driven as a table of events with time passed in."""
+"""The per-subscriber bandwidth estimator, driven as tables of events with time passed in.
+
+Each case is a list of events, ``(time, what, value)``:
+
+- ``sent``: what the SFU sent over the last interval (bps); ``remb``: a REMB (bps, or
+  ``(bps, source)``); ``loss``: a receiver report's loss fraction; ``calm``: two reports
+  without loss; ``nack``: a NACK; ``tick``: the control step;
+- ``probe``: ``want_probe(value)``, whose answer is checked against ``expect["probes"]``;
+- ``pad``: ``padding_rate(value)``, checked against ``expect["padding"]``;
+
+and what must hold after the last one.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from mediaserver.sfu.estimator import BandwidthEstimator
+from mediaserver.sfu.probe import ProbePlanner
+
+Event = tuple[float, str, Any]
 
 
-def calm(est: BandwidthEstimator, now: float) -> BandwidthEstimator:
-    """Two receiver reports without loss: the current rate is confirmed."""
-    est.on_loss(0.0, now)
-    est.on_loss(0.0, now)
-    return est
+def drive(est: BandwidthEstimator, events: list[Event]) -> tuple[list[bool], list[int]]:
+    probes: list[bool] = []
+    padding: list[int] = []
+    for now, what, value in events:
+        if what == "sent":
+            est.on_sent(value)
+        elif what == "remb":
+            bps, source = value if isinstance(value, tuple) else (value, 0)
+            est.on_remb(bps, now, source)
+        elif what == "loss":
+            est.on_loss(value, now)
+        elif what == "calm":
+            est.on_loss(0.0, now)
+            est.on_loss(0.0, now)
+        elif what == "nack":
+            est.on_nack(now)
+        elif what == "tick":
+            est.tick(now)
+        elif what == "probe":
+            probes.append(est.want_probe(value, now))
+        elif what == "pad":
+            padding.append(est.padding_rate(value, now))
+        else:  # pragma: no cover - a typo in a table
+            raise ValueError(what)
+    return probes, padding
 
 
-def test_remb_counts_only_when_it_falls() -> None:
-    est = BandwidthEstimator(initial=1_000_000)
-    est.on_sent(400_000)
-    est.on_remb(300_000, 0.0)  # the receiver's slow-growing estimate is not a ceiling
-    assert est.value == 1_000_000
-    est.on_remb(320_000, 1.0)
-    assert est.value == 1_000_000
-    est.on_remb(200_000, 2.0)  # far below what is sent: a real capacity drop
-    assert est.value == 200_000
-    assert est.history[-1][1] == "remb"
+def planner(**kw: Any) -> ProbePlanner:
+    return ProbePlanner(**{"ramp": 0.6, "hold": 0.2, "settle": 1.0, "backoff_min": 2.0,
+                           "backoff_max": 8.0, **kw})
 
 
-def test_a_small_remb_fall_keeps_what_flows_but_blocks_probes() -> None:
-    est = BandwidthEstimator(initial=600_000, quiet=1.5)
-    est.on_sent(400_000)
-    est.on_remb(500_000, 0.0)
-    est.on_remb(340_000, 1.0)  # 85 % of what arrived: a keyframe burst queued for a moment
-    assert est.value == 400_000  # the headroom is gone, the layers that flow stay
-    assert est.history[-1][1] == "remb (soft)"
-    calm(est, 1.5)
-    assert not est.want_probe(800_000, 2.0)
-    assert est.want_probe(800_000, 2.6)
+CASES: list[tuple[str, dict[str, Any], list[Event], dict[str, Any]]] = [
+    ("REMB is not a ceiling: the receiver's slow-growing estimate is ignored",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 400_000), (0.0, "remb", 300_000), (1.0, "remb", 320_000)],
+     {"value": 1_000_000}),
+    ("a REMB far below what is sent is a capacity drop",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 400_000), (0.0, "remb", 300_000), (2.0, "remb", 200_000)],
+     {"value": 200_000, "cause": "remb"}),
+    ("a small REMB fall keeps what flows but loses the headroom",
+     {"initial": 600_000},
+     [(0.0, "sent", 400_000), (0.0, "remb", 500_000), (1.0, "remb", 340_000)],
+     {"value": 400_000, "cause": "remb (soft)"}),
+    ("...and blocks probes for a quiet moment",
+     {"initial": 600_000, "quiet": 1.5},
+     [(0.0, "sent", 400_000), (0.0, "remb", 500_000), (1.0, "remb", 340_000),
+      (1.5, "calm", None), (2.0, "probe", 800_000), (2.6, "probe", 800_000)],
+     {"probes": [False, True]}),
+    ("each REMB source is compared with itself (aiortc: one estimator per video)",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 400_000), (0.0, "remb", (300_000, 1)), (0.3, "remb", (100_000, 2)),
+      (0.5, "remb", (300_000, 1)), (0.8, "remb", (100_000, 2))],
+     {"value": 1_000_000}),
+    ("heavy loss drops to what got through",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 800_000), (1.0, "loss", 0.05), (2.0, "loss", 0.40)],
+     {"value": int(800_000 * 0.8), "cause": "loss 0.40"}),
+    ("light loss does not",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 800_000), (1.0, "loss", 0.05)],
+     {"value": 1_000_000}),
+    ("moderate loss without a sign of a queue is a lossy radio",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 800_000), (1.0, "loss", 0.15)],
+     {"value": 1_000_000, "lossy": False}),
+    ("moderate loss soon after a REMB fall is a full link, but not heavy",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 800_000), (2.0, "remb", 900_000), (2.5, "remb", 700_000),
+      (3.5, "loss", 0.15)],
+     {"value": int(800_000 * (1 - 0.075)), "lossy": False}),
+    ("one noisy report is not heavy loss",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 800_000), (1.0, "loss", 0.25)],
+     {"value": 1_000_000, "lossy": False}),
+    ("two are",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 800_000), (1.0, "loss", 0.25), (2.0, "loss", 0.3)],
+     {"lossy": True, "cause": "loss 0.30"}),
+    ("floor, cap and ceiling",
+     {"initial": 500_000, "floor": 40_000, "ceiling": 2_000_000, "cap": 300_000},
+     [(0.0, "sent", 60_000), (1.0, "loss", 0.99)],
+     {"value": 40_000}),
+    ("no probe before the current rate is confirmed",
+     {"initial": 200_000},
+     [(0.0, "sent", 120_000), (10.0, "probe", 500_000)],
+     {"probes": [False], "value": 200_000}),
+    ("no probe when the estimate already covers the goal, or the subscriber's cap is met",
+     {"initial": 1_000_000, "cap": 1_000_000},
+     [(0.0, "calm", None), (5.0, "probe", 900_000), (5.0, "probe", 2_000_000)],
+     {"probes": [False, False]}),
+    ("no probe soon after congestion",
+     {"initial": 1_000_000, "quiet": 1.5},
+     [(0.0, "sent", 900_000), (10.0, "loss", 0.5), (10.5, "calm", None),
+      (11.0, "probe", 2_000_000), (11.6, "probe", 2_000_000)],
+     {"probes": [False, True]}),
+    ("a probe ramps from what flows to at most 1.5x the estimate, then holds",
+     {"initial": 200_000},
+     [(0.0, "sent", 120_000), (10.0, "calm", None), (10.0, "probe", 500_000),
+      (10.1, "probe", 600_000), (10.3, "pad", 120_000), (10.7, "pad", 120_000),
+      (10.8, "pad", 120_000)],
+     {"probes": [True, False], "padding": [90_000, 180_000, 0], "value": 200_000}),
+    ("a probe that raises no congestion signal lifts the estimate to its goal",
+     {"initial": 200_000},
+     [(0.0, "sent", 120_000), (10.0, "calm", None), (10.0, "probe", 500_000),
+      (10.5, "remb", 150_000), (11.0, "remb", 180_000), (11.0, "tick", None),
+      (11.8, "tick", None)],
+     {"value": 300_000, "ok": 1, "cause": "probe ok"}),
+    ("after a success the next probe may double",
+     {"initial": 200_000},
+     [(0.0, "sent", 120_000), (10.0, "calm", None), (10.0, "probe", 500_000),
+      (11.8, "tick", None), (11.8, "probe", 900_000), (12.4, "pad", 300_000)],
+     {"probes": [True, True], "padding": [300_000], "value": 300_000}),
+    ("a REMB burst during a probe (aiortc overusing) stops it where it stood",
+     {"initial": 200_000},
+     [(0.0, "sent", 120_000), (0.0, "remb", 150_000), (10.0, "calm", None),
+      (10.0, "probe", 500_000), (10.3, "remb", 160_000), (10.31, "remb", 165_000)],
+     {"probe": None, "value": 200_000, "failed": 1, "failed_level": 213_000,
+      "cause": "probe failed: remb"}),
+    ("so does a REMB a little lower than the last (libwebrtc sends at once on a fall)",
+     {"initial": 200_000},
+     [(0.0, "sent", 120_000), (9.8, "remb", 150_000), (10.0, "calm", None),
+      (10.0, "probe", 500_000), (10.7, "remb", 145_000)],
+     {"probe": None, "failed": 1, "failed_level": 300_000}),
+    ("...and a NACK: the first sign of loss",
+     {"initial": 200_000},
+     [(0.0, "sent", 120_000), (10.0, "calm", None), (10.0, "probe", 500_000),
+      (10.45, "nack", None)],
+     {"probe": None, "failed": 1, "failed_level": 255_000, "cause": "probe failed: nack"}),
+    ("...and a lossy receiver report",
+     {"initial": 200_000},
+     [(0.0, "sent", 120_000), (10.0, "calm", None), (10.0, "probe", 500_000),
+      (11.2, "loss", 0.05)],
+     {"probe": None, "failed": 1, "failed_level": 300_000,
+      "cause": "probe failed: loss 0.05"}),
+    ("after a failure: backoff, then a small step above where it failed",
+     {"initial": 200_000},
+     [(0.0, "sent", 120_000), (10.0, "calm", None), (10.0, "probe", 500_000),
+      (10.3, "nack", None), (11.0, "calm", None), (12.2, "probe", 500_000),
+      (12.3, "probe", 500_000), (13.0, "pad", 120_000)],
+     {"probes": [True, False, True], "padding": [132_000]}),
+    ("the queue a failed probe built drains: the next reports are not news",
+     {"initial": 200_000},
+     [(0.0, "sent", 400_000), (0.0, "remb", 400_000), (4.0, "calm", None),
+      (5.0, "probe", 500_000), (5.3, "remb", 120_000), (5.8, "loss", 0.5)],
+     {"value": 200_000, "failed": 1}),
+    ("a layer that congests soon after the probe that let it in counts as a failure",
+     {"initial": 100_000},
+     [(0.0, "calm", None), (0.0, "sent", 90_000), (5.0, "probe", 150_000),
+      (6.9, "tick", None), (7.0, "sent", 150_000), (9.0, "loss", 0.5)],
+     {"value": int(150_000 * 0.75), "ok": 1, "failed": 1, "failed_level": 150_000,
+      "causes": ["probe ok", "loss 0.50", "upgrade failed"]}),
+]
 
 
-def test_an_upgrade_that_congests_soon_after_its_probe_counts_as_a_failed_probe() -> None:
-    est = calm(BandwidthEstimator(initial=100_000, probe_settle=1.0, backoff_min=2.0), 0.0)
-    est.on_sent(90_000)
-    assert est.want_probe(150_000, 5.0)
-    est.tick(7.0)
-    assert est.value == 150_000 and est.probes_ok == 1
-    est.on_sent(150_000)
-    est.on_loss(0.5, 9.0)  # the layer the probe let in overfills the link's queue
-    assert est.value == int(150_000 * 0.75) and est.probes_failed == 1
-    assert est.history[-1][1] == "upgrade failed"
-    calm(est, 9.5)
-    assert not est.want_probe(400_000, 10.9)  # backoff applies
-    assert est.want_probe(400_000, 11.1)
-
-
-def test_heavy_loss_drops_to_what_got_through_light_loss_does_not() -> None:
-    est = BandwidthEstimator(initial=1_000_000)
-    est.on_sent(800_000)
-    est.on_loss(0.05, 1.0)
-    assert est.value == 1_000_000
-    est.on_loss(0.40, 2.0)
-    assert est.value == int(800_000 * 0.8)
-
-
-def test_floor_cap_and_ceiling() -> None:
-    est = BandwidthEstimator(initial=500_000, floor=40_000, ceiling=2_000_000)
-    est.cap = 300_000
-    assert est.value == 300_000
-    est.on_sent(60_000)
-    est.on_loss(0.99, 1.0)  # 60 kbps * (1 - 0.495) is below the floor
-    assert est.value == 40_000
-
-
-def test_probe_success_lifts_the_estimate() -> None:
-    est = BandwidthEstimator(initial=200_000, quiet=1.5, probe_duration=0.6, probe_settle=1.0)
-    assert not est.want_probe(500_000, 10.0)  # nothing confirmed yet: no probe
-    calm(est, 10.0)
-    assert est.want_probe(500_000, 10.0)
-    assert not est.want_probe(600_000, 10.1)  # one at a time
-    # One probe goes at most half again above the estimate: 300 kbps, not 500.
-    assert est.padding_rate(150_000, 10.2) == 150_000
-    assert est.padding_rate(150_000, 10.7) == 0  # padding ends, feedback window stays open
-    est.tick(11.0)
-    assert est.probe is not None and est.value == 200_000
-    est.tick(11.6)
-    assert est.probe is None and est.value == 300_000 and est.probes_ok == 1
-    assert est.want_probe(900_000, 11.6)  # after a success the next step may double
-    assert est.padding_rate(300_000, 11.7) == 300_000
-
-
-def test_congested_probe_is_stopped_and_keeps_the_old_estimate_then_backs_off() -> None:
-    est = BandwidthEstimator(initial=200_000, backoff_min=2.0, backoff_max=8.0)
-    est.on_sent(400_000)
-    est.on_remb(400_000, 0.0)
-    calm(est, 4.0)
-    assert est.want_probe(500_000, 5.0)
-    est.on_remb(120_000, 5.3)  # the probe overfilled the link
-    assert est.probe is None and est.value == 200_000 and est.probes_failed == 1
-    est.on_loss(0.5, 5.8)  # the queue the probe built drains: not news
-    assert est.value == 200_000
-    assert not est.want_probe(500_000, 7.0)  # backoff 2 s after the failure
-    calm(est, 7.3)
-    assert est.want_probe(500_000, 7.4)
-    est.on_loss(0.05, 7.6)  # moderate loss during a probe also fails it
-    assert est.probe is None and est.probes_failed == 2
-    calm(est, 10.0)
-    assert not est.want_probe(500_000, 11.0)  # backoff doubled to 4 s
-    assert est.want_probe(500_000, 11.7)
-    est.on_loss(0.05, 11.8)
-    calm(est, 12.0)
-    assert not est.want_probe(500_000, 11.8 + 7.9)  # ...and to 8 s, the maximum
-    assert est.want_probe(500_000, 11.8 + 8.1)
-
-
-def test_no_probe_soon_after_congestion_or_when_already_enough() -> None:
-    est = BandwidthEstimator(initial=1_000_000, quiet=1.5)
-    est.on_sent(900_000)
-    est.on_loss(0.5, 10.0)
-    calm(est, 10.5)
-    assert not est.want_probe(2_000_000, 11.0)
-    assert est.want_probe(2_000_000, 11.6)
-    est2 = calm(BandwidthEstimator(initial=1_000_000), 0.0)
-    assert not est2.want_probe(900_000, 5.0)
-    est2.cap = 1_000_000
-    assert not est2.want_probe(2_000_000, 5.0)
-
-
-def test_one_noisy_report_is_not_heavy_loss_two_are() -> None:
-    est = BandwidthEstimator(initial=1_000_000)
-    est.on_sent(800_000)
-    est.on_loss(0.25, 1.0)  # 5 of 20 packets: a 10 % radio's bad second
-    assert not est.lossy_within(10, 1.0) and est.value == 1_000_000
-    est.on_loss(0.3, 2.0)  # again: a full link
-    assert est.lossy_within(10, 2.0) and est.value < 1_000_000
-
-
-def test_moderate_loss_cuts_only_with_a_sign_of_a_queue() -> None:
-    est = BandwidthEstimator(initial=1_000_000)
-    est.on_sent(800_000)
-    est.on_loss(0.15, 1.0)  # a lossy radio: no REMB fall, so no cut
-    assert est.value == 1_000_000 and not est.lossy_within(10, 1.0)
-    est.on_remb(900_000, 2.0)
-    est.on_remb(700_000, 2.5)  # the receiver saw a queue grow (soft: near what is sent)
-    est.on_loss(0.15, 3.5)  # now the same loss means a full link: the estimate falls...
-    assert est.value == int(800_000 * (1 - 0.075))
-    assert not est.lossy_within(10, 3.5)  # ...but only heavy loss may pause video
-    est.on_loss(0.3, 6.0)
-    assert est.lossy_within(10, 6.0)
+@pytest.mark.parametrize(("config", "events", "expect"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_estimator(config: dict[str, Any], events: list[Event], expect: dict[str, Any]
+                   ) -> None:
+    config = dict(config)
+    cap = config.pop("cap", None)
+    est = BandwidthEstimator(planner=planner(), **config)
+    est.cap = cap
+    probes, padding = drive(est, events)
+    last = events[-1][0]
+    if "probes" in expect:
+        assert probes == expect["probes"]
+    if "padding" in expect:
+        assert padding == expect["padding"]
+    if "value" in expect:
+        assert est.value == expect["value"]
+    if "cause" in expect:
+        assert est.history[-1][1] == expect["cause"]
+    if "causes" in expect:
+        assert [c for _, c, _ in est.history][-len(expect["causes"]):] == expect["causes"]
+    if "lossy" in expect:
+        assert est.lossy_within(10, last) is expect["lossy"]
+    if "probe" in expect:
+        assert est.probe is expect["probe"]
+    if "ok" in expect:
+        assert est.probes_ok == expect["ok"]
+    if "failed" in expect:
+        assert est.probes_failed == expect["failed"]
+    if "failed_level" in expect:
+        assert est.planner.failed_level == expect["failed_level"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mediaserver.sfu.temporal import Vp8TemporalFilter
+from mediaserver.sfu.temporal import TemporalRates, Vp8TemporalFilter
 from mediaserver.sfu.vp8 import Vp8Descriptor, parse_vp8
 
 PROPERTY = settings(max_examples=300, deadline=None)
@@ -279,3 +280,66 @@ def test_forwarded_picture_ids_are_consecutive(frames: list[tuple], pid0: int, b
     assert all((b - a) % mod == 1 for a, b in pairwise(firsts))
     assert filt.frames_forwarded == len(firsts)
     assert filt.frames_forwarded + filt.frames_dropped == len(frames)
+
+
+@pytest.mark.parametrize(
+    ("target", "current", "aim", "now", "after_switch"),
+    [
+        (2, 1, (1, 1, 1), 1, 1),  # the same simulcast layer: at once
+        (2, 2, (0, 2, 1), 0, 0),  # going down a simulcast layer: TL0 until the switch...
+        (2, 2, (2, 2, 1), 0, 2),  # ...whatever the new layer's target
+        (1, 1, (2, 1, 2), 1, 2),  # going up: the current target until the switch
+        (2, None, (0, None, 2), 0, 0),  # nothing forwarded yet: at once
+    ],
+)
+def test_aim_across_a_simulcast_switch(target: int, current: int | None,
+                                       aim: tuple[int, int | None, int], now: int,
+                                       after_switch: int) -> None:
+    filt = Vp8TemporalFilter(target)
+    filt.aim(*aim)
+    assert filt.target == now
+    filt.reset_source()
+    assert filt.target == after_switch
+
+
+def test_aim_back_at_the_current_layer_cancels_a_pending_switch() -> None:
+    filt = Vp8TemporalFilter(2)
+    filt.aim(2, 2, 1)
+    filt.aim(1, 2, 2)
+    filt.reset_source()
+    assert filt.target == 1
+
+
+# One window per row: (TID, wire bytes, marker) packets over ``elapsed`` seconds, then the
+# cumulative rates and frame rates (peaks over the last three windows) it leaves.
+RATE_WINDOWS = [
+    ("L1T3", [[(0, 1000, True), (2, 250, True), (1, 500, True), (2, 250, True)]], 1.0,
+     (8000, 12000, 16000), (1.0, 2.0, 4.0)),
+    ("L1T2 over half a second", [[(0, 1000, True), (1, 1000, False), (1, 500, True)]], 0.5,
+     (16000, 40000), (2.0, 4.0)),
+    ("the peak of the last three windows",
+     [[(0, 3000, True), (1, 500, True)], [(0, 1000, True), (1, 2000, True)]], 1.0,
+     (24000, 28000), (1.0, 2.0)),
+    ("a window without the upper layer (just turned on) costs its whole rate",
+     [[(0, 1000, True)], [(0, 1000, True), (1, 1000, True)]], 1.0,
+     (8000, 16000), (1.0, 2.0)),
+    ("older windows are forgotten",
+     [[(0, 9000, True)], [(0, 100, True)], [(0, 100, True)], [(0, 100, True)]], 1.0,
+     (800,), (1.0,)),
+    ("no temporal layers: nothing", [[]], 1.0, (), ()),
+]
+
+
+@pytest.mark.parametrize(("windows", "elapsed", "rates", "fps"),
+                         [c[1:] for c in RATE_WINDOWS], ids=[c[0] for c in RATE_WINDOWS])
+def test_temporal_rates(windows: list[list[tuple[int, int, bool]]], elapsed: float,
+                        rates: tuple[int, ...], fps: tuple[float, ...]) -> None:
+    measured = TemporalRates()
+    for window in windows:
+        for tid, size, marker in window:
+            measured.add(tid, size, marker)
+        measured.close(elapsed)
+    assert measured.rates == rates
+    assert measured.fps == fps
+    measured.clear()
+    assert measured.rates == () and measured.fps == ()
