@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--video-bitrate", type=_positive(int), metavar="KBPS",
         help="cheap mode: bitrate the replayed VP8 is encoded at (default 0.1 bit per "
              "pixel, at most 500); the run reports what it really is")
-    add("--simulcast", action="store_true", help="ask for simulcast (not supported yet)")
+    add("--simulcast", action="store_true",
+        help="video publishers send three RID layers (1/4, 1/2 and full size of --video, at "
+             "12, 40 and 100 %% of --video-bitrate, default 500 kbit/s) of pre-encoded video, "
+             "as a browser does; the server forwards one layer to each subscriber")
     add("--speakers", action="store_true",
         help="publishers take 2 s turns being loud, so active speakers move")
     add("--ramp-up", type=float, default=5.0, metavar="PER_S",
@@ -160,12 +163,16 @@ def scenario_from(args: argparse.Namespace) -> tuple[Scenario, list[str]]:
         raise UsageError("--target janus counts packets only: use --mode cheap")
     if args.warmup < 0:
         raise UsageError("--warmup must be 0 or more seconds")
-    if args.video_bitrate is not None and args.mode != "cheap":
+    if args.video_bitrate is not None and args.mode != "cheap" and not args.simulcast:
         raise UsageError("--video-bitrate sets cheap mode's replay: full mode's live "
                          "encoder follows the server's bandwidth estimate instead")
-    if args.simulcast:
-        notes.append("simulcast is not supported yet: the aiortc client sends one encoding; "
-                     "running without it")
+    if args.simulcast and args.target != "mediaserver":
+        raise UsageError("--simulcast needs --target mediaserver")
+    if args.simulcast and args.speakers:
+        raise UsageError("--simulcast publishers send pre-encoded audio: no --speakers")
+    if args.simulcast and args.mode == "full":
+        notes.append("simulcast layers are pre-encoded loops without time stamps: frame rate "
+                     "and freezes are measured, end-to-end latency is not")
     if args.mode == "cheap" and args.speakers:
         notes.append("cheap mode: audio is still encoded live, so audio levels and "
                      "--speakers work; nothing is decoded")
@@ -173,7 +180,7 @@ def scenario_from(args: argparse.Namespace) -> tuple[Scenario, list[str]]:
         url=args.url, api_key=args.api_key, api_secret=args.api_secret, rooms=args.rooms,
         participants=n, kind=args.kind, publishers=publishers, audio_only=audio_only,
         width=width, height=height, fps=fps, video_bitrate_kbps=args.video_bitrate,
-        speakers=args.speakers, ramp_up=args.ramp_up,
+        simulcast=args.simulcast, speakers=args.speakers, ramp_up=args.ramp_up,
         duration=args.duration, warmup=args.warmup, mode=args.mode, target=args.target,
         ice_address=args.ice_address, profiles=profiles, seed=args.seed,
         thresholds=Thresholds(args.max_loss, args.max_latency_p95, args.min_fps,

@@ -178,6 +178,11 @@ def read_strip(img: np.ndarray, row: int = 0) -> int:
     return int(_BIT_VALUES[means > 127].sum())
 
 
+def carries_stamps(width: int, height: int) -> bool:
+    """Whether a frame of this size has room for the frame-number and stamp strips."""
+    return width >= BITS * BLOCK and height >= STAMP_ROWS * STRIP
+
+
 def read_stamp(img: np.ndarray) -> int | None:
     """The stamp drawn by TimestampedVideoTrack, or None when its complement disagrees
     (a block misread after lossy coding would otherwise give a wrong latency)."""

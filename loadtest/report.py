@@ -51,12 +51,17 @@ class TrackStats:
         self.last_at = now
         self.frames += 1
 
-    def on_video(self, now: float, number: int, latency_ms: int | None) -> None:
+    def on_video(self, now: float, number: int | None, latency_ms: int | None) -> None:
+        """A decoded frame; ``number`` None when the frame is too small to carry one (a
+        low simulcast layer): counted, without skip detection across it."""
         self._arrive(now)
         if latency_ms is None:
             self.unreadable += 1
         else:
             self.latencies.append(latency_ms)
+        if number is None:
+            self._last_number = None
+            return
         if self._last_number is not None:
             step = (number - self._last_number) % 65536
             if 0 < step < 32768:

@@ -35,6 +35,7 @@ from loadtest.profiles import (
     assign_profiles,
     install_tap,
 )
+from loadtest.simulcast import SimulcastPublisher, scaled_layers
 from mediaserver.sfu.aiortc_adapter import CandidatePolicy
 from mediaserver.tokens import create_token
 
@@ -61,6 +62,7 @@ class Scenario:
     height: int = 240
     fps: int = 15
     video_bitrate_kbps: int | None = None  # cheap mode's replay; None: 0.1 bit per pixel
+    simulcast: bool = False  # video publishers send 3 RID layers (loadtest/simulcast.py)
     speakers: bool = False
     ramp_up: float = 5.0  # participants joined per second; 0: all at once
     duration: float = 30.0
@@ -82,7 +84,8 @@ class Scenario:
                 "kind": self.kind, "publishers_per_room": self.publishers_per_room,
                 "audio_only_per_room": self.audio_only,
                 "video": f"{self.width}x{self.height}@{self.fps}",
-                "video_bitrate_kbps": self.video_bitrate_kbps, "speakers": self.speakers,
+                "video_bitrate_kbps": self.video_bitrate_kbps, "simulcast": self.simulcast,
+                "speakers": self.speakers,
                 "ramp_up_per_s": self.ramp_up, "duration_s": self.duration,
                 "warmup_s": self.warmup, "mode": self.mode, "target": self.target,
                 "ice_address": self.ice_address,
@@ -108,6 +111,9 @@ class MeasuringClient(SignalClient):
                 frame: Any = await track.recv()
                 now = self.clock()
                 if rec.kind == "video":
+                    if not media.carries_stamps(frame.width, frame.height):
+                        stats.on_video(now, None, None)  # a low simulcast layer
+                        continue
                     luma = media.luma_strips(frame)
                     stamp = media.read_stamp(luma)
                     stats.on_video(now, media.read_strip(luma),
@@ -156,6 +162,7 @@ class Participant:
     published_at: float | None = None
     tracks: list[dict[str, Any]] = field(default_factory=list)  # published: track_id, kind
     media: list[MediaStreamTrack] = field(default_factory=list)  # what it publishes
+    simulcast: SimulcastPublisher | None = None  # instead of media, with --simulcast
 
 
 class GeneratorMonitor:
@@ -285,9 +292,7 @@ class Run:
             tracks.append(media.TurnTakingAudioTrack(
                 p.frequency, p.index, s.publishers_per_room, self.origin, clock=self.clock))
         else:
-            if p.frequency not in self.tones:
-                self.tones[p.frequency] = media.encode_opus(p.frequency)
-            tracks.append(media.PreEncodedAudioTrack(self.tones[p.frequency], self.clock))
+            tracks.append(media.PreEncodedAudioTrack(self._tone(p.frequency), self.clock))
         return tracks
 
     async def _join(self, p: Participant, delay: float) -> None:
@@ -303,14 +308,34 @@ class Run:
         if reply.get("type") != "joined":
             raise ScenarioError(f"{where}: join refused: {reply.get('code')}: "
                                 f"{reply.get('message')}")
-        if p.publishes:
+        if p.publishes and self.s.simulcast and not p.audio_only:
+            answer = await self._publish_simulcast(p, client)
+        elif p.publishes:
             p.media = self._tracks_for(p)
             answer = await client.publish(*p.media)
+        if p.publishes:
             if answer.get("type") != "publish_answer":
                 raise ScenarioError(f"{where}: publish refused: {answer.get('code')}: "
                                     f"{answer.get('message')}")
             p.published_at = self.clock()
             p.tracks = [{"track_id": t["track_id"], "kind": t["kind"]} for t in answer["tracks"]]
+
+    async def _publish_simulcast(self, p: Participant, client: LoadClient) -> dict[str, Any]:
+        """Three RID layers of pre-encoded video (sizes and rates from --video and
+        --video-bitrate) plus the participant's own tone, as a browser would publish."""
+        s = self.s
+        if not isinstance(client, SignalClient):
+            raise ScenarioError("--simulcast needs --target mediaserver")
+        layers = scaled_layers(s.width, s.height, s.video_bitrate_kbps or 500)
+        # Encoding the layers the first time takes seconds: not on the event loop.
+        p.simulcast = await asyncio.to_thread(
+            SimulcastPublisher, client, layers, s.fps, audio_frames=self._tone(p.frequency))
+        return await p.simulcast.start()
+
+    def _tone(self, frequency: float) -> list[bytes]:
+        if frequency not in self.tones:
+            self.tones[frequency] = media.encode_opus(frequency)
+        return self.tones[frequency]
 
     def _client(self, p: Participant) -> LoadClient:
         s, identity = self.s, f"{p.label}-{self.run_id}"
@@ -367,6 +392,9 @@ class Run:
         return doc
 
     async def _close_all(self) -> None:
+        for p in self.participants:
+            if p.simulcast is not None:
+                await p.simulcast.stop()
         clients = [p.client for p in self.participants if p.client is not None]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(c.close() for c in clients),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Sequence
@@ -104,21 +105,44 @@ def _simulcast_lines(rids: Sequence[str]) -> list[str]:
     return [f"a=rid:{r} send" for r in rids] + ["a=simulcast:send " + ";".join(rids)]
 
 
+@functools.lru_cache(maxsize=32)
+def layer_frames(width: int, height: int, fps: int, seconds: float, bitrate: int, gop: int,
+                 temporal_layers: int) -> list[bytes]:
+    """One layer's replay loop, encoded once per process: every publisher of a load test
+    with the same settings sends the same frames (they are only read)."""
+    return replay_frames(width, height, fps, seconds=seconds, bitrate=bitrate,
+                         keyframe_interval=gop, temporal_layers=temporal_layers)
+
+
+def scaled_layers(width: int, height: int, top_kbps: int) -> tuple[LayerConfig, ...]:
+    """Three layers as a browser makes them from a WxH camera: quarter, half and full
+    size, at about 12 %, 40 % and 100 % of the top layer's bitrate."""
+    def even(v: float) -> int:
+        return max(16, int(v) // 2 * 2)
+
+    top = top_kbps * 1000
+    return (LayerConfig("q", even(width / 4), even(height / 4), top * 12 // 100),
+            LayerConfig("h", even(width / 2), even(height / 2), top * 40 // 100),
+            LayerConfig("f", even(width), even(height), top))
+
+
 class SimulcastPublisher:
     """Publishes audio plus one simulcast video track through ``client``."""
 
     def __init__(self, client: SignalClient, layers: Sequence[LayerConfig] = DEFAULT_LAYERS,
                  fps: int = 15, gop_seconds: float = 1.0, audio: bool = True,
-                 temporal_layers: int = 1) -> None:
+                 temporal_layers: int = 1, audio_frames: Sequence[bytes] | None = None
+                 ) -> None:
+        """``audio_frames``: pre-encoded Opus to send instead of a 440 Hz speech-rate tone."""
         self.client = client
         self.fps = fps
         self.audio = audio
+        self.audio_frames = audio_frames
         gop = max(1, int(fps * gop_seconds))
         self.layers = []
         for cfg in layers:
-            frames = replay_frames(cfg.width, cfg.height, fps, seconds=2 * gop_seconds,
-                                   bitrate=cfg.bitrate, keyframe_interval=gop,
-                                   temporal_layers=temporal_layers)
+            frames = layer_frames(cfg.width, cfg.height, fps, 2 * gop_seconds, cfg.bitrate, gop,
+                                  temporal_layers)
             keyframes = [i for i, f in enumerate(frames) if f and not f[0] & 0x01]
             tids = (temporal_ids(len(frames), gop, temporal_layers)
                     if temporal_layers > 1 else None)
@@ -136,11 +160,16 @@ class SimulcastPublisher:
         client = self.client
         from aiortc import RTCPeerConnection
 
+        # The rid and repaired-rid header extensions must be in the offer, or the server
+        # cannot tell the layers apart and takes the track as a single encoding. aiortc
+        # offers only mid and abs-send-time; the server's table adds them (idempotent, and
+        # a publisher in a process of its own, such as the load-test CLI, needs it too).
+        aiortc_adapter.install()
         pc = client.publisher = RTCPeerConnection(_config())
         if self.audio:
             # Speech-like Opus (32 kbps): what a phone on a weak link would send.
-            pc.addTransceiver(PreEncodedAudioTrack(encode_opus(440.0, 1.0, bitrate=32000)),
-                              direction="sendonly")
+            frames = self.audio_frames or encode_opus(440.0, 1.0, bitrate=32000)
+            pc.addTransceiver(PreEncodedAudioTrack(frames), direction="sendonly")
         video = pc.addTransceiver("video", direction="sendonly")
         caps = RTCRtpSender.getCapabilities("video").codecs
         video.setCodecPreferences([c for c in caps if c.mimeType.lower() in

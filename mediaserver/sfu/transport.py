@@ -42,6 +42,9 @@ REMB_INTERVAL = 1.0
 # Fewer packets than this between two receiver reports say too little about loss (one lost
 # packet of five is not a 20 % lossy link).
 MIN_LOSS_SAMPLE = 20
+# A stream's SSRC may change (a publisher restarting its encoder) only after its packets
+# have stopped for this long.
+SSRC_TAKEOVER_SILENCE = 1.0
 
 
 class NegotiationError(Exception):
@@ -313,6 +316,14 @@ class PublisherTransport(PeerTransport):
             self.by_rtx_ssrc[pkt.ssrc] = stream
             stream.on_rtx(pkt, now)
         elif pkt.payload_type == producer.codec.payload_type:
+            if (stream.ssrc is not None and stream.last_packet_at is not None
+                    and now - stream.last_packet_at < SSRC_TAKEOVER_SILENCE):
+                # A second SSRC on a stream whose SSRC is alive: several encodings that
+                # could not be told apart (simulcast offered without the rid extension).
+                # Taking each in turn would interleave their sequence numbers into one
+                # output; keep the first.
+                metrics.DROP["unknown_ssrc"].inc()
+                return
             if stream.ssrc is not None:
                 self.by_ssrc.pop(stream.ssrc, None)
             stream.ssrc = pkt.ssrc

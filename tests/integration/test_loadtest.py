@@ -115,6 +115,28 @@ async def test_a_bandwidth_capped_participant_loses_what_its_link_cannot_carry(s
     assert capped["profile_queue_drops"] > 0.35 * received, (capped, received)
 
 
+async def test_simulcast_publishers_and_one_layer_per_subscriber(server, tmp_path):
+    # Two simulcast publishers (80x60, 160x120, 320x240) and one plain subscriber, decoded.
+    report = tmp_path / "simulcast.json"
+    code, out, err = await run_cli(
+        "--url", server.ws_url, "--rooms", "1", "--participants-per-room", "3",
+        "--publishers", "2", "--video", "320x240@15", "--video-bitrate", "300", "--simulcast",
+        "--duration", "6", "--ramp-up", "10", "--json", str(report), timeout=150)
+    assert code == 0, out + err
+    doc = json.loads(report.read_text())
+    assert doc["scenario"]["simulcast"] is True
+    video = [t for t in doc["tracks"] if t["kind"] == "video"]
+    assert len(video) == 4  # p2 sees p0 and p1; p0 and p1 see each other
+    for t in video:
+        # One layer per subscriber, not three (their sum is ~450 kbit/s), decoded.
+        assert t["decoded"] and t["packets"] > 0, t
+        assert t["kbps"] < 400 and t["loss"] < 0.02, t
+    # A subscriber of one simulcast video gets it at the publisher's frame rate.
+    assert all(t["fps"] > 10 for t in video if t["subscriber"] in ("p0", "p1")), video
+    audio = [t for t in doc["tracks"] if t["kind"] == "audio"]
+    assert all(t["audio_pattern_ok"] > 0.9 for t in audio), audio  # each publisher's own tone
+
+
 async def test_unreachable_server_and_bad_options_exit_2(tmp_path):
     code, _, err = await run_cli("--url", "ws://127.0.0.1:9/v1/signal", "--duration", "1",
                                  timeout=30)
