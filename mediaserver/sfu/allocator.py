@@ -7,6 +7,9 @@ reads the clock or touches the network; the subscriber's control task applies th
 Why the order: a therapy session survives without video, never without voice, so audio is
 allocated first and is never paused to make room for video. Screen share carries the content
 both sides are looking at, then come pinned tiles, the active speaker, and everyone else.
+That order first hands out each video track's lowest rung, then what is left: a face in a
+small tile beats a paused one, so no track goes to a larger layer while another one that
+the estimate could show is paused.
 
 Why a ladder of spatial and temporal layers: a track with VP8 temporal layers can be thinned
 to fewer frames per second (TL1, TL0) without a keyframe or a change of resolution. Its
@@ -186,8 +189,8 @@ class StreamAllocator:
 
         video = [d for d in demands if d.kind == "video"]
         video.sort(key=_rank)  # stable: equal ranks keep the caller's order
-        for d in video:
-            alloc = self._allocate_video(d, budget, now)
+        for d, reserved in zip(video, self._reserves(video, budget), strict=True):
+            alloc = self._allocate_video(d, max(0, budget - reserved), now)
             if alloc.layer is not None:
                 budget -= alloc.layer.bitrate
             result[d.track_id] = alloc
@@ -197,6 +200,26 @@ class StreamAllocator:
             if track_id not in live:
                 del self._tracks[track_id]
         return [result[d.track_id] for d in demands]
+
+    def _reserves(self, video: list[TrackDemand], budget: int) -> list[int]:
+        """Per video track (in rank order), what the tracks after it keep back.
+
+        Every track first gets its lowest rung, in rank order, as far as the budget goes;
+        only what is left lifts tracks above it. Without this reservation the first track
+        would settle on a larger layer and pause the next one although the budget covers
+        both: a subscriber of two cameras saw one of them frozen for seconds at the start,
+        until a probe raised the estimate.
+        """
+        floors: list[int] = []
+        left = budget
+        for d in video:
+            lowest = self.ladder(d)[0].bitrate if d.layers and not d.disabled else None
+            if lowest is not None and lowest <= left:
+                left -= lowest
+                floors.append(lowest)
+            else:
+                floors.append(0)  # paused anyway, or nothing to keep
+        return [sum(floors[i + 1:]) for i in range(len(floors))]
 
     def _allocate_video(self, d: TrackDemand, budget: int, now: float) -> Allocation:
         if d.disabled or not d.layers:

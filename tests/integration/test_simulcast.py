@@ -9,7 +9,7 @@ import time
 
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack
-from loadtest.simulcast import SimulcastPublisher
+from loadtest.simulcast import SimulcastPublisher, scaled_layers
 from tests.conftest import wait_until
 
 
@@ -136,6 +136,38 @@ async def test_audio_only_by_choice_pauses_video_and_keeps_audio(server):
     finally:
         await sim.stop()
         await asyncio.gather(pub.close(), viewer.close())
+
+
+async def test_a_viewer_of_two_simulcast_cameras_sees_both_from_the_start(server):
+    # The load test's layers (80x60 at 36k, 160x120 at 120k, 320x240 at 300k): at the
+    # start-up estimate both lowest layers fit, but not a middle one beside a lowest one.
+    # The first camera once settled on its middle layer and paused the second for seconds.
+    pubs, sims = [], []
+    viewer = SignalClient(server.ws_url, server.token("sim-two", "viewer", kind="group"))
+    try:
+        for name in ("cam1", "cam2"):
+            pub = SignalClient(server.ws_url, server.token("sim-two", name, kind="group"))
+            pubs.append(pub)
+            assert (await pub.connect())["type"] == "joined"
+            sim = await asyncio.to_thread(SimulcastPublisher, pub,
+                                          scaled_layers(320, 240, 300))
+            sims.append(sim)
+            reply = await sim.start()
+            assert reply["type"] == "publish_answer", reply
+        assert (await viewer.connect())["type"] == "joined"
+        await wait_until(lambda: all(_video(viewer, p) and _video(viewer, p).frames > 5
+                                     for p in pubs), timeout=30, message="both cameras")
+        start = time.monotonic()
+        await asyncio.sleep(4.0)
+        frames = [len(_video(viewer, p).widths_since(start)) for p in pubs]
+        paused = [e for e in viewer.events
+                  if e["type"] == "stream_state" and e["state"] == "paused"]
+        assert not paused, paused
+        assert min(frames) >= 4 * 10, frames  # 15 fps sent; at least 10 fps each
+    finally:
+        for sim in sims:
+            await sim.stop()
+        await asyncio.gather(viewer.close(), *(p.close() for p in pubs))
 
 
 async def test_opus_fec_and_dtx_are_negotiated_both_ways(server):

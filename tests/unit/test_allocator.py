@@ -306,3 +306,64 @@ def test_ladder_follows_preferences() -> None:
     assert [la.key for la in StreamAllocator().ladder(demand)] == [(0, 0), (1, 0), (2, 0)]
     capped = TrackDemand("v1", "video", "camera", None, LADDER, max_fps=1.0)
     assert [la.key for la in StreamAllocator().ladder(capped)] == [(0, 0)]  # the closest
+
+
+# Two cameras as the load test publishes them (80x60, 160x120, 320x240 at 15 fps; wire
+# rates as measured) next to two Opus tracks of a subscriber.
+CAM = (Layer(0, 0, 42_000, 80, 60, 15.0), Layer(1, 0, 119_000, 160, 120, 15.0),
+       Layer(2, 0, 279_000, 320, 240, 15.0))
+
+
+def cam(track_id: str, source: Any = "camera", **kw: Any) -> TrackDemand:
+    return TrackDemand(track_id, "video", source, layers=CAM, **{"priority_hint": None, **kw})
+
+
+@pytest.mark.parametrize(
+    ("estimate", "demands", "want"),
+    [
+        # The start-up estimate (200k) less two 32k audio tracks: 136k. Both lowest layers
+        # (84k) fit; the first camera must not take the middle one (119k) and pause the
+        # second.
+        (200_000, [cam("c1"), cam("c2")], {"c1": 0, "c2": 0}),
+        # Room for one middle layer next to the other's lowest: the first in rank gets it.
+        (64_000 + 119_000 + 42_000, [cam("c1"), cam("c2")], {"c1": 1, "c2": 0}),
+        (64_000 + 119_000 + 42_000, [cam("c1"), cam("c2", priority_hint="speaker")],
+         {"c1": 0, "c2": 1}),
+        # Room for both middle layers.
+        (64_000 + 2 * 119_000, [cam("c1"), cam("c2")], {"c1": 1, "c2": 1}),
+        # Room for one lowest layer only: rank decides who is shown.
+        (64_000 + 60_000, [cam("c1"), cam("c2")], {"c1": 0, "c2": None}),
+        (64_000 + 60_000, [cam("c1"), cam("c2", source="screen")], {"c1": None, "c2": 0}),
+        # Three tracks, room for two lowest layers and a little more.
+        (64_000 + 2 * 42_000 + 30_000, [cam("c1"), cam("c2"), cam("c3")],
+         {"c1": 0, "c2": 0, "c3": None}),
+        # A screen share keeps the larger layer when the camera's lowest still fits.
+        (64_000 + 279_000 + 42_000, [cam("c1"), cam("s1", source="screen")],
+         {"c1": 0, "s1": 2}),
+        # ...and steps down when it does not: what is left then lifts the camera.
+        (64_000 + 279_000 + 30_000, [cam("c1"), cam("s1", source="screen")],
+         {"c1": 1, "s1": 1}),
+        # A disabled track keeps nothing back.
+        (64_000 + 119_000 + 30_000, [cam("c1"), cam("c2", disabled=True)],
+         {"c1": 1, "c2": None}),
+        # Preferences: the capped track's lowest rung is what is kept for it.
+        (64_000 + 279_000 + 42_000, [cam("c1"), cam("c2", max_width=80)],
+         {"c1": 2, "c2": 0}),
+    ],
+)
+def test_every_track_gets_its_lowest_rung_before_any_gets_more(
+        estimate: int, demands: list[TrackDemand], want: dict[str, int | None]) -> None:
+    got = by_id(StreamAllocator().allocate(estimate, [audio("a1"), audio("a2"), *demands],
+                                           now=0.0))
+    assert {d.track_id: spatial(got[d.track_id]) for d in demands} == want
+
+
+def test_a_track_measured_later_is_not_paused_by_one_settled_before_it() -> None:
+    # The second camera's layers are measured one control step after the first's: the
+    # first, alone, settles on its middle layer, then gives way at once.
+    alloc = StreamAllocator()
+    first = by_id(alloc.allocate(200_000, [audio("a1"), audio("a2"), cam("c1")], now=0.0))
+    assert spatial(first["c1"]) == 1
+    got = by_id(alloc.allocate(200_000, [audio("a1"), audio("a2"), cam("c1"), cam("c2")],
+                               now=0.5))
+    assert (spatial(got["c1"]), spatial(got["c2"])) == (0, 0)
