@@ -78,12 +78,12 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (nm, lab), v in samples.items() if nm == name and want <= lab)
 
 
-def buckets(samples: Samples) -> list[tuple[float, float]]:
-    """(upper bound, cumulative count) of the latency histogram, in bound order, summed over
-    the workers' series when there are several."""
+def buckets(samples: Samples, name: str = LATENCY) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of a histogram, in bound order, summed over its
+    label sets (the workers', the GC generations)."""
     counts: dict[float, float] = {}
     for (nm, lab), v in samples.items():
-        if nm == f"{LATENCY}_bucket":
+        if nm == f"{name}_bucket":
             le = float(dict(lab)["le"])
             counts[le] = counts.get(le, 0.0) + v
     return sorted(counts.items())
@@ -209,6 +209,12 @@ async def measure(step: int, args: argparse.Namespace, port: int,
     b0, b1 = buckets(m0), buckets(m1)
     p50, p99 = quantile(b0, b1, 0.5), quantile(b0, b1, 0.99)
     saturated = [r for d in docs for r in d["generator"]["reasons"]]
+    gc_name = "mediaserver_gc_pause_seconds"
+    g0, g1 = buckets(m0, gc_name), buckets(m1, gc_name)
+    l0 = buckets(m0, "mediaserver_event_loop_lag_distribution_seconds")
+    l1 = buckets(m1, "mediaserver_event_loop_lag_distribution_seconds")
+    gc_max = quantile(g0, g1, 1.0)
+    lag_p99 = quantile(l0, l1, 0.99)
     return {
         "sessions": step, "participants": participants,
         "packets_in_per_s": inn / dt, "packets_out_per_s": out / dt,
@@ -223,6 +229,9 @@ async def measure(step: int, args: argparse.Namespace, port: int,
         "join_audio_ms_p95": percentile(join_ms, 0.95),
         "rss_idle_mb": idle_rss / 2**20, "rss_loaded_mb": loaded_rss / 2**20,
         "mb_per_participant": (loaded_rss - idle_rss) / 2**20 / participants,
+        "gc_pauses": (g1[-1][1] - g0[-1][1]) if g1 and g0 else 0,
+        "gc_pause_max_ms": None if gc_max is None else gc_max * 1e3,
+        "loop_lag_p99_ms": None if lag_p99 is None else lag_p99 * 1e3,
         "generator_cpu_pct": [d["generator"]["cpu_pct"] for d in docs],
         "generator_saturated": sorted(set(saturated)),
     }
@@ -275,6 +284,7 @@ def print_row(r: dict[str, Any]) -> None:
           f"{r['tracks']:>9} {fmt(r['join_audio_ms_p50'], '.0f'):>6} "
           f"{fmt(r['join_audio_ms_p95'], '.0f'):>6} {r['mb_per_participant']:>6.2f} "
           f"{'+'.join(f'{c:.0f}' for c in r['generator_cpu_pct']):>8} "
+          f"{fmt(r['gc_pause_max_ms'], '.1f'):>6} {fmt(r['loop_lag_p99_ms'], '.1f'):>6} "
           f"{'FAIL ' + '; '.join(r['failed']) if r['failed'] else 'ok'} {sat}", flush=True)
 
 
@@ -312,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.generator_cpus}; {info}")
     print(f"{'sessions':>8} {'people':>6} {'in/s':>8} {'out/s':>8} {'cpu%':>6} {'us/fwd':>7} "
           f"{'lat p50':>7} {'lat p99':>7} {'loss%':>6} {'tracks':>9} {'join50':>6} "
-          f"{'join95':>6} {'MB/pp':>6} {'gen cpu':>8} verdict")
+          f"{'join95':>6} {'MB/pp':>6} {'gen cpu':>8} {'gc max':>6} {'lag99':>6} verdict")
     rows = []
     for step in steps:
         row = run_step(step, args)

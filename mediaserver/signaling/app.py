@@ -530,6 +530,12 @@ async def signal_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+# Young collections rarer (objects have time to die before they are promoted) and full ones
+# much rarer: a full collection scans every live object (aiortc keeps thousands per peer
+# connection), a pause of 100-250 ms at 240 connections, for every packet of the node.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 def run_server(config: Config, unix_path: str | None = None,
                until: Callable[[], Coroutine[Any, Any, object]] | None = None) -> None:
     """Run one node until SIGINT/SIGTERM; then shut down within ``shutdown_timeout``.
@@ -549,6 +555,7 @@ def run_server(config: Config, unix_path: str | None = None,
         # process: out of the collector's sight, full collections scan only what sessions
         # create, which keeps their pauses short (mediaserver_gc_pause_seconds).
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         logging_kw: dict[str, Any] = ({"access_log": None} if unix_path else
                                       {"access_log_format": '%a "%r" %s %b %Tf'})
         runner = web.AppRunner(app, shutdown_timeout=float(config.shutdown_timeout),
