@@ -74,7 +74,7 @@ class ReceivedTrack:
 
 class SignalClient:
     def __init__(self, url: str, token: str, *, policy: aiortc_adapter.CandidatePolicy = LOOPBACK,
-                 keep_audio_frames: int = 100, ssl: Any = None) -> None:
+                 keep_audio_frames: int = 100, ssl: Any = None, red: bool = False) -> None:
         self.url = url
         self.ssl = ssl  # an ssl.SSLContext for wss:// with a private CA, else the default
         self.token = token
@@ -90,6 +90,10 @@ class SignalClient:
         self.received: dict[str, ReceivedTrack] = {}
         self.published: list[dict[str, Any]] = []
         self.on_subscriber_pc: Callable[[RTCPeerConnection], None] | None = None
+        # aiortc cannot decode RED: a client leaves it out of its answers unless told to
+        # unwrap it (loadtest.red.receive_red, kept here once installed).
+        self.red = red
+        self.red_receiver: Any = None
         self._ids = itertools.count(1)
         self._waiters: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -292,6 +296,9 @@ class SignalClient:
                 self._spawn(self._renack(pc))
             await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
             aiortc_adapter.apply_candidate_policy(pc, self.policy)
+            if not self.red:
+                for t in pc.getTransceivers():
+                    aiortc_adapter.restrict_codecs(t, lambda c: True)
             if self.on_subscriber_pc is not None:
                 self.on_subscriber_pc(pc)
             by_mid = {t["mid"]: t for t in offer.get("tracks", [])}
@@ -304,6 +311,12 @@ class SignalClient:
                 self._spawn(self._consume(transceiver.receiver.track, rec))
             await pc.setLocalDescription(await pc.createAnswer())
             aiortc_adapter.route_rtx_to_receivers(pc)
+            if self.red:
+                from loadtest.red import receive_red, red_payload_types
+
+                if self.red_receiver is None:
+                    self.red_receiver = receive_red(pc)
+                self.red_receiver.red_pts.update(red_payload_types(pc))
             await self.request({"type": "subscriber_answer", "sdp": pc.localDescription.sdp})
 
     async def _renack(self, pc: RTCPeerConnection) -> None:

@@ -155,6 +155,7 @@ DROP_REASONS = (
     "srtp_error",
     "temporal_layer",
     "rate_limited",
+    "malformed_red",
 )
 DROP = {reason: DROPS.labels(reason=reason) for reason in DROP_REASONS}
 RETRANSMITTED = RETRANSMISSIONS.labels(result="sent")

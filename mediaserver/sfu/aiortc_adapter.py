@@ -24,13 +24,14 @@ silently: the server refuses to start instead.
 from __future__ import annotations
 
 import asyncio
+import copy
 import fcntl
 import logging
 import random
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +43,16 @@ from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs import CODECS, HEADER_EXTENSIONS
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
+from aiortc.rtcrtpparameters import (
+    RTCRtcpFeedback,
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+)
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
 from mediaserver import metrics
+from mediaserver.sfu.red import wrapped_formats
 from mediaserver.sfu.rtp import (
     EXT_ABS_SEND_TIME,
     EXT_AUDIO_LEVEL,
@@ -60,6 +66,8 @@ log = logging.getLogger(__name__)
 AIORTC_VERSION = "1.16.0"
 
 OPUS_PARAMETERS = {"minptime": 10, "useinbandfec": 1, "usedtx": 1}
+# RED (RFC 2198) wrapping Opus, under the payload type Chrome gives it.
+RED_PAYLOAD_TYPE = 63
 
 
 # With BUNDLE the extension id space is shared by audio and video: ids must not clash.
@@ -169,6 +177,14 @@ def install() -> None:
             # packets in silence): what keeps speech clear on a lossy, thin link. aiortc
             # offers Opus without them, and browsers use neither unless the other side asks.
             codec.parameters.update(OPUS_PARAMETERS)
+    # aiortc has no RED. Registered, it is negotiated like any codec: the SFU accepts it
+    # from publishers (restrict_codecs takes the offer's payload types) and offers it to
+    # subscribers of a track that has it. aiortc clients cannot decode it: loadtest's
+    # client leaves it out of its answers unless it unwraps RED itself.
+    opus = next(c for c in CODECS["audio"] if c.mimeType.lower() == "audio/opus")
+    CODECS["audio"].append(RTCRtpCodecParameters(
+        mimeType="audio/red", clockRate=48000, channels=2, payloadType=RED_PAYLOAD_TYPE,
+        parameters={f"{opus.payloadType}/{opus.payloadType}": None}))
     _installed = True
 
 
@@ -313,20 +329,22 @@ def tap_rtcp(pc: RTCPeerConnection, on_rtcp: Callable[[bytes], None]) -> None:
     _tap(pc, "_handle_rtcp_data", on_rtcp)
 
 
-def tap_rtp(pc: RTCPeerConnection, on_rtp: Callable[[bytes], None]) -> None:
-    """Let a client see decrypted RTP before aiortc routes it (tests: the VP8 descriptors
-    a subscriber receives)."""
+def tap_rtp(pc: RTCPeerConnection, on_rtp: Callable[[bytes], bytes | None]) -> None:
+    """Let a client see decrypted RTP before aiortc routes it, and hand aiortc other bytes
+    instead by returning them (tests: the VP8 descriptors a subscriber receives; RED
+    unwrapped for aiortc, which has none)."""
     _tap(pc, "_handle_rtp_data", on_rtp)
 
 
-def _tap(pc: RTCPeerConnection, handler: str, callback: Callable[[bytes], None]) -> None:
+def _tap(pc: RTCPeerConnection, handler: str,
+         callback: Callable[[bytes], bytes | None]) -> None:
     for dtls in dtls_transports(pc):
         original = getattr(dtls, handler)
 
         async def tapped(data: bytes, *args: Any, _original: Any = original, **kw: Any
                          ) -> None:
             try:
-                callback(data)
+                data = callback(data) or data
             except Exception:  # pragma: no cover - defensive
                 log.exception("%s tap failed", handler)
             await _original(data, *args, **kw)
@@ -650,18 +668,27 @@ def _make_gatherer(conn: Any, policy: CandidatePolicy) -> Callable[[], Awaitable
     return gather_candidates
 
 
-def restrict_codecs(transceiver: Any, keep: Callable[[Any], bool]) -> None:
+def restrict_codecs(transceiver: Any, keep: Callable[[Any], bool],
+                    offered: Sequence[Any] = ()) -> None:
     """Keep only the negotiated codecs ``keep`` accepts (and their RTX), before an answer.
 
     An SFU forwards exactly one codec per track, so the answer names exactly one: the
-    publisher then cannot switch codecs under the subscribers mid-call.
+    publisher then cannot switch codecs under the subscribers mid-call. RED wrapping that
+    codec is kept too when ``offered`` (the offer's codecs for this m-line) has it, under
+    the offer's payload type and fmtp: aiortc's own matching would answer with its table's.
     """
     codecs = transceiver._codecs
-    chosen = next((c for c in codecs if c.mimeType.lower() != "video/rtx" and keep(c)), None)
+    chosen = next((c for c in codecs if c.mimeType.lower() not in ("video/rtx", "audio/red")
+                   and keep(c)), None)
     if chosen is None:
         return
-    transceiver._codecs = [c for c in codecs if c is chosen or (
+    kept = [c for c in codecs if c is chosen or (
         c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") == chosen.payloadType)]
+    red = next((c for c in offered if c.mimeType.lower() == "audio/red"
+                and set(wrapped_formats(c.parameters) or ()) == {chosen.payloadType}), None)
+    if red is not None:
+        kept.append(copy.deepcopy(red))
+    transceiver._codecs = kept
 
 
 def drop_incoming(pc: RTCPeerConnection, should_drop: Callable[[bytes], bool]) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mediaserver import metrics
 from mediaserver.quality.rtpstats import SendStats
+from mediaserver.sfu.red import RedOutput
 from mediaserver.sfu.rtp import (
     RtpPacket,
     abs_send_time_24,
@@ -90,6 +91,7 @@ class Consumer:
         abs_send_time_id: int | None,
         transport_cc_id: int | None,
         mid: str,
+        red_payload_type: int | None = None,
     ) -> None:
         self.producer = producer
         self.subscriber_id = subscriber_id
@@ -98,6 +100,10 @@ class Consumer:
         self.rtx_ssrc = rtx_ssrc
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type
+        self.red_payload_type = red_payload_type  # RED negotiated by the subscriber
+        self.red = RedOutput.between(producer.codec.payload_type,
+                                     producer.codec.red_payload_type, payload_type,
+                                     red_payload_type)
         self.mid = mid
         self.kind = producer.kind
         self.clock_rate = producer.codec.clock_rate
@@ -177,12 +183,20 @@ class Consumer:
                     metrics.DROP["temporal_layer"].inc()
                     self.rewriter.skip(ext_seq)
                     return
+        pt = self.payload_type
+        if self.red is not None:
+            sent = self._red(pkt, stream.red_primary)
+            if sent is None:
+                metrics.DROP["malformed_red"].inc()
+                self.rewriter.skip(ext_seq)
+                return
+            pt, pkt, payload = sent
         out = self.rewriter.rewrite(ext_seq, ext_ts)
         if out is None:
             metrics.DROP["too_old"].inc()
             return
         out_seq, out_ts = out
-        data = self._build(pkt, out_seq, out_ts, self.payload_type, self.ssrc, now, payload)
+        data = self._build(pkt, out_seq, out_ts, pt, self.ssrc, now, payload)
         slot = out_seq & HISTORY_MASK
         self._history[slot] = (out_seq, ext_seq, out_ts, stream.spatial)
         self._resent_at[slot] = 0.0
@@ -329,10 +343,23 @@ class Consumer:
                 data = self._build(pkt, self._rtx_seq, out_ts, self.rtx_payload_type,
                                    self.rtx_ssrc, now, payload)
             else:
-                data = self._build(pkt, seq, out_ts, self.payload_type, self.ssrc, now)
+                sent = self._red(pkt)
+                if sent is None:
+                    continue
+                pt, pkt, plain = sent
+                data = self._build(pkt, seq, out_ts, pt, self.ssrc, now, plain)
             if self.context.send_rtp(data):
                 self.retransmitted += 1
                 metrics.RETRANSMITTED.inc()
+
+    def _red(self, pkt: RtpPacket, primary: RtpPacket | None = None
+             ) -> tuple[int, RtpPacket, bytes | None] | None:
+        """(payload type, packet, payload or None for the packet's) as this subscriber gets
+        ``pkt``: a publisher's RED as RED or as its primary Opus block; None if malformed."""
+        red = self.red
+        if red is None or pkt.payload_type != red.red_in:
+            return self.payload_type, pkt, None
+        return red.convert(pkt, primary)
 
     def on_keyframe_request(self, now: float) -> None:
         self.keyframe_requests += 1
@@ -363,6 +390,9 @@ class Consumer:
 
     def source_changed(self, now: float) -> None:
         """The producer's upstream stream restarted: continue the output seamlessly."""
+        codec = self.producer.codec  # a new connection may have renegotiated RED
+        self.red = RedOutput.between(codec.payload_type, codec.red_payload_type,
+                                     self.payload_type, self.red_payload_type)
         self.rewriter.switch_source(self._ts_gap(now))
         self._history = [None] * HISTORY_SIZE
         if self.kind == "video":

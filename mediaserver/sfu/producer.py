@@ -20,6 +20,7 @@ from mediaserver.sfu import rtcp
 from mediaserver.sfu.h264 import is_h264_keyframe
 from mediaserver.sfu.keyframe import KeyframeRequester
 from mediaserver.sfu.nack import NackTracker
+from mediaserver.sfu.red import primary_view
 from mediaserver.sfu.rtp import RtpPacket, build_rtp, parse_rtp, unwrap_rtx
 from mediaserver.sfu.seqnum import Unwrapper
 from mediaserver.sfu.temporal import TemporalRates
@@ -45,6 +46,7 @@ class CodecInfo:
     channels: int | None = None
     parameters: tuple[tuple[str, str], ...] = ()
     rtcp_feedback: tuple[str, ...] = ()
+    red_payload_type: int | None = None  # RED (RFC 2198) wrapping this codec, if negotiated
 
     @property
     def name(self) -> str:
@@ -103,6 +105,8 @@ class RecvStream:
         # for every consumer's temporal filter.
         self.vp8: Vp8Descriptor | None = None
         self.vp8_payload: memoryview | None = None
+        # The primary block of the RED packet being fanned out, parsed once likewise.
+        self.red_primary: RtpPacket | None = None
         # Last sender report (publisher's NTP, its RTP timestamp, our arrival time).
         self.last_sr: tuple[int, int, float] | None = None
         # Measured over RATE_WINDOW: what the allocator knows of this layer.
@@ -166,11 +170,15 @@ class RecvStream:
         """
         metrics.DROP["rate_limited"].inc()
         ext_seq = self._seq.unwrap(pkt.sequence_number)
+        self._hide(ext_seq)
+        if self.nacks is not None:
+            self.nacks.on_packet(ext_seq, now, self.producer.rtt)
+
+    def _hide(self, ext_seq: int) -> None:
+        """A packet not forwarded for the publisher's fault leaves no hole downstream."""
         for consumer in self.producer.consumers:
             if consumer.stream is self:
                 consumer.rewriter.skip(ext_seq)
-        if self.nacks is not None:
-            self.nacks.on_packet(ext_seq, now, self.producer.rtt)
 
     def _close_window(self, now: float) -> None:
         elapsed = now - (self._window_start or now)
@@ -242,6 +250,13 @@ class RecvStream:
         self._deliver(pkt, ext_seq, ext_ts, now)
 
     def _deliver(self, pkt: RtpPacket, ext_seq: int, ext_ts: int, now: float) -> None:
+        plain = pkt
+        if pkt.payload_type == self.producer.codec.red_payload_type:
+            plain = self.red_primary = primary_view(pkt)  # type: ignore[assignment]
+            if plain is None or plain.payload_type != self.producer.codec.payload_type:
+                metrics.DROP["malformed_red"].inc()
+                self._hide(ext_seq)
+                return
         slot = ext_seq & CACHE_MASK
         self._cache[slot] = pkt.data
         self._cache_seq[slot] = ext_seq
@@ -275,7 +290,7 @@ class RecvStream:
             consumer.forward(self, pkt, ext_seq, ext_ts, keyframe, now)
         if producer.taps and self.spatial == producer.record_layer:
             for tap in producer.taps:
-                tap.on_packet(pkt, ext_seq, ext_ts, keyframe, now)
+                tap.on_packet(plain, ext_seq, ext_ts, keyframe, now)  # RED: its Opus frame
                 if tap.needs_keyframe:
                     self.request_keyframe(now)
 

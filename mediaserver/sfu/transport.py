@@ -31,6 +31,7 @@ from mediaserver.sfu import rtcp
 from mediaserver.sfu.adaptation import SubscriberAdaptation
 from mediaserver.sfu.consumer import Consumer, DownstreamContext
 from mediaserver.sfu.producer import CodecInfo, LayerSpec, Producer, RecvStream
+from mediaserver.sfu.red import wrapped_formats
 from mediaserver.sfu.rtp import EXT_TRANSPORT_CC, parse_rtp, unpack_str
 from mediaserver.sfu.sdpcheck import check_offer
 from mediaserver.sfu.simulcast import SimulcastOffer, accept_simulcast, simulcast_offer
@@ -52,11 +53,13 @@ class NegotiationError(Exception):
 
 
 def _codec_info(codecs: list[Any]) -> CodecInfo | None:
-    main = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
+    main = next((c for c in codecs if c.mimeType.lower()[-4:] not in ("/rtx", "/red")), None)
     if main is None:
         return None
     rtx = next((c for c in codecs if c.mimeType.lower().endswith("/rtx")
                 and c.parameters.get("apt") == main.payloadType), None)
+    red = next((c for c in codecs if c.mimeType.lower() == "audio/red"
+                and set(wrapped_formats(c.parameters) or ()) == {main.payloadType}), None)
     return CodecInfo(
         mime_type=main.mimeType,
         clock_rate=main.clockRate,
@@ -65,6 +68,7 @@ def _codec_info(codecs: list[Any]) -> CodecInfo | None:
         channels=main.channels,
         parameters=tuple((k, str(v)) for k, v in main.parameters.items()),
         rtcp_feedback=tuple(f"{f.type} {f.parameter or ''}".strip() for f in main.rtcpFeedback),
+        red_payload_type=red.payloadType if red else None,
     )
 
 
@@ -194,13 +198,14 @@ class PublisherTransport(PeerTransport):
                 raise NegotiationError(f"cannot apply offer: {exc}") from exc
             if not self.pc.getTransceivers():
                 raise NegotiationError("the offer has no audio or video section")
+            remote = SessionDescription.parse(sdp)
+            offered = {m.rtp.muxId: m.rtp.codecs for m in remote.media}
             for t in self.pc.getTransceivers():
-                adapter.restrict_codecs(t, _preferred_codec)
+                adapter.restrict_codecs(t, _preferred_codec, offered.get(t.mid or "", []))
             self._prepare()
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
             self._after_local_description()
-            remote = SessionDescription.parse(sdp)
             simulcast = simulcast_offer(sdp)
             added, removed = self._diff_tracks(remote, simulcast)
             return (accept_simulcast(self.pc.localDescription.sdp, simulcast), added, removed)
@@ -276,7 +281,7 @@ class PublisherTransport(PeerTransport):
         stream = self.by_ssrc.get(pkt.ssrc)
         if stream is not None:
             codec = stream.producer.codec
-            if pkt.payload_type == codec.payload_type:
+            if pkt.payload_type == codec.payload_type or pkt.payload_type == codec.red_payload_type:
                 stream.on_rtp(pkt, now)
             elif pkt.payload_type == codec.rtx_payload_type:
                 # Some senders put RTX on the media SSRC's group only via PT.
@@ -315,7 +320,7 @@ class PublisherTransport(PeerTransport):
             stream.rtx_ssrc = pkt.ssrc
             self.by_rtx_ssrc[pkt.ssrc] = stream
             stream.on_rtx(pkt, now)
-        elif pkt.payload_type == producer.codec.payload_type:
+        elif pkt.payload_type in (producer.codec.payload_type, producer.codec.red_payload_type):
             if (stream.ssrc is not None and stream.last_packet_at is not None
                     and now - stream.last_packet_at < SSRC_TAKEOVER_SILENCE):
                 # A second SSRC on a stream whose SSRC is alive: several encodings that
@@ -424,6 +429,8 @@ class SubscriberTransport(PeerTransport):
             prefs = [c for c in caps if _same_codec(c, producer.codec)]
             if producer.kind == "video":
                 prefs += [c for c in caps if c.mimeType.lower() == "video/rtx"]
+            elif producer.codec.red_payload_type is not None:
+                prefs += [c for c in caps if c.mimeType.lower() == "audio/red"]
             t.setCodecPreferences(prefs)
             new_transceivers.append((t, producer))
         self._prepare()
@@ -457,6 +464,7 @@ class SubscriberTransport(PeerTransport):
                 producer=producer, subscriber_id=self.subscriber_id, context=self.context,
                 ssrc=ssrc, rtx_ssrc=rtx_ssrc if info.rtx_payload_type is not None else None,
                 payload_type=info.payload_type, rtx_payload_type=info.rtx_payload_type,
+                red_payload_type=info.red_payload_type,
                 audio_level_id=_ext_id(extensions, adapter.EXT_AUDIO_LEVEL),
                 abs_send_time_id=_ext_id(extensions, adapter.EXT_ABS_SEND_TIME),
                 transport_cc_id=_ext_id(extensions, EXT_TRANSPORT_CC),

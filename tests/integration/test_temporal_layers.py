@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from itertools import pairwise
-from typing import Any
 
 from loadtest.client import SignalClient
 from loadtest.media import temporal_ids
@@ -76,20 +75,33 @@ def _continuous(frames: list[Vp8Descriptor]) -> None:
         assert b.tl0picidx == ((a.tl0picidx or 0) + step) & 0xFF, (a, b)
 
 
-async def _state(viewer: SignalClient, after: int, track_id: str, **want: Any) -> None:
-    """A stream_state event among those from index ``after`` on."""
-    def match() -> bool:
-        return any(e["type"] == "stream_state" and e["track_id"] == track_id
-                   and all(e.get(k) == v for k, v in want.items())
-                   for e in viewer.events[after:])
-    await wait_until(match, timeout=40, message=f"stream_state {want}")
+def _held_at_tl1(viewer: SignalClient, track_id: str, reason: str) -> bool:
+    states = [e for e in viewer.events
+              if e["type"] == "stream_state" and e["track_id"] == track_id]
+    return bool(states) and (states[-1]["spatial"], states[-1]["temporal"],
+                             states[-1]["reason"]) == (2, 1, reason)
 
 
-async def _check_thinned(viewer: SignalClient, pub: SignalClient, tap: Vp8Tap) -> None:
-    """Four seconds of the top layer at TL0+TL1, every frame decoded as sent."""
-    await asyncio.sleep(1.5)  # frames sent before the decision may still arrive
-    start = time.monotonic()
-    await asyncio.sleep(4.0)
+async def _check_thinned(viewer: SignalClient, pub: SignalClient, tap: Vp8Tap, track_id: str,
+                         reason: str) -> None:
+    """Four seconds of the top layer at TL0+TL1, every frame decoded as sent.
+
+    Measured over a window in which the subscriber was held there throughout: on a loaded
+    machine a receiver starved of CPU reports a falling REMB now and then, and the allocator
+    steps down for a while, as it should.
+    """
+    for _ in range(6):
+        await wait_until(lambda: _held_at_tl1(viewer, track_id, reason), timeout=40,
+                         message=f"the top layer at TL1 ({reason})")
+        await asyncio.sleep(1.5)  # frames sent before the decision may still arrive
+        seen = len(viewer.events)
+        start = time.monotonic()
+        await asyncio.sleep(4.0)
+        if _held_at_tl1(viewer, track_id, reason) and not any(
+                e["type"] == "stream_state" for e in viewer.events[seen:]):
+            break
+    else:
+        raise AssertionError(f"never held at the top layer's TL1 ({reason}) for 5.5 s")
     (rec,) = viewer.tracks_from(pub.participant_id or "", "video")
     widths = rec.widths_since(start)
     assert set(widths) == {640}, widths
@@ -121,20 +133,16 @@ async def test_temporal_layer_chosen_by_preference_and_by_bandwidth(server):
         taps = [Vp8Tap(v) for v in viewers]
 
         # By preference: at most 10 fps of the largest layer is its TL1 (7.5 fps).
-        seen = len(slow.events)
         reply = await slow.request({"type": "set_preferences", "track_id": track_id,
                                     "max_fps": 10})
         assert reply["type"] == "ack", reply
-        await _state(slow, seen, track_id, spatial=2, temporal=1, reason="preference")
-        await _check_thinned(slow, pub, taps[0])
+        await _check_thinned(slow, pub, taps[0], track_id, "preference")
 
         # By bandwidth: 400 kbit/s leaves the top layer's TL0+TL1 (~190-330 kbps measured)
         # room, not all of it (~350-500 kbps): the frame rate goes, not the resolution.
-        seen = len(capped.events)
         reply = await capped.request({"type": "set_bandwidth", "max_bitrate": 400_000})
         assert reply["type"] == "ack", reply
-        await _state(capped, seen, track_id, spatial=2, temporal=1, reason="bandwidth")
-        await _check_thinned(capped, pub, taps[1])
+        await _check_thinned(capped, pub, taps[1], track_id, "bandwidth")
     finally:
         if sim is not None:
             await sim.stop()
