@@ -26,7 +26,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from loadtest import media, report, window
-from loadtest.client import ReceivedTrack, SignalClient
+from loadtest.client import LOOPBACK, ReceivedTrack, SignalClient
 from loadtest.janus import JanusClient
 from loadtest.profiles import (
     NetworkProfile,
@@ -97,7 +97,7 @@ class MeasuringClient(SignalClient):
     """A SignalClient whose received tracks feed TrackStats (or, cheap: are not read)."""
 
     def __init__(self, url: str, token: str, *, decode: bool, fps: int,
-                 clock: Callable[[], float], policy: CandidatePolicy) -> None:
+                 clock: Callable[[], float], policy: CandidatePolicy = LOOPBACK) -> None:
         super().__init__(url, token, policy=policy)
         self.decode, self.fps, self.clock = decode, fps, clock
         self.stats: dict[str, report.TrackStats] = {}
