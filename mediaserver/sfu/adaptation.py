@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mediaserver import metrics
-from mediaserver.sfu.allocator import Allocation, Layer, StreamAllocator, TrackDemand
+from mediaserver.sfu.allocator import (
+    Allocation,
+    Layer,
+    StreamAllocator,
+    TrackDemand,
+    current_cost,
+)
 from mediaserver.sfu.estimator import BandwidthEstimator
 
 # SRTP tag + UDP + IPv4 headers per packet, so that rates compare with the link's.
@@ -37,6 +43,9 @@ ELASTIC_MIN = 80_000
 LOSS_MEMORY = 20.0
 PACE_INTERVAL = 0.02
 STEP_INTERVAL = 0.5
+# Without a congestion signal (REMB fall, lossy report, failed probe) for this long, the
+# layers that flow are kept even when their measured rate outgrows the estimate.
+CALM_HOLD = 10.0
 
 
 @dataclass
@@ -171,6 +180,11 @@ class SubscriberAdaptation:
                 video = max(video, self.allocator.audio_only_floor)
             minimal = int((audio + video) * self.allocator.up_hysteresis)
             estimate = max(estimate, minimal)
+        if now - est.last_congestion > CALM_HOLD:
+            # No congestion signal for a while: what flows fits; a layer's rate growing
+            # past the estimate is no reason to step down (only probes raise the estimate).
+            # Never above what the subscriber asked for (set_bandwidth max_bitrate).
+            estimate = max(estimate, min(current_cost(demands, self.allocations), est.limit))
         metrics.SUBSCRIBER_ESTIMATE.observe(estimate)
         allocations = self.allocator.allocate(estimate, demands, now)
         self.audio_only = self.allocator.audio_only or self.audio_only_requested

@@ -118,6 +118,24 @@ def _wanted_layers(demand: TrackDemand, ordered: list[Layer]) -> list[Layer]:
     return [la for la in ordered if allowed(la)]
 
 
+def current_cost(demands: list[TrackDemand], previous: dict[str, Allocation]) -> int:
+    """What the layers allocated last time cost now, as measured in ``demands``.
+
+    A layer that flows while the link shows no sign of congestion fits the link, whatever
+    the estimate says: the estimate is only as high as the last probe asked, and a layer's
+    measured rate grows with its keyframes (another subscriber's switch asks for some).
+    """
+    total = 0
+    for d in demands:
+        before = previous.get(d.track_id)
+        if before is None or before.layer is None or d.disabled:
+            continue
+        now = next((la for la in d.layers if la.key == before.layer.key), None)
+        if now is not None:
+            total += now.bitrate
+    return total
+
+
 class StreamAllocator:
     """Allocates one subscriber's estimate; keeps per-track state between calls."""
 

@@ -79,6 +79,11 @@ class BandwidthEstimator:
         return max(self.floor, value)
 
     @property
+    def limit(self) -> int:
+        """The most the subscriber may get whatever is measured: its cap, or the ceiling."""
+        return self.ceiling if self.cap is None else min(self.cap, self.ceiling)
+
+    @property
     def probes_ok(self) -> int:
         return self.planner.ok
 

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mediaserver.sfu.allocator import Allocation, Layer, StreamAllocator, TrackDemand
+from mediaserver.sfu.allocator import (
+    Allocation,
+    Layer,
+    StreamAllocator,
+    TrackDemand,
+    current_cost,
+)
 
 MIC = Layer(0, 0, 32_000)
 SIMULCAST = (
@@ -367,3 +373,20 @@ def test_a_track_measured_later_is_not_paused_by_one_settled_before_it() -> None
     got = by_id(alloc.allocate(200_000, [audio("a1"), audio("a2"), cam("c1"), cam("c2")],
                                now=0.5))
     assert (spatial(got["c1"]), spatial(got["c2"])) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("previous", "want"),
+    [
+        ({}, 0),  # nothing allocated yet
+        ({"a1": Allocation("a1", MIC), "v1": Allocation("v1", LADDER[4])}, 32_000 + 240_000),
+        # A layer's rate is taken as measured now, not as it was when allocated.
+        ({"v1": Allocation("v1", Layer(1, 1, 100_000))}, 240_000),
+        ({"v1": Allocation("v1", None, "bandwidth")}, 0),  # paused
+        ({"v1": Allocation("v1", Layer(2, 2, 1))}, 0),  # no longer measured
+        ({"gone": Allocation("gone", MIC)}, 0),  # a track that went away
+    ],
+)
+def test_current_cost(previous: dict[str, Allocation], want: int) -> None:
+    demands = [audio("a1"), TrackDemand("v1", "video", "camera", None, LADDER[:6])]
+    assert current_cost(demands, previous) == want

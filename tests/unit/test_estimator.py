@@ -103,6 +103,10 @@ CASES: list[tuple[str, dict[str, Any], list[Event], dict[str, Any]]] = [
      {"initial": 1_000_000},
      [(0.0, "sent", 800_000), (1.0, "loss", 0.25), (2.0, "loss", 0.3)],
      {"lossy": True, "cause": "loss 0.30"}),
+    ("the limit is the cap, or the ceiling without one",
+     {"initial": 500_000, "ceiling": 2_000_000, "cap": 300_000}, [], {"limit": 300_000}),
+    ("the limit without a cap", {"initial": 500_000, "ceiling": 2_000_000}, [],
+     {"limit": 2_000_000}),
     ("floor, cap and ceiling",
      {"initial": 500_000, "floor": 40_000, "ceiling": 2_000_000, "cap": 300_000},
      [(0.0, "sent", 60_000), (1.0, "loss", 0.99)],
@@ -188,7 +192,9 @@ def test_estimator(config: dict[str, Any], events: list[Event], expect: dict[str
     est = BandwidthEstimator(planner=planner(), **config)
     est.cap = cap
     probes, padding = drive(est, events)
-    last = events[-1][0]
+    last = events[-1][0] if events else 0.0
+    if "limit" in expect:
+        assert est.limit == expect["limit"]
     if "probes" in expect:
         assert probes == expect["probes"]
     if "padding" in expect:
