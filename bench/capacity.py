@@ -30,7 +30,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,37 +39,11 @@ from typing import Any
 
 import aiohttp
 
+from bench import servers
 from bench.forwarding import Samples, machine, poll, scrape
+from loadtest.report import pct
 
 LATENCY = "mediaserver_forwarding_latency_seconds"
-
-
-def family(pid: int) -> list[int]:
-    """The server's process and its children (a front's workers), recursively."""
-    pids, i = [pid], 0
-    while i < len(pids):
-        for task in Path(f"/proc/{pids[i]}/task").glob("*/children"):
-            pids += [int(c) for c in task.read_text().split()]
-        i += 1
-    return pids
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (utime + stime) of the server, with its worker processes if it has any."""
-    total = 0
-    for p in family(pid):
-        with open(f"/proc/{p}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int) -> int:
-    total = 0
-    for p in family(pid):
-        with open(f"/proc/{p}/status") as f:
-            total += next((int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS:")), 0)
-    return total
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:
@@ -107,13 +80,6 @@ def quantile(before: list[tuple[float, float]], after: list[tuple[float, float]]
     return lower
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
 def split(rooms: int, parts: int) -> list[int]:
     """Rooms per generator: as even as possible, no generator without a room."""
     parts = max(1, min(parts, rooms))
@@ -124,20 +90,11 @@ def pinned(cmd: list[str], cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus, *cmd] if cpus and shutil.which("taskset") else cmd
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def server_cmd(port: int, workers: int) -> list[str]:
-    cmd = [sys.executable, "-m", "mediaserver", "serve", "--dev", "--host", "127.0.0.1",
-           "--bind-host", "127.0.0.1", "--port", str(port), "--connections-per-ip", "0",
-           "--joins-per-second", "0"]
-    help_text = subprocess.run([*cmd[:4], "--help"], capture_output=True, text=True).stdout
-    if "--workers" in help_text:
-        cmd += ["--workers", str(workers)]  # 1: one process, the figure is per core
-    return cmd
+    # Every participant comes from this host, and they join fast: lift the per-address
+    # connection cap and the node's join rate, which would refuse a load test.
+    return [*servers.mediaserver_cmd(port, "127.0.0.1", workers),
+            "--connections-per-ip", "0", "--joins-per-second", "0"]
 
 
 def start_generators(step: int, args: argparse.Namespace, port: int, duration: float,
@@ -156,22 +113,13 @@ def start_generators(step: int, args: argparse.Namespace, port: int, duration: f
 
 
 async def measure(step: int, args: argparse.Namespace, port: int,
-                  server: subprocess.Popen[bytes], workdir: Path) -> dict[str, Any]:
+                  server: servers.Server, workdir: Path) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}"
     participants = step * args.size
 
+    await servers.wait_ready(server)
     async with aiohttp.ClientSession() as http:
-        async def ready() -> bool:
-            if server.poll() is not None:
-                raise RuntimeError(f"server exited with code {server.returncode}")
-            try:
-                async with http.get(f"{base}/readyz") as r:
-                    return r.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await poll(ready, 30, "/readyz")
-        idle_rss = rss_bytes(server.pid)
+        idle_rss = servers.process_tree_rss(server.pid)
         duration = args.warmup + args.window + 10
         generators = start_generators(step, args, port, duration, workdir)
 
@@ -184,10 +132,11 @@ async def measure(step: int, args: argparse.Namespace, port: int,
 
         await poll(everyone_joined, 60 + participants / args.ramp_up * 2, "every participant")
         await asyncio.sleep(args.warmup)  # fixed warm-up: key frames, estimates settle
-        m0, c0, t0 = await scrape(http, base), cpu_seconds(server.pid), time.monotonic()
+        tree_cpu = servers.process_tree_cpu
+        m0, c0, t0 = await scrape(http, base), tree_cpu(server.pid), time.monotonic()
         await asyncio.sleep(args.window)  # the measurement window itself
-        c1, t1, m1 = cpu_seconds(server.pid), time.monotonic(), await scrape(http, base)
-        loaded_rss = rss_bytes(server.pid)
+        c1, t1, m1 = tree_cpu(server.pid), time.monotonic(), await scrape(http, base)
+        loaded_rss = servers.process_tree_rss(server.pid)
         for g in generators:
             g.wait(timeout=duration + 120)
 
@@ -225,8 +174,8 @@ async def measure(step: int, args: argparse.Namespace, port: int,
         "latency_samples": (b1[-1][1] - b0[-1][1]) if b1 else 0,
         "loss": lost / (packets + lost) if packets + lost else None,
         "tracks": f"{received}/{expected}",
-        "join_audio_ms_p50": percentile(join_ms, 0.5),
-        "join_audio_ms_p95": percentile(join_ms, 0.95),
+        "join_audio_ms_p50": pct(join_ms, 50),
+        "join_audio_ms_p95": pct(join_ms, 95),
         "rss_idle_mb": idle_rss / 2**20, "rss_loaded_mb": loaded_rss / 2**20,
         "mb_per_participant": (loaded_rss - idle_rss) / 2**20 / participants,
         "gc_pauses": (g1[-1][1] - g0[-1][1]) if g1 and g0 else 0,
@@ -252,20 +201,16 @@ def verdict(row: dict[str, Any], args: argparse.Namespace) -> list[str]:
 
 
 def run_step(step: int, args: argparse.Namespace) -> dict[str, Any]:
-    port = free_port()
+    port = servers.free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"capacity-{step}-"))
-    with open(workdir / "server.log", "wb") as log:
-        server = subprocess.Popen(pinned(server_cmd(port, args.workers), args.server_cpu),
-                                  stdout=log, stderr=subprocess.STDOUT)
+    log_path = workdir / "server.log"
+    proc = servers.spawn(pinned(server_cmd(port, args.workers), args.server_cpu), log_path)
+    server = servers.Server("mediaserver", proc, f"ws://127.0.0.1:{port}/v1/signal",
+                            f"http://127.0.0.1:{port}", log_path)
     try:
         row = asyncio.run(measure(step, args, port, server, workdir))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        server.stop(timeout=30)
     row["failed"] = verdict(row, args)
     row["workdir"] = str(workdir)
     return row

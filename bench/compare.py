@@ -301,7 +301,6 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": started, "argv": sys.argv, "machine": machine(),
             "window_s": args.window, "warmup_s": args.warmup, "video": args.video,
             "video_bitrate_kbps": args.video_bitrate, "ice_address": args.ice_address,
-            "mediaserver_workers_flag": servers.mediaserver_has_workers(),
             "table": rows, "results": results}, indent=2) + "\n")
     return 1 if any(r.get("error") for r in results) else 0
 

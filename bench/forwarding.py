@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from aiortc import RTCPeerConnection
 from av import VideoFrame
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import servers
 from loadtest.client import SignalClient
 from loadtest.media import STRIP, SineAudioTrack, SyntheticVideoTrack
 from mediaserver.sfu.aiortc_adapter import drop_incoming
@@ -161,12 +161,8 @@ async def drive(n: int, port: int, proc: subprocess.Popen[bytes],
 
 
 def run_point(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    with socket.socket() as sock:  # a free port
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    cmd = [sys.executable, "-m", "mediaserver", "serve", "--dev", "--host", "127.0.0.1",
-           "--port", str(port), "--bind-host", "127.0.0.1",
-           "--workers", "1"]  # its CPU time is read from /proc/<pid>: one process
+    port = servers.free_port()
+    cmd = servers.mediaserver_cmd(port, "127.0.0.1")  # one process: its CPU from /proc/<pid>
     log_start = os.path.getsize(args.server_log) if os.path.exists(args.server_log) else 0
     with open(args.server_log, "ab") as log:
         log.write(f"=== {n} subscriber(s): {' '.join(cmd)}\n".encode())

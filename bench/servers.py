@@ -1,7 +1,6 @@
 """The three servers the comparison runs, each as its own process on loopback.
 
-- ``mediaserver``: ours, ``python -m mediaserver serve --dev`` (with ``--workers 1`` when the
-  CLI has that option);
+- ``mediaserver``: ours, ``python -m mediaserver serve --dev --workers 1`` (one process);
 - ``janus``: Janus VideoRoom (Debian's ``janus`` package) from a throw-away configuration
   folder: only the VideoRoom plugin and the WebSocket transport are loaded, the WebSocket
   listens on 127.0.0.1, ICE gathers on the loopback interface only, no STUN;
@@ -80,7 +79,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _spawn(cmd: list[str], log_path: Path, **kw: object) -> subprocess.Popen[bytes]:
+def spawn(cmd: list[str], log_path: Path, **kw: object) -> subprocess.Popen[bytes]:
     log: IO[bytes]
     with open(log_path, "ab") as log:
         log.write(f"=== {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n".encode())
@@ -88,22 +87,19 @@ def _spawn(cmd: list[str], log_path: Path, **kw: object) -> subprocess.Popen[byt
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload,no-any-return]
 
 
-def mediaserver_has_workers() -> bool:
-    """Whether ``mediaserver serve`` takes ``--workers`` (a colleague is adding it)."""
-    out = subprocess.run([sys.executable, "-m", "mediaserver", "serve", "--help"],
-                         capture_output=True, text=True, cwd=ROOT, check=False)
-    return "--workers" in out.stdout
+def mediaserver_cmd(port: int, bind_host: str, workers: int = 1) -> list[str]:
+    """``mediaserver serve`` on ``port``, media on ``bind_host``; one worker by default, so
+    that its CPU is one process's (the figure per core)."""
+    cmd = [sys.executable, "-m", "mediaserver", "serve", "--dev", "--host", "127.0.0.1",
+           "--port", str(port), "--bind-host", bind_host, "--workers", str(workers)]
+    if not bind_host.startswith("127."):
+        cmd.append("--no-allow-loopback-candidates")  # only the address the clients use
+    return cmd
 
 
 def start_mediaserver(log_path: Path, ice_address: str) -> Server:
     port = free_port()
-    cmd = [sys.executable, "-m", "mediaserver", "serve", "--dev", "--host", "127.0.0.1",
-           "--port", str(port), "--bind-host", ice_address]
-    if not ice_address.startswith("127."):
-        cmd.append("--no-allow-loopback-candidates")  # only the address the clients use
-    if mediaserver_has_workers():
-        cmd += ["--workers", "1"]
-    return Server("mediaserver", _spawn(cmd, log_path, cwd=ROOT),
+    return Server("mediaserver", spawn(mediaserver_cmd(port, ice_address), log_path, cwd=ROOT),
                   f"ws://127.0.0.1:{port}/v1/signal", f"http://127.0.0.1:{port}", log_path)
 
 
@@ -111,7 +107,7 @@ def start_relay(log_path: Path, ice_address: str) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "bench.relay_server", "--port", str(port),
            "--ice-address", ice_address]
-    return Server("relay", _spawn(cmd, log_path, cwd=ROOT),
+    return Server("relay", spawn(cmd, log_path, cwd=ROOT),
                   f"ws://127.0.0.1:{port}/v1/signal", f"http://127.0.0.1:{port}", log_path)
 
 
@@ -202,7 +198,7 @@ def start_janus(log_path: Path, ice_address: str) -> Server:
     port = free_port()
     write_janus_config(folder, port, lib_dir, ice_address)
     cmd = ["janus", "-F", str(folder), "-C", str(folder / "janus.jcfg"), "--disable-colors"]
-    return Server("janus", _spawn(cmd, log_path), f"ws://127.0.0.1:{port}", None, log_path,
+    return Server("janus", spawn(cmd, log_path), f"ws://127.0.0.1:{port}", None, log_path,
                   [folder])
 
 
@@ -240,16 +236,26 @@ async def wait_ready(server: Server, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (a front's workers, Janus's helpers), from /proc."""
+    pids, seen = [pid], {pid}
+    i = 0
+    while i < len(pids):
+        for task in glob.glob(f"/proc/{pids[i]}/task/*/children"):
+            with contextlib.suppress(OSError), open(task) as f:
+                for child in (int(c) for c in f.read().split()):
+                    if child not in seen:
+                        seen.add(child)
+                        pids.append(child)
+        i += 1
+    return pids
+
+
 def process_tree_cpu(pid: int) -> float:
     """CPU seconds (utime + stime) of ``pid``, all its threads, its live descendants and
     the children it has already reaped (cutime + cstime), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+    total = 0
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -258,7 +264,13 @@ def process_tree_cpu(pid: int) -> float:
         total += int(fields[11]) + int(fields[12])  # utime, stime
         if p == pid:
             total += int(fields[13]) + int(fields[14])  # cutime, cstime: reaped children
-        for task in glob.glob(f"/proc/{p}/task/*/children"):
-            with contextlib.suppress(OSError), open(task) as f:
-                todo += [int(c) for c in f.read().split()]
-    return total / tick
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its live descendants."""
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as f:
+            total += next((int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS:")), 0)
+    return total

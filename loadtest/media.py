@@ -9,6 +9,7 @@ a frequency per sender, so a receiver can tell whose audio it hears by its spect
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import math
 import time
@@ -356,6 +357,36 @@ def encode_opus(frequency: float, seconds: float = 1.0, amplitude: float = 0.3,
         frame.sample_rate, frame.pts = AUDIO_RATE, n * samples
         packets += [bytes(p) for p in codec.encode(frame)]  # type: ignore[attr-defined]
     return packets
+
+
+class PacedLoop:
+    """Calls ``tick(n)`` for n = 0, 1, 2... at ``interval`` seconds on the real-time schedule
+    (a late tick runs at once, so the count keeps up), from its own task until ``stop``.
+    For the test publishers that send their RTP themselves."""
+
+    def __init__(self, interval: float, tick: Callable[[int], None]) -> None:
+        self.interval, self.tick = interval, tick
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        start = time.monotonic()
+        n = 0
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                delay = start + n * self.interval - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self.tick(n)
+                n += 1
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 class ReplayTrack(MediaStreamTrack):

@@ -215,7 +215,7 @@ class PacketTap:
                 self._released.append(self._link_free_at)
         return rtp and self.drop_rtp
 
-    def delay(self, data: bytes = b"", now: float = 0.0) -> float:
+    def delay(self, data: bytes, now: float) -> float:
         """Seconds to hold a datagram that passed: the bandwidth cap's queueing and
         transmission time, plus the profile's delay with Gaussian jitter.
 

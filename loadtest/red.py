@@ -12,17 +12,14 @@ as they arrived are kept in ``RedReceiver.packets`` for tests.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from loadtest.client import SignalClient, _config
-from loadtest.media import encode_opus
+from loadtest.media import PacedLoop, encode_opus
 from mediaserver.sfu import aiortc_adapter
 from mediaserver.sfu.red import RedBlock, build_red, primary_offset, wrapped_formats
 from mediaserver.sfu.rtp import EXT_AUDIO_LEVEL, EXT_MID, build_rtp, parse_rtp
@@ -97,7 +94,7 @@ class RedAudioPublisher:
         self._ts = random.randrange(1 << 32)
         self._exts: list[tuple[int, bytes]] = []
         self._sender: aiortc_adapter.PacketSender | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = PacedLoop(PTIME, self._send)
 
     async def start(self) -> dict[str, Any]:
         client = self.client
@@ -126,19 +123,8 @@ class RedAudioPublisher:
             self._exts.append((ids[EXT_AUDIO_LEVEL], b"\x8a"))  # voice, -10 dBov
         self._ssrc = aiortc_adapter.sender_ssrcs(t)[0]
         self._sender = aiortc_adapter.packet_sender(pc)
-        self._task = asyncio.create_task(self._run())
+        self._loop.start()
         return reply
-
-    async def _run(self) -> None:
-        start = time.monotonic()
-        n = 0
-        with contextlib.suppress(asyncio.CancelledError):
-            while True:
-                delay = start + n * PTIME - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                self._send(n)
-                n += 1
 
     def _send(self, n: int) -> None:
         frame = self.frames[n % len(self.frames)]
@@ -158,7 +144,4 @@ class RedAudioPublisher:
             self.packets_sent += 1
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()

@@ -14,11 +14,8 @@ Audio goes through aiortc's own sender (a pre-encoded Opus loop).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +24,7 @@ from aiortc import RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from loadtest.client import SignalClient, _config
-from loadtest.media import PreEncodedAudioTrack, encode_opus, replay_frames, temporal_ids
+from loadtest.media import PacedLoop, PreEncodedAudioTrack, encode_opus, replay_frames, temporal_ids
 from mediaserver.sfu import aiortc_adapter, rtcp
 from mediaserver.sfu.rtp import build_rtp
 
@@ -148,7 +145,7 @@ class SimulcastPublisher:
                     if temporal_layers > 1 else None)
             self.layers.append(_Layer(cfg, frames, keyframes or [0], tids))
         self.track_id: str | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = PacedLoop(1 / fps, self._tick)
         self._sender: aiortc_adapter.PacketSender | None = None
         self._pt = 96
         self._mid = b"1"
@@ -188,7 +185,7 @@ class SimulcastPublisher:
         self._negotiated(reply["sdp"], video.mid or "")
         aiortc_adapter.tap_rtcp(pc, self._on_rtcp)
         self._sender = aiortc_adapter.packet_sender(pc)
-        self._task = asyncio.create_task(self._run())
+        self._loop.start()
         return reply
 
     def _negotiated(self, answer: str, mid: str) -> None:
@@ -243,19 +240,11 @@ class SimulcastPublisher:
             if e.get("type") == "publisher_layers" and e.get("track_id") == self.track_id:
                 self.set_active(e.get("active", []))
 
-    async def _run(self) -> None:
-        start = time.monotonic()
-        n = 0
-        with contextlib.suppress(asyncio.CancelledError):
-            while True:
-                delay = start + n / self.fps - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                self._apply_events()
-                for layer in self.layers:
-                    if layer.active:
-                        self._send_frame(layer, n)
-                n += 1
+    def _tick(self, n: int) -> None:
+        self._apply_events()
+        for layer in self.layers:
+            if layer.active:
+                self._send_frame(layer, n)
 
     def _send_frame(self, layer: _Layer, n: int) -> None:
         sender = self._sender
@@ -290,7 +279,4 @@ class SimulcastPublisher:
                 layer.packets_sent += 1
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()

@@ -52,7 +52,7 @@ from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
 from mediaserver import metrics
-from mediaserver.sfu.red import wrapped_formats
+from mediaserver.sfu.red import red_for
 from mediaserver.sfu.rtp import (
     EXT_ABS_SEND_TIME,
     EXT_AUDIO_LEVEL,
@@ -684,8 +684,7 @@ def restrict_codecs(transceiver: Any, keep: Callable[[Any], bool],
         return
     kept = [c for c in codecs if c is chosen or (
         c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") == chosen.payloadType)]
-    red = next((c for c in offered if c.mimeType.lower() == "audio/red"
-                and set(wrapped_formats(c.parameters) or ()) == {chosen.payloadType}), None)
+    red = red_for(offered, chosen.payloadType)
     if red is not None:
         kept.append(copy.deepcopy(red))
     transceiver._codecs = kept

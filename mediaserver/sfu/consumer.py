@@ -22,7 +22,6 @@ from mediaserver.sfu.red import RedOutput
 from mediaserver.sfu.rtp import (
     RtpPacket,
     abs_send_time_24,
-    abs_send_time_from_seconds,
     build_rtp,
     header_abs_send_time,
     header_level_abs_send_time,
@@ -39,24 +38,14 @@ PADDING_BYTES = 224  # per probe packet (RTP padding is at most 255 bytes)
 
 # The abs-send-time value depends only on ``now``, which is the same for every consumer a
 # packet fans out to: compute it once per packet, not once per subscriber.
-_last_abs: list[Any] = [None, b"", 0]
-
-
-def _abs_send_time(now: float) -> bytes:
-    if _last_abs[0] != now:
-        _set_abs_send_time(now)
-    return _last_abs[1]  # type: ignore[no-any-return]
+_last_abs: list[Any] = [None, 0]
 
 
 def _abs_send_time_24(now: float) -> int:
     if _last_abs[0] != now:
-        _set_abs_send_time(now)
-    return _last_abs[2]  # type: ignore[no-any-return]
+        _last_abs[0], _last_abs[1] = now, abs_send_time_24(now)
+    return _last_abs[1]  # type: ignore[no-any-return]
 
-
-def _set_abs_send_time(now: float) -> None:
-    _last_abs[0], _last_abs[1], _last_abs[2] = (now, abs_send_time_from_seconds(now),
-                                                abs_send_time_24(now))
 
 HISTORY_MASK = HISTORY_SIZE - 1
 
@@ -107,14 +96,12 @@ class Consumer:
         self.mid = mid
         self.kind = producer.kind
         self.clock_rate = producer.codec.clock_rate
-        self._audio_level_id = audio_level_id
         self._src_audio_level_id = producer.audio_level_id
-        self._abs_send_time_id = abs_send_time_id
         self._transport_cc_id = transport_cc_id
+        self._ast_id = abs_send_time_id or 0  # 0: not negotiated
+        self._level_id = audio_level_id or 0
         # The common header (abs-send-time, and an audio level for audio, nothing else) is
         # packed in one struct call instead of build_rtp's general extension writer.
-        self._ast_id = abs_send_time_id or 0
-        self._level_id = audio_level_id or 0
         self._fast_header = (0 < self._ast_id < 15 and not transport_cc_id
                              and (not (self._level_id and self._src_audio_level_id)
                                   or self._level_id < 15))
@@ -282,8 +269,8 @@ class Consumer:
 
     def _timing_extensions(self, exts: list[tuple[int, bytes]], now: float) -> None:
         """abs-send-time and transport-wide sequence number, for the subscriber's estimator."""
-        if self._abs_send_time_id:
-            exts.append((self._abs_send_time_id, _abs_send_time(now)))
+        if self._ast_id:
+            exts.append((self._ast_id, _abs_send_time_24(now).to_bytes(3, "big")))
         if self._transport_cc_id:
             ctx = self.context
             ctx.twcc_seq = (ctx.twcc_seq + 1) & SEQ_MASK

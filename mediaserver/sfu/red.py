@@ -136,6 +136,13 @@ def wrapped_formats(parameters: dict[str, Any]) -> list[int] | None:
     return formats if all(0 <= x < 128 for x in formats) else None
 
 
+def red_for(codecs: Sequence[Any], payload_type: int) -> Any | None:
+    """The RED codec among ``codecs`` (aiortc codec parameters) that wraps only
+    ``payload_type`` ("111/111"), or None."""
+    return next((c for c in codecs if c.mimeType.lower() == "audio/red"
+                 and set(wrapped_formats(c.parameters) or ()) == {payload_type}), None)
+
+
 class RedOutput:
     """How one subscriber gets a publisher's RED packets: as RED, or as plain Opus."""
 

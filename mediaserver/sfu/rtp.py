@@ -349,7 +349,10 @@ _HEADER_LEVEL_AST = struct.Struct("!BBHIIHHBBIH")  # ... a two-word block, 2 byt
 
 
 def abs_send_time_24(t: float) -> int:
-    """abs-send-time as an integer (see ``abs_send_time_from_seconds``)."""
+    """abs-send-time value: seconds in 6.18 fixed point, modulo 64 s.
+
+    Unix and NTP time give the same value: the epochs differ by a multiple of 64 seconds.
+    """
     return math.floor(t * 262144.0 + 0.5) & 0xFFFFFF
 
 
@@ -377,11 +380,8 @@ def header_level_abs_send_time(marker: bool, payload_type: int, sequence_number:
 
 
 def abs_send_time_from_seconds(t: float) -> bytes:
-    """abs-send-time value: seconds in 6.18 fixed point, modulo 64 s.
-
-    Unix and NTP time give the same value: the epochs differ by a multiple of 64 seconds.
-    """
-    return _U32.pack(math.floor(t * 262144.0 + 0.5) & 0xFFFFFF)[1:]
+    """``abs_send_time_24`` as the extension's three bytes."""
+    return abs_send_time_24(t).to_bytes(3, "big")
 
 
 def unpack_abs_send_time(b: bytes) -> int | None:

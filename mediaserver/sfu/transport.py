@@ -31,7 +31,7 @@ from mediaserver.sfu import rtcp
 from mediaserver.sfu.adaptation import SubscriberAdaptation
 from mediaserver.sfu.consumer import Consumer, DownstreamContext
 from mediaserver.sfu.producer import CodecInfo, LayerSpec, Producer, RecvStream
-from mediaserver.sfu.red import wrapped_formats
+from mediaserver.sfu.red import red_for
 from mediaserver.sfu.rtp import EXT_TRANSPORT_CC, parse_rtp, unpack_str
 from mediaserver.sfu.sdpcheck import check_offer
 from mediaserver.sfu.simulcast import SimulcastOffer, accept_simulcast, simulcast_offer
@@ -58,8 +58,7 @@ def _codec_info(codecs: list[Any]) -> CodecInfo | None:
         return None
     rtx = next((c for c in codecs if c.mimeType.lower().endswith("/rtx")
                 and c.parameters.get("apt") == main.payloadType), None)
-    red = next((c for c in codecs if c.mimeType.lower() == "audio/red"
-                and set(wrapped_formats(c.parameters) or ()) == {main.payloadType}), None)
+    red = red_for(codecs, main.payloadType)
     return CodecInfo(
         mime_type=main.mimeType,
         clock_rate=main.clockRate,

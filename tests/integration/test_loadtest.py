@@ -8,6 +8,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,14 +40,19 @@ async def run_cli(*args: str, timeout: float = 90) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+async def run_report(tmp_path: Path, *args: str, expect: int = 0, timeout: float = 90
+                     ) -> tuple[dict[str, Any], str]:
+    """Run the CLI with ``--json``; check its exit code; the JSON document and stdout."""
+    report = tmp_path / "report.json"
+    code, out, err = await run_cli(*args, "--json", str(report), timeout=timeout)
+    assert code == expect, out + err
+    return json.loads(report.read_text()), out
+
+
 async def test_full_run_measures_every_track_and_passes(server, tmp_path):
-    report = tmp_path / "full.json"
-    code, out, err = await run_cli(
-        "--url", server.ws_url, "--rooms", "1", "--participants-per-room", "3",
-        "--video", "160x120@10", "--duration", "8", "--ramp-up", "10", "--max-loss", "0.05",
-        "--json", str(report))
-    assert code == 0, out + err
-    doc = json.loads(report.read_text())
+    doc, out = await run_report(
+        tmp_path, "--url", server.ws_url, "--rooms", "1", "--participants-per-room", "3",
+        "--video", "160x120@10", "--duration", "8", "--ramp-up", "10", "--max-loss", "0.05")
     video = [t for t in doc["tracks"] if t["kind"] == "video"]
     audio = [t for t in doc["tracks"] if t["kind"] == "audio"]
     assert len(video) == len(audio) == 6  # 3 subscribers x 2 other publishers
@@ -66,25 +72,19 @@ async def test_full_run_measures_every_track_and_passes(server, tmp_path):
 
 
 async def test_an_impossible_threshold_fails_the_run(server, tmp_path):
-    report = tmp_path / "fail.json"
-    code, out, err = await run_cli(
-        "--url", server.ws_url, "--participants-per-room", "2", "--video", "160x120@10",
-        "--duration", "3", "--min-fps", "1000", "--json", str(report))
-    assert code == 1, out + err
-    doc = json.loads(report.read_text())
+    doc, out = await run_report(
+        tmp_path, "--url", server.ws_url, "--participants-per-room", "2", "--video",
+        "160x120@10", "--duration", "3", "--min-fps", "1000", expect=1)
     assert not doc["passed"]
     assert any(f.startswith("min video fps") for f in doc["failures"]), doc["failures"]
     assert "result: FAIL" in out
 
 
 async def test_cheap_mode_counts_packets_and_decodes_nothing(server, tmp_path):
-    report = tmp_path / "cheap.json"
-    code, out, err = await run_cli(
-        "--url", server.ws_url, "--rooms", "2", "--participants-per-room", "2",
+    doc, out = await run_report(
+        tmp_path, "--url", server.ws_url, "--rooms", "2", "--participants-per-room", "2",
         "--video", "160x120@10", "--duration", "4", "--ramp-up", "10", "--mode", "cheap",
-        "--video-bitrate", "60", "--max-loss", "0.05", "--json", str(report))
-    assert code == 0, out + err
-    doc = json.loads(report.read_text())
+        "--video-bitrate", "60", "--max-loss", "0.05")
     assert len(doc["tracks"]) == 8  # 2 rooms x 2 subscribers x (video + audio)
     for t in doc["tracks"]:
         assert not t["decoded"] and "frames" not in t and "latency_ms" not in t, t
@@ -99,13 +99,10 @@ async def test_cheap_mode_counts_packets_and_decodes_nothing(server, tmp_path):
 async def test_a_bandwidth_capped_participant_loses_what_its_link_cannot_carry(server, tmp_path):
     # p1's downlink is capped at 200 kbit/s with a 100 ms queue; p0's is clean. p1 is sent
     # about 400 kbit/s of video and 130 of audio (cheap mode: the server gets no feedback).
-    report = tmp_path / "capped.json"
-    code, out, err = await run_cli(
-        "--url", server.ws_url, "--rooms", "1", "--participants-per-room", "2",
+    doc, _ = await run_report(
+        tmp_path, "--url", server.ws_url, "--rooms", "1", "--participants-per-room", "2",
         "--video", "320x240@15", "--duration", "5", "--ramp-up", "10", "--mode", "cheap",
-        "--video-bitrate", "400", "--profile", "rate=200,queue=100:1", "--json", str(report))
-    assert code == 0, out + err
-    doc = json.loads(report.read_text())
+        "--video-bitrate", "400", "--profile", "rate=200,queue=100:1")
     by_label = {p["label"]: p for p in doc["participants"]}
     assert by_label["p0"]["profile"] == "clean" and by_label["p0"]["profile_queue_drops"] == 0
     capped = by_label["p1"]
@@ -117,13 +114,10 @@ async def test_a_bandwidth_capped_participant_loses_what_its_link_cannot_carry(s
 
 async def test_simulcast_publishers_and_one_layer_per_subscriber(server, tmp_path):
     # Two simulcast publishers (80x60, 160x120, 320x240) and one plain subscriber, decoded.
-    report = tmp_path / "simulcast.json"
-    code, out, err = await run_cli(
-        "--url", server.ws_url, "--rooms", "1", "--participants-per-room", "3",
+    doc, _ = await run_report(
+        tmp_path, "--url", server.ws_url, "--rooms", "1", "--participants-per-room", "3",
         "--publishers", "2", "--video", "320x240@15", "--video-bitrate", "300", "--simulcast",
-        "--duration", "6", "--ramp-up", "10", "--json", str(report), timeout=150)
-    assert code == 0, out + err
-    doc = json.loads(report.read_text())
+        "--duration", "6", "--ramp-up", "10", timeout=150)
     assert doc["scenario"]["simulcast"] is True
     video = [t for t in doc["tracks"] if t["kind"] == "video"]
     assert len(video) == 4  # p2 sees p0 and p1; p0 and p1 see each other
