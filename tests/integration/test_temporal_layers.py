@@ -92,9 +92,10 @@ async def _check_thinned(viewer: SignalClient, pub: SignalClient, tap: Vp8Tap, t
     """
     (rec,) = viewer.tracks_from(pub.participant_id or "", "video")
 
-    def thinned() -> bool:  # frames sent before the decision have all arrived
+    def thinned() -> bool:  # frames sent before the decision have all arrived and decoded
         recent = rec.last_frame_numbers[-6:]
-        return len(recent) == 6 and set(recent) <= UP_TO_TL1
+        widths = [w for _, w in rec.arrivals[-6:]]
+        return len(recent) == 6 and set(recent) <= UP_TO_TL1 and set(widths) == {640}
 
     for _ in range(6):
         await wait_until(lambda: _held_at_tl1(viewer, track_id, reason), timeout=40,
