@@ -320,7 +320,47 @@ async def renack_missing(pc: RTCPeerConnection, now: float, give_up_after: float
         if generator.missing:
             await receiver._send_rtcp_nack(media[-1], sorted(generator.missing))
             sent += 1
+        buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        if buffer is not None and skip_stuck_hole(buffer, receiver.__dict__, now, give_up_after):
+            await receiver._send_rtcp_pli(media[-1])
+            sent += 1
     return sent
+
+
+def skip_stuck_hole(buffer: Any, state: dict[str, Any], now: float, give_up_after: float
+                    ) -> bool:
+    """Drop a hole that has held a video jitter buffer for ``give_up_after`` seconds.
+
+    aiortc's NackGenerator forgets a missing packet once 128 newer ones have arrived, so a
+    hole nobody re-asks for any more (or one the generator never saw: a packet the buffer
+    threw away as misordered) holds the buffer until 512 packets pile up behind it, some
+    20 s at a low layer's rate. The buffer is stuck when its head has not moved for that
+    long and a hole has packets behind it. Drops everything up to the first packet past the
+    hole, and that packet's frame too if the hole was inside it (aiortc's own smart_remove);
+    the caller asks for a keyframe. ``state`` keeps the head and since when it has been
+    there. Returns whether anything was dropped.
+    """
+    origin = getattr(buffer, "_origin", None)
+    packets = getattr(buffer, "_packets", None)
+    if origin is None or packets is None:
+        return False
+    capacity = buffer.capacity
+    hole = next((i for i in range(capacity) if packets[(origin + i) % capacity] is None), None)
+    behind = None if hole is None else next(
+        (i for i in range(hole + 1, capacity) if packets[(origin + i) % capacity] is not None),
+        None)
+    if behind is None:  # no hole, or nothing behind it: a pause, not a loss
+        state.pop("_sfu_stuck_head", None)
+        return False
+    head, since = state.setdefault("_sfu_stuck_head", (origin, now))
+    if head != origin:
+        state["_sfu_stuck_head"] = (origin, now)
+        return False
+    if now - since < give_up_after:
+        return False
+    buffer.smart_remove(behind)
+    state.pop("_sfu_stuck_head", None)
+    return True
 
 
 def tap_rtcp(pc: RTCPeerConnection, on_rtcp: Callable[[bytes], None]) -> None:
