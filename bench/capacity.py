@@ -134,8 +134,11 @@ async def measure(step: int, args: argparse.Namespace, port: int,
         await asyncio.sleep(args.warmup)  # fixed warm-up: key frames, estimates settle
         tree_cpu = servers.process_tree_cpu
         m0, c0, t0 = await scrape(http, base), tree_cpu(server.pid), time.monotonic()
+        spy = await start_profile(args, server.pid, step)
         await asyncio.sleep(args.window)  # the measurement window itself
         c1, t1, m1 = tree_cpu(server.pid), time.monotonic(), await scrape(http, base)
+        if spy is not None:
+            await spy.wait()
         loaded_rss = servers.process_tree_rss(server.pid)
         for g in generators:
             g.wait(timeout=duration + 120)
@@ -184,6 +187,47 @@ async def measure(step: int, args: argparse.Namespace, port: int,
         "generator_cpu_pct": [d["generator"]["cpu_pct"] for d in docs],
         "generator_saturated": sorted(set(saturated)),
     }
+
+
+async def start_profile(args: argparse.Namespace, pid: int, step: int
+                        ) -> asyncio.subprocess.Process | None:
+    """py-spy sampling the server over the window (``--profile``), raw stacks to a file."""
+    if not args.profile:
+        return None
+    path = f"{args.profile}.{step}"
+    return await asyncio.create_subprocess_exec(
+        args.py_spy, "record", "--pid", str(pid), "--rate", "1000", "--duration",
+        str(int(args.window)), "--nonblocking", "--format", "raw", "-o", path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+
+def profile_shares(lines: list[str], top: int = 25, own: bool = False
+                   ) -> list[tuple[str, float]]:
+    """From py-spy's raw output ("frame;frame;... count" per stack): each function's share
+    of the samples, inclusive (a function counted once per stack) or, with ``own``, only
+    where it is the innermost Python frame (its own code and the C it calls), largest first."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in lines:
+        stack, _, n = line.rstrip().rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        total += int(n)
+        frames = [frame.split(" (")[0] for frame in stack.split(";")]
+        for name in frames[-1:] if own else set(frames):
+            counts[name] = counts.get(name, 0) + int(n)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [(name, n / total) for name, n in ranked] if total else []
+
+
+def print_profile(path: str) -> None:
+    with open(path) as f:
+        lines = f.readlines()
+    samples = sum(int(ln.rsplit(" ", 1)[1]) for ln in lines if ln.rstrip()[-1:].isdigit())
+    for own, what in ((False, "inclusive"), (True, "own")):
+        print(f"# py-spy, {what} share of the server's {samples} busy samples ({path}):")
+        for name, share in profile_shares(lines, 25 if not own else 12, own):
+            print(f"#   {100 * share:5.1f} %  {name}")
 
 
 def verdict(row: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -254,7 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-latency-p99", type=float, default=20.0, help="ms")
     p.add_argument("--max-cpu", type=float, default=95.0, help="server CPU, % of its core")
     p.add_argument("--json", help="write every step as JSON")
+    p.add_argument("--profile", metavar="PATH",
+                   help="py-spy the server over each window: raw stacks to PATH.<step>, and "
+                        "the largest inclusive shares printed (needs py-spy, --workers 1)")
+    p.add_argument("--py-spy", default=shutil.which("py-spy") or
+                   os.path.join(os.path.dirname(sys.executable), "py-spy"))
     args = p.parse_args(argv)
+    if args.profile and args.workers != 1:
+        p.error("--profile samples one process: use --workers 1")
     args.size = args.size or {"one_to_one": 2, "couples": 3, "group": 6}[args.kind]
     if args.generator_cpus is None:
         others = [str(c) for c in sorted(os.sched_getaffinity(0))
@@ -273,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         row = run_step(step, args)
         rows.append(row)
         print_row(row)
+        if args.profile and os.path.exists(f"{args.profile}.{step}"):
+            print_profile(f"{args.profile}.{step}")
         if row["failed"]:
             break
     clean = [r for r in rows if not r["failed"] and not r["generator_saturated"]]

@@ -37,3 +37,24 @@ def test_quantile_without_observations() -> None:
 ])
 def test_split(rooms: int, parts: int, expected: list[int]) -> None:
     assert split(rooms, parts) == expected
+
+
+def test_profile_shares_count_a_function_once_per_stack() -> None:
+    from bench.capacity import profile_shares
+
+    lines = [
+        "run (loop.py:1);recv (a.py:2);send (a.py:9) 6\n",
+        "run (loop.py:1);recv (a.py:2);recv (a.py:3) 2\n",  # recursion: once
+        "run (loop.py:1) 2\n",
+        "garbage line\n",
+    ]
+    shares = dict(profile_shares(lines))
+    assert shares == {"run": 1.0, "recv": 0.8, "send": 0.6}
+    assert profile_shares([]) == []
+
+
+def test_profile_own_shares_are_the_innermost_frames() -> None:
+    from bench.capacity import profile_shares
+
+    lines = ["run (l.py:1);recv (a.py:2);send (a.py:9) 6\n", "run (l.py:1) 4\n"]
+    assert dict(profile_shares(lines, own=True)) == {"send": 0.6, "run": 0.4}
