@@ -291,12 +291,20 @@ async def renack_missing(pc: RTCPeerConnection, now: float, give_up_after: float
     for t in pc.getTransceivers():
         receiver = t.receiver
         generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
-        if generator is None or not generator.missing:
+        if generator is None:  # audio: no NACKs, and a 16-packet buffer that skips holes
             continue
         rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
         media = [x for x in getattr(receiver, "_RTCRtpReceiver__active_ssrc", {})
                  if x not in rtx]
         if not media:
+            continue
+        buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        # Before the missing list: the hole that matters most is one it no longer holds.
+        if buffer is not None and skip_stuck_hole(buffer, receiver.__dict__, now, give_up_after,
+                                                  generator.max_seq):
+            await receiver._send_rtcp_pli(media[-1])
+            sent += 1
+        if not generator.missing:
             continue
         first_seen: dict[int, float] = receiver.__dict__.setdefault("_sfu_missing_since", {})
         for seq in list(first_seen):
@@ -306,7 +314,6 @@ async def renack_missing(pc: RTCPeerConnection, now: float, give_up_after: float
             first_seen.setdefault(seq, now)
         stale = [seq for seq, at in first_seen.items() if now - at > give_up_after]
         if stale:
-            buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
             origin = getattr(buffer, "_origin", None)
             if buffer is not None and origin is not None:
                 skip = max((seq - origin) & 0xFFFF for seq in stale) + 1
@@ -320,15 +327,11 @@ async def renack_missing(pc: RTCPeerConnection, now: float, give_up_after: float
         if generator.missing:
             await receiver._send_rtcp_nack(media[-1], sorted(generator.missing))
             sent += 1
-        buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
-        if buffer is not None and skip_stuck_hole(buffer, receiver.__dict__, now, give_up_after):
-            await receiver._send_rtcp_pli(media[-1])
-            sent += 1
     return sent
 
 
-def skip_stuck_hole(buffer: Any, state: dict[str, Any], now: float, give_up_after: float
-                    ) -> bool:
+def skip_stuck_hole(buffer: Any, state: dict[str, Any], now: float, give_up_after: float,
+                    newest: int | None = None) -> bool:
     """Drop a hole that has held a video jitter buffer for ``give_up_after`` seconds.
 
     aiortc's NackGenerator forgets a missing packet once 128 newer ones have arrived, so a
@@ -338,16 +341,18 @@ def skip_stuck_hole(buffer: Any, state: dict[str, Any], now: float, give_up_afte
     long and a hole has packets behind it. Drops everything up to the first packet past the
     hole, and that packet's frame too if the hole was inside it (aiortc's own smart_remove);
     the caller asks for a keyframe. ``state`` keeps the head and since when it has been
-    there. Returns whether anything was dropped.
+    there. ``newest``, the highest sequence number received, bounds the search (the
+    buffer's slots past it are empty). Returns whether anything was dropped.
     """
     origin = getattr(buffer, "_origin", None)
     packets = getattr(buffer, "_packets", None)
     if origin is None or packets is None:
         return False
     capacity = buffer.capacity
-    hole = next((i for i in range(capacity) if packets[(origin + i) % capacity] is None), None)
+    span = capacity if newest is None else min(capacity, ((newest - origin) & 0xFFFF) + 1)
+    hole = next((i for i in range(span) if packets[(origin + i) % capacity] is None), None)
     behind = None if hole is None else next(
-        (i for i in range(hole + 1, capacity) if packets[(origin + i) % capacity] is not None),
+        (i for i in range(hole + 1, span) if packets[(origin + i) % capacity] is not None),
         None)
     if behind is None:  # no hole, or nothing behind it: a pause, not a loss
         state.pop("_sfu_stuck_head", None)

@@ -27,16 +27,18 @@ def _feed(buffer: JitterBuffer, packets: list[tuple[int, int]]) -> list[int]:
     return out
 
 
+@pytest.mark.parametrize("bounded", [False, True])  # with the newest sequence number known
 @pytest.mark.parametrize("first", [100, 65530])  # and across the sequence-number wrap
-def test_a_hole_inside_a_frame_is_dropped_with_that_frame(first):
+def test_a_hole_inside_a_frame_is_dropped_with_that_frame(first, bounded):
     buffer = JitterBuffer(capacity=512, is_video=True)
     state: dict[str, Any] = {}
     # Frame 0 comes out when frame 1 starts; first+3 (frame 1's second packet) is lost.
     assert _feed(buffer, [(first, 0), (first + 1, 0), (first + 2, 1)]) == [0]
     assert _feed(buffer, [(first + 4, 1), (first + 5, 2), (first + 6, 2), (first + 7, 3)]) == []
-    assert not skip_stuck_hole(buffer, state, now=10.0, give_up_after=1.0)  # first sight
-    assert not skip_stuck_hole(buffer, state, now=10.9, give_up_after=1.0)  # still young
-    assert skip_stuck_hole(buffer, state, now=11.1, give_up_after=1.0)
+    newest = (first + 7) & 0xFFFF if bounded else None
+    assert not skip_stuck_hole(buffer, state, 10.0, 1.0, newest)  # first sight
+    assert not skip_stuck_hole(buffer, state, 10.9, 1.0, newest)  # still young
+    assert skip_stuck_hole(buffer, state, 11.1, 1.0, newest)
     # Frame 1 (its start, the hole, its end) is gone: frame 2 heads the buffer and frames
     # flow again from the next packet on.
     assert buffer._origin == (first + 5) & 0xFFFF
@@ -72,4 +74,5 @@ def test_a_buffer_waiting_for_the_next_frame_is_left_alone():
     _feed(buffer, [(10, 0), (11, 1), (12, 1)])  # frame 1 waits for frame 2 to start
     assert not skip_stuck_hole(buffer, state, now=0.0, give_up_after=1.0)
     assert not skip_stuck_hole(buffer, state, now=30.0, give_up_after=1.0)  # a pause
+    assert not skip_stuck_hole(buffer, state, 30.0, 1.0, newest=12)
     assert buffer._origin == 11
