@@ -99,11 +99,18 @@ class SubscriberAdaptation:
     def on_remb(self, bps: int, now: float, source: int = 0) -> None:
         self.estimator.on_remb(bps, now, source)
 
-    def on_nack(self, now: float) -> None:
-        self.estimator.on_nack(now)
+    def on_nack(self, now: float, lost: int) -> None:
+        """A NACK that names ``lost`` packets the subscriber's link lost for the first time.
 
-    def on_loss(self, fraction: float, now: float) -> None:
-        self.estimator.on_loss(fraction, now)
+        Only those tell of this link: a receiver repeats its missing list with every new
+        NACK (and the load-test client re-asks on a timer), and asks for packets the SFU
+        never had (lost upstream) or skipped (a paused track's numbering).
+        """
+        if lost:
+            self.estimator.on_nack(now)
+
+    def on_loss(self, fraction: float, now: float, rtt: float | None = None) -> None:
+        self.estimator.on_loss(fraction, now, rtt)
 
     # -- the control step ----------------------------------------------------------------
 

@@ -48,6 +48,7 @@ def _abs_send_time_24(now: float) -> int:
 
 
 HISTORY_MASK = HISTORY_SIZE - 1
+NEVER = float("-inf")  # a history slot's packet has not been asked for again
 
 
 class DownstreamContext:
@@ -132,7 +133,7 @@ class Consumer:
         # Entries hold the layer's index, not the stream: a tuple of plain ints is untracked
         # by the garbage collector, one naming an object stays tracked (see Producer._cache).
         self._history: list[tuple[int, int, int, int] | None] = [None] * HISTORY_SIZE
-        self._resent_at = [0.0] * HISTORY_SIZE
+        self._resent_at = [NEVER] * HISTORY_SIZE  # NEVER: not asked for since it was sent
         self._rtx_seq = random.randrange(1 << 16)
         self._tally = metrics.rtp_tally("out", producer.kind)
 
@@ -186,7 +187,7 @@ class Consumer:
         data = self._build(pkt, out_seq, out_ts, pt, self.ssrc, now, payload)
         slot = out_seq & HISTORY_MASK
         self._history[slot] = (out_seq, ext_seq, out_ts, stream.spatial)
-        self._resent_at[slot] = 0.0
+        self._resent_at[slot] = NEVER
         ctx = self.context
         if not ctx.send_rtp(data):
             metrics.DROP["not_connected"].inc()
@@ -300,23 +301,34 @@ class Consumer:
 
     # -- feedback from the subscriber ----------------------------------------------------
 
-    def on_nack(self, seqs: tuple[int, ...], now: float) -> None:
-        """Retransmit what the subscriber lost, from the producer's cache."""
+    def on_nack(self, seqs: tuple[int, ...], now: float) -> int:
+        """Retransmit what the subscriber lost, from the producer's cache.
+
+        Returns how many of ``seqs`` this consumer sent and hears of for the first time:
+        packets lost on the subscriber's own link. A receiver repeats its whole missing
+        list with every new NACK, and asks for packets the SFU never had (lost upstream),
+        so neither counts.
+        """
         self.nacks_received += 1
+        lost = 0
         for seq in seqs:
-            entry = self._history[seq & HISTORY_MASK]
+            slot = seq & HISTORY_MASK
+            entry = self._history[slot]
             if entry is None or entry[0] != seq:
                 metrics.RETRANSMIT_MISSING.inc()
                 continue
+            resent_at = self._resent_at[slot]
+            if resent_at == NEVER:
+                lost += 1
             _, ext_seq, out_ts, spatial = entry
             stream = self.stream
             if stream is None or spatial != stream.spatial:
                 # A layer the subscriber was switched away from: the new layer started
                 # with a keyframe, so these packets would only cost a congested link.
                 metrics.RETRANSMIT_OBSOLETE.inc()
+                self._resent_at[slot] = now  # counted once, never resent
                 continue
-            slot = seq & HISTORY_MASK
-            if now - self._resent_at[slot] < max(0.05, self.stats.rtt or 0.1):
+            if now - resent_at < max(0.05, self.stats.rtt or 0.1):
                 continue  # resent less than a round trip ago: this NACK crossed it
             self._resent_at[slot] = now
             pkt = stream.cached(ext_seq)
@@ -338,6 +350,7 @@ class Consumer:
             if self.context.send_rtp(data):
                 self.retransmitted += 1
                 metrics.RETRANSMITTED.inc()
+        return lost
 
     def _red(self, pkt: RtpPacket, primary: RtpPacket | None = None
              ) -> tuple[int, RtpPacket, bytes | None] | None:

@@ -31,6 +31,16 @@ from mediaserver.sfu.probe import Probe, ProbePlanner
 REMB_BURST = 0.12
 # During a probe, a REMB this much below the previous one is the first sign of a queue.
 PROBE_REMB_FALL = 0.97
+# Signs that cannot be a probe's doing: a NACK this soon after it started is for a packet
+# sent before it (the loss, its detection and the NACK's trip take longer); a receiver
+# report this soon after describes mostly the time before it (aiortc reports every
+# 0.5-1.5 s, browsers every second or so).
+PROBE_NACK_GRACE = 0.2
+PROBE_REPORT_GRACE = 0.5
+# A receiver report's round trip this far above the lowest of the recent ones: a queue
+# stands on the link (the SFU's sender report waited in it). Over RTT_WINDOW reports.
+QUEUE_DELAY = 0.1
+RTT_WINDOW = 30
 
 
 class BandwidthEstimator:
@@ -59,7 +69,8 @@ class BandwidthEstimator:
         self._quiet = quiet
         self._cut_guard = cut_guard
         self.planner = planner or ProbePlanner()
-        self._calm_reports = 0  # receiver reports in a row with little loss
+        self._calm_reports = 0  # receiver reports in a row with little loss and no queue
+        self._rtts: deque[float] = deque(maxlen=RTT_WINDOW)
         self._last_probe_ok = float("-inf")
         self._upgrade_trial = upgrade_trial
         self._last_remb: dict[int, tuple[int, float]] = {}  # source -> (bps, when)
@@ -139,27 +150,43 @@ class BandwidthEstimator:
 
     def on_nack(self, now: float) -> None:
         """The subscriber lost a packet: during a probe, the first sign it overfilled."""
-        if self.probe is not None:
+        if self.probe is not None and now - self.probe.started >= PROBE_NACK_GRACE:
             self._probe_failed(now, "probe failed: nack")
 
-    def on_loss(self, fraction: float, now: float) -> None:
-        """Loss (0..1) from a receiver report of this subscriber."""
-        self._calm_reports = self._calm_reports + 1 if fraction <= self._loss_low else 0
-        # Loss with no sign of a queue (no REMB fall lately) and below ``loss_heavy`` is
-        # taken as a lossy radio, not a full link: cutting the rate would not cure it and
-        # would only starve the video. GCC's loss controller lacks this distinction.
-        # "Heavy" is judged on the last two reports together: one small report of a 10 %
-        # lossy radio can read 25 %, two in a row rarely do; a full link reads 50 % and more.
+    def queued(self, rtt: float | None) -> bool:
+        """Whether a report's round trip says a queue stands on the link."""
+        return rtt is not None and bool(self._rtts) and rtt - min(self._rtts) > QUEUE_DELAY
+
+    def on_loss(self, fraction: float, now: float, rtt: float | None = None) -> None:
+        """Loss (0..1) and, if it carried one, the round trip (s) of a receiver report."""
+        if rtt is not None:
+            self._rtts.append(rtt)
+        queued = self.queued(rtt)
+        # Calm: little loss and no standing queue. A link that cannot carry what flows
+        # fills its queue for a moment before it drops anything: reports from that moment
+        # are not calm, so no probe piles onto it.
+        calm = fraction <= self._loss_low and not queued
+        self._calm_reports = self._calm_reports + 1 if calm else 0
+        # Loss with no sign of a queue (no REMB fall lately, no grown round trip) and below
+        # ``loss_heavy`` is taken as a lossy radio, not a full link: cutting the rate would
+        # not cure it and would only starve the video. GCC's loss controller lacks this
+        # distinction. Without a queue, "heavy" is judged on the last two reports together:
+        # one small report of a 10 % lossy radio can read 25 %, two in a row rarely do; a
+        # full link reads 50 % and more. With one, loss over ``loss_high`` is a full link's
+        # and as heavy: waiting for a second report costs a second of audio on it.
         self._loss_avg = (self._loss_avg + fraction) / 2
-        heavy = self._loss_avg > self._loss_heavy
-        congestive = heavy or now - self._last_remb_fall < 3.0
+        queue_sign = queued or now - self._last_remb_fall < 3.0
+        heavy = self._loss_avg > self._loss_heavy or (
+            fraction > self._loss_high and queue_sign)
         if heavy:
             self.last_loss = now
-        if fraction > self._loss_high and congestive:
+        if fraction > self._loss_high and (heavy or queue_sign):
             base = self.sent_rate or self.estimate
             self._congested(int(base * (1 - 0.5 * fraction)), now, f"loss {fraction:.2f}")
-        elif fraction > self._loss_low and self.probe is not None:
-            self._probe_failed(now, f"probe failed: loss {fraction:.2f}")
+        elif ((fraction > self._loss_low or queued) and self.probe is not None
+              and now - self.probe.started >= PROBE_REPORT_GRACE):
+            cause = f"loss {fraction:.2f}" if fraction > self._loss_low else "queue"
+            self._probe_failed(now, f"probe failed: {cause}")
 
     def _congested(self, bps: int, now: float, cause: str) -> None:
         self.history.append((now, cause, bps))
@@ -191,7 +218,7 @@ class BandwidthEstimator:
         if probe is None:
             return
         self.probe = None
-        level = ProbePlanner.failure_level(probe, now)
+        level = ProbePlanner.failure_level(probe, now, self.value)
         self.history.append((now, cause, level))
         self.last_congestion = now
         self._guard_until = max(self._guard_until, now + probe.settles - probe.ends)

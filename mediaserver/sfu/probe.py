@@ -125,11 +125,14 @@ class ProbePlanner:
         self._backoff = min(self._backoff * 2, self._backoff_max)
 
     @staticmethod
-    def failure_level(probe: Probe, now: float) -> int:
+    def failure_level(probe: Probe, now: float, estimate: int) -> int:
         """Where the probe stood when the first sign of congestion came.
 
         The subscriber's detector reacts a little after the queue starts to grow, so the
-        link's capacity is below this; never below the rate that flowed before the probe.
+        link's capacity is below this; never below the rate that flowed before the probe,
+        nor below the estimate the probe started from. A probe from audio only starts at
+        the audio's rate, far below the estimate; a failure early in its ramp would
+        otherwise hold every later probe under the lowest video layer.
         """
         rate = probe.rate_at(now) if now < probe.ends else probe.goal
-        return max(rate, probe.base)
+        return max(rate, probe.base, estimate)

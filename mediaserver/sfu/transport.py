@@ -480,8 +480,7 @@ class SubscriberTransport(PeerTransport):
                 metrics.RTCP.labels(direction="in", type="nack").inc()
                 consumer = self.by_ssrc.get(p.media_ssrc)
                 if consumer is not None:
-                    consumer.on_nack(p.lost, now)
-                    self.adaptation.on_nack(now)
+                    self.adaptation.on_nack(now, consumer.on_nack(p.lost, now))
             elif isinstance(p, rtcp.Pli):
                 metrics.RTCP.labels(direction="in", type="pli").inc()
                 consumer = self.by_ssrc.get(p.media_ssrc)
@@ -501,12 +500,15 @@ class SubscriberTransport(PeerTransport):
             elif isinstance(p, (rtcp.ReceiverReport, rtcp.SenderReport)):
                 ntp_now = rtcp.ntp_middle32(rtcp.ntp_from_seconds(time.time()))
                 lost = sent = 0.0
+                rtt: float | None = None
                 for block in p.reports:
                     consumer = self.by_ssrc.get(block.ssrc)  # RTX-stream blocks find none
                     if consumer is not None:
                         consumer.stats.on_receiver_report(
                             block.lsr, block.dlsr, block.fraction_lost, block.packets_lost,
                             ntp_now, block.jitter)
+                        if block.lsr and consumer.stats.last_rtt is not None:
+                            rtt = max(rtt or 0.0, consumer.stats.last_rtt)
                         # Weigh each stream's loss by what was sent on it since its last
                         # report: the link's loss, not the noisiest small stream's.
                         count = consumer.stats.packets_sent - consumer.packets_at_report
@@ -514,9 +516,9 @@ class SubscriberTransport(PeerTransport):
                         lost += block.fraction_lost / 256 * count
                         sent += count
                 if sent >= MIN_LOSS_SAMPLE:
-                    self.adaptation.on_loss(lost / sent, now)
+                    self.adaptation.on_loss(lost / sent, now, rtt)
                 elif sent == 0:
-                    self.adaptation.on_loss(0.0, now)  # nothing sent, so nothing lost
+                    self.adaptation.on_loss(0.0, now, rtt)  # nothing sent, so nothing lost
 
     def _on_remb_packet(self, p: rtcp.Remb, now: float) -> None:
         self.adaptation.on_remb(p.bitrate, now, p.sender_ssrc)

@@ -3,8 +3,8 @@
 Each case is a list of events, ``(time, what, value)``:
 
 - ``sent``: what the SFU sent over the last interval (bps); ``remb``: a REMB (bps, or
-  ``(bps, source)``); ``loss``: a receiver report's loss fraction; ``calm``: two reports
-  without loss; ``nack``: a NACK; ``tick``: the control step;
+  ``(bps, source)``); ``loss``: a receiver report's loss fraction (or ``(fraction, rtt)``);
+  ``calm``: two reports without loss; ``nack``: a NACK; ``tick``: the control step;
 - ``probe``: ``want_probe(value)``, whose answer is checked against ``expect["probes"]``;
 - ``pad``: ``padding_rate(value)``, checked against ``expect["padding"]``;
 
@@ -33,7 +33,8 @@ def drive(est: BandwidthEstimator, events: list[Event]) -> tuple[list[bool], lis
             bps, source = value if isinstance(value, tuple) else (value, 0)
             est.on_remb(bps, now, source)
         elif what == "loss":
-            est.on_loss(value, now)
+            fraction, rtt = value if isinstance(value, tuple) else (value, None)
+            est.on_loss(fraction, now, rtt)
         elif what == "calm":
             est.on_loss(0.0, now)
             est.on_loss(0.0, now)
@@ -90,11 +91,30 @@ CASES: list[tuple[str, dict[str, Any], list[Event], dict[str, Any]]] = [
      {"initial": 1_000_000},
      [(0.0, "sent", 800_000), (1.0, "loss", 0.15)],
      {"value": 1_000_000, "lossy": False}),
-    ("moderate loss soon after a REMB fall is a full link, but not heavy",
+    ("moderate loss soon after a REMB fall is a full link's: heavy at once",
      {"initial": 1_000_000},
      [(0.0, "sent", 800_000), (2.0, "remb", 900_000), (2.5, "remb", 700_000),
       (3.5, "loss", 0.15)],
-     {"value": int(800_000 * (1 - 0.075)), "lossy": False}),
+     {"value": int(800_000 * (1 - 0.075)), "lossy": True}),
+    ("...and so is moderate loss with a queue on the link (the round trip grew)",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 800_000), (1.0, "loss", (0.0, 0.05)), (2.0, "loss", (0.15, 0.21))],
+     {"value": int(800_000 * (1 - 0.075)), "lossy": True, "cause": "loss 0.15"}),
+    ("a round trip only a little above the lowest is no queue: a lossy radio",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 800_000), (1.0, "loss", (0.0, 0.05)), (2.0, "loss", (0.15, 0.12))],
+     {"value": 1_000_000, "lossy": False}),
+    ("a link filling its queue is not calm: no probe onto it",
+     {"initial": 200_000},
+     [(0.0, "sent", 130_000), (1.0, "loss", (0.0, 0.01)), (2.0, "loss", (0.0, 0.15)),
+      (3.0, "loss", (0.0, 0.2)), (3.5, "probe", 500_000), (4.0, "loss", (0.0, 0.02)),
+      (5.0, "loss", (0.0, 0.02)), (5.5, "probe", 500_000)],
+     {"probes": [False, True]}),
+    ("a probe that builds a queue has failed",
+     {"initial": 200_000},
+     [(0.0, "sent", 120_000), (9.0, "loss", (0.0, 0.03)), (10.0, "calm", None),
+      (10.0, "probe", 500_000), (10.7, "loss", (0.0, 0.2))],
+     {"probe": None, "failed": 1, "cause": "probe failed: queue"}),
     ("one noisy report is not heavy loss",
      {"initial": 1_000_000},
      [(0.0, "sent", 800_000), (1.0, "loss", 0.25)],
@@ -163,6 +183,21 @@ CASES: list[tuple[str, dict[str, Any], list[Event], dict[str, Any]]] = [
       (11.2, "loss", 0.05)],
      {"probe": None, "failed": 1, "failed_level": 300_000,
       "cause": "probe failed: loss 0.05"}),
+    ("a NACK at the very start of a probe is for a packet sent before it",
+     {"initial": 200_000},
+     [(0.0, "sent", 120_000), (10.0, "calm", None), (10.0, "probe", 500_000),
+      (10.1, "nack", None)],
+     {"failed": 0, "cause": "probe"}),
+    ("...and so is a lossy report soon after it started",
+     {"initial": 200_000},
+     [(0.0, "sent", 120_000), (10.0, "calm", None), (10.0, "probe", 500_000),
+      (10.3, "loss", 0.05), (11.8, "tick", None)],
+     {"failed": 0, "ok": 1, "value": 300_000}),
+    ("a probe from audio only that fails early remembers the estimate, not the audio",
+     {"initial": 100_000},
+     [(0.0, "sent", 40_000), (10.0, "calm", None), (10.0, "probe", 300_000),
+      (10.25, "nack", None)],
+     {"failed": 1, "failed_level": 100_000}),
     ("after a failure: backoff, then a small step above where it failed",
      {"initial": 200_000},
      [(0.0, "sent", 120_000), (10.0, "calm", None), (10.0, "probe", 500_000),

@@ -26,16 +26,21 @@ def test_the_probe_ramps_from_what_flows_to_its_goal_then_holds(now: float, rate
 
 
 @pytest.mark.parametrize(
-    ("now", "level"),
+    ("now", "estimate", "level"),
     [
-        (10.0, 100_000),  # failed at once: the rate before the probe
-        (10.45, 325_000),  # on the ramp: where it stood
-        (10.7, 400_000),  # holding
-        (11.2, 400_000),  # in the feedback window: the goal was sent
+        (10.0, 100_000, 100_000),  # failed at once: the rate before the probe
+        (10.45, 100_000, 325_000),  # on the ramp: where it stood
+        (10.7, 100_000, 400_000),  # holding
+        (11.2, 100_000, 400_000),  # in the feedback window: the goal was sent
+        # From audio only (100 kbps flowing, the estimate 260 kbps): never below the
+        # estimate, or the next probes could not reach the lowest video layer again.
+        (10.1, 260_000, 260_000),
+        (10.45, 260_000, 325_000),
     ],
 )
-def test_a_failure_is_remembered_where_the_probe_stood(now: float, level: int) -> None:
-    assert ProbePlanner.failure_level(RAMP, now) == level
+def test_a_failure_is_remembered_where_the_probe_stood(now: float, estimate: int, level: int
+                                                        ) -> None:
+    assert ProbePlanner.failure_level(RAMP, now, estimate) == level
 
 
 def test_start_shapes_the_probe() -> None:
