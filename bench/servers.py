@@ -17,6 +17,7 @@ import contextlib
 import glob
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -74,9 +75,23 @@ class Server:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free TCP port on loopback for a server process about to start.
+
+    Taken below the kernel's ephemeral range: a port the kernel hands out (bind to 0) can
+    be handed out again, to any outgoing connection, in the seconds before the server
+    binds it (a cluster test's node lost its port so, to a Redis or HTTP client).
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def spawn(cmd: list[str], log_path: Path, **kw: object) -> subprocess.Popen[bytes]:

@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -27,17 +26,12 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from bench.servers import free_port
 from loadtest.client import SignalClient
 from tests.conftest import admin_token, wait_until
 
 SHARED_REDIS = os.environ.get("MEDIASERVER_TEST_REDIS", "redis://127.0.0.1:6379/0")
 LEASE_TTL = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 ADMIN = {"Authorization": f"Bearer {admin_token()}"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 
@@ -13,6 +12,7 @@ import aiohttp
 import av
 
 from bench.forwarding import NoisyVideoTrack
+from bench.servers import free_port
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack
 from mediaserver.cli import main as cli_main
@@ -22,16 +22,10 @@ from mediaserver.tokens import create_token
 from tests.conftest import wait_until
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_kill_9_mid_recording_leaves_a_playable_prefix(tmp_path):
     keys = new_kek_line("k1")
     rec_dir = tmp_path / "recordings"
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MEDIASERVER_RECORDING_KEYS=keys)
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mediaserver", "serve", "--dev", "--host", "127.0.0.1",

@@ -9,7 +9,6 @@ import datetime
 import ipaddress
 import os
 import signal
-import socket
 import ssl
 import sys
 import time
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from bench.servers import free_port
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack, SyntheticVideoTrack
 from mediaserver.cli import main as cli_main
@@ -53,12 +53,6 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _token(identity: str, **kw: object) -> str:
     return create_token(DEV_API_KEY, DEV_API_SECRET, room="tls-room", identity=identity,
                         kind="one_to_one", now=time.time(), **kw)  # type: ignore[arg-type]
@@ -71,7 +65,7 @@ async def test_wss_dtls_srtp_and_a_graceful_sigterm(tmp_path, workers):
     keyfile = tmp_path / "keys.txt"
     keyfile.write_text(new_kek_line("k1") + "\n")
     keyfile.chmod(0o600)
-    port = _free_port()
+    port = free_port()
     server_bin = Path(sys.executable).parent / "mediaserver"
     proc = await asyncio.create_subprocess_exec(
         str(server_bin), "serve", "--dev", "--host", "127.0.0.1", "--port", str(port),
