@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,10 @@ class SubscriberAdaptation:
         self.allocations_applied: dict[str, tuple[int, int]] = {}
         self._sent_bytes = 0
         self._last_step: float | None = None
+        # Video packets sent and first-time NACKed, per step, over the last two steps.
+        self._nack_lost = 0
+        self._video_sent = 0
+        self._nack_window: deque[tuple[int, int]] = deque(maxlen=2)
         self._pacer: asyncio.Task[None] | None = None
         self.padding_sent = 0
         self._padding_at_step = 0
@@ -107,6 +112,7 @@ class SubscriberAdaptation:
         never had (lost upstream) or skipped (a paused track's numbering).
         """
         if lost:
+            self._nack_lost += lost
             self.estimator.on_nack(now)
 
     def on_loss(self, fraction: float, now: float, rtt: float | None = None) -> None:
@@ -160,6 +166,13 @@ class SubscriberAdaptation:
             self.media_rate = int((wire - padding - self._sent_bytes + self._padding_at_step)
                                   * 8 / elapsed)
         self._sent_bytes, self._last_step, self._padding_at_step = wire, now, padding
+        video_sent = sum(c.stats.packets_sent for c in self.transport.consumers.values()
+                         if c.kind == "video")
+        # (A consumer gone since the last step takes its count with it: never below 0.)
+        self._nack_window.append((self._nack_lost, max(0, video_sent - self._video_sent)))
+        self._nack_lost, self._video_sent = 0, video_sent
+        est.on_nack_loss(sum(lost for lost, _ in self._nack_window),
+                         sum(sent for _, sent in self._nack_window), now)
         est.tick(now)
         consumers = []
         demands = []

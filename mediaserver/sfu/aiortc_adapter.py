@@ -60,6 +60,7 @@ from mediaserver.sfu.rtp import (
     EXT_REPAIRED_RID,
     EXT_RID,
 )
+from mediaserver.sfu.vp8 import parse_vp8
 
 log = logging.getLogger(__name__)
 
@@ -299,9 +300,11 @@ async def renack_missing(pc: RTCPeerConnection, now: float, give_up_after: float
         if not media:
             continue
         buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        vp8 = any(c.mimeType.lower() == "video/vp8" for c in negotiated(t)[0])
         # Before the missing list: the hole that matters most is one it no longer holds.
         if buffer is not None and skip_stuck_hole(buffer, receiver.__dict__, now, give_up_after,
-                                                  generator.max_seq):
+                                                  generator.max_seq,
+                                                  vp8_keyframe_start if vp8 else None):
             await receiver._send_rtcp_pli(media[-1])
             sent += 1
         if not generator.missing:
@@ -330,8 +333,15 @@ async def renack_missing(pc: RTCPeerConnection, now: float, give_up_after: float
     return sent
 
 
+def vp8_keyframe_start(packet: Any) -> bool:
+    """Whether an aiortc RtpPacket carries the first packet of a VP8 keyframe."""
+    desc = parse_vp8(packet.payload)
+    return desc is not None and desc.is_keyframe
+
+
 def skip_stuck_hole(buffer: Any, state: dict[str, Any], now: float, give_up_after: float,
-                    newest: int | None = None) -> bool:
+                    newest: int | None = None,
+                    keyframe_start: Callable[[Any], bool] | None = None) -> bool:
     """Drop a hole that has held a video jitter buffer for ``give_up_after`` seconds.
 
     aiortc's NackGenerator forgets a missing packet once 128 newer ones have arrived, so a
@@ -342,7 +352,10 @@ def skip_stuck_hole(buffer: Any, state: dict[str, Any], now: float, give_up_afte
     hole, and that packet's frame too if the hole was inside it (aiortc's own smart_remove);
     the caller asks for a keyframe. ``state`` keeps the head and since when it has been
     there. ``newest``, the highest sequence number received, bounds the search (the
-    buffer's slots past it are empty). Returns whether anything was dropped.
+    buffer's slots past it are empty). With ``keyframe_start``, a keyframe's first packet
+    behind the hole ends the wait at once: everything before it goes, as a browser's frame
+    buffer drops what a keyframe makes useless (the first frames of a new simulcast layer
+    follow the old layer's lost packets so). Returns whether anything was dropped.
     """
     origin = getattr(buffer, "_origin", None)
     packets = getattr(buffer, "_packets", None)
@@ -357,6 +370,14 @@ def skip_stuck_hole(buffer: Any, state: dict[str, Any], now: float, give_up_afte
     if behind is None:  # no hole, or nothing behind it: a pause, not a loss
         state.pop("_sfu_stuck_head", None)
         return False
+    if keyframe_start is not None:
+        key = next((i for i in range(behind, span)
+                    if (p := packets[(origin + i) % capacity]) is not None
+                    and keyframe_start(p)), None)
+        if key is not None:
+            buffer.smart_remove(key)
+            state.pop("_sfu_stuck_head", None)
+            return True
     head, since = state.setdefault("_sfu_stuck_head", (origin, now))
     if head != origin:
         state["_sfu_stuck_head"] = (origin, now)

@@ -41,6 +41,12 @@ PROBE_REPORT_GRACE = 0.5
 # stands on the link (the SFU's sender report waited in it). Over RTT_WINDOW reports.
 QUEUE_DELAY = 0.1
 RTT_WINDOW = 30
+# Loss the SFU counts itself from NACKs (first requests for packets it sent) over about a
+# second: this much of NACK_SAMPLE packets or more is a link that lost its capacity, seen
+# a second or two before a receiver report or a delay-based REMB says so. A 10 % lossy
+# radio reaches 30 % of 40 packets about once in 10^4 tries.
+NACK_LOSS_HEAVY = 0.3
+NACK_SAMPLE = 40
 
 
 class BandwidthEstimator:
@@ -77,6 +83,7 @@ class BandwidthEstimator:
         self.last_congestion = float("-inf")
         self.last_loss = float("-inf")
         self._guard_until = float("-inf")
+        self._cut_until = float("-inf")  # the guard after a cut (not after a failed probe)
         self.sent_rate = 0
         self.probe: Probe | None = None
         # Recent decisions with their cause, for statistics and scenario reports.
@@ -141,7 +148,12 @@ class BandwidthEstimator:
         # received. Far below what is being sent, that is a real capacity drop: take it.
         # Near it, a keyframe burst may have filled a queue for a moment: keep what is
         # flowing (the allocator's layers fit it) but lose the headroom and probe later.
-        if now < self._guard_until or bps < self.sent_rate * 0.7:
+        if now < self._cut_until and self.probe is None:
+            # Falling on after a cut: the cut was a first guess at a link still emptying.
+            # REMB measures what arrives, so a lower one is no second cut on old news.
+            self.history.append((now, "remb", bps))
+            self.estimate = max(self.floor, min(self.estimate, bps))
+        elif now < self._guard_until or bps < self.sent_rate * 0.7:
             self._congested(max(bps, self.floor), now, "remb")
         else:
             self.last_congestion = now
@@ -188,6 +200,20 @@ class BandwidthEstimator:
             cause = f"loss {fraction:.2f}" if fraction > self._loss_low else "queue"
             self._probe_failed(now, f"probe failed: {cause}")
 
+    def on_nack_loss(self, lost: int, sent: int, now: float) -> None:
+        """``lost`` of the ``sent`` video packets of the last second were NACKed (first
+        requests only): heavy loss when it is over ``NACK_LOSS_HEAVY`` of enough packets.
+
+        The cut is to what got through, not GCC's gentler ``1 - loss/2``: a link that
+        drops a third of its packets or more has far less room than it is given.
+        """
+        if sent < NACK_SAMPLE or lost <= NACK_LOSS_HEAVY * sent:
+            return
+        fraction = lost / sent
+        self.last_loss = now
+        base = self.sent_rate or self.estimate
+        self._congested(int(base * (1 - fraction)), now, f"nack loss {fraction:.2f}")
+
     def _congested(self, bps: int, now: float, cause: str) -> None:
         self.history.append((now, cause, bps))
         self.last_congestion = now
@@ -206,7 +232,7 @@ class BandwidthEstimator:
         # Reports in the next moments still describe the rate before this cut: receiver
         # reports cover the last second, and a lower layer only flows from its next
         # keyframe on. Acting on them again would cut twice.
-        self._guard_until = now + self._cut_guard
+        self._guard_until = self._cut_until = now + self._cut_guard
 
     def _probe_failed(self, now: float, cause: str) -> None:
         """Stop the probe, keep the estimate the media had before it, remember the level.

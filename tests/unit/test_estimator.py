@@ -4,7 +4,8 @@ Each case is a list of events, ``(time, what, value)``:
 
 - ``sent``: what the SFU sent over the last interval (bps); ``remb``: a REMB (bps, or
   ``(bps, source)``); ``loss``: a receiver report's loss fraction (or ``(fraction, rtt)``);
-  ``calm``: two reports without loss; ``nack``: a NACK; ``tick``: the control step;
+  ``calm``: two reports without loss; ``nack``: a NACK; ``nack_loss``: ``(lost, sent)``
+  video packets over the last second, counted from NACKs; ``tick``: the control step;
 - ``probe``: ``want_probe(value)``, whose answer is checked against ``expect["probes"]``;
 - ``pad``: ``padding_rate(value)``, checked against ``expect["padding"]``;
 
@@ -40,6 +41,8 @@ def drive(est: BandwidthEstimator, events: list[Event]) -> tuple[list[bool], lis
             est.on_loss(0.0, now)
         elif what == "nack":
             est.on_nack(now)
+        elif what == "nack_loss":
+            est.on_nack_loss(*value, now)
         elif what == "tick":
             est.tick(now)
         elif what == "probe":
@@ -65,6 +68,11 @@ CASES: list[tuple[str, dict[str, Any], list[Event], dict[str, Any]]] = [
      {"initial": 1_000_000},
      [(0.0, "sent", 400_000), (0.0, "remb", 300_000), (2.0, "remb", 200_000)],
      {"value": 200_000, "cause": "remb"}),
+    ("after a cut, a REMB still falling lowers the estimate on (loss would cut twice)",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 700_000), (0.0, "remb", 800_000), (1.0, "remb", 350_000),
+      (1.2, "remb", 170_000), (1.4, "loss", 0.5), (1.5, "remb", 200_000)],
+     {"value": 170_000, "causes": ["remb", "remb", "loss 0.50"]}),
     ("a small REMB fall keeps what flows but loses the headroom",
      {"initial": 600_000},
      [(0.0, "sent", 400_000), (0.0, "remb", 500_000), (1.0, "remb", 340_000)],
@@ -123,6 +131,18 @@ CASES: list[tuple[str, dict[str, Any], list[Event], dict[str, Any]]] = [
      {"initial": 1_000_000},
      [(0.0, "sent", 800_000), (1.0, "loss", 0.25), (2.0, "loss", 0.3)],
      {"lossy": True, "cause": "loss 0.30"}),
+    ("a third of a second's packets NACKed: heavy, cut to what got through",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 700_000), (0.5, "nack_loss", (35, 60))],
+     {"value": int(700_000 * (1 - 35 / 60)), "lossy": True, "cause": "nack loss 0.58"}),
+    ("NACKed loss of a lossy radio (under 30 %) is left to the receiver reports",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 700_000), (0.5, "nack_loss", (15, 60))],
+     {"value": 1_000_000, "lossy": False}),
+    ("too few packets to judge (the lowest layer's 15 a second)",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 100_000), (0.5, "nack_loss", (15, 30))],
+     {"value": 1_000_000, "lossy": False}),
     ("the limit is the cap, or the ceiling without one",
      {"initial": 500_000, "ceiling": 2_000_000, "cap": 300_000}, [], {"limit": 300_000}),
     ("the limit without a cap", {"initial": 500_000, "ceiling": 2_000_000}, [],

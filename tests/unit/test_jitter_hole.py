@@ -76,3 +76,34 @@ def test_a_buffer_waiting_for_the_next_frame_is_left_alone():
     assert not skip_stuck_hole(buffer, state, now=30.0, give_up_after=1.0)  # a pause
     assert not skip_stuck_hole(buffer, state, 30.0, 1.0, newest=12)
     assert buffer._origin == 11
+
+
+def test_a_keyframe_behind_a_hole_ends_the_wait_at_once():
+    """A new simulcast layer starts with a keyframe right after the old layer's lost
+    packets: nothing before the keyframe is worth waiting for."""
+    from mediaserver.sfu.aiortc_adapter import vp8_keyframe_start
+
+    key = b"\x10\x00\x9d\x01\x2a"  # VP8 descriptor S=1 PID=0; payload header P=0
+    delta = b"\x10\x01\x00\x00\x00"  # P=1
+    buffer = JitterBuffer(capacity=512, is_video=True)
+    state: dict[str, Any] = {}
+
+    def add(seq: int, frame: int, payload: bytes) -> int | None:
+        packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=frame * TS,
+                           payload=payload)
+        packet._data = payload  # type: ignore[attr-defined]
+        _, got = buffer.add(packet)
+        return None if got is None else got.timestamp // TS
+
+    add(1, 0, delta)
+    add(2, 1, delta)  # frame 0 out; frame 1 heads the buffer
+    add(4, 1, delta)  # 3 (frame 1's middle) lost on the old layer
+    add(5, 2, delta)
+    add(6, 3, key)  # the new layer's keyframe...
+    add(7, 3, delta)  # ...in two packets
+    assert not vp8_keyframe_start(RtpPacket(payload=delta))
+    # Without the keyframe test the hole is young: nothing happens.
+    assert not skip_stuck_hole(buffer, state, 0.0, 1.0, 7)
+    assert skip_stuck_hole(buffer, state, 0.1, 1.0, 7, vp8_keyframe_start)
+    assert buffer._origin == 6
+    assert add(8, 4, delta) == 3  # the keyframe comes out whole
