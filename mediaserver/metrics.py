@@ -161,6 +161,7 @@ DROP = {reason: DROPS.labels(reason=reason) for reason in DROP_REASONS}
 RETRANSMITTED = RETRANSMISSIONS.labels(result="sent")
 RETRANSMIT_MISSING = RETRANSMISSIONS.labels(result="missing")
 RETRANSMIT_OBSOLETE = RETRANSMISSIONS.labels(result="obsolete_layer")
+RETRANSMIT_GIVEN_UP = RETRANSMISSIONS.labels(result="given_up")
 
 # -- bandwidth adaptation ----------------------------------------------------------------
 

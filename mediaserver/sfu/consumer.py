@@ -49,6 +49,10 @@ def _abs_send_time_24(now: float) -> int:
 
 HISTORY_MASK = HISTORY_SIZE - 1
 NEVER = float("-inf")  # a history slot's packet has not been asked for again
+# Resends of one packet at most. A receiver re-asks every round trip while the packet is
+# missing (libwebrtc up to 10 times); on a link that lost it to congestion every resend
+# adds to the load that lost it. Two give a lost retransmission one more chance.
+MAX_RESENDS = 2
 
 
 class DownstreamContext:
@@ -134,6 +138,7 @@ class Consumer:
         # by the garbage collector, one naming an object stays tracked (see Producer._cache).
         self._history: list[tuple[int, int, int, int] | None] = [None] * HISTORY_SIZE
         self._resent_at = [NEVER] * HISTORY_SIZE  # NEVER: not asked for since it was sent
+        self._resends = bytearray(HISTORY_SIZE)  # resends of the packet in each slot
         self._rtx_seq = random.randrange(1 << 16)
         self._tally = metrics.rtp_tally("out", producer.kind)
 
@@ -188,6 +193,7 @@ class Consumer:
         slot = out_seq & HISTORY_MASK
         self._history[slot] = (out_seq, ext_seq, out_ts, stream.spatial)
         self._resent_at[slot] = NEVER
+        self._resends[slot] = 0
         ctx = self.context
         if not ctx.send_rtp(data):
             metrics.DROP["not_connected"].inc()
@@ -322,14 +328,19 @@ class Consumer:
                 lost += 1
             _, ext_seq, out_ts, spatial = entry
             stream = self.stream
-            if stream is None or spatial != stream.spatial:
-                # A layer the subscriber was switched away from: the new layer started
-                # with a keyframe, so these packets would only cost a congested link.
+            if stream is None or spatial != stream.spatial or self.paused:
+                # A layer the subscriber was switched away from, or a track paused: what
+                # comes next starts with a keyframe, so these packets would only cost a
+                # congested link.
                 metrics.RETRANSMIT_OBSOLETE.inc()
                 self._resent_at[slot] = now  # counted once, never resent
                 continue
             if now - resent_at < max(0.05, self.stats.rtt or 0.1):
                 continue  # resent less than a round trip ago: this NACK crossed it
+            if self._resends[slot] >= MAX_RESENDS:
+                metrics.RETRANSMIT_GIVEN_UP.inc()
+                continue
+            self._resends[slot] += 1
             self._resent_at[slot] = now
             pkt = stream.cached(ext_seq)
             if pkt is None:

@@ -139,6 +139,8 @@ class BandwidthEstimator:
         last_bps, last_at = last
         if self.probe is not None and (bps < last_bps * PROBE_REMB_FALL
                                        or now - last_at < REMB_BURST):
+            if bps < last_bps * 0.9:
+                self._last_remb_fall = now  # a queue sign, whoever built the queue
             self._probe_failed(now, "probe failed: remb")
             return
         if bps >= last_bps * 0.9:

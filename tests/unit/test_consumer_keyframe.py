@@ -81,3 +81,8 @@ def test_a_nack_counts_only_packets_this_link_lost_for_the_first_time():
     assert consumer.on_nack((never_sent,), 11.5) == 0
     assert consumer.on_nack((seqs[1],), 12.0) == 0  # asked for again later: resent, not news
     assert len(sent) == resent + 2  # seqs[3] at once, seqs[1] after a round trip
+    consumer.on_nack((seqs[1],), 13.0)  # a third time: given up (two resends already)
+    assert len(sent) == resent + 2
+    consumer.set_paused(True, 13.0)
+    assert consumer.on_nack((seqs[4],), 13.5) == 1  # lost, counted, but a paused track's
+    assert len(sent) == resent + 2  # packets are not resent
