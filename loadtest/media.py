@@ -65,11 +65,15 @@ class SyntheticVideoTrack(MediaStreamTrack):
 
 
 def read_frame_number(img: np.ndarray) -> int:
-    """The frame number drawn by SyntheticVideoTrack (img is rgb24)."""
+    """The frame number drawn by SyntheticVideoTrack (img is rgb24).
+
+    A frame narrower than the strip (a 160-wide simulcast layer) carries only the low bits
+    that fit: the others read as 0, as they were drawn nowhere.
+    """
     n = 0
     for bit in range(BITS):
         block = img[1:STRIP - 1, bit * BLOCK + 2:(bit + 1) * BLOCK - 2]
-        if block.mean() > 127:
+        if block.size and block.mean() > 127:
             n |= 1 << bit
     return n
 

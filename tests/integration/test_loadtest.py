@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,13 @@ def test_stamp_and_number_survive_drawing_and_a_flipped_block_is_refused() -> No
     assert read_frame_number(img) == 4242 and read_stamp(img) == 51234
     img[STRIP:2 * STRIP, 0:8] = 255 - img[STRIP:2 * STRIP, 0:8]  # one stamp bit misread
     assert read_stamp(img) is None
+
+
+def test_a_frame_narrower_than_the_number_strip_reads_its_low_bits() -> None:
+    narrow = synthetic_image(np.full((60, 80, 3), 80, dtype=np.uint8), 0b1100_0000_0101, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" from the missing blocks
+        assert read_frame_number(narrow) == 0b0101  # 80 px hold bits 0-9; 10 and 11 are lost
 
 
 def test_track_stats_count_freezes_skips_and_a_trailing_stall() -> None:
