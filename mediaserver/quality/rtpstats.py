@@ -125,30 +125,34 @@ class ReceiveStats:
 class SendStats:
     """Counters of one sent RTP stream and the round trip measured through it."""
 
-    __slots__ = ("fraction_lost", "frames_sent", "jitter", "last_rtt", "octets_sent",
-                 "packets_lost", "packets_sent", "reports", "rtt")
+    __slots__ = ("fraction_lost", "frames_sent", "jitter", "octets_sent", "packets_lost",
+                 "packets_sent", "reports", "rtt")
 
     def __init__(self) -> None:
         self.packets_sent = 0
         self.octets_sent = 0
         self.frames_sent = 0
         self.rtt: float | None = None  # smoothed
-        self.last_rtt: float | None = None  # from the last report that carried one
         self.fraction_lost = 0
         self.packets_lost = 0
         self.jitter = 0  # as the receiver reports it, in timestamp units
         self.reports = 0
 
     def on_receiver_report(self, lsr: int, dlsr: int, fraction_lost: int, packets_lost: int,
-                           now_ntp_middle32: int, jitter: int = 0) -> None:
-        """Take a report block about this stream; ``now_ntp_middle32`` is our clock."""
+                           now_ntp_middle32: int, jitter: int = 0) -> float | None:
+        """Take a report block about this stream; ``now_ntp_middle32`` is our clock.
+
+        Returns the round trip this block measured (s), or None when it carries none.
+        """
         self.reports += 1
         self.fraction_lost = fraction_lost
         self.packets_lost = packets_lost
         self.jitter = jitter
-        if lsr:
-            rtt_units = (now_ntp_middle32 - lsr - dlsr) & 0xFFFFFFFF
-            if rtt_units < (1 << 31):
-                rtt = rtt_units / 65536.0
-                self.last_rtt = rtt
-                self.rtt = rtt if self.rtt is None else 0.8 * self.rtt + 0.2 * rtt
+        if not lsr:
+            return None
+        rtt_units = (now_ntp_middle32 - lsr - dlsr) & 0xFFFFFFFF
+        if rtt_units >= (1 << 31):
+            return None
+        rtt = rtt_units / 65536.0
+        self.rtt = rtt if self.rtt is None else 0.8 * self.rtt + 0.2 * rtt
+        return rtt

@@ -315,18 +315,11 @@ async def renack_missing(pc: RTCPeerConnection, now: float, give_up_after: float
                 del first_seen[seq]
         for seq in generator.missing:
             first_seen.setdefault(seq, now)
-        stale = [seq for seq, at in first_seen.items() if now - at > give_up_after]
-        if stale:
-            origin = getattr(buffer, "_origin", None)
-            if buffer is not None and origin is not None:
-                skip = max((seq - origin) & 0xFFFF for seq in stale) + 1
-                if skip < buffer.capacity:
-                    buffer.smart_remove(skip)
-            for seq in stale:
-                generator.missing.discard(seq)
-                del first_seen[seq]
-            await receiver._send_rtcp_pli(media[-1])
-            sent += 1
+        # Packets asked for too long are given up (a hole they leave in the buffer is
+        # skip_stuck_hole's, with the keyframe request).
+        for seq in [seq for seq, at in first_seen.items() if now - at > give_up_after]:
+            generator.missing.discard(seq)
+            del first_seen[seq]
         if generator.missing:
             await receiver._send_rtcp_nack(media[-1], sorted(generator.missing))
             sent += 1

@@ -138,7 +138,8 @@ class Consumer:
         # by the garbage collector, one naming an object stays tracked (see Producer._cache).
         self._history: list[tuple[int, int, int, int] | None] = [None] * HISTORY_SIZE
         self._resent_at = [NEVER] * HISTORY_SIZE  # NEVER: not asked for since it was sent
-        self._resends = bytearray(HISTORY_SIZE)  # resends of the packet in each slot
+        # Resends of the packet in each slot; reset at its first NACK, not on the packet path.
+        self._resends = bytearray(HISTORY_SIZE)
         self._rtx_seq = random.randrange(1 << 16)
         self._tally = metrics.rtp_tally("out", producer.kind)
 
@@ -193,7 +194,6 @@ class Consumer:
         slot = out_seq & HISTORY_MASK
         self._history[slot] = (out_seq, ext_seq, out_ts, stream.spatial)
         self._resent_at[slot] = NEVER
-        self._resends[slot] = 0
         ctx = self.context
         if not ctx.send_rtp(data):
             metrics.DROP["not_connected"].inc()
@@ -326,6 +326,7 @@ class Consumer:
             resent_at = self._resent_at[slot]
             if resent_at == NEVER:
                 lost += 1
+                self._resends[slot] = 0
             _, ext_seq, out_ts, spatial = entry
             stream = self.stream
             if stream is None or spatial != stream.spatial or self.paused:

@@ -504,11 +504,11 @@ class SubscriberTransport(PeerTransport):
                 for block in p.reports:
                     consumer = self.by_ssrc.get(block.ssrc)  # RTX-stream blocks find none
                     if consumer is not None:
-                        consumer.stats.on_receiver_report(
+                        block_rtt = consumer.stats.on_receiver_report(
                             block.lsr, block.dlsr, block.fraction_lost, block.packets_lost,
                             ntp_now, block.jitter)
-                        if block.lsr and consumer.stats.last_rtt is not None:
-                            rtt = max(rtt or 0.0, consumer.stats.last_rtt)
+                        if block_rtt is not None:
+                            rtt = max(rtt or 0.0, block_rtt)
                         # Weigh each stream's loss by what was sent on it since its last
                         # report: the link's loss, not the noisiest small stream's.
                         count = consumer.stats.packets_sent - consumer.packets_at_report

@@ -99,6 +99,12 @@ def test_send_stats_rtt_from_lsr_and_dlsr():
     st = SendStats()
     # We sent an SR at NTP middle 0x00010000 (1 s); the receiver held it 0.25 s and its
     # report arrives at 1.5 s: RTT 0.25 s.
-    st.on_receiver_report(lsr=0x00010000, dlsr=0x4000, fraction_lost=0, packets_lost=0,
-                          now_ntp_middle32=0x00018000)
+    assert st.on_receiver_report(lsr=0x00010000, dlsr=0x4000, fraction_lost=0,
+                                 packets_lost=0, now_ntp_middle32=0x00018000) == 0.25
+    assert st.rtt == 0.25
+    # No sender report to refer to, or a delay that would put it in the future: no RTT.
+    assert st.on_receiver_report(lsr=0, dlsr=0, fraction_lost=0, packets_lost=0,
+                                 now_ntp_middle32=0x00018000) is None
+    assert st.on_receiver_report(lsr=0x00020000, dlsr=0, fraction_lost=0, packets_lost=0,
+                                 now_ntp_middle32=0x00018000) is None
     assert st.rtt == 0.25
