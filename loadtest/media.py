@@ -67,8 +67,8 @@ class SyntheticVideoTrack(MediaStreamTrack):
 def read_frame_number(img: np.ndarray) -> int:
     """The frame number drawn by SyntheticVideoTrack (img is rgb24).
 
-    A frame narrower than the strip (a 160-wide simulcast layer) carries only the low bits
-    that fit: the others read as 0, as they were drawn nowhere.
+    A frame narrower than the strip's 128 pixels (an 80-wide simulcast layer) carries only
+    the low bits that fit: the others read as 0, as they were drawn nowhere.
     """
     n = 0
     for bit in range(BITS):
