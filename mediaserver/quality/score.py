@@ -46,6 +46,10 @@ Z_CHANGE = 4.0         # standard errors between recent and older loss that mean
 DROP_PER_S = 0.6       # a drop closes 60 % of the gap per second
 RISE_PER_S = 0.5       # a recovery climbs at most 0.5 MOS per second
 LOST_AFTER = 2         # consecutive windows with nothing received
+# The usual packet rate a track's dry windows are charged with is learnt only from windows
+# at least this long, and capped (packets a second).
+MIN_RATE_WINDOW = 0.01
+MAX_PACKET_RATE = 10_000.0
 MAX_DT = 10.0          # s: longest window the dynamics take at face value
 HISTORY_SECONDS = 3600.0
 CAUSE_MIN_R = 4.0      # an impairment smaller than this is not worth naming
@@ -314,8 +318,9 @@ class QualityTracker:
         if _is_dry(stats):  # nothing sent: this track's usual packets, all lost
             n = max(1, round(self._rate * max(stats.duration, 0.0)))
             stats = replace(stats, packets_expected=n, packets_lost=n)
-        elif stats.packets_expected > 0 and stats.duration > 0:
-            self._rate = stats.packets_expected / stats.duration
+        elif stats.packets_expected > 0 and stats.duration >= MIN_RATE_WINDOW:
+            # (A window of a few microseconds, or a flood, would make the rate infinite.)
+            self._rate = min(stats.packets_expected / stats.duration, MAX_PACKET_RATE)
         if not 0 <= stats.packets_lost <= stats.packets_expected:  # duplicates, reordering
             stats = replace(stats, packets_lost=min(max(stats.packets_lost, 0),
                                                     stats.packets_expected))

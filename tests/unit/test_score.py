@@ -386,3 +386,16 @@ def test_any_valid_windows_keep_the_score_in_range(windows: list[WindowStats]) -
             "uplink_loss", "downlink_loss", "uplink_delay", "downlink_delay", "bandwidth",
             "none"}
     assert all(1.0 <= score <= 4.5 for _, score, _ in tracker.history)
+
+
+@pytest.mark.parametrize("duration", [2.2250738585e-313, 1e-9, 0.0])
+def test_a_window_of_almost_no_time_does_not_make_the_rate_infinite(duration: float) -> None:
+    # Found by the property above: one packet over a subnormal duration made the learnt
+    # packet rate infinite, and the next empty window's charge could not be counted.
+    tracker = QualityTracker()
+    tracker.update(WindowStats(kind="audio", duration=duration, packets_expected=1,
+                               packets_lost=0), 0.0)
+    for i, d in enumerate((0.0, 1.0), start=1):
+        tracker.update(WindowStats(kind="audio", duration=d, packets_expected=0,
+                                   packets_lost=0), float(i))
+    assert tracker.score is not None and 1.0 <= tracker.score <= 4.5
