@@ -99,7 +99,13 @@ def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario
     received = rtp.get("packets_received", 0)
     lost = max(0, rtp.get("packets_lost", 0))
     states = [e for _, e in record["events"] if e.get("type") == "stream_state"]
+    # Where the audio broke up, for reading a run (seconds from the start, gap in ms).
+    long_gaps = [(round(x, 2), round((y - x) * 1000)) for x, y in itertools.pairwise(a)
+                 if y - x > 0.1]
     return {"scenario": scenario.name, "phases": phases, "width_switches": switches,
+            "first_audio_s": round(a[0], 2) if a else None,
+            "first_video_s": round(v[0][0], 2) if v else None,
+            "audio_gaps_over_100ms": long_gaps,
             "audio_loss_pct": round(100 * lost / max(1, received + lost), 2),
             "stream_states": [(e["state"], e.get("reason"), e.get("width")) for e in states]}
 

@@ -62,6 +62,7 @@ class ShapedLink:
         self.ns_ip = f"10.{200 + n % 50}.{n}.2"
         self.rate_kbit = rate_kbit
         self._up = False
+        self._shaped = False  # a tbf is on the link
 
     def __enter__(self) -> ShapedLink:
         _run("ip", "netns", "add", self.netns)
@@ -78,17 +79,25 @@ class ShapedLink:
         return self
 
     def set_rate(self, rate_kbit: int | None) -> None:
-        """Cap the downlink at ``rate_kbit`` (None: unshaped)."""
-        subprocess.run(["tc", "qdisc", "del", "dev", self.host_if, "root"],
-                       capture_output=True)
+        """Cap the downlink at ``rate_kbit`` (None: unshaped).
+
+        Once shaped, the link keeps its tbf and only its rate changes (``tc qdisc change``
+        keeps the queue): deleting the qdisc would drop the packets it holds, which a real
+        link that gets faster or slower does not do. Unshaped again is a rate far above
+        anything sent here.
+        """
         self.rate_kbit = rate_kbit
         if rate_kbit is None:
+            if self._shaped:
+                _run("tc", "qdisc", "change", "dev", self.host_if, "root", "tbf",
+                     "rate", "1gbit", "burst", "1mb", "latency", "200ms")
             return
         # A bucket of ~40 ms at the rate (at least two full packets), and up to 200 ms of
         # queue before tbf drops: a plausible mobile downlink.
         burst = max(3200, rate_kbit * 1000 // 8 // 25)
-        _run("tc", "qdisc", "add", "dev", self.host_if, "root", "tbf", "rate",
-             f"{rate_kbit}kbit", "burst", str(burst), "latency", "200ms")
+        _run("tc", "qdisc", "change" if self._shaped else "add", "dev", self.host_if, "root",
+             "tbf", "rate", f"{rate_kbit}kbit", "burst", str(burst), "latency", "200ms")
+        self._shaped = True
 
     def spawn(self, *args: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(["ip", "netns", "exec", self.netns, *args],
