@@ -37,12 +37,15 @@ class Scenario:
     schedule: list[tuple[float, int | None]]  # (seconds from start, kbit/s or None)
     duration: float
     audio_only: bool = False
+    start_kbit: int | None = None  # the subscriber's own word for its link at the start
 
 
 SCENARIOS = {
     "cap250": Scenario("cap250", [(0, 250)], 25),
     "drop": Scenario("drop", [(0, None), (15, 250), (30, None)], 50),
     "cap100": Scenario("cap100", [(0, 100), (20, None)], 40),
+    # The same link, with the client saying what it is (its browser's downlink estimate).
+    "cap100-hint": Scenario("cap100-hint", [(0, 100), (20, None)], 40, start_kbit=100),
     "stable": Scenario("stable", [(0, None)], 75),
 }
 
@@ -144,7 +147,9 @@ async def run(url: str, tokens: dict[str, str], scenario: Scenario, host_ip: str
         proc = link.spawn(python, "-m", "loadtest.shaped", "--url", shaped_url,
                           "--token", tokens["constrained"], "--address", link.ns_ip,
                           "--duration", str(scenario.duration),
-                          *(["--audio-only"] if scenario.audio_only else []))
+                          *(["--audio-only"] if scenario.audio_only else []),
+                          *(["--start-bitrate", str(scenario.start_kbit * 1000)]
+                            if scenario.start_kbit is not None else []))
         last_trace = None
         waiting = asyncio.get_running_loop().run_in_executor(None, proc.communicate)
         for at, rate in scenario.schedule:

@@ -114,7 +114,8 @@ class ShapedLink:
 
 
 async def subscribe(url: str, token: str, address: str, duration: float,
-                    audio_only: bool = False) -> dict[str, Any]:
+                    audio_only: bool = False, start_bitrate: int | None = None
+                    ) -> dict[str, Any]:
     client = SignalClient(url, token,
                           policy=aiortc_adapter.CandidatePolicy(addresses=(address,)))
     events: list[tuple[float, dict[str, Any]]] = []
@@ -122,8 +123,12 @@ async def subscribe(url: str, token: str, address: str, duration: float,
         reply = await client.connect()
         if reply["type"] != "joined":
             return {"error": reply}
-        if audio_only:
-            await client.request({"type": "set_bandwidth", "audio_only": True})
+        if audio_only or start_bitrate is not None:
+            # What a phone's browser knows of its link (navigator.connection.downlink), said
+            # before the subscriber connection is answered.
+            await client.request({"type": "set_bandwidth", "audio_only": audio_only,
+                                  **({"start_bitrate": start_bitrate}
+                                     if start_bitrate is not None else {})})
         end = time.time() + duration
         seen = 0
         while time.time() < end:
@@ -160,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--address", required=True, help="this namespace's own IP address")
     ap.add_argument("--duration", type=float, required=True)
     ap.add_argument("--audio-only", action="store_true")
+    ap.add_argument("--start-bitrate", type=int, default=None,
+                    help="tell the server the link carries this many bit/s at the start")
     args = ap.parse_args(argv)
     aiortc_adapter.install()
     with contextlib.suppress(ImportError):
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
 
         uvloop.install()
     result = asyncio.run(subscribe(args.url, args.token, args.address, args.duration,
-                                   args.audio_only))
+                                   args.audio_only, args.start_bitrate))
     json.dump(result, sys.stdout)
 
 

@@ -55,6 +55,7 @@ class Participant:
     preferences: dict[str, dict[str, Any]] = field(default_factory=dict)
     audio_only: bool = False  # the subscriber chose to receive no video
     max_bitrate: int | None = None  # the subscriber's own cap on its downlink, bps
+    start_bitrate: int | None = None  # what the subscriber says its downlink carries, bps
     # Subscriber negotiation (one offer in flight at a time).
     answer_waiter: asyncio.Future[str] | None = None
     pending_offer: dict[str, Any] | None = None

@@ -86,6 +86,7 @@ class Room:
         self._last_quality = float("-inf")
         self._last_adapt = float("-inf")
         self.negotiator = Negotiator(policy, self._visible_producers, self._relay_remb)
+        self.negotiator.adaptation = adaptation
         self.recording = (RoomRecording(name, recording, self._identity_of)
                           if recording is not None else None)
         self._identities: dict[str, str] = {}  # participant id -> identity, for the audit log
@@ -549,14 +550,24 @@ class Room:
                     consumer.refresh_paused(now)
 
     def set_bandwidth(self, p: Participant, audio_only: bool | None,
-                      max_bitrate: int | None) -> None:
-        """The subscriber's own limits: audio only, or at most ``max_bitrate`` bps."""
+                      max_bitrate: int | None, start_bitrate: int | None = None) -> None:
+        """The subscriber's own limits: audio only, or at most ``max_bitrate`` bps; and
+        ``start_bitrate``, what it believes its link carries (the estimate starts there)."""
         self._require(p, Permission.SUBSCRIBE)
+        for name, value in (("max_bitrate", max_bitrate), ("start_bitrate", start_bitrate)):
+            if value is not None and value < 0:
+                raise RoomError("invalid_field", f"{name} must not be negative")
         p.audio_only = bool(audio_only) if audio_only is not None else p.audio_only
         if max_bitrate is not None:
-            if max_bitrate < 0:
-                raise RoomError("invalid_field", "max_bitrate must not be negative")
             p.max_bitrate = max_bitrate or None
+        if start_bitrate is not None:
+            p.start_bitrate = start_bitrate or None
+            if p.subscriber is not None and self.adaptation:
+                estimator = p.subscriber.adaptation.estimator
+                if p.start_bitrate is None:
+                    estimator.start_hint = None
+                else:
+                    estimator.start_at(p.start_bitrate, time.monotonic())
         if p.subscriber is not None:
             self._apply_bandwidth_settings(p)
 

@@ -46,6 +46,7 @@ class Negotiator:
         self.policy = policy
         self.visible_producers = visible_producers
         self.on_remb = on_remb
+        self.adaptation = True  # the room adapts (False: plain forwarding)
 
     def schedule(self, p: Participant) -> None:
         if p.closed or (p.state != ACTIVE and p.state != DISCONNECTED):
@@ -76,6 +77,8 @@ class Negotiator:
                 self.policy, p.id, p.joined_monotonic if first else None)
             p.subscriber_generation += 1
             p.subscriber.set_remb_listener(self.on_remb)
+            if self.adaptation and p.start_bitrate is not None:
+                p.subscriber.adaptation.estimator.start_at(p.start_bitrate, time.monotonic())
         sub = p.subscriber
         want = wanted(p, self.visible_producers(p))
         have = {c.producer for c in sub.consumers.values() if not c.closed}
@@ -98,6 +101,10 @@ class Negotiator:
                 p.needs_negotiation = True
                 continue
             consumer.disabled = consumer.producer.track_id in p.disabled_tracks
+            # On a link the subscriber said is too thin, video waits for a probe (the next
+            # allocation step tells the subscriber so) instead of flooding it at once.
+            consumer.bandwidth_paused = (self.adaptation and consumer.kind == "video"
+                                         and sub.adaptation.starts_without_video())
             consumer.producer.add_consumer(consumer, now)
             consumer.refresh_paused(now)
 

@@ -99,6 +99,17 @@ class SubscriberAdaptation:
         self.media_rate = 0
         self.audio_only = False
 
+    def starts_without_video(self) -> bool:
+        """Whether a new video track waits for a probe instead of starting at its lowest
+        layer: the subscriber's start hint leaves no room for video beside its audio."""
+        hint = self.estimator.start_hint
+        if hint is None:
+            return False
+        audio = sum(c.producer.streams[0].wire_bitrate or 64_000
+                    for c in self.transport.consumers.values()
+                    if c.kind == "audio" and not c.closed)
+        return hint - audio < self.allocator.audio_only_floor
+
     # -- feedback (from the subscriber transport's RTCP) ----------------------------------
 
     def on_remb(self, bps: int, now: float, source: int = 0) -> None:
@@ -185,20 +196,24 @@ class SubscriberAdaptation:
             consumers.append(c)
             demands.append(d)
         estimate = est.value
-        if not est.lossy_within(LOSS_MEMORY, now):
-            # Without loss to prove the link short, every track keeps at least its lowest
-            # layer: a new subscriber starts there, and a falling REMB holds layers down
-            # but never pauses video on its own.
-            live = [d for d in demands if not d.disabled]
-            audio = sum(min((la.bitrate for la in d.layers), default=0)
-                        for d in live if d.kind == "audio")
-            video = sum(min((la.bitrate for la in d.layers), default=0)
-                        for d in live if d.kind == "video")
-            if any(d.kind == "video" for d in live):
-                # Above the audio-only floor as well: fat audio (aiortc sends 96 kbps Opus)
-                # must not, on its own, look like a link too thin for video.
-                video = max(video, self.allocator.audio_only_floor)
-            minimal = int((audio + video) * self.allocator.up_hysteresis)
+        # Audio and every video track's lowest layer: what a new subscriber starts with.
+        live = [d for d in demands if not d.disabled]
+        audio = sum(min((la.bitrate for la in d.layers), default=0)
+                    for d in live if d.kind == "audio")
+        video = sum(min((la.bitrate for la in d.layers), default=0)
+                    for d in live if d.kind == "video")
+        has_video = any(d.kind == "video" for d in live)
+        if has_video:
+            # Above the audio-only floor as well: fat audio (aiortc sends 96 kbps Opus)
+            # must not, on its own, look like a link too thin for video.
+            video = max(video, self.allocator.audio_only_floor)
+        minimal = int((audio + video) * self.allocator.up_hysteresis)
+        if est.start_hint is not None and has_video and est.value >= minimal:
+            est.start_hint = None  # the subscriber's word leaves room for video: done
+        if not est.lossy_within(LOSS_MEMORY, now) and est.start_hint is None:
+            # Without loss (or the subscriber's own word) to prove the link short, every
+            # track keeps at least its lowest layer: a new subscriber starts there, and a
+            # falling REMB holds layers down but never pauses video on its own.
             estimate = max(estimate, minimal)
         if now - est.last_congestion > CALM_HOLD:
             # No congestion signal for a while: what flows fits; a layer's rate growing
@@ -303,9 +318,14 @@ class SubscriberAdaptation:
                 steps.append(max(1, ladder[index + 1].bitrate - current))
         if not steps:
             return
+        step = min(steps)
+        if self.allocator.audio_only:
+            # Out of audio only the allocator goes only above its floor (with hysteresis),
+            # whatever the lowest layer costs: a probe to less could never let video in.
+            step = max(step, self.allocator.audio_only_floor)
         # Headroom over the step: layer bitrates swing with keyframes and content.
-        goal = int((allocated + min(steps)) * self.allocator.up_hysteresis * 1.25)
-        if self.estimator.want_probe(goal, now):
+        goal = int((allocated + step) * self.allocator.up_hysteresis * 1.25)
+        if self.estimator.want_probe(goal, now, cold=self.audio_only):
             self._start_pacer()
 
     # -- probe padding ---------------------------------------------------------------------
@@ -329,14 +349,15 @@ class SubscriberAdaptation:
                 last = now
                 carrier = self._padding_carrier()
                 if carrier is None:
+                    # Nothing can carry padding: a probe that sent none proved nothing.
+                    self.estimator.cancel_probe(now)
                     break
                 if want > 0:
                     self.padding_sent += carrier.send_padding(want, now)
 
     def _padding_carrier(self) -> Consumer | None:
         for c in self.transport.consumers.values():
-            if c.kind == "video" and not c.closed and c.rtx_ssrc is not None \
-                    and c.last_sent_at is not None:
+            if c.kind == "video" and not c.closed and c.rtx_ssrc is not None:
                 return c
         return None
 

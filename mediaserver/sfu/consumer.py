@@ -253,10 +253,12 @@ class Consumer:
         """Send about ``size`` bytes of padding-only RTX packets: a bandwidth probe.
 
         Padding rides on the RTX stream, so it never touches the media sequence numbers;
-        the subscriber's estimator counts it, its decoder never sees it. Returns the bytes
-        actually sent (0 without RTX or before the first media packet).
+        the subscriber's estimator counts it, its decoder never sees it. It may come before
+        the track's first media packet (a track held back from the start is probed for
+        first; the SDP already named the RTX SSRC). Returns the bytes actually sent (0
+        without RTX or before the transport is up).
         """
-        if self.rtx_ssrc is None or self.rtx_payload_type is None or self.last_sent_at is None:
+        if self.rtx_ssrc is None or self.rtx_payload_type is None:
             return 0
         sent = 0
         ts = self.rewriter.last_out_ts & 0xFFFFFFFF

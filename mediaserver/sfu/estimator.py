@@ -67,6 +67,10 @@ class BandwidthEstimator:
         self.floor = floor
         self.ceiling = ceiling
         self.cap: int | None = None  # what the subscriber asked for at most
+        # What the subscriber said its link carries when it joined (set_bandwidth
+        # start_bitrate), until a probe shows more: evidence, like loss, that may keep video
+        # paused from the start.
+        self.start_hint: int | None = None
         self._loss_high = loss_high
         self._loss_heavy = loss_heavy
         self._last_remb_fall = float("-inf")
@@ -119,6 +123,19 @@ class BandwidthEstimator:
         """
         return now - self.last_loss < seconds
 
+    def start_at(self, bps: int, now: float) -> None:
+        """Take the subscriber's own word for its link before anything is measured.
+
+        A receiver's first reports come a second or two after media starts (aiortc reports
+        every 0.5-1.5 s, and only after a sender report); on a link thinner than audio and
+        the lowest video layer together, that is long enough to overflow its queue and lose
+        audio. A client that knows its link is weak (the browser's own downlink estimate, or
+        what its last call measured) says so, and video starts only once a probe shows room.
+        """
+        self.start_hint = bps
+        self.estimate = max(self.floor, min(self.ceiling, bps))
+        self.history.append((now, "start hint", self.estimate))
+
     # -- feedback ------------------------------------------------------------------------
 
     def on_sent(self, bps: int) -> None:
@@ -137,6 +154,11 @@ class BandwidthEstimator:
         if last is None:
             return
         last_bps, last_at = last
+        if now - last_at < REMB_BURST:
+            # aiortc's receiver says "overusing" with a REMB per packet: its delay detector
+            # sees a queue growing on the link (or, for a CPU-starved receiver, in its own
+            # socket buffer). Not a cut on its own; it makes the loss that follows count.
+            self._last_remb_fall = now
         if self.probe is not None and (bps < last_bps * PROBE_REMB_FALL
                                        or now - last_at < REMB_BURST):
             if bps < last_bps * 0.9:
@@ -179,8 +201,13 @@ class BandwidthEstimator:
         # Calm: little loss and no standing queue. A link that cannot carry what flows
         # fills its queue for a moment before it drops anything: reports from that moment
         # are not calm, so no probe piles onto it.
-        calm = fraction <= self._loss_low and not queued
-        self._calm_reports = self._calm_reports + 1 if calm else 0
+        if fraction > self._loss_low or queued:
+            self._calm_reports = 0
+        elif rtt is not None:
+            self._calm_reports += 1
+        # (A report without a round trip, for a stream that had no sender report yet, cannot
+        # tell a queue apart: it neither confirms the rate nor breaks the streak. Counted
+        # as calm, two such reports let a probe start onto a link still filling.)
         # Loss with no sign of a queue (no REMB fall lately, no grown round trip) and below
         # ``loss_heavy`` is taken as a lossy radio, not a full link: cutting the rate would
         # not cure it and would only starve the video. GCC's loss controller lacks this
@@ -254,8 +281,9 @@ class BandwidthEstimator:
 
     # -- probing -------------------------------------------------------------------------
 
-    def want_probe(self, goal: int, now: float) -> bool:
-        """Start a probe towards ``goal`` bps if the link has been calm long enough."""
+    def want_probe(self, goal: int, now: float, cold: bool = False) -> bool:
+        """Start a probe towards ``goal`` bps if the link has been calm long enough
+        (``cold``: from audio only, see ``ProbePlanner.start``)."""
         if self.probe is not None or goal <= self.value:
             return False
         if self.cap is not None and self.estimate >= self.cap:
@@ -267,9 +295,15 @@ class BandwidthEstimator:
         target = self.planner.goal(goal, self.value, now)
         if target is None:
             return False
-        self.probe = self.planner.start(self.sent_rate, target, now)
+        self.probe = self.planner.start(self.sent_rate, target, now, cold)
         self.history.append((now, "probe", target))
         return True
+
+    def cancel_probe(self, now: float) -> None:
+        """Drop the probe in flight without a verdict (it could not be sent)."""
+        if self.probe is not None:
+            self.probe = None
+            self.history.append((now, "probe cancelled", self.value))
 
     def padding_rate(self, media_bps: int, now: float) -> int:
         """Padding to send now on top of ``media_bps`` (0 when not probing)."""
@@ -285,5 +319,6 @@ class BandwidthEstimator:
             self.probe = None
             self._last_probe_ok = now
             self.planner.on_success(probe, now)
+            self.start_hint = None  # measured now: more than the subscriber thought
             self.estimate = min(self.ceiling, max(self.estimate, probe.goal))
             self.history.append((now, "probe ok", self.estimate))

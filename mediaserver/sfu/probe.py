@@ -59,6 +59,7 @@ class ProbePlanner:
         success_step: float = 2.0,
         near_failure_step: float = 1.2,
         ramp: float = 0.6,
+        cold_ramp: float = 1.6,
         hold: float = 0.2,
         settle: float = 1.0,
         backoff_min: float = 2.0,
@@ -69,6 +70,7 @@ class ProbePlanner:
         self._success_step = success_step
         self._near_failure_step = near_failure_step
         self._ramp = ramp
+        self._cold_ramp = cold_ramp
         self._hold = hold
         self._settle = settle
         self._backoff_min = backoff_min
@@ -98,9 +100,17 @@ class ProbePlanner:
         goal = int(min(wanted, limit))
         return goal if goal > estimate else None
 
-    def start(self, base: int, goal: int, now: float) -> Probe:
+    def start(self, base: int, goal: int, now: float, cold: bool = False) -> Probe:
+        """A probe from ``base`` to ``goal``; ``cold`` when no video flows to the subscriber.
+
+        From audio only the subscriber's delay-based estimator has had nothing to measure:
+        its first REMB comes some 0.6 s into the probe (aiortc needs that much arrival
+        history), by when a 0.6 s ramp has run its course and overfilled a thin link.
+        The cold ramp is slower, so the first feedback finds the rate near the link's
+        capacity, not half above it.
+        """
         base = max(0, min(base, goal))
-        ramp_ends = now + self._ramp
+        ramp_ends = now + (self._cold_ramp if cold else self._ramp)
         ends = ramp_ends + self._hold
         return Probe(base, goal, now, ramp_ends, ends, ends + self._settle)
 

@@ -420,7 +420,8 @@ async def _preferences(s: SignalSession, room: Room, p: Participant, m: dict[str
 
 
 async def _bandwidth(s: SignalSession, room: Room, p: Participant, m: dict[str, Any]) -> Reply:
-    room.set_bandwidth(p, audio_only=m.get("audio_only"), max_bitrate=m.get("max_bitrate"))
+    room.set_bandwidth(p, audio_only=m.get("audio_only"), max_bitrate=m.get("max_bitrate"),
+                       start_bitrate=m.get("start_bitrate"))
     return ACK
 
 

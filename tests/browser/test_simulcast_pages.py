@@ -119,3 +119,44 @@ async def test_browser_simulcast_reaches_the_server_and_tiles_get_their_layer(se
         return [e["active"] for e in s["encodings"]] == [True, False, False]
     await wait_until(upper_layers_off, timeout=30, interval=0.5,
                      message="h and f turned off at the publisher")
+
+
+# What Chrome's network information API says on a weak mobile link (it has no way to fake
+# one otherwise: the page's own link is loopback).
+WEAK_LINK_JS = """Object.defineProperty(Navigator.prototype, "connection", {configurable: true,
+  get: () => ({downlink: 0.1, effectiveType: "2g", rtt: 1800, saveData: false})});"""
+
+
+async def test_page_on_a_weak_link_says_so_and_video_waits_for_a_probe(server, browser):
+    """The SDK sends the browser's downlink estimate as start_bitrate: the server starts the
+    page with audio only and lets video in once a probe (padding to Chrome before the
+    track's first media packet) shows room; on loopback it does."""
+    def token(identity: str, **kw) -> str:
+        return server.token("b-weak", identity, kind="group", **kw)
+
+    pub = await open_session(browser, server, token("p"), "publisher")
+    pub_id = await pub.participant_id()
+
+    async def weak(page) -> None:
+        await page.add_init_script(WEAK_LINK_JS)
+
+    viewer = await open_session(browser, server, token("v", grants=Grants(publish=False)),
+                                "viewer", before=weak)
+    room = server.rooms.rooms["b-weak"]
+
+    def hinted():
+        sub = room.by_identity("v").subscriber
+        return sub is not None and sub.adaptation.estimator.history and sub.adaptation.estimator
+    est = await wait_until(hinted, timeout=20, message="the viewer's estimator")
+    assert next(iter(est.history))[1:] == ("start hint", 100_000), list(est.history)
+    first = await wait_until(lambda: viewer.js(
+        "(() => { for (const r of window.sessionPage.session.remoteTracks.values())"
+        " if (r.kind === 'video' && r.streamState) return r.streamState; return null; })()"),
+        timeout=20, message="a stream_state for the publisher's video")
+    history = list(est.history)
+    if not any(c == "probe ok" for _, c, _ in history):
+        # Still before the first probe went through: the video waits, paused.
+        assert first["state"] == "paused", (first, history)
+    await wait_until(lambda: viewer.decoded_from(pub_id), timeout=40, interval=0.5,
+                     message="video once a probe showed room")
+    assert "probe ok" in [c for _, c, _ in est.history], list(est.history)

@@ -27,8 +27,20 @@ async def _run(name: str) -> dict[str, Any]:
         async with start_server(host="0.0.0.0", bind_host=link.host_ip) as server:
             tokens = {k: server.token(f"shaped-{name}", k, kind="group")
                       for k in ("publisher", "viewer", "constrained")}
-            summary = await run(server.ws_url, tokens, SCENARIOS[name], link.host_ip, link)
-    print(f"\n{name}: {json.dumps(summary)}")
+            room = f"shaped-{name}"
+            viewer_history: list[Any] = []
+
+            def trace() -> None:
+                # The unconstrained viewer's decisions, to tell why if it was affected.
+                r = server.rooms.rooms.get(room)
+                p = r.by_identity("viewer") if r else None
+                if p is not None and p.subscriber is not None:
+                    viewer_history[:] = [(round(t, 1), c, b) for t, c, b in
+                                         p.subscriber.adaptation.estimator.history]
+
+            summary = await run(server.ws_url, tokens, SCENARIOS[name], link.host_ip, link,
+                                trace=trace)
+    print(f"\n{name}: {json.dumps(summary)}\nviewer's estimator: {viewer_history}")
     return summary
 
 
@@ -82,6 +94,23 @@ async def test_capped_at_100_kbps_goes_audio_only_and_video_returns():
     # phase's end to assert on a shared CI machine; the drop scenario checks the climb
     # back to the top layer within 15 s.
     assert sum(lifted["widths"].values()) >= 100, summary  # 5 fps or more on average
+    _others_unaffected(summary)
+
+
+async def test_a_client_that_says_its_link_is_thin_keeps_audio_continuous_at_100_kbps():
+    # The "audio continuous" at 100 kbit/s from the first packet on. Without a word
+    # from the client the first receiver reports come too late (above: ~1 % of audio lost
+    # in the first seconds). Here the client says its link carries 100 kbit/s, as a phone's
+    # browser can (navigator.connection): video waits for a probe, and probes from audio
+    # only ramp slowly enough to stop at the first REMB, before the 200 ms queue fills.
+    summary = await _run("cap100-hint")
+    capped, lifted = summary["phases"]
+    assert tuple(summary["stream_states"][0]) == ("paused", "audio_only", None), summary
+    assert summary["audio_loss_pct"] < 1.0, summary
+    # (One lost audio packet alone shows as a ~320 ms gap on aiortc's receiver.)
+    assert capped["audio_max_gap_ms"] < 200 and lifted["audio_max_gap_ms"] < 200, summary
+    assert capped["audio_frames"] >= 0.85 * 50 * 20, summary  # less the join (~1 s)
+    assert sum(lifted["widths"].values()) >= 100, summary  # video once the cap is lifted
     _others_unaffected(summary)
 
 

@@ -138,6 +138,38 @@ async def test_audio_only_by_choice_pauses_video_and_keeps_audio(server):
         await asyncio.gather(pub.close(), viewer.close())
 
 
+async def test_a_subscriber_that_says_its_link_is_thin_starts_with_audio_then_probes(server):
+    # start_bitrate below audio + the lowest video layer: video waits for a probe (padding
+    # sent before the track's first media packet) instead of flooding the link at once.
+    # This link is loopback, so the probe gets through and video starts.
+    pub, sim, (viewer,) = await _call(server, "sim-hint", "viewer")
+    try:
+        bad = await viewer.request({"type": "set_bandwidth", "start_bitrate": -1})
+        assert bad["type"] == "error" and bad["code"] == "invalid_field", bad
+        reply = await viewer.request({"type": "set_bandwidth", "start_bitrate": 80_000})
+        assert reply["type"] == "ack", reply
+        first = await viewer.wait_event(lambda e: e["type"] == "stream_state"
+                                        and e["track_id"] == sim.track_id, timeout=15)
+        assert (first["state"], first["reason"]) == ("paused", "audio_only"), first
+        await wait_until(lambda: _video(viewer, pub) is not None
+                         and _video(viewer, pub).frames > 5, timeout=40,
+                         message="video after a probe showed room for it")
+        (audio,) = viewer.tracks_from(pub.participant_id, "audio")
+        assert audio.frames > 50
+        est = server.rooms.rooms["sim-hint"].by_identity("viewer").subscriber \
+            .adaptation.estimator
+        history = list(est.history)
+        causes = [c for _, c, _ in history]
+        assert causes[0] == "start hint" and "probe ok" in causes, history
+        probe_ok_at = next(t for t, c, _ in history if c == "probe ok")
+        first_frame_at = _video(viewer, pub).arrivals[0][0]
+        assert first_frame_at > probe_ok_at, (first_frame_at, history)
+        assert est.start_hint is None
+    finally:
+        await sim.stop()
+        await asyncio.gather(pub.close(), viewer.close())
+
+
 async def test_a_viewer_of_two_simulcast_cameras_sees_both_from_the_start(server):
     # The load test's layers (80x60 at 36k, 160x120 at 120k, 320x240 at 300k): at the
     # start-up estimate both lowest layers fit, but not a middle one beside a lowest one.

@@ -4,10 +4,13 @@ Each case is a list of events, ``(time, what, value)``:
 
 - ``sent``: what the SFU sent over the last interval (bps); ``remb``: a REMB (bps, or
   ``(bps, source)``); ``loss``: a receiver report's loss fraction (or ``(fraction, rtt)``);
-  ``calm``: two reports without loss; ``nack``: a NACK; ``nack_loss``: ``(lost, sent)``
-  video packets over the last second, counted from NACKs; ``tick``: the control step;
+  ``calm``: two reports without loss (with a 50 ms round trip); ``nack``: a NACK;
+  ``nack_loss``: ``(lost, sent)`` video packets over the last second, counted from NACKs;
+  ``tick``: the control step;
 - ``probe``: ``want_probe(value)``, whose answer is checked against ``expect["probes"]``;
 - ``pad``: ``padding_rate(value)``, checked against ``expect["padding"]``;
+- ``start``: ``start_at(value)``, the subscriber's start hint; ``cold``: ``want_probe(value,
+  cold=True)``, like ``probe``; ``cancel``: ``cancel_probe()``;
 
 and what must hold after the last one.
 """
@@ -37,8 +40,8 @@ def drive(est: BandwidthEstimator, events: list[Event]) -> tuple[list[bool], lis
             fraction, rtt = value if isinstance(value, tuple) else (value, None)
             est.on_loss(fraction, now, rtt)
         elif what == "calm":
-            est.on_loss(0.0, now)
-            est.on_loss(0.0, now)
+            est.on_loss(0.0, now, 0.05)
+            est.on_loss(0.0, now, 0.05)
         elif what == "nack":
             est.on_nack(now)
         elif what == "nack_loss":
@@ -47,6 +50,12 @@ def drive(est: BandwidthEstimator, events: list[Event]) -> tuple[list[bool], lis
             est.tick(now)
         elif what == "probe":
             probes.append(est.want_probe(value, now))
+        elif what == "cold":
+            probes.append(est.want_probe(value, now, cold=True))
+        elif what == "start":
+            est.start_at(value, now)
+        elif what == "cancel":
+            est.cancel_probe(now)
         elif what == "pad":
             padding.append(est.padding_rate(value, now))
         else:  # pragma: no cover - a typo in a table
@@ -240,6 +249,46 @@ CASES: list[tuple[str, dict[str, Any], list[Event], dict[str, Any]]] = [
       (6.9, "tick", None), (7.0, "sent", 150_000), (9.0, "loss", 0.5)],
      {"value": int(150_000 * 0.75), "ok": 1, "failed": 1, "failed_level": 150_000,
       "causes": ["probe ok", "loss 0.50", "upgrade failed"]}),
+    ("reports without a round trip (no sender report yet) do not confirm the rate",
+     {"initial": 200_000},
+     [(0.0, "sent", 130_000), (1.0, "loss", 0.0), (2.0, "loss", 0.0),
+      (2.1, "probe", 500_000)],
+     {"probes": [False]}),
+    ("...nor break a streak of reports that do",
+     {"initial": 200_000},
+     [(0.0, "sent", 130_000), (1.0, "loss", (0.0, 0.05)), (1.5, "loss", 0.0),
+      (2.0, "loss", (0.0, 0.05)), (2.1, "probe", 500_000)],
+     {"probes": [True]}),
+    ("a REMB burst (aiortc's receiver overusing) makes the next loss a full link's",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 130_000), (1.0, "remb", 50_000), (1.05, "remb", 49_000),
+      (1.5, "loss", 0.15)],
+     {"lossy": True, "cause": "loss 0.15", "value": int(130_000 * (1 - 0.075))}),
+    ("...REMBs at their usual pace do not",
+     {"initial": 1_000_000},
+     [(0.0, "sent", 130_000), (1.0, "remb", 150_000), (1.5, "remb", 149_000),
+      (2.0, "loss", 0.15)],
+     {"lossy": False, "value": 1_000_000}),
+    ("a start hint is the estimate until measured",
+     {"initial": 200_000},
+     [(0.0, "start", 100_000)],
+     {"value": 100_000, "start_hint": 100_000, "cause": "start hint"}),
+    ("a probe that gets through ends the hint",
+     {"initial": 200_000},
+     [(0.0, "start", 100_000), (0.0, "sent", 60_000), (1.0, "calm", None),
+      (3.0, "cold", 150_000), (6.0, "tick", None)],
+     {"probes": [True], "value": 150_000, "start_hint": None, "ok": 1}),
+    ("a failed one keeps it",
+     {"initial": 200_000},
+     [(0.0, "start", 100_000), (0.0, "sent", 60_000), (1.0, "calm", None),
+      (3.0, "cold", 150_000), (3.7, "remb", 50_000), (3.75, "remb", 49_000)],
+     {"probes": [True], "value": 100_000, "start_hint": 100_000, "failed": 1}),
+    ("a probe that could not be sent has no verdict",
+     {"initial": 200_000},
+     [(0.0, "sent", 130_000), (1.0, "calm", None), (3.0, "probe", 300_000),
+      (3.1, "cancel", None), (6.0, "tick", None)],
+     {"probes": [True], "probe": None, "ok": 0, "failed": 0, "value": 200_000,
+      "cause": "probe cancelled"}),
 ]
 
 
@@ -273,5 +322,7 @@ def test_estimator(config: dict[str, Any], events: list[Event], expect: dict[str
         assert est.probes_ok == expect["ok"]
     if "failed" in expect:
         assert est.probes_failed == expect["failed"]
+    if "start_hint" in expect:
+        assert est.start_hint == expect["start_hint"]
     if "failed_level" in expect:
         assert est.planner.failed_level == expect["failed_level"]

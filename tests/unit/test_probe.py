@@ -48,6 +48,10 @@ def test_start_shapes_the_probe() -> None:
     assert planner.start(120_000, 300_000, 5.0) == Probe(120_000, 300_000, 5.0, 5.5, 5.75, 6.75)
     # Media above the goal (a keyframe burst measured): the ramp is flat at the goal.
     assert planner.start(350_000, 300_000, 5.0).base == 300_000
+    # From audio only the ramp is slower (the subscriber's estimator starts from nothing).
+    cold = ProbePlanner(ramp=0.5, cold_ramp=1.5, hold=0.25, settle=1.0)
+    assert cold.start(60_000, 150_000, 5.0, cold=True) == Probe(60_000, 150_000, 5.0, 6.5,
+                                                                6.75, 7.75)
 
 
 # Each row: outcomes before the question as (time, "ok" or "fail", level or goal), then

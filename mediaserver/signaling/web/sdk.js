@@ -85,6 +85,10 @@ const MAX_REDIRECTS = 3;
  * @property {boolean} [simulcast=true]  Publish video in three layers (q, h, f).
  * @property {boolean} [autoResume=true]  Resume (or rejoin) after the socket drops.
  * @property {number} [resumeWindowMs=30000]  How long to keep trying to resume.
+ * @property {number|"auto"|null} [startBitrate="auto"]  What this device's downlink carries
+ *   at the start, bit/s (`set_bandwidth` start_bitrate): on a link too thin for video the
+ *   server starts with audio only instead of flooding it. "auto": the browser's own estimate
+ *   (`navigator.connection`) when it reports a weak link; null: never send one.
  * @property {(msg: string) => void} [log]  Debug log sink; never receives tokens or SDP.
  */
 
@@ -172,6 +176,7 @@ export class Session extends Emitter {
     this.simulcast = options.simulcast ?? true;
     this.autoResume = options.autoResume ?? true;
     this.resumeWindowMs = options.resumeWindowMs ?? 30000;
+    this.startBitrate = options.startBitrate === undefined ? "auto" : options.startBitrate;
     this._log = options.log ?? ((m) => console.debug(`[sdk] ${m}`));
     /** @type {string} */
     this.state = "idle";
@@ -238,6 +243,7 @@ export class Session extends Emitter {
       this.iceServers = joined.ice_servers ?? [];
       this._applyRoster(joined);
       this._setState(joined.state === "waiting" ? "waiting" : "active");
+      if (joined.state !== "waiting") this._sendStartBitrate();
       this.emit("joined", joined);
       this._startPing();
       if (typeof document !== "undefined") document.addEventListener("visibilitychange", this._onVisibility);
@@ -699,14 +705,37 @@ export class Session extends Emitter {
 
   /**
    * This subscriber's own limits (adaptation, see docs/protocol.md): receive audio only, or at
-   * most `maxBitrate` bits per second (0 removes the cap). Omitted fields stay as they were.
-   * @param {{audioOnly?: boolean, maxBitrate?: number}} limits
+   * most `maxBitrate` bits per second (0 removes the cap), and `startBitrate`, what the link
+   * carries now (the server's estimate starts there). Omitted fields stay as they were.
+   * @param {{audioOnly?: boolean, maxBitrate?: number, startBitrate?: number}} limits
    */
   setBandwidth(limits) {
     const msg = { type: "set_bandwidth" };
     if (limits.audioOnly !== undefined) msg.audio_only = !!limits.audioOnly;
     if (limits.maxBitrate !== undefined) msg.max_bitrate = Math.max(0, Math.round(limits.maxBitrate));
+    if (limits.startBitrate !== undefined) msg.start_bitrate = Math.max(0, Math.round(limits.startBitrate));
     return this.request(msg);
+  }
+
+  /**
+   * Tell the server what this device's downlink carries before media starts (right after
+   * joining or being admitted, ahead of the subscriber answer). A receiver's first reports
+   * come a second or two after media starts; on a link thinner than audio plus the lowest
+   * video layer that is long enough to lose audio.
+   */
+  _sendStartBitrate() {
+    let bps = this.startBitrate;
+    if (bps === "auto") {
+      const conn = typeof navigator !== "undefined" ? navigator.connection : undefined;
+      // Chrome's estimate of the recent downlink (Mbit/s, 25 kbit/s steps); only a weak
+      // link is worth telling: above that, the server's own start and probes do better.
+      const mbps = conn?.downlink;
+      const weak = conn?.effectiveType === "slow-2g" || conn?.effectiveType === "2g";
+      bps = typeof mbps === "number" && mbps > 0 && (mbps < 0.5 || weak) ? Math.round(mbps * 1e6) : null;
+    }
+    if (typeof bps !== "number" || !(bps > 0)) return;
+    this._log(`start bitrate ${bps} bit/s`);
+    this.request({ type: "set_bandwidth", start_bitrate: Math.round(bps) }).catch((err) => this._log(`start bitrate not taken: ${err.message}`));
   }
 
   /** Receive audio only (for a bad connection), or video again. @param {boolean} enabled */
@@ -941,6 +970,7 @@ const EVENT_HANDLERS = {
   admitted(msg) {
     this._applyRoster({ participants: msg.participants });
     this._setState("active");
+    this._sendStartBitrate();
   },
   denied() {
     this._leaving = true; // the server closes the socket next: no resume, no "disconnected"
