@@ -121,10 +121,10 @@ async def test_browser_simulcast_reaches_the_server_and_tiles_get_their_layer(se
                      message="h and f turned off at the publisher")
 
 
-# What Chrome's network information API says on a weak mobile link (it has no way to fake
-# one otherwise: the page's own link is loopback).
+# What Chrome's network information API says on a very weak mobile link (it has no way to
+# fake one otherwise: the page's own link is loopback).
 WEAK_LINK_JS = """Object.defineProperty(Navigator.prototype, "connection", {configurable: true,
-  get: () => ({downlink: 0.1, effectiveType: "2g", rtt: 1800, saveData: false})});"""
+  get: () => ({downlink: 0.05, effectiveType: "slow-2g", rtt: 2000, saveData: false})});"""
 
 
 async def test_page_on_a_weak_link_says_so_and_video_waits_for_a_probe(server, browser):
@@ -148,7 +148,10 @@ async def test_page_on_a_weak_link_says_so_and_video_waits_for_a_probe(server, b
         sub = room.by_identity("v").subscriber
         return sub is not None and sub.adaptation.estimator.history and sub.adaptation.estimator
     est = await wait_until(hinted, timeout=20, message="the viewer's estimator")
-    assert next(iter(est.history))[1:] == ("start hint", 100_000), list(est.history)
+    # 50 kbit/s: below any audio plus the allocator's 60 kbps floor for video, whatever the
+    # microphone sends (at 100 kbit/s, one CI run's Chrome sent audio cheap enough to leave
+    # room for its 80x60 layer from the start: right, but not what this test is after).
+    assert next(iter(est.history))[1:] == ("start hint", 50_000), list(est.history)
     first = await wait_until(lambda: viewer.js(
         "(() => { for (const r of window.sessionPage.session.remoteTracks.values())"
         " if (r.kind === 'video' && r.streamState) return r.streamState; return null; })()"),
