@@ -576,6 +576,11 @@ class Room:
             adaptation = p.subscriber.adaptation
             adaptation.audio_only_requested = p.audio_only
             adaptation.estimator.cap = p.max_bitrate
+            if (p.start_bitrate is not None and adaptation.estimator.start_hint is None
+                    and adaptation.estimator.probes_ok):
+                # A probe measured more than the subscriber said: a later connection (after
+                # a network change) starts as any other, not held back by an old word.
+                p.start_bitrate = None
 
     # -- bandwidth adaptation ------------------------------------------------------------
 

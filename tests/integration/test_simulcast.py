@@ -165,6 +165,10 @@ async def test_a_subscriber_that_says_its_link_is_thin_starts_with_audio_then_pr
         first_frame_at = _video(viewer, pub).arrivals[0][0]
         assert first_frame_at > probe_ok_at, (first_frame_at, history)
         assert est.start_hint is None
+        # Measured past the word: a later subscriber connection starts as any other.
+        participant = server.rooms.rooms["sim-hint"].by_identity("viewer")
+        await wait_until(lambda: participant.start_bitrate is None, timeout=5,
+                         message="the start hint forgotten once measured")
     finally:
         await sim.stop()
         await asyncio.gather(pub.close(), viewer.close())
