@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="client-side network profile for the downlink, repeatable; NAME may also be a "
              "custom link such as rate=300,delay=100,jitter=20,loss=0.01,queue=200 "
              "(kbit/s, ms, ms, fraction, ms)")
+    add("--start-hint", action="store_true",
+        help="participants whose profile caps the downlink tell the server that rate when "
+             "they join (set_bandwidth start_bitrate), as a phone's browser does")
     add("--json", metavar="PATH", help="write the full result as JSON")
     add("--seed", type=int, default=1, help="seed for loss and jitter (1)")
     add("--quiet", action="store_true", help="no progress line")
@@ -182,7 +185,8 @@ def scenario_from(args: argparse.Namespace) -> tuple[Scenario, list[str]]:
         width=width, height=height, fps=fps, video_bitrate_kbps=args.video_bitrate,
         simulcast=args.simulcast, speakers=args.speakers, ramp_up=args.ramp_up,
         duration=args.duration, warmup=args.warmup, mode=args.mode, target=args.target,
-        ice_address=args.ice_address, profiles=profiles, seed=args.seed,
+        ice_address=args.ice_address, profiles=profiles, start_hint=args.start_hint,
+        seed=args.seed,
         thresholds=Thresholds(args.max_loss, args.max_latency_p95, args.min_fps,
                               args.max_join_time))
     return scenario, notes

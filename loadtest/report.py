@@ -166,7 +166,11 @@ def summarise(rows: list[dict[str, Any]], latencies: list[int]) -> dict[str, Any
     summary: dict[str, Any] = {
         "tracks_expected": len(rows), "tracks_received": sum(r["received"] for r in rows),
         "missing": [f"{r['subscriber']} <- {r['publisher']} {r['kind']}"
-                    for r in rows if not r["received"]],
+                    for r in rows if not r["received"] and not r.get("paused_by_server")],
+        # Held back by the server (stream_state paused: bandwidth, audio only), with why.
+        "paused_by_server": [f"{r['subscriber']} <- {r['publisher']} {r['kind']} "
+                             f"({r['paused_by_server']})" for r in rows
+                             if r.get("paused_by_server")],
         "video_fps": {"min": min(fps, default=None), "p5": _r(pct(fps, 5), 2),
                       "p50": _r(pct(fps, 50), 2)},
         "latency_ms": {"p50": _r(pct(latencies, 50)), "p95": _r(pct(latencies, 95)),
@@ -336,6 +340,9 @@ def format_summary(doc: dict[str, Any]) -> str:
                    f"{_f(u['loss'], '.1%'):>6} {_f(u['kbps']):>6} "
                    f"{_f(u['slowest_first_frame_ms'], '.0f', 'ms'):>7}")
     lat, fps, join = s["latency_ms"], s["video_fps"], s["join_ms"]
+    if s.get("paused_by_server"):
+        out += ["", f"paused by the server at the end: {len(s['paused_by_server'])} track(s): "
+                + ", ".join(s["paused_by_server"][:5])]
     out += ["", f"across all: tracks {s['tracks_received']}/{s['tracks_expected']}, "
             f"video fps min {_f(fps['min'], '.1f')} p5 {_f(fps['p5'], '.1f')} "
             f"p50 {_f(fps['p50'], '.1f')}; latency ms p50 {_f(lat['p50'])} p95 {_f(lat['p95'])} "

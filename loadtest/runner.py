@@ -72,6 +72,9 @@ class Scenario:
     target: str = "mediaserver"
     ice_address: str = "127.0.0.1"  # where the participants gather ICE candidates
     profiles: tuple[ProfileAssignment, ...] = ()
+    # Participants whose profile caps their downlink say so at the start (set_bandwidth
+    # start_bitrate), as a phone's browser does from navigator.connection.
+    start_hint: bool = False
     thresholds: report.Thresholds = field(default_factory=report.Thresholds)
     seed: int = 1
 
@@ -90,7 +93,20 @@ class Scenario:
                 "warmup_s": self.warmup, "mode": self.mode, "target": self.target,
                 "ice_address": self.ice_address,
                 "profiles": [f"{a.profile.name}:{a.count or 'all'}" for a in self.profiles],
+                "start_hint": self.start_hint,
                 "thresholds": self.thresholds.as_dict()}
+
+
+def _server_paused(client: Any, track_id: str) -> str | None:
+    """Why the server holds ``track_id`` back from this subscriber now (its last
+    ``stream_state`` said paused), or None."""
+    last = None
+    for e in getattr(client, "events", ()):
+        if e.get("type") == "stream_state" and e.get("track_id") == track_id:
+            last = e
+    if last is None or last.get("state") != "paused":
+        return None
+    return str(last.get("reason") or "paused")
 
 
 class MeasuringClient(SignalClient):
@@ -308,6 +324,10 @@ class Run:
         if reply.get("type") != "joined":
             raise ScenarioError(f"{where}: join refused: {reply.get('code')}: "
                                 f"{reply.get('message')}")
+        if self.s.start_hint and p.profile.rate_kbps and isinstance(client, SignalClient):
+            # Before the subscriber offer is answered, so it applies from the first packet.
+            await client.request({"type": "set_bandwidth",
+                                  "start_bitrate": int(p.profile.rate_kbps * 1000)})
         if p.publishes and self.s.simulcast and not p.audio_only:
             answer = await self._publish_simulcast(p, client)
         elif p.publishes:
@@ -436,7 +456,8 @@ class Run:
                 w = tracks.get(t["track_id"], window.TrackWindow())
                 rows.append({"room": f"room{sub.room}", "subscriber": sub.label,
                              "publisher": pub.label, "track_id": t["track_id"],
-                             "kind": t["kind"], **vars(w)})
+                             "kind": t["kind"], **vars(w),
+                             "paused_by_server": _server_paused(sub.client, t["track_id"])})
         return window.summarise(rows, unknown, seconds, publisher_packets)
 
     def _rows(self, end: float) -> tuple[list[dict[str, Any]], list[int]]:
@@ -461,6 +482,7 @@ class Run:
                     packets=counters.get(t["track_id"], report.PacketTotals()),
                     ready_at=max(sub.connect_started, pub.published_at), end=end,
                     expected_frequency=pub.frequency))
+                rows[-1]["paused_by_server"] = _server_paused(sub.client, t["track_id"])
         return rows, latencies
 
     def _speakers(self) -> dict[str, Any] | None:

@@ -113,6 +113,24 @@ async def test_a_bandwidth_capped_participant_loses_what_its_link_cannot_carry(s
     assert capped["profile_queue_drops"] > 0.35 * received, (capped, received)
 
 
+async def test_a_capped_participant_that_says_so_gets_audio_only(server, tmp_path):
+    # --start-hint: p1 (capped at 100 kbit/s) tells the server its rate when it joins. Audio
+    # plus p0's video do not fit, so the server holds the video back from the start; cheap
+    # subscribers send no reports, so no probe ever lets it in. p0 is unaffected.
+    doc, out = await run_report(
+        tmp_path, "--url", server.ws_url, "--rooms", "1", "--participants-per-room", "2",
+        "--video", "320x240@15", "--duration", "4", "--ramp-up", "10", "--mode", "cheap",
+        "--video-bitrate", "300", "--profile", "rate=100:1", "--start-hint")
+    assert doc["scenario"]["start_hint"] is True
+    got = {(t["subscriber"], t["kind"]): t["packets"] for t in doc["tracks"]}
+    assert got[("p1", "audio")] > 100 and got.get(("p1", "video"), 0) == 0, got
+    assert got[("p0", "audio")] > 100 and got[("p0", "video")] > 20, got
+    # Held back by the server, so reported as such and not as a track that never arrived.
+    assert doc["summary"]["missing"] == [], doc["summary"]
+    assert doc["summary"]["paused_by_server"] == ["p1 <- p0 video (audio_only)"], doc["summary"]
+    assert "paused by the server at the end: 1 track(s)" in out
+
+
 async def test_simulcast_publishers_and_one_layer_per_subscriber(server, tmp_path):
     # Two simulcast publishers (80x60, 160x120, 320x240) and one plain subscriber, decoded.
     doc, _ = await run_report(
