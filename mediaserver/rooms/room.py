@@ -85,8 +85,8 @@ class Room:
         self.reports: list[dict[str, Any]] = []  # of participants who left
         self._last_quality = float("-inf")
         self._last_adapt = float("-inf")
-        self.negotiator = Negotiator(policy, self._visible_producers, self._relay_remb)
-        self.negotiator.adaptation = adaptation
+        self.negotiator = Negotiator(policy, self._visible_producers, self._relay_remb,
+                                     adaptation)
         self.recording = (RoomRecording(name, recording, self._identity_of)
                           if recording is not None else None)
         self._identities: dict[str, str] = {}  # participant id -> identity, for the audit log
@@ -563,11 +563,7 @@ class Room:
         if start_bitrate is not None:
             p.start_bitrate = start_bitrate or None
             if p.subscriber is not None and self.adaptation:
-                estimator = p.subscriber.adaptation.estimator
-                if p.start_bitrate is None:
-                    estimator.start_hint = None
-                else:
-                    estimator.start_at(p.start_bitrate, time.monotonic())
+                p.subscriber.adaptation.estimator.start_at(p.start_bitrate, time.monotonic())
         if p.subscriber is not None:
             self._apply_bandwidth_settings(p)
 

@@ -42,11 +42,11 @@ class Negotiator:
 
     def __init__(self, policy: CandidatePolicy,
                  visible_producers: Callable[[Participant], list[Producer]],
-                 on_remb: Callable[[Producer, float], None]) -> None:
+                 on_remb: Callable[[Producer, float], None], adaptation: bool = True) -> None:
         self.policy = policy
         self.visible_producers = visible_producers
         self.on_remb = on_remb
-        self.adaptation = True  # the room adapts (False: plain forwarding)
+        self.adaptation = adaptation  # the room adapts (False: plain forwarding)
 
     def schedule(self, p: Participant) -> None:
         if p.closed or (p.state != ACTIVE and p.state != DISCONNECTED):

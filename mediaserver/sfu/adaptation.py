@@ -59,6 +59,11 @@ class StreamState:
     temporal: int | None
 
 
+def _audio_cost(stream: RecvStream) -> int:
+    """An audio stream's rate on the wire, or a guess (Opus at 32-96 kbps) before measured."""
+    return stream.wire_bitrate or 64_000
+
+
 def stream_layers(stream: RecvStream, bitrate: int) -> list[Layer]:
     """A simulcast layer as the allocator sees it: one rung per temporal layer measured.
 
@@ -105,7 +110,7 @@ class SubscriberAdaptation:
         hint = self.estimator.start_hint
         if hint is None:
             return False
-        audio = sum(c.producer.streams[0].wire_bitrate or 64_000
+        audio = sum(_audio_cost(c.producer.streams[0])
                     for c in self.transport.consumers.values()
                     if c.kind == "audio" and not c.closed)
         return hint - audio < self.allocator.audio_only_floor
@@ -144,7 +149,7 @@ class SubscriberAdaptation:
         layers: list[Layer] = []
         if producer.kind == "audio":
             stream = producer.streams[0]
-            layers.append(Layer(0, 0, stream.wire_bitrate or 64_000))
+            layers.append(Layer(0, 0, _audio_cost(stream)))
         elif not producer.simulcast:
             stream = producer.streams[0]
             cost = ELASTIC_MIN if self.estimator.lossy_within(LOSS_MEMORY, now) else 0

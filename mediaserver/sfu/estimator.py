@@ -123,8 +123,9 @@ class BandwidthEstimator:
         """
         return now - self.last_loss < seconds
 
-    def start_at(self, bps: int, now: float) -> None:
-        """Take the subscriber's own word for its link before anything is measured.
+    def start_at(self, bps: int | None, now: float) -> None:
+        """Take the subscriber's own word for its link before anything is measured
+        (None: the subscriber took it back; the estimate stays as it is).
 
         A receiver's first reports come a second or two after media starts (aiortc reports
         every 0.5-1.5 s, and only after a sender report); on a link thinner than audio and
@@ -133,8 +134,9 @@ class BandwidthEstimator:
         what its last call measured) says so, and video starts only once a probe shows room.
         """
         self.start_hint = bps
-        self.estimate = max(self.floor, min(self.ceiling, bps))
-        self.history.append((now, "start hint", self.estimate))
+        if bps is not None:
+            self.estimate = max(self.floor, min(self.ceiling, bps))
+            self.history.append((now, "start hint", self.estimate))
 
     # -- feedback ------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ async def test_cap_drops_mid_call_then_lifts():
     summary = await _run("drop")
     before, capped, lifted = summary["phases"]
     assert before["widths"].get(640), summary  # the top layer before the drop
-    # The 3 s; measured 1.15-1.16 s (docs/benchmarks.md).
+    # The 3 s; measured 1.1-1.5 s by the CLI and this test (docs/benchmarks.md).
     assert capped["adapted_after_s"] is not None and capped["adapted_after_s"] <= 3.0, summary
     assert set(capped["widths"]) == {160} and capped["video_fps_median"] >= 12, summary
     assert lifted["adapted_after_s"] is not None and lifted["adapted_after_s"] <= 15, summary

@@ -735,7 +735,7 @@ export class Session extends Emitter {
     }
     if (typeof bps !== "number" || !(bps > 0)) return;
     this._log(`start bitrate ${bps} bit/s`);
-    this.request({ type: "set_bandwidth", start_bitrate: Math.round(bps) }).catch((err) => this._log(`start bitrate not taken: ${err.message}`));
+    this.setBandwidth({ startBitrate: bps }).catch((err) => this._log(`start bitrate not taken: ${err.message}`));
   }
 
   /** Receive audio only (for a bad connection), or video again. @param {boolean} enabled */
