@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPU list for the generators (default: every CPU but the server's)")
     p.add_argument("--max-loss", type=float, default=0.01)
     p.add_argument("--max-latency-p99", type=float, default=20.0, help="ms")
-    p.add_argument("--max-cpu", type=float, default=95.0, help="server CPU, % of its core")
+    p.add_argument("--max-cpu", type=float, default=95.0, help="server CPU, %% of its core")
     p.add_argument("--json", help="write every step as JSON")
     p.add_argument("--profile", metavar="PATH",
                    help="py-spy the server over each window: raw stacks to PATH.<step>, and "
