@@ -4,6 +4,8 @@
     .venv/bin/python bench/micro.py wakeup    # a bare uvloop UDP endpoint: CPU per datagram
     .venv/bin/python bench/micro.py tracker   # QualityTracker.update, clean and lossy links
     .venv/bin/python bench/micro.py relay     # a joined client's ping: one process vs a front
+    .venv/bin/python bench/micro.py send      # a forwarded copy: Python + uvloop against C
+    .venv/bin/python bench/micro.py cold      # SRTP unprotect back to back and after idling
 
 Run as a script (not ``-m bench.micro``) so that ``PYTHONPATH=<an older checkout>`` measures
 that checkout's code with the same benchmark (``tracker`` and ``srtp`` when it has FastSrtp).
@@ -166,12 +168,110 @@ def relay(pings: int = 400) -> None:
                   f"p95 {pct(rtts, 95):.0f} us ({pings} pings)")
 
 
+def send(copies: int = 20000, rounds: int = 5) -> None:
+    """CPU per forwarded copy of a 1000-byte payload, header to kernel, on loopback: the
+    Python path (struct header + payload, FastSrtp.protect, uvloop's sendto) against the C
+    extension's Output.send_rtp; best of ``rounds``, the receiving socket drained
+    (its cost included in both)."""
+    import uvloop
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from mediaserver.sfu import fastsend
+    from mediaserver.sfu.aiortc_adapter import FastSrtp, attach_srtp
+    from mediaserver.sfu.rtp import header_abs_send_time
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+    dest = ("127.0.0.1", sink.getsockname()[1])
+    data = bytes(1004)
+
+    def drain() -> None:
+        try:
+            while True:
+                sink.recv(4096, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                           local_addr=("127.0.0.1", 0))
+        fd = transport.get_extra_info("socket").fileno()
+        session = _srtp_pair()  # one session, a fresh SSRC per round (SRTP refuses replays)
+        fast = FastSrtp(session)
+        payload = memoryview(data)[4:]
+        output = None
+        if fastsend.AVAILABLE:
+            output = fastsend.Output()
+            attach_srtp(output, session)
+            output.set_destination(fd, *dest)
+        best_py = best_c = float("inf")
+        for r in range(rounds):
+            drain()
+            t0 = time.process_time()
+            for i in range(copies):
+                transport.sendto(fast.protect(header_abs_send_time(
+                    False, 96, i, i, 1000 + 2 * r, 3, i) + payload), dest)
+                if i % 100 == 99:
+                    drain()
+            best_py = min(best_py, (time.process_time() - t0) / copies * 1e6)
+            if output is None:
+                continue
+            drain()
+            t0 = time.process_time()
+            for i in range(copies):
+                output.send_rtp(False, 96, i, i, 1001 + 2 * r, 0, 0, 3, i, data, 4, len(data))
+                if i % 100 == 99:
+                    drain()
+            best_c = min(best_c, (time.process_time() - t0) / copies * 1e6)
+        transport.close()
+        print(f"Python (struct + FastSrtp.protect + uvloop sendto): {best_py:.2f} us per copy")
+        print("C Output.send_rtp: " + (f"{best_c:.2f} us per copy" if output is not None
+                                        else "not built"))
+
+    uvloop.run(run())
+
+
+def cold(calls: int = 400, gaps: tuple[float, ...] = (0.0, 0.0005, 0.002)) -> None:
+    """Median and p90 time of one SRTP unprotect (1012-byte packets) back to back and with
+    the thread asleep for a gap before each call, as a packet arriving alone finds it:
+    FastSrtp (pylibsrtp through cffi) and the C extension's Input."""
+    import statistics
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from mediaserver.sfu.aiortc_adapter import unprotector
+
+    key = os.urandom(30)
+    for fast in (False, True):
+        tx = pylibsrtp.Session(pylibsrtp.Policy(key=key,
+                                                ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+        rx = unprotector(pylibsrtp.Session(pylibsrtp.Policy(
+            key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND)), fast=fast)
+        name = type(rx).__name__
+        seq = 0
+        for gap in gaps:
+            times = []
+            for _ in range(calls):
+                seq += 1
+                packet = tx.protect(struct.pack("!BBHII", 0x80, 96, seq, seq, 5) + bytes(1000))
+                if gap:
+                    time.sleep(gap)
+                t0 = time.perf_counter_ns()
+                rx.unprotect(packet)
+                times.append((time.perf_counter_ns() - t0) / 1000)
+            times.sort()
+            print(f"{name:12} gap {gap * 1000:3.1f} ms: median {statistics.median(times):5.1f} us, "
+                  f"p90 {times[int(len(times) * 0.9)]:5.1f} us")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("what", choices=["srtp", "wakeup", "tracker", "relay"])
+    p.add_argument("what", choices=["srtp", "wakeup", "tracker", "relay", "send", "cold"])
     args = p.parse_args(argv)
     benches: dict[str, Callable[[], None]] = {"srtp": srtp, "wakeup": wakeup,
-                                               "tracker": tracker, "relay": relay}
+                                               "tracker": tracker, "relay": relay,
+                                               "send": send, "cold": cold}
     benches[args.what]()
     return 0
 

@@ -109,14 +109,21 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         log.info("cluster mode (redis_url): one process per node; run a node per core to use "
                  "more of them (docs/workers.md)")
     loop_name = "uvloop" if config.use_uvloop and install_uvloop() else "asyncio"
+    from mediaserver.sfu import fastsend
+
+    if not fastsend.AVAILABLE:
+        log.warning("the C packet path (mediaserver/sfu/_fastpath.c) was not built: "
+                    "forwarding in pure Python costs more CPU per packet; install with a C "
+                    "compiler to build it")
     log.info(
-        "starting on %s:%d (media UDP %s:%d-%d, %s event loop, %s%s)",
+        "starting on %s:%d (media UDP %s:%d-%d, %s event loop, %s packet path, %s%s)",
         config.host,
         config.port,
         config.media.bind_host,
         config.media.port_min,
         config.media.port_max,
         loop_name,
+        "C" if fastsend.AVAILABLE else "pure-Python",
         f"{workers} workers" if workers > 1 else "one process",
         ", DEV MODE: do not expose" if config.dev else "",
     )

@@ -156,6 +156,7 @@ DROP_REASONS = (
     "temporal_layer",
     "rate_limited",
     "malformed_red",
+    "socket_full",
 )
 DROP = {reason: DROPS.labels(reason=reason) for reason in DROP_REASONS}
 RETRANSMITTED = RETRANSMISSIONS.labels(result="sent")

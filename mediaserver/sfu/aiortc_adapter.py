@@ -52,6 +52,7 @@ from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
 from mediaserver import metrics
+from mediaserver.sfu import fastsend
 from mediaserver.sfu.red import red_for
 from mediaserver.sfu.rtp import (
     EXT_ABS_SEND_TIME,
@@ -411,6 +412,16 @@ def _tap(pc: RTCPeerConnection, handler: str,
         setattr(dtls, handler, tapped)
 
 
+def _address(cdata: Any) -> int:
+    """A cffi pointer as an integer, for the C extension."""
+    return int(srtp_ffi.cast("uintptr_t", cdata))
+
+
+# libsrtp's functions as loaded by pylibsrtp: the extension calls the same library.
+_SRTP_PROTECT = _address(srtp_ffi.addressof(srtp_lib, "srtp_protect"))
+_SRTP_PROTECT_RTCP = _address(srtp_ffi.addressof(srtp_lib, "srtp_protect_rtcp"))
+
+
 class FastSrtp:
     """SRTP/SRTCP on one of aiortc's pylibsrtp sessions, without pylibsrtp's per-call work.
 
@@ -454,6 +465,40 @@ class FastSrtp:
 
     def unprotect_rtcp(self, data: bytes) -> bytes:
         return self._run(data, srtp_lib.srtp_unprotect_rtcp, 0)
+
+
+class _CheckedSrtp:
+    """FastSrtp's unprotect with the C Input's contract: None for a refused datagram."""
+
+    __slots__ = ("_srtp",)
+
+    def __init__(self, session: pylibsrtp.Session) -> None:
+        self._srtp = FastSrtp(session)
+
+    def unprotect(self, data: bytes) -> bytes | None:
+        try:
+            return self._srtp.unprotect(data)
+        except pylibsrtp.Error:
+            return None
+
+    def unprotect_rtcp(self, data: bytes) -> bytes | None:
+        try:
+            return self._srtp.unprotect_rtcp(data)
+        except pylibsrtp.Error:
+            return None
+
+
+_SRTP_UNPROTECT = _address(srtp_ffi.addressof(srtp_lib, "srtp_unprotect"))
+_SRTP_UNPROTECT_RTCP = _address(srtp_ffi.addressof(srtp_lib, "srtp_unprotect_rtcp"))
+
+
+def unprotector(session: pylibsrtp.Session, fast: bool = True) -> Any:
+    """Something with ``unprotect``/``unprotect_rtcp`` on ``session`` answering None for a
+    datagram libsrtp refuses: the C extension's Input, or FastSrtp without it."""
+    if fast and fastsend.Input is not None:
+        return fastsend.Input(session, _address(session._srtp[0]), _SRTP_UNPROTECT,
+                              _SRTP_UNPROTECT_RTCP)
+    return _CheckedSrtp(session)
 
 
 LATENCY_SAMPLE_EVERY = 16  # RTP packets per socket between two forwarding-latency samples
@@ -521,16 +566,18 @@ def _fast_path(dtls: RTCDtlsTransport, on_rtp: Callable[[bytes, int], None],
     ``datagram_received``; everything else (STUN, DTLS) takes aioice's usual path.
     """
     protocol: Any
-    # The receiving session, wrapped once: (aiortc's session, our FastSrtp on it).
+    # The receiving session, wrapped once: (aiortc's session, our unprotecting object on it:
+    # the C extension's Input, or FastSrtp without it). Both answer None for a datagram
+    # libsrtp refuses.
     rx_state: list[Any] = [None, None]
 
-    def receiver() -> FastSrtp | None:
+    def receiver() -> Any:
         session = getattr(dtls, "_rx_srtp", None)
         if session is None:
             return None
         if session is not rx_state[0]:
-            rx_state[0], rx_state[1] = session, FastSrtp(session)
-        return rx_state[1]  # type: ignore[no-any-return]
+            rx_state[0], rx_state[1] = session, unprotector(session)
+        return rx_state[1]
 
     for protocol in dtls.transport._connection._protocols:
         if getattr(protocol, "_sfu_fast", False):
@@ -545,14 +592,22 @@ def _fast_path(dtls: RTCDtlsTransport, on_rtp: Callable[[bytes, int], None],
                 if rx is not None:
                     try:
                         if len(data) > 1 and 191 < data[1] < 224:
-                            on_rtcp(rx.unprotect_rtcp(data))
-                        else:
-                            sampler.countdown -= 1
-                            if sampler.countdown:
-                                on_rtp(rx.unprotect(data), 0)
+                            plain = rx.unprotect_rtcp(data)
+                            if plain is None:
+                                metrics.DROP["srtp_error"].inc()
                             else:
-                                sampler.forward(rx.unprotect(data), on_rtp)
-                    except pylibsrtp.Error:
+                                on_rtcp(plain)
+                            return
+                        plain = rx.unprotect(data)
+                        if plain is None:
+                            metrics.DROP["srtp_error"].inc()
+                            return
+                        sampler.countdown -= 1
+                        if sampler.countdown:
+                            on_rtp(plain, 0)
+                        else:
+                            sampler.forward(plain, on_rtp)
+                    except pylibsrtp.Error:  # protecting a copy, on the pure-Python path
                         metrics.DROP["srtp_error"].inc()
                     except Exception:  # pragma: no cover - defensive, see hook_packets
                         metrics.DROP["handler_error"].inc()
@@ -569,13 +624,19 @@ class PacketSender:
 
     Returns False (and sends nothing) until DTLS is connected and ICE has a nominated pair,
     or after the connection has gone. The nominated pair's datagram transport and address
-    are looked up once and again only when ICE nominates another pair.
+    are looked up on every call made here (RTCP at least once a second) and followed when
+    ICE nominates another pair or the transport closes.
+
+    With the C extension (``output``, a ``_fastpath.Output``), packets are protected and
+    sent by it on a copy of the pair's socket; consumers call ``output.send_rtp`` directly
+    for their common header, and come here when it answers 0 (not set up yet). Without
+    it, pylibsrtp (``FastSrtp``) and the pair's uvloop transport do the same work.
     """
 
     __slots__ = ("_addr", "_connection", "_dtls", "_pair", "_protect", "_protect_rtcp",
-                 "_transport")
+                 "_transport", "output")
 
-    def __init__(self, dtls: RTCDtlsTransport) -> None:
+    def __init__(self, dtls: RTCDtlsTransport, fast: bool = True) -> None:
         self._dtls = dtls
         self._connection = dtls.transport._connection
         self._protect: Callable[[bytes], bytes] | None = None
@@ -583,27 +644,38 @@ class PacketSender:
         self._pair: Any = None
         self._transport: Any = None
         self._addr: Any = None
+        self.output: Any = fastsend.Output() if fast and fastsend.AVAILABLE else None
 
     def _ready(self) -> bool:
         if self._protect is None:
             if self._dtls.state != "connected":
                 return False
-            srtp = FastSrtp(self._dtls._tx_srtp)
+            session = self._dtls._tx_srtp
+            srtp = FastSrtp(session)
             self._protect = srtp.protect
             self._protect_rtcp = srtp.protect_rtcp
+            if self.output is not None:
+                attach_srtp(self.output, session)
         return True
 
     def send_rtp(self, data: bytes) -> bool:
-        if self._protect is None and not self._ready():
-            return False
-        return self._sendto(self._protect(data))  # type: ignore[misc]
+        return self._send(data, rtcp=False)
 
     def send_rtcp(self, data: bytes) -> bool:
-        if self._protect_rtcp is None and not self._ready():
-            return False
-        return self._sendto(self._protect_rtcp(data))  # type: ignore[misc]
+        return self._send(data, rtcp=True)
 
-    def _sendto(self, protected: bytes) -> bool:
+    def _send(self, data: bytes, rtcp: bool) -> bool:
+        if (self._protect is None and not self._ready()) or not self._follow_pair():
+            return False
+        output = self.output
+        if output is not None:
+            return sent(output.send_rtcp(data) if rtcp else output.send_packet(data))
+        protect = self._protect_rtcp if rtcp else self._protect
+        self._transport.sendto(protect(data), self._addr)  # type: ignore[misc]
+        return True
+
+    def _follow_pair(self) -> bool:
+        """Is there a pair to send on? Points ``output`` at it when it changed."""
         pair = self._connection._nominated.get(1)
         if pair is not self._pair:
             self._pair = pair
@@ -611,11 +683,43 @@ class PacketSender:
             if pair is not None:
                 self._transport = pair.protocol.transport
                 self._addr = pair.remote_addr
+            if self.output is not None:
+                self.output.clear()
+                fd = _socket_fd(pair.protocol) if pair is not None else -1
+                if pair is not None and fd >= 0:
+                    try:
+                        self.output.set_destination(fd, pair.remote_addr[0],
+                                                    pair.remote_addr[1])
+                    except (OSError, ValueError):
+                        log.warning("fast send path unavailable for a connection",
+                                    exc_info=True)
         transport = self._transport
         if transport is None or transport.is_closing():
+            if self.output is not None and self.output.ready:
+                self.output.clear()
             return False
-        transport.sendto(protected, self._addr)
         return True
+
+    def close(self) -> None:
+        """The connection is gone: let go of the socket copy."""
+        if self.output is not None:
+            self.output.clear()
+        self._transport = self._addr = None
+
+
+def attach_srtp(output: Any, session: pylibsrtp.Session) -> None:
+    """Let a ``_fastpath.Output`` protect with ``session`` (kept alive by the output)."""
+    output.set_srtp(session, _address(session._srtp[0]), _SRTP_PROTECT, _SRTP_PROTECT_RTCP)
+
+
+def sent(result: int) -> bool:
+    """A ``_fastpath`` send's result as "did it leave" (a failure counted, and lost)."""
+    if result > 0:
+        return True
+    if result == 0:
+        return False
+    fastsend.count_failure(result)
+    return True
 
 
 def packet_sender(pc: RTCPeerConnection) -> PacketSender:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mediaserver import metrics
 from mediaserver.quality.rtpstats import SendStats
+from mediaserver.sfu.fastsend import count_failure
 from mediaserver.sfu.red import RedOutput
 from mediaserver.sfu.rtp import (
     RtpPacket,
@@ -58,11 +59,14 @@ MAX_RESENDS = 2
 class DownstreamContext:
     """What all consumers on one subscriber connection share."""
 
-    __slots__ = ("joined_at", "send_rtp", "twcc_seq")
+    __slots__ = ("joined_at", "output", "send_rtp", "twcc_seq")
 
-    def __init__(self, send_rtp: Callable[[bytes], bool], joined_at: float | None = None
-                 ) -> None:
+    def __init__(self, send_rtp: Callable[[bytes], bool], joined_at: float | None = None,
+                 output: Any = None) -> None:
         self.send_rtp = send_rtp
+        # The connection's C sender (aiortc_adapter.PacketSender.output), or None: the
+        # common header is then written, protected and sent in one call.
+        self.output = output
         self.twcc_seq = random.randrange(1 << 16)
         # When the subscriber joined (monotonic), until its first packet is forwarded.
         self.joined_at = joined_at
@@ -110,6 +114,10 @@ class Consumer:
         self._fast_header = (0 < self._ast_id < 15 and not transport_cc_id
                              and (not (self._level_id and self._src_audio_level_id)
                                   or self._level_id < 15))
+        # What the C sender writes itself: one-byte ids for the level and abs-send-time.
+        self._c_header = (self._ast_id < 15 and not transport_cc_id
+                          and (not (self._level_id and self._src_audio_level_id)
+                               or self._level_id < 15))
         self.rewriter = OutputRewriter(random.randrange(1 << 16), random.randrange(1 << 32))
         self.paused = False
         self.disabled = False  # the subscriber asked not to receive this track for now
@@ -190,12 +198,14 @@ class Consumer:
             metrics.DROP["too_old"].inc()
             return
         out_seq, out_ts = out
-        data = self._build(pkt, out_seq, out_ts, pt, self.ssrc, now, payload)
         slot = out_seq & HISTORY_MASK
         self._history[slot] = (out_seq, ext_seq, out_ts, stream.spatial)
         self._resent_at[slot] = NEVER
         ctx = self.context
-        if not ctx.send_rtp(data):
+        size = self._send(pkt, out_seq, out_ts, pt, now, payload)
+        if size < 0:
+            return  # lost at the socket: the subscriber will ask for it again
+        if not size:
             metrics.DROP["not_connected"].inc()
             if self.kind == "video" and not self.waiting_keyframe:
                 # Sent into a connection that is not up yet (or no longer): if that was the
@@ -216,7 +226,7 @@ class Consumer:
             stats.frames_sent += 1
         tally = self._tally
         tally.packets += 1
-        tally.bytes += len(data)
+        tally.bytes += size
 
     def _switch_to(self, stream: RecvStream, now: float) -> None:
         previous = self.stream
@@ -284,6 +294,37 @@ class Consumer:
             ctx = self.context
             ctx.twcc_seq = (ctx.twcc_seq + 1) & SEQ_MASK
             exts.append((self._transport_cc_id, pack_transport_seq(ctx.twcc_seq)))
+
+    def _send(self, pkt: RtpPacket, seq: int, ts: int, pt: int, now: float,
+              payload: bytes | memoryview | None) -> int:
+        """Send one media packet: its length; 0 if the connection could not take it (not
+        up yet, or gone); -1 if it was lost at the socket (counted)."""
+        output = self.context.output
+        if output is not None and self._c_header:
+            level_id = level = 0
+            if self._level_id and self._src_audio_level_id:
+                raw = pkt.extensions.get(self._src_audio_level_id)
+                if raw is not None and len(raw) == 1:
+                    level_id, level = self._level_id, raw[0]
+                elif raw is not None:
+                    output = None  # an odd level value: build_rtp copies it as it is
+            if output is not None:
+                if payload is None:
+                    result = output.send_rtp(pkt.marker, pt, seq, ts, self.ssrc, level_id,
+                                             level, self._ast_id, _abs_send_time_24(now),
+                                             pkt.data, pkt.payload_offset, pkt.payload_end)
+                else:
+                    result = output.send_rtp(pkt.marker, pt, seq, ts, self.ssrc, level_id,
+                                             level, self._ast_id, _abs_send_time_24(now),
+                                             payload, 0, len(payload))
+                if result > 0:
+                    return result
+                if result < 0:
+                    count_failure(result)
+                    return -1
+                # 0: not set up yet; the sender's own path below sets it up.
+        data = self._build(pkt, seq, ts, pt, self.ssrc, now, payload)
+        return len(data) if self.context.send_rtp(data) else 0
 
     def _build(self, pkt: RtpPacket, seq: int, ts: int, pt: int, ssrc: int, now: float,
                payload: bytes | memoryview | None = None) -> bytes:

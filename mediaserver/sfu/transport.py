@@ -153,6 +153,8 @@ class PeerTransport:
         self.closed = True
         if self._rtcp_task is not None:
             self._rtcp_task.cancel()
+        if self.sender is not None:
+            self.sender.close()
         await self.pc.close()
 
 
@@ -405,8 +407,10 @@ class SubscriberTransport(PeerTransport):
         self.adaptation = SubscriberAdaptation(self)
 
     def _sender_ready(self, sender: adapter.PacketSender) -> None:
-        # Consumers send straight through the sender: one call less per forwarded packet.
+        # Consumers send straight through the sender: one call less per forwarded packet;
+        # with the C extension, through its output for their common header.
         self.context.send_rtp = sender.send_rtp
+        self.context.output = sender.output
 
     def set_remb_listener(self, listener: Callable[[Producer, float], None]) -> None:
         self._on_remb = listener

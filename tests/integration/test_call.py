@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack, SyntheticVideoTrack, dominant_frequency
 from mediaserver import metrics
+from mediaserver.sfu import fastsend
 from mediaserver.sfu.aiortc_adapter import _InertReceiver, _InertSender
 from tests.conftest import wait_until
 
@@ -24,7 +26,20 @@ async def _has(types_coro, wanted: str) -> bool:
     return wanted in await types_coro
 
 
-async def test_one_to_one_call_each_side_sees_and_hears_the_other(server):
+@pytest.fixture(params=["c", "pure_python"])
+def packet_path(request, monkeypatch) -> str:
+    """The call runs on the C packet path and again without it (a server installed without
+    a compiler): both must carry it."""
+    if request.param == "pure_python":
+        monkeypatch.setattr(fastsend, "AVAILABLE", False)
+        monkeypatch.setattr(fastsend, "Output", None)
+        monkeypatch.setattr(fastsend, "Input", None)
+    else:
+        assert fastsend.AVAILABLE, "the C extension was not built"
+    return str(request.param)
+
+
+async def test_one_to_one_call_each_side_sees_and_hears_the_other(packet_path, server):
     therapist = SignalClient(server.ws_url, server.token("room-1", "t1", role="host"))
     client = SignalClient(server.ws_url, server.token("room-1", "c1"))
     try:
@@ -69,6 +84,13 @@ async def test_one_to_one_call_each_side_sees_and_hears_the_other(server):
                     assert type(t.sender) is _InertSender
         decoders = [t for t in threading.enumerate() if t.name.endswith("-decoder")]
         assert len(decoders) == 4, [t.name for t in decoders]
+        # ... and the packets went the path under test.
+        for p in room.participants.values():
+            output = p.subscriber.sender.output
+            if packet_path == "c":
+                assert output is not None and output.ready
+            else:
+                assert output is None
 
         # The extensions we forward are negotiated on the subscriber connection.
         sdp = client.subscriber.remoteDescription.sdp

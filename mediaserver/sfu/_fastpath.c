@@ -1,0 +1,493 @@
+/* The ends of the packet path in C: SRTP unprotect of what arrives (Input); writing the
+ * RTP header, SRTP protect and send of what is forwarded (Output).
+ *
+ * Per forwarded copy the Python path packed a header with struct, concatenated it with the
+ * payload, copied the packet into pylibsrtp's buffer through cffi, sliced the result out as
+ * a new bytes object, and handed it to uvloop's transport, which converted the address
+ * tuple on every call. Here one call does all of it in a buffer the object owns:
+ *
+ *   Output.send_rtp(marker, pt, seq, ts, ssrc, level_id, level, ast_id, ast24,
+ *                   buffer, start, end) -> int
+ *
+ * libsrtp is called through the function pointers of the library aiortc already loaded
+ * (pylibsrtp's), on aiortc's own session: there is one libsrtp in the process and one
+ * sequence of SRTP indexes per session, whichever path protects a packet. The pointers
+ * come from Python (cffi's addressof), so this file links against nothing but libc.
+ *
+ * The socket is a dup() of the ICE transport's: a closed original can never make the
+ * number name someone else's socket here. Sends are non-blocking; a full socket buffer is
+ * a dropped datagram (counted by the caller), as in the kernel's own queue, never a queue
+ * without bound in the process.
+ *
+ * Return values of the send methods: the plain packet's length when sent; 0 when there is
+ * no session or destination yet (the caller takes its own path); ERR_SRTP when libsrtp
+ * refused; ERR_SOCKET when the kernel did (EAGAIN, ENOBUFS, ...); ERR_SIZE when the packet
+ * would not fit.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define BUFFER_SIZE 4096
+#define TRAILER_ROOM 256 /* >= libsrtp's SRTP_MAX_TRAILER_LEN and SRTCP's (148) */
+#define MAX_PLAIN (BUFFER_SIZE - TRAILER_ROOM)
+
+#define ERR_SRTP (-1)
+#define ERR_SOCKET (-2)
+#define ERR_SIZE (-3)
+
+typedef int (*srtp_fn)(void *ctx, void *packet, int *length);
+
+typedef struct {
+    PyObject_HEAD
+    void *ctx;
+    srtp_fn protect;
+    srtp_fn protect_rtcp;
+    PyObject *keep; /* the Python object that owns ctx */
+    int fd;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    unsigned char buf[BUFFER_SIZE];
+} Output;
+
+static void
+output_close_fd(Output *self)
+{
+    if (self->fd >= 0) {
+        close(self->fd);
+        self->fd = -1;
+    }
+}
+
+static int
+Output_init(Output *self, PyObject *args, PyObject *kwds)
+{
+    if (!PyArg_ParseTuple(args, ":Output"))
+        return -1;
+    self->ctx = NULL;
+    self->protect = self->protect_rtcp = NULL;
+    Py_CLEAR(self->keep);
+    output_close_fd(self);
+    self->addrlen = 0;
+    return 0;
+}
+
+static PyObject *
+Output_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Output *self = (Output *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->fd = -1;
+    return (PyObject *)self;
+}
+
+static void
+Output_dealloc(Output *self)
+{
+    output_close_fd(self);
+    Py_CLEAR(self->keep);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* (owner, ctx, rtp_fn, rtcp_fn) as Python passes a libsrtp session: the addresses as
+ * integers, none of them 0. */
+static int
+parse_session(PyObject *args, const char *format, PyObject **keep, void **ctx,
+              srtp_fn *rtp_fn, srtp_fn *rtcp_fn)
+{
+    unsigned long long c, f, g;
+    if (!PyArg_ParseTuple(args, format, keep, &c, &f, &g))
+        return -1;
+    if (!c || !f || !g) {
+        PyErr_SetString(PyExc_ValueError, "null SRTP context or function");
+        return -1;
+    }
+    *ctx = (void *)(uintptr_t)c;
+    *rtp_fn = (srtp_fn)(uintptr_t)f;
+    *rtcp_fn = (srtp_fn)(uintptr_t)g;
+    return 0;
+}
+
+static PyObject *
+Output_set_srtp(Output *self, PyObject *args)
+{
+    PyObject *keep;
+    void *ctx;
+    srtp_fn protect, protect_rtcp;
+    if (parse_session(args, "OKKK:set_srtp", &keep, &ctx, &protect, &protect_rtcp) < 0)
+        return NULL;
+    Py_INCREF(keep);
+    Py_XSETREF(self->keep, keep);
+    self->ctx = ctx;
+    self->protect = protect;
+    self->protect_rtcp = protect_rtcp;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Output_set_destination(Output *self, PyObject *args)
+{
+    int fd, port;
+    const char *host;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    if (!PyArg_ParseTuple(args, "isi:set_destination", &fd, &host, &port))
+        return NULL;
+    if (port <= 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "port out of range");
+        return NULL;
+    }
+    memset(&addr, 0, sizeof(addr));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&addr;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&addr;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        addrlen = sizeof(*v4);
+    }
+    else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        addrlen = sizeof(*v6);
+    }
+    else {
+        PyErr_Format(PyExc_ValueError, "not a numeric address: %.64s", host);
+        return NULL;
+    }
+    int copy = dup(fd);
+    if (copy < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    output_close_fd(self);
+    self->fd = copy;
+    self->addr = addr;
+    self->addrlen = addrlen;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Output_clear(Output *self, PyObject *Py_UNUSED(ignored))
+{
+    output_close_fd(self);
+    self->addrlen = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Output_get_ready(Output *self, void *closure)
+{
+    return PyBool_FromLong(self->fd >= 0 && self->ctx != NULL);
+}
+
+/* Protect self->buf[0:length] in place and send it. */
+static long
+output_finish(Output *self, int length, srtp_fn fn)
+{
+    int n = length;
+    if (fn(self->ctx, self->buf, &n) != 0)
+        return ERR_SRTP;
+    if (sendto(self->fd, self->buf, (size_t)n, 0, (struct sockaddr *)&self->addr,
+               self->addrlen) < 0)
+        return ERR_SOCKET;
+    return length;
+}
+
+static int
+as_uint(PyObject *o, unsigned long *out)
+{
+    unsigned long v = PyLong_AsUnsignedLongMask(o);
+    if (v == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static inline void
+put16(unsigned char *p, unsigned long v)
+{
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+static inline void
+put32(unsigned char *p, unsigned long v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+/* send_rtp(marker, pt, seq, ts, ssrc, level_id, level, ast_id, ast24, buffer, start, end)
+ *
+ * Header as mediaserver.sfu.rtp.build_rtp writes it for these one-byte extensions, each
+ * id 1..14 or 0 for "not negotiated": an audio level (one byte) then abs-send-time, either
+ * alone, or no extension at all. The payload is buffer[start:end]. */
+static PyObject *
+Output_send_rtp(Output *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned long pt, seq, ts, ssrc, level_id, level, ast_id, ast24;
+    Py_ssize_t start, end;
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "send_rtp takes 12 arguments");
+        return NULL;
+    }
+    int marker = PyObject_IsTrue(args[0]);
+    if (marker < 0 || as_uint(args[1], &pt) || as_uint(args[2], &seq) ||
+        as_uint(args[3], &ts) || as_uint(args[4], &ssrc) || as_uint(args[5], &level_id) ||
+        as_uint(args[6], &level) || as_uint(args[7], &ast_id) || as_uint(args[8], &ast24))
+        return NULL;
+    start = PyLong_AsSsize_t(args[10]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    end = PyLong_AsSsize_t(args[11]);
+    if (end == -1 && PyErr_Occurred())
+        return NULL;
+    if (level_id > 14 || ast_id > 14) {
+        PyErr_SetString(PyExc_ValueError, "extension ids must be 0 (none) or 1..14");
+        return NULL;
+    }
+    if (self->fd < 0 || self->ctx == NULL)
+        return PyLong_FromLong(0);
+
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[9], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (start < 0 || end < start || end > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "payload bounds outside the buffer");
+        return NULL;
+    }
+    unsigned char *b = self->buf;
+    Py_ssize_t header = 12;
+    b[0] = (ast_id || level_id) ? 0x90 : 0x80;
+    b[1] = (unsigned char)((marker ? 0x80 : 0) | (pt & 0x7F));
+    put16(b + 2, seq);
+    put32(b + 4, ts);
+    put32(b + 8, ssrc);
+    if (ast_id && !level_id) {
+        put16(b + 12, 0xBEDE);
+        put16(b + 14, 1);
+        put32(b + 16, ((((ast_id << 4) | 2) << 24) | (ast24 & 0xFFFFFF)) & 0xFFFFFFFFUL);
+        header = 20;
+    }
+    else if (!ast_id && level_id) {
+        put16(b + 12, 0xBEDE);
+        put16(b + 14, 1);
+        b[16] = (unsigned char)(level_id << 4);
+        b[17] = (unsigned char)level;
+        b[18] = b[19] = 0;
+        header = 20;
+    }
+    else if (ast_id) {
+        put16(b + 12, 0xBEDE);
+        put16(b + 14, 2);
+        b[16] = (unsigned char)(level_id << 4);
+        b[17] = (unsigned char)level;
+        put32(b + 18, ((((ast_id << 4) | 2) << 24) | (ast24 & 0xFFFFFF)) & 0xFFFFFFFFUL);
+        b[22] = b[23] = 0;
+        header = 24;
+    }
+    Py_ssize_t length = header + (end - start);
+    if (length > MAX_PLAIN) {
+        PyBuffer_Release(&view);
+        return PyLong_FromLong(ERR_SIZE);
+    }
+    memcpy(b + header, (const unsigned char *)view.buf + start, (size_t)(end - start));
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(output_finish(self, (int)length, self->protect));
+}
+
+static PyObject *
+output_send_built(Output *self, PyObject *data, int rtcp)
+{
+    if (self->fd < 0 || self->ctx == NULL)
+        return PyLong_FromLong(0);
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (view.len > MAX_PLAIN) {
+        PyBuffer_Release(&view);
+        return PyLong_FromLong(ERR_SIZE);
+    }
+    int length = (int)view.len;
+    memcpy(self->buf, view.buf, (size_t)length);
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(
+        output_finish(self, length, rtcp ? self->protect_rtcp : self->protect));
+}
+
+static PyObject *
+Output_send_packet(Output *self, PyObject *data)
+{
+    return output_send_built(self, data, 0);
+}
+
+static PyObject *
+Output_send_rtcp(Output *self, PyObject *data)
+{
+    return output_send_built(self, data, 1);
+}
+
+static PyMethodDef Output_methods[] = {
+    {"set_srtp", (PyCFunction)Output_set_srtp, METH_VARARGS,
+     "set_srtp(owner, ctx, protect, protect_rtcp): libsrtp context and functions as "
+     "addresses; owner is kept alive while they are used."},
+    {"set_destination", (PyCFunction)Output_set_destination, METH_VARARGS,
+     "set_destination(fd, host, port): send on a dup of fd to a numeric address."},
+    {"clear", (PyCFunction)Output_clear, METH_NOARGS,
+     "Forget the destination and close the socket copy; sends return 0 until one is set."},
+    {"send_rtp", (PyCFunction)(void (*)(void))Output_send_rtp, METH_FASTCALL,
+     "send_rtp(marker, pt, seq, ts, ssrc, level_id, level, ast_id, ast24, buffer, start, "
+     "end) -> int"},
+    {"send_packet", (PyCFunction)Output_send_packet, METH_O,
+     "send_packet(rtp) -> int: protect and send a whole RTP packet."},
+    {"send_rtcp", (PyCFunction)Output_send_rtcp, METH_O,
+     "send_rtcp(rtcp) -> int: protect and send a compound RTCP packet."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Output_getset[] = {
+    {"ready", (getter)Output_get_ready, NULL, "a session and a destination are set", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject OutputType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mediaserver.sfu._fastpath.Output",
+    .tp_basicsize = sizeof(Output),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "SRTP-protect and send RTP/RTCP to one peer (see the module's comment).",
+    .tp_new = Output_new,
+    .tp_init = (initproc)Output_init,
+    .tp_dealloc = (destructor)Output_dealloc,
+    .tp_methods = Output_methods,
+    .tp_getset = Output_getset,
+};
+
+/* -- receiving ------------------------------------------------------------------------
+ *
+ * Input.unprotect(datagram) -> bytes | None: SRTP (or, with unprotect_rtcp, SRTCP)
+ * unprotect in the object's own buffer; None when libsrtp refuses the datagram (not
+ * authentic, a replay, too short) or it is longer than any packet we accept. */
+
+typedef struct {
+    PyObject_HEAD
+    void *ctx;
+    srtp_fn unprotect;
+    srtp_fn unprotect_rtcp;
+    PyObject *keep;
+    unsigned char buf[BUFFER_SIZE];
+} Input;
+
+static PyObject *
+Input_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *keep;
+    void *ctx;
+    srtp_fn unprotect, unprotect_rtcp;
+    if (parse_session(args, "OKKK:Input", &keep, &ctx, &unprotect, &unprotect_rtcp) < 0)
+        return NULL;
+    Input *self = (Input *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    Py_INCREF(keep);
+    self->keep = keep;
+    self->ctx = ctx;
+    self->unprotect = unprotect;
+    self->unprotect_rtcp = unprotect_rtcp;
+    return (PyObject *)self;
+}
+
+static void
+Input_dealloc(Input *self)
+{
+    Py_CLEAR(self->keep);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+input_run(Input *self, PyObject *data, srtp_fn fn)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (view.len > BUFFER_SIZE) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    int n = (int)view.len;
+    memcpy(self->buf, view.buf, (size_t)n);
+    PyBuffer_Release(&view);
+    if (fn(self->ctx, self->buf, &n) != 0 || n < 0 || n > BUFFER_SIZE)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)self->buf, n);
+}
+
+static PyObject *
+Input_unprotect(Input *self, PyObject *data)
+{
+    return input_run(self, data, self->unprotect);
+}
+
+static PyObject *
+Input_unprotect_rtcp(Input *self, PyObject *data)
+{
+    return input_run(self, data, self->unprotect_rtcp);
+}
+
+static PyMethodDef Input_methods[] = {
+    {"unprotect", (PyCFunction)Input_unprotect, METH_O,
+     "unprotect(srtp) -> bytes | None (None: refused by libsrtp, or too long)"},
+    {"unprotect_rtcp", (PyCFunction)Input_unprotect_rtcp, METH_O,
+     "unprotect_rtcp(srtcp) -> bytes | None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject InputType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mediaserver.sfu._fastpath.Input",
+    .tp_basicsize = sizeof(Input),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Input(owner, ctx, unprotect, unprotect_rtcp): SRTP/SRTCP unprotect on one "
+              "libsrtp session (addresses as integers; owner is kept alive).",
+    .tp_new = Input_new,
+    .tp_dealloc = (destructor)Input_dealloc,
+    .tp_methods = Input_methods,
+};
+
+static struct PyModuleDef fastpath_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "mediaserver.sfu._fastpath",
+    .m_doc = "SRTP unprotect on receipt; header, SRTP protect and send per forwarded packet.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__fastpath(void)
+{
+    if (PyType_Ready(&OutputType) < 0 || PyType_Ready(&InputType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&fastpath_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&OutputType);
+    Py_INCREF(&InputType);
+    if (PyModule_AddObject(m, "Output", (PyObject *)&OutputType) < 0 ||
+        PyModule_AddObject(m, "Input", (PyObject *)&InputType) < 0 ||
+        PyModule_AddIntConstant(m, "ERR_SRTP", ERR_SRTP) < 0 ||
+        PyModule_AddIntConstant(m, "ERR_SOCKET", ERR_SOCKET) < 0 ||
+        PyModule_AddIntConstant(m, "ERR_SIZE", ERR_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_PLAIN", MAX_PLAIN) < 0) {
+        Py_DECREF(&OutputType);
+        Py_DECREF(&InputType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,33 @@
+"""The C ends of the packet path (``_fastpath``), if it was built, and how results read.
+
+``mediaserver/sfu/_fastpath.c`` unprotects what arrives (``Input``) and writes a forwarded
+packet's header, SRTP-protects it and sends it in one call (``Output``; see its opening
+comment). It is optional at install time: without a C compiler both are None and packets
+go through pylibsrtp (``aiortc_adapter.FastSrtp``) and uvloop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mediaserver import metrics
+
+Output: Any
+Input: Any
+try:
+    from mediaserver.sfu._fastpath import ERR_SOCKET, Input, Output
+except ImportError:  # built without a C compiler
+    Output = Input = None
+    ERR_SOCKET = -2
+
+AVAILABLE = Output is not None
+
+
+def count_failure(result: int) -> None:
+    """Count a negative send result as the drop it is.
+
+    A full socket buffer is a datagram lost on the way, as the kernel's own queue would
+    lose it: the subscriber asks for it again (NACK) as for any loss. An SRTP failure (a
+    packet too long to protect) is counted and lost likewise.
+    """
+    metrics.DROP["socket_full" if result == ERR_SOCKET else "srtp_error"].inc()
