@@ -1,5 +1,6 @@
-/* The ends of the packet path in C: SRTP unprotect of what arrives (Input); writing the
- * RTP header, SRTP protect and send of what is forwarded (Output).
+/* The ends of the packet path in C: SRTP unprotect of what arrives (Input) and its RTP
+ * header parsed (parse_rtp); writing the RTP header, SRTP protect and send of what is
+ * forwarded (Output).
  *
  * Per forwarded copy the Python path packed a header with struct, concatenated it with the
  * payload, copied the packet into pylibsrtp's buffer through cffi, sliced the result out as
@@ -26,6 +27,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#include <structmember.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -461,11 +464,209 @@ static PyTypeObject InputType = {
     .tp_methods = Input_methods,
 };
 
+/* -- parsing ---------------------------------------------------------------------------
+ *
+ * parse_rtp(data) -> RtpPacket | None, the same packets as mediaserver.sfu.rtp's Python
+ * parser (whose rules the comments there give), made as instances of its RtpPacket class:
+ * set_packet_class() hands over the class and the Python parser, and the slots' offsets
+ * are read once from the class's member descriptors. Anything but bytes goes to the Python
+ * parser. */
+
+static const char *const SLOT_NAMES[] = {
+    "data", "marker", "payload_type", "sequence_number", "timestamp", "ssrc",
+    "csrc_count", "payload_offset", "payload_end", "extensions",
+};
+enum { S_DATA, S_MARKER, S_PT, S_SEQ, S_TS, S_SSRC, S_CC, S_START, S_END, S_EXT, N_SLOTS };
+
+static PyTypeObject *packet_type = NULL;
+static PyObject *python_parser = NULL;
+static Py_ssize_t slot_offset[N_SLOTS];
+
+static PyObject *
+set_packet_class(PyObject *module, PyObject *args)
+{
+    PyObject *cls, *fallback;
+    Py_ssize_t offsets[N_SLOTS];
+    if (!PyArg_ParseTuple(args, "O!O:set_packet_class", &PyType_Type, &cls, &fallback))
+        return NULL;
+    for (int i = 0; i < N_SLOTS; i++) {
+        PyObject *descr = PyObject_GetAttrString(cls, SLOT_NAMES[i]);
+        if (descr == NULL)
+            return NULL;
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
+        if (ok)
+            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        Py_DECREF(descr);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "%s is not a __slots__ member", SLOT_NAMES[i]);
+            return NULL;
+        }
+    }
+    memcpy(slot_offset, offsets, sizeof(offsets));
+    Py_INCREF(cls);
+    Py_XSETREF(packet_type, (PyTypeObject *)cls);
+    Py_INCREF(fallback);
+    Py_XSETREF(python_parser, fallback);
+    Py_RETURN_NONE;
+}
+
+static inline unsigned
+get16(const unsigned char *p)
+{
+    return ((unsigned)p[0] << 8) | p[1];
+}
+
+static inline unsigned long
+get32(const unsigned char *p)
+{
+    return ((unsigned long)p[0] << 24) | ((unsigned long)p[1] << 16) |
+           ((unsigned long)p[2] << 8) | p[3];
+}
+
+static int
+put_extension(PyObject *ext, PyObject *data, long xid, Py_ssize_t start, Py_ssize_t end)
+{
+    PyObject *key = PyLong_FromLong(xid);
+    if (key == NULL)
+        return -1;
+    PyObject *value =
+        PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + start, end - start);
+    if (value == NULL) {
+        Py_DECREF(key);
+        return -1;
+    }
+    int rc = PyDict_SetItem(ext, key, value);
+    Py_DECREF(key);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* The extension block data[pos:end] into ext; -1 only on a Python error. A malformed
+ * element ends parsing and keeps what was read. */
+static int
+parse_extensions(PyObject *ext, PyObject *data, Py_ssize_t pos, Py_ssize_t end, int one_byte)
+{
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+    while (pos < end) {
+        unsigned b = d[pos];
+        Py_ssize_t value_end;
+        long xid;
+        if (one_byte) {
+            if (b < 0x10 || b >= 0xF0) {
+                if (b)
+                    break; /* id 15: stop; id 0 with a length: invalid */
+                pos += 1;  /* padding */
+                continue;
+            }
+            xid = (long)(b >> 4);
+            value_end = pos + 2 + (b & 0x0F);
+        }
+        else {
+            if (b == 0) {
+                pos += 1;
+                continue;
+            }
+            if (pos + 2 > end)
+                break;
+            xid = (long)b;
+            value_end = pos + 2 + d[pos + 1];
+        }
+        if (value_end > end)
+            break;
+        if (put_extension(ext, data, xid, one_byte ? pos + 1 : pos + 2, value_end) < 0)
+            return -1;
+        pos = value_end;
+    }
+    return 0;
+}
+
+static PyObject *
+parse_rtp(PyObject *module, PyObject *data)
+{
+    if (packet_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_packet_class() was not called");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(data))
+        return PyObject_CallOneArg(python_parser, data);
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    if (n < 12 || (d[0] & 0xC0) != 0x80)
+        Py_RETURN_NONE;
+    unsigned cc = d[0] & 0x0F;
+    Py_ssize_t pos = 12 + 4 * (Py_ssize_t)cc;
+    if (pos > n)
+        Py_RETURN_NONE;
+    Py_ssize_t ext_start = 0, ext_end = 0;
+    int one_byte = 0, has_ext = 0;
+    if (d[0] & 0x10) {
+        if (pos + 4 > n)
+            Py_RETURN_NONE;
+        unsigned profile = get16(d + pos);
+        ext_start = pos + 4;
+        ext_end = ext_start + 4 * (Py_ssize_t)get16(d + pos + 2);
+        if (ext_end > n)
+            Py_RETURN_NONE;
+        one_byte = profile == 0xBEDE;
+        has_ext = one_byte || (profile & 0xFFF0) == 0x1000;
+        pos = ext_end;
+    }
+    Py_ssize_t end = n;
+    if (d[0] & 0x20) {
+        unsigned pad = d[n - 1];
+        if (pad == 0 || (Py_ssize_t)pad > n - pos)
+            Py_RETURN_NONE;
+        end = n - pad;
+    }
+    PyObject *values[N_SLOTS];
+    values[S_EXT] = PyDict_New();
+    if (values[S_EXT] == NULL)
+        return NULL;
+    if (has_ext && parse_extensions(values[S_EXT], data, ext_start, ext_end, one_byte) < 0) {
+        Py_DECREF(values[S_EXT]);
+        return NULL;
+    }
+    Py_INCREF(data);
+    values[S_DATA] = data;
+    values[S_MARKER] = PyBool_FromLong(d[1] & 0x80);
+    values[S_PT] = PyLong_FromLong(d[1] & 0x7F);
+    values[S_SEQ] = PyLong_FromLong((long)get16(d + 2));
+    values[S_TS] = PyLong_FromUnsignedLong(get32(d + 4));
+    values[S_SSRC] = PyLong_FromUnsignedLong(get32(d + 8));
+    values[S_CC] = PyLong_FromLong((long)cc);
+    values[S_START] = PyLong_FromSsize_t(pos);
+    values[S_END] = PyLong_FromSsize_t(end);
+    PyObject *packet = NULL;
+    int failed = 0;
+    for (int i = 0; i < N_SLOTS; i++)
+        failed |= values[i] == NULL;
+    if (!failed)
+        packet = packet_type->tp_alloc(packet_type, 0);
+    if (packet == NULL) {
+        for (int i = 0; i < N_SLOTS; i++)
+            Py_XDECREF(values[i]);
+        return NULL;
+    }
+    for (int i = 0; i < N_SLOTS; i++) /* the new instance's slots are NULL: no old value */
+        *(PyObject **)((char *)packet + slot_offset[i]) = values[i];
+    return packet;
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_packet_class", (PyCFunction)set_packet_class, METH_VARARGS,
+     "set_packet_class(cls, python_parser): what parse_rtp makes, and falls back to."},
+    {"parse_rtp", (PyCFunction)parse_rtp, METH_O,
+     "parse_rtp(data) -> RtpPacket | None, as mediaserver.sfu.rtp's Python parser."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef fastpath_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "mediaserver.sfu._fastpath",
     .m_doc = "SRTP unprotect on receipt; header, SRTP protect and send per forwarded packet.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC

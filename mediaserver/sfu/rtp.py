@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 EXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 EXT_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
@@ -136,7 +136,7 @@ def _parse_two_byte(data: bytes, pos: int, end: int) -> dict[int, bytes]:
     return ext
 
 
-def parse_rtp(data: bytes) -> RtpPacket | None:
+def _parse_rtp_py(data: bytes) -> RtpPacket | None:
     """Parse one RTP packet; ``None`` if it is not a well-formed version 2 packet."""
     n = len(data)
     if n < RTP_HEADER_SIZE:
@@ -172,6 +172,18 @@ def parse_rtp(data: bytes) -> RtpPacket | None:
             return None
         end = n - pad
     return RtpPacket(data, b1 > 0x7F, b1 & 0x7F, seq, ts, ssrc, cc, pos, end, ext)
+
+
+parse_rtp: Callable[[bytes], RtpPacket | None] = _parse_rtp_py
+try:
+    # The same parser in C (mediaserver/sfu/_fastpath.c), making RtpPacket instances; it
+    # hands anything but bytes back to the Python one. Absent when built without a compiler.
+    from mediaserver.sfu import _fastpath
+
+    _fastpath.set_packet_class(RtpPacket, _parse_rtp_py)
+    parse_rtp = _fastpath.parse_rtp
+except ImportError:
+    pass
 
 
 def _pack_extensions(extensions: Sequence[tuple[int, bytes]]) -> bytes:

@@ -17,6 +17,7 @@ MODULES = [
     "bench.compare",
     "bench.forwarding",
     "bench.micro",
+    "bench.paired",
     "bench.packet_path",
     "bench.recording",
     "bench.relay_server",
