@@ -630,7 +630,8 @@ class PacketSender:
     With the C extension (``output``, a ``_fastpath.Output``), packets are protected and
     sent by it on a copy of the pair's socket; consumers call ``output.send_rtp`` directly
     for their common header, and come here when it answers 0 (not set up yet). Without
-    it, pylibsrtp (``FastSrtp``) and the pair's uvloop transport do the same work.
+    it, or when it cannot take the pair (no socket to copy, an address it cannot parse),
+    pylibsrtp (``FastSrtp``) and the pair's uvloop transport do the same work.
     """
 
     __slots__ = ("_addr", "_connection", "_dtls", "_pair", "_protect", "_protect_rtcp",
@@ -668,8 +669,10 @@ class PacketSender:
         if (self._protect is None and not self._ready()) or not self._follow_pair():
             return False
         output = self.output
-        if output is not None:
+        if output is not None and output.ready:
             return sent(output.send_rtcp(data) if rtcp else output.send_packet(data))
+        # No extension, or it could not take this pair's socket or address (then consumers'
+        # own attempts answer 0 and land here too).
         protect = self._protect_rtcp if rtcp else self._protect
         self._transport.sendto(protect(data), self._addr)  # type: ignore[misc]
         return True

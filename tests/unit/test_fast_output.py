@@ -7,16 +7,18 @@ fields, for every header the forwarding path asks the C sender for.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pylibsrtp
 import pytest
 
 from mediaserver import metrics
 from mediaserver.sfu import fastsend
-from mediaserver.sfu.aiortc_adapter import attach_srtp, sent, unprotector
+from mediaserver.sfu.aiortc_adapter import PacketSender, attach_srtp, sent, unprotector
 from mediaserver.sfu.rtp import build_rtp
 
 if not fastsend.AVAILABLE:  # pragma: no cover - .ci/run installs a compiler
@@ -184,3 +186,59 @@ def test_unprotector_c_and_python_agree(fast: bool) -> None:
                     memoryview(b"\x80\xc9" + bytes(40))):
         assert unprotect.unprotect(garbage) is None
         assert unprotect.unprotect_rtcp(garbage) is None
+
+
+class _Socketless:
+    """A transport that will not hand out its socket (as some event loops' do not)."""
+
+    def __init__(self, transport: asyncio.DatagramTransport) -> None:
+        self._transport = transport
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._transport.sendto(data, addr)
+
+
+@pytest.mark.parametrize("socketless", [False, True])
+async def test_packet_sender_uses_the_output_or_falls_back(socketless: bool) -> None:
+    """PacketSender on a connected session and a nominated pair: packets go through the C
+    output when it could take the pair's socket, and through the pair's transport when it
+    could not; closing it stops both."""
+    tx, rx = _sessions()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(5)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                       local_addr=("127.0.0.1", 0))
+    pair = SimpleNamespace(
+        protocol=SimpleNamespace(transport=_Socketless(transport) if socketless else transport),
+        remote_addr=sink.getsockname())
+    connection = SimpleNamespace(_nominated={})
+    dtls = SimpleNamespace(state="new", _tx_srtp=tx, transport=SimpleNamespace(
+        _connection=connection))
+    sender = PacketSender(dtls)  # type: ignore[arg-type]
+    packet = build_rtp(marker=False, payload_type=96, sequence_number=1, timestamp=1,
+                       ssrc=5, extensions=[], payload=PAYLOAD[:100])
+    try:
+        assert sender.send_rtp(packet) is False  # DTLS not up
+        dtls.state = "connected"
+        assert sender.send_rtp(packet) is False  # no pair nominated
+        connection._nominated[1] = pair
+        assert sender.send_rtp(packet) is True
+        assert sender.output.ready is (not socketless)
+        assert rx.unprotect(sink.recv(4096)) == packet
+        report = bytes([0x80, 201, 0, 1]) + (5).to_bytes(4, "big")
+        assert sender.send_rtcp(report) is True
+        assert rx.unprotect_rtcp(sink.recv(4096)) == report
+        sender.close()
+        assert not sender.output.ready
+        assert sender.send_rtp(packet) is False
+    finally:
+        transport.close()
+        sink.close()
