@@ -32,16 +32,14 @@ from typing import Any
 import aiohttp
 
 from bench import servers
-from bench.capacity import pinned, total
+from bench.capacity import pinned, server_cmd, total
 from bench.forwarding import machine, poll, scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _server(checkout: Path, port: int, cpu: str, log: Path) -> servers.Server:
-    cmd = [*servers.mediaserver_cmd(port, "127.0.0.1"), "--connections-per-ip", "0",
-           "--joins-per-second", "0"]
-    proc = servers.spawn(pinned(cmd, cpu), log, cwd=checkout)
+    proc = servers.spawn(pinned(server_cmd(port, 1), cpu), log, cwd=checkout)
     return servers.Server(str(checkout), proc, f"ws://127.0.0.1:{port}/v1/signal",
                           f"http://127.0.0.1:{port}", log)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pylibsrtp
 import pytest
 from aiohttp import web
 
@@ -31,6 +33,14 @@ async def wait_until(condition: Callable[[], Any], timeout: float = 20.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+def srtp_sessions() -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
+    """A sending and a receiving libsrtp session on one fresh key."""
+    key = os.urandom(30)
+    tx = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    rx = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    return tx, rx
 
 
 @dataclass

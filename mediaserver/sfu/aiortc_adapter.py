@@ -420,6 +420,8 @@ def _address(cdata: Any) -> int:
 # libsrtp's functions as loaded by pylibsrtp: the extension calls the same library.
 _SRTP_PROTECT = _address(srtp_ffi.addressof(srtp_lib, "srtp_protect"))
 _SRTP_PROTECT_RTCP = _address(srtp_ffi.addressof(srtp_lib, "srtp_protect_rtcp"))
+_SRTP_UNPROTECT = _address(srtp_ffi.addressof(srtp_lib, "srtp_unprotect"))
+_SRTP_UNPROTECT_RTCP = _address(srtp_ffi.addressof(srtp_lib, "srtp_unprotect_rtcp"))
 
 
 class FastSrtp:
@@ -486,10 +488,6 @@ class _CheckedSrtp:
             return self._srtp.unprotect_rtcp(data)
         except pylibsrtp.Error:
             return None
-
-
-_SRTP_UNPROTECT = _address(srtp_ffi.addressof(srtp_lib, "srtp_unprotect"))
-_SRTP_UNPROTECT_RTCP = _address(srtp_ffi.addressof(srtp_lib, "srtp_unprotect_rtcp"))
 
 
 def unprotector(session: pylibsrtp.Session, fast: bool = True) -> Any:
@@ -670,7 +668,7 @@ class PacketSender:
             return False
         output = self.output
         if output is not None and output.ready:
-            return sent(output.send_rtcp(data) if rtcp else output.send_packet(data))
+            return fastsend.sent(output.send_rtcp(data) if rtcp else output.send_packet(data))
         # No extension, or it could not take this pair's socket or address (then consumers'
         # own attempts answer 0 and land here too).
         protect = self._protect_rtcp if rtcp else self._protect
@@ -713,16 +711,6 @@ class PacketSender:
 def attach_srtp(output: Any, session: pylibsrtp.Session) -> None:
     """Let a ``_fastpath.Output`` protect with ``session`` (kept alive by the output)."""
     output.set_srtp(session, _address(session._srtp[0]), _SRTP_PROTECT, _SRTP_PROTECT_RTCP)
-
-
-def sent(result: int) -> bool:
-    """A ``_fastpath`` send's result as "did it leave" (a failure counted, and lost)."""
-    if result > 0:
-        return True
-    if result == 0:
-        return False
-    fastsend.count_failure(result)
-    return True
 
 
 def packet_sender(pc: RTCPeerConnection) -> PacketSender:

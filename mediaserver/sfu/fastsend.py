@@ -31,3 +31,13 @@ def count_failure(result: int) -> None:
     packet too long to protect) is counted and lost likewise.
     """
     metrics.DROP["socket_full" if result == ERR_SOCKET else "srtp_error"].inc()
+
+
+def sent(result: int) -> bool:
+    """A whole-packet send's result as "did it leave" (a failure counted, and lost)."""
+    if result > 0:
+        return True
+    if result == 0:
+        return False
+    count_failure(result)
+    return True

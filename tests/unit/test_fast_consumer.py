@@ -9,11 +9,9 @@ to Python) and a RED publisher forwarded as plain Opus.
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 
-import pylibsrtp
 import pytest
 
 from mediaserver.sfu import fastsend
@@ -21,6 +19,7 @@ from mediaserver.sfu.aiortc_adapter import attach_srtp
 from mediaserver.sfu.consumer import Consumer, DownstreamContext
 from mediaserver.sfu.producer import CodecInfo, Producer
 from mediaserver.sfu.rtp import build_rtp, parse_rtp
+from tests.conftest import srtp_sessions
 
 if not fastsend.AVAILABLE:  # pragma: no cover - .ci/run installs a compiler
     pytest.fail("the _fastpath extension was not built (no C compiler at install?)",
@@ -50,9 +49,7 @@ def _consumer(producer: Producer, context: DownstreamContext, seed: int) -> Cons
     ("audio", OPUS_RED, b"\x90", True),   # RED in, plain Opus out (the subscriber's choice)
 ])
 def test_same_bytes_as_the_python_path(kind, codec, level, red) -> None:
-    key = os.urandom(30)
-    tx = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
-    rx = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    tx, rx = srtp_sessions()
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     a.bind(("127.0.0.1", 0))

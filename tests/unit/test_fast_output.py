@@ -8,7 +8,6 @@ fields, for every header the forwarding path asks the C sender for.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -18,8 +17,10 @@ import pytest
 
 from mediaserver import metrics
 from mediaserver.sfu import fastsend
-from mediaserver.sfu.aiortc_adapter import PacketSender, attach_srtp, sent, unprotector
+from mediaserver.sfu.aiortc_adapter import PacketSender, attach_srtp, unprotector
+from mediaserver.sfu.fastsend import sent
 from mediaserver.sfu.rtp import build_rtp
+from tests.conftest import srtp_sessions
 
 if not fastsend.AVAILABLE:  # pragma: no cover - .ci/run installs a compiler
     pytest.fail("the _fastpath extension was not built (no C compiler at install?)",
@@ -30,17 +31,10 @@ from mediaserver.sfu import _fastpath
 Output = _fastpath.Output
 
 
-def _sessions() -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
-    key = os.urandom(30)
-    tx = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
-    rx = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
-    return tx, rx
-
-
 @pytest.fixture
 def link() -> Iterator[tuple[Output, socket.socket, pylibsrtp.Session, socket.socket]]:
     """An output sending from one loopback socket to another, and the receiving session."""
-    tx, rx = _sessions()
+    tx, rx = srtp_sessions()
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     a.bind(("127.0.0.1", 0))
@@ -116,7 +110,7 @@ def test_keeps_sending_after_the_original_socket_is_closed(link) -> None:
 
 
 def test_not_ready_until_session_and_destination() -> None:
-    tx, _ = _sessions()
+    tx, _ = srtp_sessions()
     out = Output()
     assert not out.ready
     assert out.send_rtp(False, 96, 1, 1, 1, 0, 0, 0, 0, PAYLOAD, 0, 10) == 0
@@ -170,7 +164,7 @@ def test_garbage_arguments_raise_clear_errors(link) -> None:
 def test_unprotector_c_and_python_agree(fast: bool) -> None:
     """The receive side: the C Input and the pure-Python fallback give the same packets,
     and None (never an exception) for what libsrtp refuses."""
-    tx, rx = _sessions()
+    tx, rx = srtp_sessions()
     unprotect = unprotector(rx, fast=fast)
     assert isinstance(unprotect, _fastpath.Input) == fast
     for seq in range(1, 40):
@@ -209,7 +203,7 @@ async def test_packet_sender_uses_the_output_or_falls_back(socketless: bool) -> 
     """PacketSender on a connected session and a nominated pair: packets go through the C
     output when it could take the pair's socket, and through the pair's transport when it
     could not; closing it stops both."""
-    tx, rx = _sessions()
+    tx, rx = srtp_sessions()
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     sink.settimeout(5)

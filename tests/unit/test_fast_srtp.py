@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pylibsrtp
 import pytest
 
 from mediaserver.sfu.aiortc_adapter import FastSrtp
 from mediaserver.sfu.rtp import build_rtp, parse_rtp
-
-
-def _pair() -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
-    key = os.urandom(30)
-    tx = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
-    rx = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
-    return tx, rx
+from tests.conftest import srtp_sessions
 
 
 def _rtp(seq: int, size: int = 1000) -> bytes:
@@ -24,14 +16,14 @@ def _rtp(seq: int, size: int = 1000) -> bytes:
 
 
 def test_roundtrip_both_ways_with_stock_sessions() -> None:
-    tx, rx = _pair()
+    tx, rx = srtp_sessions()
     fast_tx = FastSrtp(tx)
     for seq in range(1, 50):
         packet = _rtp(seq)
         protected = fast_tx.protect(packet)
         assert protected != packet and len(protected) > len(packet)
         assert rx.unprotect(protected) == packet
-    tx2, rx2 = _pair()
+    tx2, rx2 = srtp_sessions()
     fast_rx = FastSrtp(rx2)
     for seq in range(1, 50):
         packet = _rtp(seq, 512)
@@ -39,7 +31,7 @@ def test_roundtrip_both_ways_with_stock_sessions() -> None:
 
 
 def test_rtcp_roundtrip() -> None:
-    tx, rx = _pair()
+    tx, rx = srtp_sessions()
     report = bytes([0x80, 201, 0, 1]) + (1234).to_bytes(4, "big")
     assert FastSrtp(rx).unprotect_rtcp(FastSrtp(tx).protect_rtcp(report)) == report
 
@@ -50,13 +42,13 @@ def test_rtcp_roundtrip() -> None:
     b"\x80\x60" + bytes(2000),         # larger than any datagram we accept
 ])
 def test_garbage_raises_pylibsrtp_error(data: bytes) -> None:
-    _, rx = _pair()
+    _, rx = srtp_sessions()
     with pytest.raises(pylibsrtp.Error):
         FastSrtp(rx).unprotect(data)
 
 
 def test_oversized_protect_is_refused_before_touching_the_buffer() -> None:
-    tx, rx = _pair()
+    tx, rx = srtp_sessions()
     fast = FastSrtp(tx)
     with pytest.raises(pylibsrtp.Error):
         fast.protect(_rtp(1, 1500))
