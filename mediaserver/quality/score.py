@@ -151,12 +151,12 @@ def window_score(stats: WindowStats) -> float:
 
 def audio_mos(stats: WindowStats) -> float:
     """E-model MOS (1.0-4.5) of an Opus window: R = R0 - Id(delay) - Ie,eff(loss)."""
-    return window_score(replace(stats, kind="audio"))
+    return window_score(stats if stats.kind == "audio" else replace(stats, kind="audio"))
 
 
 def video_score(stats: WindowStats) -> float:
     """Video on the same scale: loss, delay, frame rate, layer and pause as impairments."""
-    return window_score(replace(stats, kind="video"))
+    return window_score(stats if stats.kind == "video" else replace(stats, kind="video"))
 
 
 class QualityLevel(StrEnum):
@@ -215,10 +215,17 @@ def _merge(windows: list[WindowStats], counts: Counts, worst: bool = False) -> W
         known = [v for v in values if v is not None]
         return (bad(known) if worst else statistics.median(known)) if known else None
 
-    return replace(windows[-1], packets_expected=counts[0], packets_lost=counts[1],
-                   rtt=pick([w.rtt for w in windows], max),
-                   jitter=pick([w.jitter for w in windows], max) or 0.0,
-                   frame_rate=pick([w.frame_rate for w in windows], min))
+    last = windows[-1]
+    # Built field by field: dataclasses.replace costs several times as much, and this runs
+    # twice per track every second.
+    return WindowStats(
+        kind=last.kind, duration=last.duration, packets_expected=counts[0],
+        packets_lost=counts[1], rtt=pick([w.rtt for w in windows], max),
+        jitter=pick([w.jitter for w in windows], max) or 0.0, bitrate=last.bitrate,
+        frame_rate=pick([w.frame_rate for w in windows], min),
+        expected_frame_rate=last.expected_frame_rate, layer_delivered=last.layer_delivered,
+        layer_wanted=last.layer_wanted, paused=last.paused, muted=last.muted, fec=last.fec,
+        dtx=last.dtx)
 
 
 def _loss_rate(w: WindowStats) -> float:
