@@ -226,6 +226,51 @@ put32(unsigned char *p, unsigned long v)
     p[3] = (unsigned char)v;
 }
 
+/* Write the header (see send_rtp) and the payload into the buffer, protect, send. The
+ * output must be ready and the ids valid (0..14). */
+static long
+output_rtp(Output *self, int marker, unsigned long pt, unsigned long seq, unsigned long ts,
+           unsigned long ssrc, unsigned long level_id, unsigned long level,
+           unsigned long ast_id, unsigned long ast24, const unsigned char *payload,
+           Py_ssize_t payload_len)
+{
+    unsigned char *b = self->buf;
+    Py_ssize_t header = 12;
+    b[0] = (ast_id || level_id) ? 0x90 : 0x80;
+    b[1] = (unsigned char)((marker ? 0x80 : 0) | (pt & 0x7F));
+    put16(b + 2, seq);
+    put32(b + 4, ts);
+    put32(b + 8, ssrc);
+    if (ast_id && !level_id) {
+        put16(b + 12, 0xBEDE);
+        put16(b + 14, 1);
+        put32(b + 16, ((((ast_id << 4) | 2) << 24) | (ast24 & 0xFFFFFF)) & 0xFFFFFFFFUL);
+        header = 20;
+    }
+    else if (!ast_id && level_id) {
+        put16(b + 12, 0xBEDE);
+        put16(b + 14, 1);
+        b[16] = (unsigned char)(level_id << 4);
+        b[17] = (unsigned char)level;
+        b[18] = b[19] = 0;
+        header = 20;
+    }
+    else if (ast_id) {
+        put16(b + 12, 0xBEDE);
+        put16(b + 14, 2);
+        b[16] = (unsigned char)(level_id << 4);
+        b[17] = (unsigned char)level;
+        put32(b + 18, ((((ast_id << 4) | 2) << 24) | (ast24 & 0xFFFFFF)) & 0xFFFFFFFFUL);
+        b[22] = b[23] = 0;
+        header = 24;
+    }
+    Py_ssize_t length = header + payload_len;
+    if (length > MAX_PLAIN)
+        return ERR_SIZE;
+    memcpy(b + header, payload, (size_t)payload_len);
+    return output_finish(self, (int)length, self->protect);
+}
+
 /* send_rtp(marker, pt, seq, ts, ssrc, level_id, level, ast_id, ast24, buffer, start, end)
  *
  * Header as mediaserver.sfu.rtp.build_rtp writes it for these one-byte extensions, each
@@ -266,44 +311,10 @@ Output_send_rtp(Output *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "payload bounds outside the buffer");
         return NULL;
     }
-    unsigned char *b = self->buf;
-    Py_ssize_t header = 12;
-    b[0] = (ast_id || level_id) ? 0x90 : 0x80;
-    b[1] = (unsigned char)((marker ? 0x80 : 0) | (pt & 0x7F));
-    put16(b + 2, seq);
-    put32(b + 4, ts);
-    put32(b + 8, ssrc);
-    if (ast_id && !level_id) {
-        put16(b + 12, 0xBEDE);
-        put16(b + 14, 1);
-        put32(b + 16, ((((ast_id << 4) | 2) << 24) | (ast24 & 0xFFFFFF)) & 0xFFFFFFFFUL);
-        header = 20;
-    }
-    else if (!ast_id && level_id) {
-        put16(b + 12, 0xBEDE);
-        put16(b + 14, 1);
-        b[16] = (unsigned char)(level_id << 4);
-        b[17] = (unsigned char)level;
-        b[18] = b[19] = 0;
-        header = 20;
-    }
-    else if (ast_id) {
-        put16(b + 12, 0xBEDE);
-        put16(b + 14, 2);
-        b[16] = (unsigned char)(level_id << 4);
-        b[17] = (unsigned char)level;
-        put32(b + 18, ((((ast_id << 4) | 2) << 24) | (ast24 & 0xFFFFFF)) & 0xFFFFFFFFUL);
-        b[22] = b[23] = 0;
-        header = 24;
-    }
-    Py_ssize_t length = header + (end - start);
-    if (length > MAX_PLAIN) {
-        PyBuffer_Release(&view);
-        return PyLong_FromLong(ERR_SIZE);
-    }
-    memcpy(b + header, (const unsigned char *)view.buf + start, (size_t)(end - start));
+    long result = output_rtp(self, marker, pt, seq, ts, ssrc, level_id, level, ast_id, ast24,
+                             (const unsigned char *)view.buf + start, end - start);
     PyBuffer_Release(&view);
-    return PyLong_FromLong(output_finish(self, (int)length, self->protect));
+    return PyLong_FromLong(result);
 }
 
 static PyObject *
@@ -653,11 +664,387 @@ parse_rtp(PyObject *module, PyObject *data)
     return packet;
 }
 
+
+/* -- fan-out ---------------------------------------------------------------------------
+ *
+ * fanout(consumers, stream, pkt, ext_seq, ext_ts, keyframe, now, ast24): one incoming
+ * packet to every consumer of its stream, as
+ *
+ *     for consumer in consumers:
+ *         consumer.forward(stream, pkt, ext_seq, ext_ts, keyframe, now)
+ *
+ * would, with mediaserver.sfu.consumer.Consumer.forward as the reference. A consumer in
+ * the plain state (forwarding this stream, not paused, not waiting for a keyframe, no
+ * temporal filter, no RED conversion, its output ready, its rewriter with no pending
+ * switch nor skipped packets, the packet not too old) is done here on the very same
+ * Python objects: the rewriter's fields, the history slot, the header, protect and send,
+ * the counters. Anything else, decided before anything is changed, is the Python
+ * method's: one code path owns each rule, and a consumer's state never lives in two
+ * places. Python's interpreter around each copy was about 4-5 us (cold) of the ~16 us a
+ * copy cost in a group of 7 (docs/benchmarks.md). */
+
+static PyObject *never_value = NULL;     /* consumer.NEVER */
+static PyObject *count_failure_fn = NULL; /* fastsend.count_failure */
+static long long reorder_window = 3000;   /* OutputRewriter.REORDER_WINDOW */
+static Py_ssize_t history_mask = 1023;    /* consumer.HISTORY_MASK */
+
+/* The fields read and written, all __slots__ members of five classes, found by their
+ * offsets (read once from the member descriptors, as for RtpPacket above): Python's own
+ * LOAD_ATTR on a slot is an indexed load, and so must this be, or the copy in C costs
+ * what the interpreter did (a first version through PyObject_GetAttr did: 12 % of the
+ * server's CPU in a group of 7 went to attribute lookups, and nothing was saved). */
+enum {
+    /* Consumer */
+    A_STREAM, A_PAUSED, A_WAITING, A_TEMPORAL, A_RED, A_CONTEXT, A_C_HEADER, A_LEVEL_ID,
+    A_SRC_LEVEL_ID, A_REWRITER, A_HISTORY, A_RESENT, A_PT, A_SSRC, A_AST_ID, A_LAST_SENT,
+    A_STATS, A_TALLY,
+    /* DownstreamContext */
+    A_OUTPUT, A_JOINED,
+    /* OutputRewriter */
+    A_PENDING, A_SKIPPED, A_HIGHEST, A_BASE, A_SEQ_OFFSET, A_TS_OFFSET, A_LAST_SEQ, A_LAST_TS,
+    /* SendStats */
+    A_PACKETS_SENT, A_OCTETS_SENT, A_FRAMES_SENT,
+    /* RtpTally */
+    A_PACKETS, A_BYTES,
+    N_FIELDS
+};
+enum { K_CONSUMER, K_CONTEXT, K_REWRITER, K_STATS, K_TALLY, N_CLASSES };
+static const char *const FIELD_NAMES[N_FIELDS] = {
+    "stream", "paused", "waiting_keyframe", "temporal", "red", "context", "_c_header",
+    "_level_id", "_src_audio_level_id", "rewriter", "_history", "_resent_at",
+    "payload_type", "ssrc", "_ast_id", "last_sent_at", "stats", "_tally",
+    "output", "joined_at",
+    "_pending_switch", "_skipped", "_highest_in", "_base_in", "_seq_offset", "_ts_offset",
+    "_last_out_seq", "_last_out_ts",
+    "packets_sent", "octets_sent", "frames_sent",
+    "packets", "bytes",
+};
+static const int FIELD_CLASS[N_FIELDS] = {
+    K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER,
+    K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER,
+    K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER,
+    K_CONTEXT, K_CONTEXT,
+    K_REWRITER, K_REWRITER, K_REWRITER, K_REWRITER, K_REWRITER, K_REWRITER, K_REWRITER,
+    K_REWRITER,
+    K_STATS, K_STATS, K_STATS,
+    K_TALLY, K_TALLY,
+};
+static PyTypeObject *fan_class[N_CLASSES];
+static Py_ssize_t field_offset[N_FIELDS];
+static PyObject *name_spatial = NULL, *name_forward = NULL;
+
+#define FIELD(obj, a) (*(PyObject **)((char *)(obj) + field_offset[a]))
+
+static int
+member_offset(PyObject *cls, const char *name, Py_ssize_t *out)
+{
+    PyObject *descr = PyObject_GetAttrString(cls, name);
+    if (descr == NULL)
+        return -1;
+    int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+             ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
+    if (ok)
+        *out = ((PyMemberDescrObject *)descr)->d_member->offset;
+    Py_DECREF(descr);
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s is not a __slots__ member", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* configure_fanout(never, reorder_window, history_mask, count_failure, Consumer,
+ *                  DownstreamContext, OutputRewriter, SendStats, RtpTally) */
+static PyObject *
+configure_fanout(PyObject *module, PyObject *args)
+{
+    PyObject *never, *count_failure, *cls[N_CLASSES];
+    long long window;
+    Py_ssize_t mask, offsets[N_FIELDS];
+    if (!PyArg_ParseTuple(args, "OLnOO!O!O!O!O!:configure_fanout", &never, &window, &mask,
+                          &count_failure, &PyType_Type, &cls[0], &PyType_Type, &cls[1],
+                          &PyType_Type, &cls[2], &PyType_Type, &cls[3], &PyType_Type,
+                          &cls[4]))
+        return NULL;
+    if (mask < 0 || (mask & (mask + 1)) != 0 || window < 0) {
+        PyErr_SetString(PyExc_ValueError, "history mask must be 2**k - 1, window >= 0");
+        return NULL;
+    }
+    for (int i = 0; i < N_FIELDS; i++)
+        if (member_offset(cls[FIELD_CLASS[i]], FIELD_NAMES[i], &offsets[i]) < 0)
+            return NULL;
+    if (name_spatial == NULL && (name_spatial = PyUnicode_InternFromString("spatial")) == NULL)
+        return NULL;
+    if (name_forward == NULL && (name_forward = PyUnicode_InternFromString("forward")) == NULL)
+        return NULL;
+    memcpy(field_offset, offsets, sizeof(offsets));
+    for (int k = 0; k < N_CLASSES; k++) {
+        Py_INCREF(cls[k]);
+        Py_XSETREF(fan_class[k], (PyTypeObject *)cls[k]);
+    }
+    Py_INCREF(never);
+    Py_XSETREF(never_value, never);
+    Py_INCREF(count_failure);
+    Py_XSETREF(count_failure_fn, count_failure);
+    reorder_window = window;
+    history_mask = mask;
+    Py_RETURN_NONE;
+}
+
+/* A field holding an int that fits 64 bits: 1 and the value; 0 when it does not (unset, not
+ * an int, too large: the Python path's, which handles any int). */
+static inline int
+field_ll(PyObject *obj, int a, long long *out)
+{
+    PyObject *v = FIELD(obj, a);
+    if (v == NULL || !PyLong_CheckExact(v))
+        return 0;
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = x;
+    return 1;
+}
+
+/* Store a new reference in a field (the old value released after). */
+static inline void
+field_put(PyObject *obj, int a, PyObject *value)
+{
+    PyObject *old = FIELD(obj, a);
+    FIELD(obj, a) = value;
+    Py_XDECREF(old);
+}
+
+static inline int
+field_set_ll(PyObject *obj, int a, long long value)
+{
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL)
+        return -1;
+    field_put(obj, a, v);
+    return 0;
+}
+
+/* What fanout reads of the packet once. */
+typedef struct {
+    PyObject *pkt, *stream, *data, *extensions, *ext_seq_obj, *now, *spatial;
+    int marker;
+    Py_ssize_t start, end;
+    long long ext_seq, ext_ts;
+    unsigned long ast24;
+} Fan;
+
+#define IS(obj, k) ((obj) != NULL && Py_IS_TYPE((obj), fan_class[k]))
+
+/* The plain consumer's copy: 1 done, 0 not plain (nothing changed: the Python method's),
+ * -1 error. The order of the checks and of the changes is Consumer.forward's. */
+static int
+forward_plain(PyObject *c, Fan *f)
+{
+    if (!IS(c, K_CONSUMER) || FIELD(c, A_STREAM) != f->stream ||
+        FIELD(c, A_PAUSED) != Py_False || FIELD(c, A_WAITING) != Py_False ||
+        FIELD(c, A_TEMPORAL) != Py_None || FIELD(c, A_RED) != Py_None ||
+        FIELD(c, A_C_HEADER) != Py_True)
+        return 0;
+    PyObject *ctx = FIELD(c, A_CONTEXT);
+    if (!IS(ctx, K_CONTEXT) || FIELD(ctx, A_JOINED) != Py_None)
+        return 0; /* the first copy to a subscriber is timed by the Python path */
+    Output *out = (Output *)FIELD(ctx, A_OUTPUT);
+    if (out == NULL || !PyObject_TypeCheck((PyObject *)out, &OutputType) || out->fd < 0 ||
+        out->ctx == NULL)
+        return 0;
+
+    long long level_id, level = 0, pt, ssrc, ast_id;
+    if (!field_ll(c, A_LEVEL_ID, &level_id) || !field_ll(c, A_PT, &pt) ||
+        !field_ll(c, A_SSRC, &ssrc) || !field_ll(c, A_AST_ID, &ast_id) || ast_id < 0 ||
+        ast_id > 14)
+        return 0;
+    if (level_id) {
+        /* Python: the level is copied when both sides negotiated it and the packet has
+         * one; a value of another length than one byte is Python's to copy. */
+        PyObject *src = FIELD(c, A_SRC_LEVEL_ID);
+        if (src == NULL)
+            return 0;
+        PyObject *raw = NULL;
+        if (src != Py_None) {
+            if (!PyLong_CheckExact(src) || !PyDict_CheckExact(f->extensions))
+                return 0;
+            if (PyLong_AsLong(src) != 0) { /* a src id of 0 counts as not negotiated */
+                raw = PyDict_GetItemWithError(f->extensions, src); /* borrowed */
+                if (raw == NULL && PyErr_Occurred())
+                    return -1;
+            }
+        }
+        if (raw == NULL)
+            level_id = 0; /* not negotiated upstream, or no level in this packet */
+        else if (PyBytes_CheckExact(raw) && PyBytes_GET_SIZE(raw) == 1)
+            level = (unsigned char)PyBytes_AS_STRING(raw)[0];
+        else
+            return 0;
+    }
+    if (level_id < 0 || level_id > 14)
+        return 0;
+
+    PyObject *rw = FIELD(c, A_REWRITER);
+    if (!IS(rw, K_REWRITER) || FIELD(rw, A_PENDING) != Py_False)
+        return 0; /* the first packet after a source change: Python's */
+    PyObject *skipped = FIELD(rw, A_SKIPPED);
+    if (skipped == NULL || !PyList_CheckExact(skipped) || PyList_GET_SIZE(skipped) != 0)
+        return 0;
+    long long highest, base, seq_offset, ts_offset, last_seq;
+    if (!field_ll(rw, A_HIGHEST, &highest) || !field_ll(rw, A_BASE, &base) ||
+        !field_ll(rw, A_SEQ_OFFSET, &seq_offset) || !field_ll(rw, A_TS_OFFSET, &ts_offset) ||
+        !field_ll(rw, A_LAST_SEQ, &last_seq))
+        return 0;
+    int newer = f->ext_seq > highest;
+    if (!newer && (f->ext_seq < base || f->ext_seq < highest - reorder_window))
+        return 0; /* too old: Python's drop, counted there */
+    PyObject *history = FIELD(c, A_HISTORY), *resent = FIELD(c, A_RESENT);
+    PyObject *stats = FIELD(c, A_STATS), *tally = FIELD(c, A_TALLY);
+    long long packets_sent, octets_sent, frames_sent, packets, bytes;
+    if (history == NULL || resent == NULL || !PyList_CheckExact(history) ||
+        !PyList_CheckExact(resent) || PyList_GET_SIZE(history) <= history_mask ||
+        PyList_GET_SIZE(resent) <= history_mask || !IS(stats, K_STATS) ||
+        !IS(tally, K_TALLY) || !field_ll(stats, A_PACKETS_SENT, &packets_sent) ||
+        !field_ll(stats, A_OCTETS_SENT, &octets_sent) ||
+        !field_ll(stats, A_FRAMES_SENT, &frames_sent) || !field_ll(tally, A_PACKETS, &packets) ||
+        !field_ll(tally, A_BYTES, &bytes))
+        return 0;
+
+    /* From here on the consumer changes, as Consumer.forward changes it. */
+    long long out_seq = f->ext_seq + seq_offset, out_ts = f->ext_ts + ts_offset;
+    unsigned long seq16 = (unsigned long)(out_seq & 0xFFFF);
+    unsigned long ts32 = (unsigned long)(out_ts & 0xFFFFFFFFLL);
+    PyObject *entry = Py_BuildValue("(kOkO)", seq16, f->ext_seq_obj, ts32, f->spatial);
+    if (entry == NULL)
+        return -1;
+    if ((newer && field_set_ll(rw, A_HIGHEST, f->ext_seq) < 0) ||
+        (out_seq > last_seq &&
+         (field_set_ll(rw, A_LAST_SEQ, out_seq) < 0 || field_set_ll(rw, A_LAST_TS, out_ts) < 0))) {
+        Py_DECREF(entry);
+        return -1;
+    }
+    Py_ssize_t slot = (Py_ssize_t)(seq16 & (unsigned long)history_mask);
+    PyList_SetItem(history, slot, entry); /* steals entry, releases the old one */
+    Py_INCREF(never_value);
+    PyList_SetItem(resent, slot, never_value);
+
+    long sent = output_rtp(out, f->marker, (unsigned long)pt, seq16, ts32,
+                           (unsigned long)ssrc, (unsigned long)level_id,
+                           (unsigned long)level, (unsigned long)ast_id, f->ast24,
+                           (const unsigned char *)PyBytes_AS_STRING(f->data) + f->start,
+                           f->end - f->start);
+    if (sent <= 0) {
+        /* Lost at the socket (or SRTP refused): counted; the subscriber asks again. */
+        PyObject *res = PyObject_CallFunction(count_failure_fn, "l", sent);
+        if (res == NULL)
+            return -1;
+        Py_DECREF(res);
+        return 1;
+    }
+    Py_INCREF(f->now);
+    field_put(c, A_LAST_SENT, f->now);
+    if (field_set_ll(stats, A_PACKETS_SENT, packets_sent + 1) < 0 ||
+        field_set_ll(stats, A_OCTETS_SENT, octets_sent + (f->end - f->start)) < 0 ||
+        (f->marker && field_set_ll(stats, A_FRAMES_SENT, frames_sent + 1) < 0) ||
+        field_set_ll(tally, A_PACKETS, packets + 1) < 0 ||
+        field_set_ll(tally, A_BYTES, bytes + sent) < 0)
+        return -1;
+    return 1;
+}
+
+static PyObject *
+fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "fanout takes 8 arguments");
+        return NULL;
+    }
+    if (never_value == NULL || packet_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure_fanout() was not called");
+        return NULL;
+    }
+    PyObject *consumers = args[0];
+    if (!PyList_CheckExact(consumers)) {
+        PyErr_SetString(PyExc_TypeError, "consumers must be a list");
+        return NULL;
+    }
+    Fan f = {0};
+    f.stream = args[1];
+    f.pkt = args[2];
+    f.ext_seq_obj = args[3];
+    f.now = args[6];
+    f.ext_seq = PyLong_AsLongLong(args[3]);
+    if (f.ext_seq == -1 && PyErr_Occurred())
+        return NULL;
+    f.ext_ts = PyLong_AsLongLong(args[4]);
+    if (f.ext_ts == -1 && PyErr_Occurred())
+        return NULL;
+    f.ast24 = PyLong_AsUnsignedLongMask(args[7]);
+    if (f.ast24 == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    /* Only a packet as parse_rtp makes them, with media in it, can take the plain path:
+     * padding-only packets are dropped and counted by Python. */
+    int plain = Py_IS_TYPE(f.pkt, packet_type);
+    if (plain) {
+        f.data = *(PyObject **)((char *)f.pkt + slot_offset[S_DATA]);
+        f.extensions = *(PyObject **)((char *)f.pkt + slot_offset[S_EXT]);
+        PyObject *m = *(PyObject **)((char *)f.pkt + slot_offset[S_MARKER]);
+        PyObject *st = *(PyObject **)((char *)f.pkt + slot_offset[S_START]);
+        PyObject *en = *(PyObject **)((char *)f.pkt + slot_offset[S_END]);
+        plain = f.data != NULL && f.extensions != NULL && m != NULL && st != NULL &&
+                en != NULL && PyBytes_CheckExact(f.data) && PyLong_CheckExact(st) &&
+                PyLong_CheckExact(en);
+        if (plain) {
+            f.marker = m == Py_True;
+            f.start = PyLong_AsSsize_t(st);
+            f.end = PyLong_AsSsize_t(en);
+            if (PyErr_Occurred())
+                return NULL;
+            plain = (m == Py_True || m == Py_False) && 0 <= f.start && f.start < f.end &&
+                    f.end <= PyBytes_GET_SIZE(f.data);
+        }
+    }
+    f.spatial = NULL;
+    if (plain && (f.spatial = PyObject_GetAttr(f.stream, name_spatial)) == NULL)
+        return NULL;
+    /* Index by index, as Python's for loop over a list that a consumer may change. */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(consumers); i++) {
+        PyObject *c = PyList_GET_ITEM(consumers, i);
+        Py_INCREF(c);
+        int r = plain ? forward_plain(c, &f) : 0;
+        if (r == 0) {
+            PyObject *res = PyObject_VectorcallMethod(
+                name_forward, (PyObject *[]){c, args[1], args[2], args[3], args[4],
+                                                 args[5], args[6]},
+                7, NULL);
+            r = res == NULL ? -1 : 1;
+            Py_XDECREF(res);
+        }
+        Py_DECREF(c);
+        if (r < 0) {
+            Py_XDECREF(f.spatial);
+            return NULL;
+        }
+    }
+    Py_XDECREF(f.spatial);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"set_packet_class", (PyCFunction)set_packet_class, METH_VARARGS,
      "set_packet_class(cls, python_parser): what parse_rtp makes, and falls back to."},
     {"parse_rtp", (PyCFunction)parse_rtp, METH_O,
      "parse_rtp(data) -> RtpPacket | None, as mediaserver.sfu.rtp's Python parser."},
+    {"configure_fanout", (PyCFunction)configure_fanout, METH_VARARGS,
+     "configure_fanout(never, reorder_window, history_mask, count_failure, Consumer, "
+     "DownstreamContext, OutputRewriter, SendStats, RtpTally)."},
+    {"fanout", (PyCFunction)(void (*)(void))fanout, METH_FASTCALL,
+     "fanout(consumers, stream, pkt, ext_seq, ext_ts, keyframe, now, ast24): "
+     "Consumer.forward for each consumer, the plain ones in C."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mediaserver import metrics
 from mediaserver.quality.rtpstats import SendStats
+from mediaserver.sfu import fastsend
 from mediaserver.sfu.fastsend import count_failure
 from mediaserver.sfu.red import RedOutput
 from mediaserver.sfu.rtp import (
@@ -42,7 +43,7 @@ PADDING_BYTES = 224  # per probe packet (RTP padding is at most 255 bytes)
 _last_abs: list[Any] = [None, 0]
 
 
-def _abs_send_time_24(now: float) -> int:
+def abs_send_time_at(now: float) -> int:
     if _last_abs[0] != now:
         _last_abs[0], _last_abs[1] = now, abs_send_time_24(now)
     return _last_abs[1]  # type: ignore[no-any-return]
@@ -74,6 +75,19 @@ class DownstreamContext:
 
 class Consumer:
     """One producer as delivered to one subscriber."""
+
+    # Slots: the C fan-out (fastsend.fanout) reads and writes these fields at fixed
+    # offsets, as the interpreter's own attribute access on slots does.
+    __slots__ = (
+        "_ast_id", "_c_header", "_fast_header", "_history", "_level_id", "_resends",
+        "_resent_at", "_rtx_seq", "_src_audio_level_id", "_tally", "_transport_cc_id",
+        "bandwidth_paused", "clock_rate", "closed", "context", "disabled",
+        "keyframe_requests", "kind", "last_sent_at", "layer_switches", "mid",
+        "nacks_received", "packets_at_report", "paused", "payload_type", "producer", "red",
+        "red_payload_type", "remb_bitrate", "retransmitted", "rewriter", "rtx_payload_type",
+        "rtx_ssrc", "ssrc", "stats", "stream", "subscriber_id", "target", "target_bitrate",
+        "temporal", "waiting_keyframe",
+    )
 
     def __init__(
         self,
@@ -201,8 +215,11 @@ class Consumer:
         slot = out_seq & HISTORY_MASK
         self._history[slot] = (out_seq, ext_seq, out_ts, stream.spatial)
         self._resent_at[slot] = NEVER
-        ctx = self.context
-        size = self._send(pkt, out_seq, out_ts, pt, now, payload)
+        self._account(self._send(pkt, out_seq, out_ts, pt, now, payload), pkt, now)
+
+    def _account(self, size: int, pkt: RtpPacket, now: float) -> None:
+        """After a copy went to ``_send``: its outcome counted (the C fan-out does the same
+        inline for a copy sent whole; see fastsend.fanout)."""
         if size < 0:
             return  # lost at the socket: the subscriber will ask for it again
         if not size:
@@ -215,6 +232,7 @@ class Consumer:
                 self.waiting_keyframe = True
                 self.producer.request_keyframe(now, self.spatial)
             return
+        ctx = self.context
         if ctx.joined_at is not None:
             metrics.observe_join_to_first_packet(now - ctx.joined_at)
             ctx.joined_at = None
@@ -289,7 +307,7 @@ class Consumer:
     def _timing_extensions(self, exts: list[tuple[int, bytes]], now: float) -> None:
         """abs-send-time and transport-wide sequence number, for the subscriber's estimator."""
         if self._ast_id:
-            exts.append((self._ast_id, _abs_send_time_24(now).to_bytes(3, "big")))
+            exts.append((self._ast_id, abs_send_time_at(now).to_bytes(3, "big")))
         if self._transport_cc_id:
             ctx = self.context
             ctx.twcc_seq = (ctx.twcc_seq + 1) & SEQ_MASK
@@ -311,11 +329,11 @@ class Consumer:
             if output is not None:
                 if payload is None:
                     result = output.send_rtp(pkt.marker, pt, seq, ts, self.ssrc, level_id,
-                                             level, self._ast_id, _abs_send_time_24(now),
+                                             level, self._ast_id, abs_send_time_at(now),
                                              pkt.data, pkt.payload_offset, pkt.payload_end)
                 else:
                     result = output.send_rtp(pkt.marker, pt, seq, ts, self.ssrc, level_id,
-                                             level, self._ast_id, _abs_send_time_24(now),
+                                             level, self._ast_id, abs_send_time_at(now),
                                              payload, 0, len(payload))
                 if result > 0:
                     return result
@@ -336,11 +354,11 @@ class Consumer:
         if self._fast_header:
             if level is None:
                 return header_abs_send_time(pkt.marker, pt, seq, ts, ssrc, self._ast_id,
-                                            _abs_send_time_24(now)) + payload
+                                            abs_send_time_at(now)) + payload
             if len(level) == 1:
                 return header_level_abs_send_time(pkt.marker, pt, seq, ts, ssrc,
                                                   self._level_id, level[0], self._ast_id,
-                                                  _abs_send_time_24(now)) + payload
+                                                  abs_send_time_at(now)) + payload
         exts: list[tuple[int, bytes]] = []
         if level is not None:
             exts.append((self._level_id, level))
@@ -466,3 +484,10 @@ class Consumer:
             return
         self.closed = True
         self.producer.remove_consumer(self)
+
+
+if fastsend.AVAILABLE:
+    # What the C fan-out (fastsend.fanout) needs of this module's rules.
+    fastsend.configure_fanout(NEVER, OutputRewriter.REORDER_WINDOW, HISTORY_MASK,
+                              count_failure, Consumer, DownstreamContext, OutputRewriter,
+                              SendStats, metrics.RtpTally)

@@ -4,6 +4,10 @@
 packet's header, SRTP-protects it and sends it in one call (``Output``; see its opening
 comment). It is optional at install time: without a C compiler both are None and packets
 go through pylibsrtp (``aiortc_adapter.FastSrtp``) and uvloop.
+
+``fanout`` hands one incoming packet to every consumer of its stream: the consumers in the
+plain state (the common one) are forwarded in C on the same Python objects, the others by
+``Consumer.forward`` (see the fan-out section of the C file).
 """
 
 from __future__ import annotations
@@ -14,10 +18,18 @@ from mediaserver import metrics
 
 Output: Any
 Input: Any
+fanout: Any
+configure_fanout: Any
 try:
-    from mediaserver.sfu._fastpath import ERR_SOCKET, Input, Output
+    from mediaserver.sfu._fastpath import (
+        ERR_SOCKET,
+        Input,
+        Output,
+        configure_fanout,
+        fanout,
+    )
 except ImportError:  # built without a C compiler
-    Output = Input = None
+    Output = Input = fanout = configure_fanout = None
     ERR_SOCKET = -2
 
 AVAILABLE = Output is not None

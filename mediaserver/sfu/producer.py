@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from mediaserver import metrics
 from mediaserver.limits import TokenBucket
 from mediaserver.quality.rtpstats import ReceiveStats
-from mediaserver.sfu import rtcp
+from mediaserver.sfu import fastsend, rtcp
+from mediaserver.sfu.consumer import abs_send_time_at
 from mediaserver.sfu.h264 import is_h264_keyframe
 from mediaserver.sfu.keyframe import KeyframeRequester
 from mediaserver.sfu.nack import NackTracker
@@ -286,8 +287,14 @@ class RecvStream:
                 self.keyframes.on_keyframe()
             elif self.keyframes.pending and self.keyframes.poll(now):
                 self._pli_upstream()
-        for consumer in producer.consumers:
-            consumer.forward(self, pkt, ext_seq, ext_ts, keyframe, now)
+        consumers = producer.consumers
+        if consumers:
+            if fastsend.AVAILABLE:
+                fastsend.fanout(consumers, self, pkt, ext_seq, ext_ts, keyframe, now,
+                                abs_send_time_at(now))
+            else:
+                for consumer in consumers:
+                    consumer.forward(self, pkt, ext_seq, ext_ts, keyframe, now)
         if producer.taps and self.spatial == producer.record_layer:
             for tap in producer.taps:
                 tap.on_packet(plain, ext_seq, ext_ts, keyframe, now)  # RED: its Opus frame
