@@ -32,6 +32,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -791,12 +792,15 @@ configure_fanout(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* A field holding an int that fits 64 bits: 1 and the value; 0 when it does not (unset, not
+/* Helpers on a slot at a byte offset of an object. */
+#define SLOT_AT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+/* A slot holding an int that fits 64 bits: 1 and the value; 0 when it does not (unset, not
  * an int, too large: the Python path's, which handles any int). */
 static inline int
-field_ll(PyObject *obj, int a, long long *out)
+slot_ll(PyObject *obj, Py_ssize_t off, long long *out)
 {
-    PyObject *v = FIELD(obj, a);
+    PyObject *v = SLOT_AT(obj, off);
     if (v == NULL || !PyLong_CheckExact(v))
         return 0;
     int overflow;
@@ -809,24 +813,28 @@ field_ll(PyObject *obj, int a, long long *out)
     return 1;
 }
 
-/* Store a new reference in a field (the old value released after). */
+/* Store a new reference in a slot (the old value released after). */
 static inline void
-field_put(PyObject *obj, int a, PyObject *value)
+slot_put(PyObject *obj, Py_ssize_t off, PyObject *value)
 {
-    PyObject *old = FIELD(obj, a);
-    FIELD(obj, a) = value;
+    PyObject *old = SLOT_AT(obj, off);
+    SLOT_AT(obj, off) = value;
     Py_XDECREF(old);
 }
 
 static inline int
-field_set_ll(PyObject *obj, int a, long long value)
+slot_set_ll(PyObject *obj, Py_ssize_t off, long long value)
 {
     PyObject *v = PyLong_FromLongLong(value);
     if (v == NULL)
         return -1;
-    field_put(obj, a, v);
+    slot_put(obj, off, v);
     return 0;
 }
+
+#define field_ll(obj, a, out) slot_ll((obj), field_offset[a], (out))
+#define field_put(obj, a, value) slot_put((obj), field_offset[a], (value))
+#define field_set_ll(obj, a, value) slot_set_ll((obj), field_offset[a], (value))
 
 /* What fanout reads of the packet once. */
 typedef struct {
@@ -956,6 +964,65 @@ forward_plain(PyObject *c, Fan *f)
     return 1;
 }
 
+/* A packet's fields as fan_out needs them, or 0 when the packet is not plain (not made by
+ * parse_rtp, or padding only: Python's). */
+static int
+fan_packet(Fan *f, PyObject *pkt)
+{
+    f->pkt = pkt;
+    if (!Py_IS_TYPE(pkt, packet_type))
+        return 0;
+    f->data = *(PyObject **)((char *)pkt + slot_offset[S_DATA]);
+    f->extensions = *(PyObject **)((char *)pkt + slot_offset[S_EXT]);
+    PyObject *m = *(PyObject **)((char *)pkt + slot_offset[S_MARKER]);
+    PyObject *st = *(PyObject **)((char *)pkt + slot_offset[S_START]);
+    PyObject *en = *(PyObject **)((char *)pkt + slot_offset[S_END]);
+    if (f->data == NULL || f->extensions == NULL || st == NULL || en == NULL ||
+        !PyBytes_CheckExact(f->data) || !PyLong_CheckExact(st) || !PyLong_CheckExact(en) ||
+        (m != Py_True && m != Py_False))
+        return 0;
+    f->marker = m == Py_True;
+    f->start = PyLong_AsSsize_t(st);
+    f->end = PyLong_AsSsize_t(en);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 0 <= f->start && f->start < f->end && f->end <= PyBytes_GET_SIZE(f->data);
+}
+
+/* Every consumer: the plain ones here, the rest by Consumer.forward(*pyargs), pyargs being
+ * (stream, pkt, ext_seq, ext_ts, keyframe, now). f->stream, ext_seq, ext_ts, now, ast24
+ * are set; plain says whether fan_packet accepted the packet. 0, or -1 on error. */
+static int
+fan_out(PyObject *consumers, Fan *f, int plain, PyObject *const *pyargs)
+{
+    f->spatial = NULL;
+    if (plain && (f->spatial = PyObject_GetAttr(f->stream, name_spatial)) == NULL)
+        return -1;
+    /* Index by index, as Python's for loop over a list that a consumer may change. */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(consumers); i++) {
+        PyObject *c = PyList_GET_ITEM(consumers, i);
+        Py_INCREF(c);
+        int r = plain ? forward_plain(c, f) : 0;
+        if (r == 0) {
+            PyObject *res = PyObject_VectorcallMethod(
+                name_forward, (PyObject *[]){c, pyargs[0], pyargs[1], pyargs[2], pyargs[3],
+                                             pyargs[4], pyargs[5]},
+                7, NULL);
+            r = res == NULL ? -1 : 1;
+            Py_XDECREF(res);
+        }
+        Py_DECREF(c);
+        if (r < 0) {
+            Py_CLEAR(f->spatial);
+            return -1;
+        }
+    }
+    Py_CLEAR(f->spatial);
+    return 0;
+}
+
 static PyObject *
 fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -974,7 +1041,6 @@ fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Fan f = {0};
     f.stream = args[1];
-    f.pkt = args[2];
     f.ext_seq_obj = args[3];
     f.now = args[6];
     f.ext_seq = PyLong_AsLongLong(args[3]);
@@ -986,51 +1052,498 @@ fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     f.ast24 = PyLong_AsUnsignedLongMask(args[7]);
     if (f.ast24 == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
-    /* Only a packet as parse_rtp makes them, with media in it, can take the plain path:
-     * padding-only packets are dropped and counted by Python. */
-    int plain = Py_IS_TYPE(f.pkt, packet_type);
-    if (plain) {
-        f.data = *(PyObject **)((char *)f.pkt + slot_offset[S_DATA]);
-        f.extensions = *(PyObject **)((char *)f.pkt + slot_offset[S_EXT]);
-        PyObject *m = *(PyObject **)((char *)f.pkt + slot_offset[S_MARKER]);
-        PyObject *st = *(PyObject **)((char *)f.pkt + slot_offset[S_START]);
-        PyObject *en = *(PyObject **)((char *)f.pkt + slot_offset[S_END]);
-        plain = f.data != NULL && f.extensions != NULL && m != NULL && st != NULL &&
-                en != NULL && PyBytes_CheckExact(f.data) && PyLong_CheckExact(st) &&
-                PyLong_CheckExact(en);
-        if (plain) {
-            f.marker = m == Py_True;
-            f.start = PyLong_AsSsize_t(st);
-            f.end = PyLong_AsSsize_t(en);
-            if (PyErr_Occurred())
-                return NULL;
-            plain = (m == Py_True || m == Py_False) && 0 <= f.start && f.start < f.end &&
-                    f.end <= PyBytes_GET_SIZE(f.data);
+    int plain = fan_packet(&f, args[2]);
+    if (fan_out(consumers, &f, plain, args + 1) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* -- receive ---------------------------------------------------------------------------
+ *
+ * receive(stream, pkt, now): a media packet of a publisher's stream, as
+ * mediaserver.sfu.producer.RecvStream.on_rtp(pkt, now) takes it (the reference), then the
+ * fan-out above. The stream's bookkeeping (byte budget, sequence and timestamp unwrapping,
+ * counters, RFC 3550 jitter, rate window, packet cache, frame count, NACK tracking in the
+ * common case) is done here on the Python objects' slots; what is rare or is a decision
+ * (closing a rate window, a keyframe candidate, a due keyframe request, a sequence gap or
+ * missing packets to NACK, an audio level for the speaker detector) is the Python
+ * methods' still, called in on_rtp's order. A packet this cannot take whole (a simulcast
+ * or RED stream, a recording tap, over the byte budget, a padding-only packet, fields not
+ * of the expected types) goes to RecvStream.on_rtp before anything changes. */
+
+enum {
+    /* RecvStream */
+    R_PRODUCER, R_SEQ, R_TS, R_TALLY, R_STATS, R_LAST_PACKET, R_WBYTES, R_WPACKETS,
+    R_WSTART, R_WFRAMES, R_CACHE, R_CACHE_SEQ, R_FRAMES, R_NACKS, R_KEYFRAMES,
+    /* Producer */
+    R_BUDGET, R_SPEAKERS, R_MUTED, R_LEVEL_ID, R_PARTICIPANT, R_CODEC, R_PARSE_VP8,
+    R_IS_VIDEO, R_KEYFRAME_CHECK, R_CONSUMERS, R_TAPS, R_RTT,
+    /* Unwrapper */
+    R_U_HALF, R_U_LAST, R_U_MASK, R_U_MOD,
+    /* ReceiveStats */
+    R_S_BASE, R_S_HIGHEST, R_S_PACKETS, R_S_BYTES, R_S_CLOCK, R_S_TRANSIT, R_S_JITTER,
+    /* NackTracker */
+    R_N_HIGHEST, R_N_MISSING, R_N_KEYFRAME,
+    /* KeyframeRequester */
+    R_K_PENDING,
+    /* TokenBucket */
+    R_B_RATE, R_B_BURST, R_B_TOKENS, R_B_UPDATED,
+    /* RtpTally */
+    R_T_PACKETS, R_T_BYTES,
+    N_RFIELDS
+};
+enum { C_STREAM, C_PRODUCER, C_UNWRAPPER, C_STATS, C_NACKS, C_KEYFRAMES, C_BUCKET, C_TALLY,
+       N_RCLASSES };
+static const char *const RFIELD_NAMES[N_RFIELDS] = {
+    "producer", "_seq", "_ts", "_tally", "stats", "last_packet_at", "_window_bytes",
+    "_window_packets", "_window_start", "_window_frames", "_cache", "_cache_seq", "frames",
+    "nacks", "keyframes",
+    "budget", "speakers", "muted", "audio_level_id", "participant_id", "codec", "parse_vp8",
+    "is_video", "keyframe_check", "consumers", "taps", "rtt",
+    "_half", "_last", "_mask", "_mod",
+    "base_seq", "highest_seq", "packets_received", "bytes_received", "clock_rate",
+    "_last_transit", "jitter",
+    "_highest", "_missing", "_keyframe_needed",
+    "_pending",
+    "rate", "burst", "tokens", "updated",
+    "packets", "bytes",
+};
+static const int RFIELD_CLASS[N_RFIELDS] = {
+    C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM,
+    C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM,
+    C_PRODUCER, C_PRODUCER, C_PRODUCER, C_PRODUCER, C_PRODUCER, C_PRODUCER, C_PRODUCER,
+    C_PRODUCER, C_PRODUCER, C_PRODUCER, C_PRODUCER, C_PRODUCER,
+    C_UNWRAPPER, C_UNWRAPPER, C_UNWRAPPER, C_UNWRAPPER,
+    C_STATS, C_STATS, C_STATS, C_STATS, C_STATS, C_STATS, C_STATS,
+    C_NACKS, C_NACKS, C_NACKS,
+    C_KEYFRAMES,
+    C_BUCKET, C_BUCKET, C_BUCKET, C_BUCKET,
+    C_TALLY, C_TALLY,
+};
+static PyTypeObject *rx_class[N_RCLASSES];
+static Py_ssize_t rfield_offset[N_RFIELDS];
+static Py_ssize_t cache_mask = -1; /* producer.CACHE_MASK; -1: not configured */
+static double rate_window = 1.0;   /* producer.RATE_WINDOW */
+static PyObject *vp8_check = NULL; /* producer._vp8_keyframe */
+static PyObject *name_on_rtp, *name_close_window, *name_keyframe_arrived, *name_keyframe_due,
+    *name_observe, *name_on_packet, *name_nack_upstream, *name_take_keyframe,
+    *name_request_keyframe, *name_red_pt;
+
+#define RF(obj, a) (*(PyObject **)((char *)(obj) + rfield_offset[a]))
+#define RIS(obj, k) ((obj) != NULL && Py_IS_TYPE((obj), rx_class[k]))
+
+static PyObject *
+configure_receive(PyObject *module, PyObject *args)
+{
+    PyObject *cls[N_RCLASSES], *check;
+    Py_ssize_t mask, offsets[N_RFIELDS];
+    double window;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O!ndO:configure_receive", &PyType_Type,
+                          &cls[0], &PyType_Type, &cls[1], &PyType_Type, &cls[2],
+                          &PyType_Type, &cls[3], &PyType_Type, &cls[4], &PyType_Type,
+                          &cls[5], &PyType_Type, &cls[6], &PyType_Type, &cls[7], &mask,
+                          &window, &check))
+        return NULL;
+    if (mask < 0 || (mask & (mask + 1)) != 0 || !(window > 0)) {
+        PyErr_SetString(PyExc_ValueError, "cache mask must be 2**k - 1, window > 0");
+        return NULL;
+    }
+    for (int i = 0; i < N_RFIELDS; i++)
+        if (member_offset(cls[RFIELD_CLASS[i]], RFIELD_NAMES[i], &offsets[i]) < 0)
+            return NULL;
+    struct { PyObject **slot; const char *name; } names[] = {
+        {&name_on_rtp, "on_rtp"}, {&name_close_window, "_close_window"},
+        {&name_keyframe_arrived, "_keyframe_arrived"}, {&name_keyframe_due, "_keyframe_due"},
+        {&name_observe, "observe"}, {&name_on_packet, "on_packet"},
+        {&name_nack_upstream, "_nack_upstream"}, {&name_take_keyframe, "take_keyframe_request"},
+        {&name_request_keyframe, "request_keyframe"}, {&name_red_pt, "red_payload_type"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (*names[i].slot == NULL &&
+            (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
+            return NULL;
+    memcpy(rfield_offset, offsets, sizeof(offsets));
+    for (int k = 0; k < N_RCLASSES; k++) {
+        Py_INCREF(cls[k]);
+        Py_XSETREF(rx_class[k], (PyTypeObject *)cls[k]);
+    }
+    Py_INCREF(check);
+    Py_XSETREF(vp8_check, check);
+    cache_mask = mask;
+    rate_window = window;
+    Py_RETURN_NONE;
+}
+
+#define rfield_ll(obj, a, out) slot_ll((obj), rfield_offset[a], (out))
+#define rfield_put(obj, a, value) slot_put((obj), rfield_offset[a], (value))
+#define rfield_set_ll(obj, a, value) slot_set_ll((obj), rfield_offset[a], (value))
+
+static inline int
+rfield_set_double(PyObject *obj, int a, double value)
+{
+    PyObject *v = PyFloat_FromDouble(value);
+    if (v == NULL)
+        return -1;
+    rfield_put(obj, a, v);
+    return 0;
+}
+
+/* field += delta with Python's own addition, whatever the field holds by then (a Python
+ * call earlier in the packet may have reset it). */
+static int
+rfield_add(PyObject *obj, int a, long long delta)
+{
+    PyObject *old = RF(obj, a);
+    if (old == NULL) {
+        PyErr_Format(PyExc_AttributeError, "%s", RFIELD_NAMES[a]);
+        return -1;
+    }
+    PyObject *d = PyLong_FromLongLong(delta);
+    if (d == NULL)
+        return -1;
+    PyObject *sum = PyNumber_Add(old, d);
+    Py_DECREF(d);
+    if (sum == NULL)
+        return -1;
+    rfield_put(obj, a, sum);
+    return 0;
+}
+
+static inline int
+is_float(PyObject *v)
+{
+    return v != NULL && PyFloat_CheckExact(v);
+}
+
+/* Unwrapper.unwrap without changing it: the extended value, or 0 if its fields are not
+ * plain ints. */
+static int
+unwrap_peek(PyObject *u, long long value, long long *ext)
+{
+    long long last, mask, half, mod;
+    if (!RIS(u, C_UNWRAPPER) || !rfield_ll(u, R_U_LAST, &last) ||
+        !rfield_ll(u, R_U_MASK, &mask) || !rfield_ll(u, R_U_HALF, &half) ||
+        !rfield_ll(u, R_U_MOD, &mod))
+        return 0;
+    if (last < 0) {
+        *ext = mod + value;
+        return 1;
+    }
+    long long d = (value - last) & mask;
+    if (d >= half)
+        d -= mod;
+    *ext = last + d;
+    return 1;
+}
+
+/* Call obj.name(*args); its result or NULL. */
+static PyObject *
+call_method(PyObject *obj, PyObject *name, PyObject *a1, PyObject *a2, PyObject *a3)
+{
+    PyObject *argv[4] = {obj, a1, a2, a3};
+    size_t n = 1 + (a1 != NULL) + (a2 != NULL) + (a3 != NULL);
+    return PyObject_VectorcallMethod(name, argv, n, NULL);
+}
+
+static int
+call_void(PyObject *obj, PyObject *name, PyObject *a1, PyObject *a2, PyObject *a3)
+{
+    PyObject *r = call_method(obj, name, a1, a2, a3);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* 1: taken whole; 0: not plain, nothing changed (RecvStream.on_rtp's); -1: error. */
+static int
+receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
+{
+    Fan f = {0};
+    if (cache_mask < 0 || never_value == NULL || !RIS(stream, C_STREAM) ||
+        !is_float(nowobj) || !fan_packet(&f, pkt))
+        return 0;
+    double now = PyFloat_AS_DOUBLE(nowobj);
+    PyObject *producer = RF(stream, R_PRODUCER);
+    if (!RIS(producer, C_PRODUCER))
+        return 0;
+    PyObject *consumers = RF(producer, R_CONSUMERS), *taps = RF(producer, R_TAPS);
+    PyObject *is_video = RF(producer, R_IS_VIDEO), *muted = RF(producer, R_MUTED);
+    PyObject *check = RF(producer, R_KEYFRAME_CHECK);
+    if (consumers == NULL || !PyList_CheckExact(consumers) || taps == NULL ||
+        !PyList_CheckExact(taps) || PyList_GET_SIZE(taps) != 0 ||
+        RF(producer, R_PARSE_VP8) != Py_False || (is_video != Py_True && is_video != Py_False) ||
+        (muted != Py_True && muted != Py_False) || check == NULL)
+        return 0;
+    /* RED from the publisher: its primary block is Python's to find. */
+    PyObject *codec = RF(producer, R_CODEC);
+    if (codec == NULL)
+        return 0;
+    PyObject *red = PyObject_GetAttr(codec, name_red_pt);
+    if (red == NULL)
+        return -1;
+    PyObject *pt = *(PyObject **)((char *)pkt + slot_offset[S_PT]);
+    int is_red = red != Py_None && (pt == NULL || PyObject_RichCompareBool(red, pt, Py_EQ) != 0);
+    Py_DECREF(red);
+    if (is_red)
+        return 0;
+
+    /* The byte budget (TokenBucket.take): worked out first, applied below. */
+    Py_ssize_t size = PyBytes_GET_SIZE(f.data);
+    PyObject *budget = RF(producer, R_BUDGET);
+    double tokens = 0, updated = 0;
+    int has_updated = 0, refill = 0;
+    if (budget != Py_None) {
+        PyObject *rate = RIS(budget, C_BUCKET) ? RF(budget, R_B_RATE) : NULL;
+        PyObject *burst = rate ? RF(budget, R_B_BURST) : NULL;
+        PyObject *tok = rate ? RF(budget, R_B_TOKENS) : NULL;
+        PyObject *upd = rate ? RF(budget, R_B_UPDATED) : NULL;
+        if (!is_float(rate) || !is_float(burst) || !is_float(tok) ||
+            (upd != Py_None && !is_float(upd)))
+            return 0;
+        tokens = PyFloat_AS_DOUBLE(tok);
+        has_updated = upd != Py_None;
+        if (has_updated) {
+            updated = PyFloat_AS_DOUBLE(upd);
+            if (now > updated) {
+                double filled = tokens + (now - updated) * PyFloat_AS_DOUBLE(rate);
+                double b = PyFloat_AS_DOUBLE(burst);
+                tokens = b <= filled ? b : filled; /* min(burst, filled) */
+            }
+        }
+        refill = !has_updated || now > updated;
+        if (!(tokens >= (double)size))
+            return 0; /* over the budget: Python drops it and hides the hole */
+    }
+
+    long long seq, ts, ext_seq, ext_ts;
+    PyObject *seq_u = RF(stream, R_SEQ), *ts_u = RF(stream, R_TS);
+    PyObject *seq_o = *(PyObject **)((char *)pkt + slot_offset[S_SEQ]);
+    PyObject *ts_o = *(PyObject **)((char *)pkt + slot_offset[S_TS]);
+    if (seq_o == NULL || ts_o == NULL || !PyLong_CheckExact(seq_o) || !PyLong_CheckExact(ts_o))
+        return 0;
+    seq = PyLong_AsLongLong(seq_o);
+    ts = PyLong_AsLongLong(ts_o);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (!unwrap_peek(seq_u, seq, &ext_seq) || !unwrap_peek(ts_u, ts, &ext_ts))
+        return 0;
+    PyObject *tally = RF(stream, R_TALLY), *stats = RF(stream, R_STATS);
+    long long base_seq, highest_seq, clock_rate;
+    PyObject *jitter = NULL, *transit_last = NULL;
+    if (!RIS(tally, C_TALLY) || !RIS(stats, C_STATS) ||
+        !rfield_ll(stats, R_S_BASE, &base_seq) || !rfield_ll(stats, R_S_HIGHEST, &highest_seq) ||
+        !rfield_ll(stats, R_S_CLOCK, &clock_rate) ||
+        !is_float(jitter = RF(stats, R_S_JITTER)) ||
+        ((transit_last = RF(stats, R_S_TRANSIT)) != Py_None && !is_float(transit_last)))
+        return 0;
+    PyObject *wstart = RF(stream, R_WSTART);
+    if (wstart == NULL || (wstart != Py_None && !is_float(wstart)))
+        return 0;
+    /* The audio level the speaker detector is told of, if it is. */
+    PyObject *speakers = RF(producer, R_SPEAKERS), *level = NULL;
+    PyObject *level_id = RF(producer, R_LEVEL_ID);
+    if (speakers == NULL || level_id == NULL)
+        return 0;
+    if (speakers != Py_None && muted == Py_False) {
+        int truth = PyObject_IsTrue(level_id);
+        if (truth < 0)
+            return -1;
+        if (truth) {
+            if (!PyDict_CheckExact(f.extensions))
+                return 0;
+            level = PyDict_GetItemWithError(f.extensions, level_id); /* borrowed */
+            if (level == NULL && PyErr_Occurred())
+                return -1;
+            if (level != NULL && !PyBytes_CheckExact(level))
+                return 0;
+            if (level != NULL && PyBytes_GET_SIZE(level) == 0)
+                level = NULL;
         }
     }
-    f.spatial = NULL;
-    if (plain && (f.spatial = PyObject_GetAttr(f.stream, name_spatial)) == NULL)
-        return NULL;
-    /* Index by index, as Python's for loop over a list that a consumer may change. */
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(consumers); i++) {
-        PyObject *c = PyList_GET_ITEM(consumers, i);
-        Py_INCREF(c);
-        int r = plain ? forward_plain(c, &f) : 0;
-        if (r == 0) {
-            PyObject *res = PyObject_VectorcallMethod(
-                name_forward, (PyObject *[]){c, args[1], args[2], args[3], args[4],
-                                                 args[5], args[6]},
-                7, NULL);
-            r = res == NULL ? -1 : 1;
-            Py_XDECREF(res);
+    PyObject *cache = RF(stream, R_CACHE), *cache_seq = RF(stream, R_CACHE_SEQ);
+    PyObject *keyframes = RF(stream, R_KEYFRAMES), *nacks = RF(stream, R_NACKS);
+    if (cache == NULL || cache_seq == NULL || !PyList_CheckExact(cache) ||
+        !PyList_CheckExact(cache_seq) || PyList_GET_SIZE(cache) <= cache_mask ||
+        PyList_GET_SIZE(cache_seq) <= cache_mask || !RIS(keyframes, C_KEYFRAMES) ||
+        nacks == NULL || (nacks != Py_None && !RIS(nacks, C_NACKS)))
+        return 0;
+
+    /* -- From here on, on_rtp's changes in on_rtp's order. -- */
+    if (budget != Py_None) {
+        if (refill && rfield_set_double(budget, R_B_UPDATED, now) < 0)
+            return -1;
+        if (rfield_set_double(budget, R_B_TOKENS, tokens - (double)size) < 0)
+            return -1;
+    }
+    if (rfield_set_ll(seq_u, R_U_LAST, ext_seq) < 0 || rfield_set_ll(ts_u, R_U_LAST, ext_ts) < 0)
+        return -1;
+    if (rfield_add(tally, R_T_PACKETS, 1) < 0 || rfield_add(tally, R_T_BYTES, size) < 0)
+        return -1;
+    /* ReceiveStats.on_packet(ext_seq, pkt.timestamp, size, now) */
+    if (base_seq < 0) {
+        if (rfield_set_ll(stats, R_S_BASE, ext_seq) < 0 ||
+            rfield_set_ll(stats, R_S_HIGHEST, ext_seq) < 0)
+            return -1;
+    }
+    else if (ext_seq > highest_seq && rfield_set_ll(stats, R_S_HIGHEST, ext_seq) < 0)
+        return -1;
+    if (rfield_add(stats, R_S_PACKETS, 1) < 0 || rfield_add(stats, R_S_BYTES, size) < 0)
+        return -1;
+    double transit = now * (double)clock_rate - (double)ts;
+    if (rfield_set_double(stats, R_S_TRANSIT, transit) < 0)
+        return -1;
+    if (transit_last != Py_None) {
+        double d = fabs(transit - PyFloat_AS_DOUBLE(transit_last));
+        if (d < (double)(clock_rate * 10)) {
+            double j = PyFloat_AS_DOUBLE(jitter);
+            if (rfield_set_double(stats, R_S_JITTER, j + (d - j) / 16.0) < 0)
+                return -1;
         }
-        Py_DECREF(c);
-        if (r < 0) {
-            Py_XDECREF(f.spatial);
+    }
+    Py_INCREF(nowobj);
+    rfield_put(stream, R_LAST_PACKET, nowobj);
+    if (rfield_add(stream, R_WBYTES, size) < 0 || rfield_add(stream, R_WPACKETS, 1) < 0)
+        return -1;
+    if (wstart == Py_None) {
+        Py_INCREF(nowobj);
+        rfield_put(stream, R_WSTART, nowobj);
+    }
+    else if (now - PyFloat_AS_DOUBLE(wstart) >= rate_window &&
+             call_void(stream, name_close_window, nowobj, NULL, NULL) < 0)
+        return -1;
+    if (level != NULL) {
+        PyObject *v = PyLong_FromLong(((unsigned char)PyBytes_AS_STRING(level)[0]) & 0x7F);
+        if (v == NULL)
+            return -1;
+        PyObject *who = RF(producer, R_PARTICIPANT);
+        int rc = who == NULL ? -1 : call_void(speakers, name_observe, who, v, NULL);
+        Py_DECREF(v);
+        if (rc < 0) {
+            if (who == NULL)
+                PyErr_SetString(PyExc_AttributeError, "participant_id");
+            return -1;
+        }
+    }
+
+    /* _deliver */
+    PyObject *ext_seq_obj = PyLong_FromLongLong(ext_seq);
+    if (ext_seq_obj == NULL)
+        return -1;
+    PyObject *ext_ts_obj = NULL;
+    int rc = -1;
+    Py_ssize_t slot = (Py_ssize_t)(ext_seq & cache_mask);
+    Py_INCREF(f.data);
+    PyList_SetItem(cache, slot, f.data);
+    Py_INCREF(ext_seq_obj);
+    PyList_SetItem(cache_seq, slot, ext_seq_obj);
+    if (f.marker && (rfield_add(stream, R_FRAMES, 1) < 0 || rfield_add(stream, R_WFRAMES, 1) < 0))
+        goto done;
+    int keyframe = 0;
+    if (is_video == Py_True) {
+        unsigned char first = (unsigned char)PyBytes_AS_STRING(f.data)[f.start];
+        /* _vp8_keyframe's own pre-check: only the first packet of partition 0 can start a
+         * keyframe; any other codec's check is asked every time. */
+        if (check != vp8_check || ((first & 0x10) && !(first & 0x07))) {
+            PyObject *r = PyObject_CallFunctionObjArgs(check, stream, pkt, NULL);
+            if (r == NULL)
+                goto done;
+            keyframe = PyObject_IsTrue(r);
+            Py_DECREF(r);
+            if (keyframe < 0)
+                goto done;
+        }
+        if (keyframe) {
+            if (call_void(stream, name_keyframe_arrived, nowobj, NULL, NULL) < 0)
+                goto done;
+        }
+        else if (RF(keyframes, R_K_PENDING) == Py_True &&
+                 call_void(stream, name_keyframe_due, nowobj, NULL, NULL) < 0)
+            goto done;
+    }
+    if ((ext_ts_obj = PyLong_FromLongLong(ext_ts)) == NULL)
+        goto done;
+    f.stream = stream;
+    f.ext_seq = ext_seq;
+    f.ext_ts = ext_ts;
+    f.ext_seq_obj = ext_seq_obj;
+    f.now = nowobj;
+    f.ast24 = (unsigned long)((long long)floor(now * 262144.0 + 0.5) & 0xFFFFFF);
+    PyObject *pyargs[6] = {stream, pkt, ext_seq_obj, ext_ts_obj,
+                           keyframe ? Py_True : Py_False, nowobj};
+    if (fan_out(consumers, &f, 1, pyargs) < 0)
+        goto done;
+
+    /* NACK tracking: in order and nothing missing is the common case; anything else is
+     * NackTracker.on_packet's. */
+    if (nacks != Py_None) {
+        long long highest;
+        PyObject *missing = RF(nacks, R_N_MISSING);
+        int python = 1;
+        if (missing != NULL && PyDict_CheckExact(missing) && PyDict_GET_SIZE(missing) == 0 &&
+            rfield_ll(nacks, R_N_HIGHEST, &highest)) {
+            if (highest < 0 || ext_seq == highest + 1) {
+                if (rfield_set_ll(nacks, R_N_HIGHEST, ext_seq) < 0)
+                    goto done;
+                python = 0;
+            }
+            else if (ext_seq <= highest)
+                python = 0; /* a duplicate or late packet with nothing missing: no-op */
+        }
+        if (python) {
+            PyObject *rtt = RF(producer, R_RTT);
+            PyObject *lost = rtt == NULL ? NULL
+                                         : call_method(nacks, name_on_packet, ext_seq_obj,
+                                                       nowobj, rtt);
+            if (lost == NULL) {
+                if (rtt == NULL)
+                    PyErr_SetString(PyExc_AttributeError, "rtt");
+                goto done;
+            }
+            int any = PyObject_IsTrue(lost);
+            int bad = any < 0 || (any && call_void(stream, name_nack_upstream, lost, NULL,
+                                                   NULL) < 0);
+            Py_DECREF(lost);
+            if (bad)
+                goto done;
+        }
+        if (RF(nacks, R_N_KEYFRAME) != Py_False) {
+            PyObject *take = call_method(nacks, name_take_keyframe, NULL, NULL, NULL);
+            if (take == NULL)
+                goto done;
+            int wanted = PyObject_IsTrue(take);
+            Py_DECREF(take);
+            if (wanted < 0 ||
+                (wanted && call_void(stream, name_request_keyframe, nowobj, NULL, NULL) < 0))
+                goto done;
+        }
+    }
+    rc = 1;
+done:
+    Py_DECREF(ext_seq_obj);
+    Py_XDECREF(ext_ts_obj);
+    return rc;
+}
+
+static PyObject *
+receive(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "receive takes 3 arguments");
+        return NULL;
+    }
+    int r = receive_plain(args[0], args[1], args[2]);
+    if (r < 0)
+        return NULL;
+    if (r == 0) {
+        if (name_on_rtp == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "configure_receive() was not called");
             return NULL;
         }
+        return call_method(args[0], name_on_rtp, args[1], args[2], NULL);
     }
-    Py_XDECREF(f.spatial);
     Py_RETURN_NONE;
 }
 
@@ -1042,6 +1555,11 @@ static PyMethodDef module_methods[] = {
     {"configure_fanout", (PyCFunction)configure_fanout, METH_VARARGS,
      "configure_fanout(never, reorder_window, history_mask, count_failure, Consumer, "
      "DownstreamContext, OutputRewriter, SendStats, RtpTally)."},
+    {"configure_receive", (PyCFunction)configure_receive, METH_VARARGS,
+     "configure_receive(RecvStream, Producer, Unwrapper, ReceiveStats, NackTracker, "
+     "KeyframeRequester, TokenBucket, RtpTally, cache_mask, rate_window, vp8_check)."},
+    {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
+     "receive(stream, pkt, now): RecvStream.on_rtp, the common case in C."},
     {"fanout", (PyCFunction)(void (*)(void))fanout, METH_FASTCALL,
      "fanout(consumers, stream, pkt, ext_seq, ext_ts, keyframe, now, ast24): "
      "Consumer.forward for each consumer, the plain ones in C."},

@@ -7,7 +7,9 @@ go through pylibsrtp (``aiortc_adapter.FastSrtp``) and uvloop.
 
 ``fanout`` hands one incoming packet to every consumer of its stream: the consumers in the
 plain state (the common one) are forwarded in C on the same Python objects, the others by
-``Consumer.forward`` (see the fan-out section of the C file).
+``Consumer.forward`` (see the fan-out section of the C file). ``receive`` takes a media
+packet of a publisher's stream as ``RecvStream.on_rtp`` does, the common case in C and the
+rest by that method (the receive section).
 """
 
 from __future__ import annotations
@@ -20,16 +22,20 @@ Output: Any
 Input: Any
 fanout: Any
 configure_fanout: Any
+receive: Any
+configure_receive: Any
 try:
     from mediaserver.sfu._fastpath import (
         ERR_SOCKET,
         Input,
         Output,
         configure_fanout,
+        configure_receive,
         fanout,
+        receive,
     )
 except ImportError:  # built without a C compiler
-    Output = Input = fanout = configure_fanout = None
+    Output = Input = fanout = configure_fanout = receive = configure_receive = None
     ERR_SOCKET = -2
 
 AVAILABLE = Output is not None

@@ -76,6 +76,18 @@ class RecvStream:
     statistics and the measured bitrate, frame rate and resolution of the layer.
     """
 
+    # Slots: the C receive path (fastsend.receive) reads and writes these fields at fixed
+    # offsets, as the interpreter's own attribute access on slots does.
+    __slots__ = (
+        "_cache", "_cache_seq", "_recent", "_seq", "_tally", "_ts", "_window_bytes",
+        "_window_frames", "_window_packets", "_window_start", "bitrate", "expected_until",
+        "fps", "frames", "height", "keyframes", "last_keyframe_at", "last_packet_at",
+        "last_sr", "last_wire_bitrate", "nacks", "nacks_sent", "paused_upstream",
+        "plis_sent", "producer", "red_primary", "rid", "rtx_ssrc", "spatial", "ssrc",
+        "stats", "temporal", "unwanted_since", "vp8", "vp8_payload", "width",
+        "wire_bitrate",
+    )
+
     def __init__(self, producer: Producer, spatial: int, rid: str | None, ssrc: int | None,
                  rtx_ssrc: int | None) -> None:
         self.producer = producer
@@ -276,17 +288,15 @@ class RecvStream:
             if keyframe and desc is not None and desc.width:
                 self.width, self.height = desc.width, desc.height
             if keyframe:
-                self.last_keyframe_at = now
-                self.keyframes.on_keyframe()
-            elif self.keyframes.pending and self.keyframes.poll(now):
-                self._pli_upstream()
+                self._keyframe_arrived(now)
+            elif self.keyframes.pending:
+                self._keyframe_due(now)
         elif producer.is_video and pkt.payload_end > pkt.payload_offset:
             keyframe = producer.keyframe_check(self, pkt)
             if keyframe:
-                self.last_keyframe_at = now
-                self.keyframes.on_keyframe()
-            elif self.keyframes.pending and self.keyframes.poll(now):
-                self._pli_upstream()
+                self._keyframe_arrived(now)
+            elif self.keyframes.pending:
+                self._keyframe_due(now)
         consumers = producer.consumers
         if consumers:
             if fastsend.AVAILABLE:
@@ -300,6 +310,15 @@ class RecvStream:
                 tap.on_packet(plain, ext_seq, ext_ts, keyframe, now)  # RED: its Opus frame
                 if tap.needs_keyframe:
                     self.request_keyframe(now)
+
+    def _keyframe_arrived(self, now: float) -> None:
+        self.last_keyframe_at = now
+        self.keyframes.on_keyframe()
+
+    def _keyframe_due(self, now: float) -> None:
+        """A keyframe request was merged into the last one: send it once its time came."""
+        if self.keyframes.poll(now):
+            self._pli_upstream()
 
     def cached(self, ext_seq: int) -> RtpPacket | None:
         slot = ext_seq & CACHE_MASK
@@ -361,6 +380,13 @@ class Producer:
     track has exactly one. Consumers see every stream's packets and keep the layer they
     are switched to.
     """
+
+    __slots__ = (
+        "audio_level_id", "budget", "closed", "codec", "consumers", "is_video",
+        "keyframe_check", "kind", "mid", "muted", "parse_vp8", "participant_id",
+        "record_layer", "remb_bitrate", "rtcp_ssrc", "rtt", "send_rtcp", "simulcast",
+        "source", "speakers", "streams", "tally", "taps", "track_id",
+    )
 
     def __init__(
         self,
@@ -559,3 +585,10 @@ def _keyframe_checker(codec_name: str) -> Callable[[RecvStream, RtpPacket], bool
     if codec_name == "H264":
         return _h264_keyframe
     return _no_keyframes
+
+
+if fastsend.AVAILABLE:
+    # What the C receive path (fastsend.receive) needs of this module's classes and rules.
+    fastsend.configure_receive(RecvStream, Producer, Unwrapper, ReceiveStats, NackTracker,
+                               KeyframeRequester, TokenBucket, metrics.RtpTally, CACHE_MASK,
+                               RATE_WINDOW, _vp8_keyframe)

@@ -27,7 +27,7 @@ from aiortc.sdp import SessionDescription
 
 from mediaserver import metrics
 from mediaserver.sfu import aiortc_adapter as adapter
-from mediaserver.sfu import rtcp
+from mediaserver.sfu import fastsend, rtcp
 from mediaserver.sfu.adaptation import SubscriberAdaptation
 from mediaserver.sfu.consumer import Consumer, DownstreamContext
 from mediaserver.sfu.producer import CodecInfo, LayerSpec, Producer, RecvStream
@@ -283,7 +283,10 @@ class PublisherTransport(PeerTransport):
         if stream is not None:
             codec = stream.producer.codec
             if pkt.payload_type == codec.payload_type or pkt.payload_type == codec.red_payload_type:
-                stream.on_rtp(pkt, now)
+                if fastsend.AVAILABLE:
+                    fastsend.receive(stream, pkt, now)  # stream.on_rtp, in C when it can
+                else:
+                    stream.on_rtp(pkt, now)
             elif pkt.payload_type == codec.rtx_payload_type:
                 # Some senders put RTX on the media SSRC's group only via PT.
                 stream.on_rtx(pkt, now)

@@ -13,107 +13,21 @@ amount, and in the end every subscriber must have received the same plain packet
 from __future__ import annotations
 
 import random
-import socket
 from typing import Any
 
 import pytest
 
 from mediaserver import metrics
 from mediaserver.sfu import fastsend
-from mediaserver.sfu.aiortc_adapter import attach_srtp
-from mediaserver.sfu.consumer import Consumer, DownstreamContext
-from mediaserver.sfu.producer import CodecInfo, Producer
-from mediaserver.sfu.rtp import build_rtp, parse_rtp
-from tests.conftest import srtp_sessions
+from mediaserver.sfu.consumer import Consumer
+from tests.fastgraph import Graph, consumer_state, media_packet
 
 if not fastsend.AVAILABLE:  # pragma: no cover - .ci/run installs a compiler
     pytest.fail("the _fastpath extension was not built (no C compiler at install?)",
                 pytrace=False)
 
-OPUS = CodecInfo("audio/opus", 48000, 111)
-VP8 = CodecInfo("video/VP8", 90000, 96, rtx_payload_type=97)
 KEYFRAME = b"\x10\x00\x9d\x01\x2a\x40\x01\xf0\x00"  # VP8 descriptor + keyframe header
 DELTA = b"\x10\x01\x00\x00\x00"
-REWRITER_SLOTS = ("_base_in", "_highest_in", "_last_out_seq", "_last_out_ts",
-                  "_pending_switch", "_seq_offset", "_skipped", "_switch_ts_gap",
-                  "_ts_offset")
-
-
-class Subscriber:
-    """One consumer's connection: a C output on a real socket, or Python's send."""
-
-    def __init__(self, with_output: bool) -> None:
-        self.tx, self.rx = srtp_sessions()
-        self.a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.a.bind(("127.0.0.1", 0))
-        self.b.bind(("127.0.0.1", 0))
-        self.b.setblocking(False)
-        self.built: list[bytes] = []  # packets the Python path built and sent whole
-        self.output = fastsend.Output() if with_output else None
-        if self.output is not None:
-            attach_srtp(self.output, self.tx)
-            self.connect()
-
-    def connect(self) -> None:
-        assert self.output is not None
-        self.output.set_destination(self.a.fileno(), "127.0.0.1", self.b.getsockname()[1])
-
-    def send_rtp(self, data: bytes) -> bool:
-        self.built.append(data)
-        return True
-
-    def received(self) -> list[bytes]:
-        out = []
-        while True:
-            try:
-                out.append(self.rx.unprotect(self.b.recv(4096)))
-            except BlockingIOError:
-                return out
-
-    def close(self) -> None:
-        if self.output is not None:
-            self.output.clear()
-        self.a.close()
-        self.b.close()
-
-
-def _graph(kind: str) -> tuple[Producer, list[Consumer], list[Subscriber]]:
-    codec = OPUS if kind == "audio" else VP8
-    producer = Producer(track_id="t", participant_id="p", kind=kind, codec=codec, ssrc=77,
-                        rtx_ssrc=None, mid="0",
-                        source="microphone" if kind == "audio" else "camera",
-                        send_rtcp=lambda data: True, rtcp_ssrc=1,
-                        audio_level_id=1 if kind == "audio" else None)
-    consumers, subscribers = [], []
-    for i in range(4):
-        sub = Subscriber(with_output=i != 3)  # the last one: no C output (Python builds)
-        random.seed(1000 + i)
-        ctx = DownstreamContext(sub.send_rtp, joined_at=5.0 if i == 1 else None,
-                                output=sub.output)
-        c = Consumer(producer=producer, subscriber_id=f"s{i}", context=ctx, ssrc=4242 + i,
-                     rtx_ssrc=None, payload_type=codec.payload_type, rtx_payload_type=None,
-                     audio_level_id=(5 if i != 2 else None) if kind == "audio" else None,
-                     abs_send_time_id=3 if i != 0 else None, transport_cc_id=None,
-                     mid="0")
-        producer.add_consumer(c, 0.0)
-        consumers.append(c)
-        subscribers.append(sub)
-    return producer, consumers, subscribers
-
-
-def _state(c: Consumer) -> dict[str, Any]:
-    rw = c.rewriter
-    return {
-        "rewriter": {name: (list(getattr(rw, name)) if name == "_skipped"
-                            else getattr(rw, name)) for name in REWRITER_SLOTS},
-        "history": list(c._history),
-        "resent_at": list(c._resent_at),
-        "resends": bytes(c._resends),
-        "stats": (c.stats.packets_sent, c.stats.octets_sent, c.stats.frames_sent),
-        "last_sent_at": c.last_sent_at,
-        "flags": (c.paused, c.waiting_keyframe, c.context.joined_at),
-    }
 
 
 def _script(seed: int, kind: str, steps: int) -> list[tuple[Any, ...]]:
@@ -155,8 +69,8 @@ def _script(seed: int, kind: str, steps: int) -> list[tuple[Any, ...]]:
     return out
 
 
-def _apply(step: tuple[Any, ...], producer: Producer, consumers: list[Consumer],
-           subscribers: list[Subscriber], now: float) -> None:
+def _apply(step: tuple[Any, ...], g: Graph, now: float) -> None:
+    producer, consumers, subscribers = g.producer, g.consumers, g.subscribers
     op = step[0]
     if op == "pause":
         consumers[step[1]].set_paused(step[2], now)
@@ -169,21 +83,14 @@ def _apply(step: tuple[Any, ...], producer: Producer, consumers: list[Consumer],
     elif op == "connect":
         subscribers[step[1]].connect()
     else:
-        _, seq, ts, marker, payload, level = step
-        exts = [(1, level)] if level is not None else []
-        data = build_rtp(marker=marker, payload_type=producer.codec.payload_type,
-                         sequence_number=seq, timestamp=ts, ssrc=77, extensions=exts,
-                         payload=payload, padding=32 if not payload else 0)
-        pkt = parse_rtp(data)
-        assert pkt is not None
-        producer.on_rtp(pkt, now)
+        producer.on_rtp(media_packet(producer, *step[1:]), now)
 
 
 @pytest.mark.parametrize("kind", ["audio", "video"])
 @pytest.mark.parametrize("seed", range(6))
 def test_fanout_leaves_consumers_as_python_does(kind: str, seed: int, monkeypatch) -> None:
-    c_graph = _graph(kind)
-    py_graph = _graph(kind)
+    c_graph = Graph(kind)
+    py_graph = Graph(kind)
     tally = metrics.rtp_tally("out", kind)
     try:
         script = _script(seed, kind, 400)
@@ -191,31 +98,26 @@ def test_fanout_leaves_consumers_as_python_does(kind: str, seed: int, monkeypatc
             now = 10.0 + i * 0.01
             before = (tally.packets, tally.bytes)
             monkeypatch.setattr(fastsend, "AVAILABLE", True)
-            _apply(step, *c_graph, now)
+            _apply(step, c_graph, now)
             c_moved = (tally.packets - before[0], tally.bytes - before[1])
             before = (tally.packets, tally.bytes)
             monkeypatch.setattr(fastsend, "AVAILABLE", False)
-            _apply(step, *py_graph, now)
+            _apply(step, py_graph, now)
             py_moved = (tally.packets - before[0], tally.bytes - before[1])
             assert c_moved == py_moved, (i, step[0])
-            for j, (a, b) in enumerate(zip(c_graph[1], py_graph[1], strict=True)):
-                assert _state(a) == _state(b), (i, j, step[0])
-        forwarded = 0
-        for a, b in zip(c_graph[2], py_graph[2], strict=True):
-            got = a.received()
-            assert got == b.received()
-            assert a.built == b.built
-            forwarded += len(got) + len(a.built)
-        assert forwarded > 400  # the script did forward, to several subscribers
+            for j, (a, b) in enumerate(zip(c_graph.consumers, py_graph.consumers, strict=True)):
+                assert consumer_state(a) == consumer_state(b), (i, j, step[0])
+        assert c_graph.same_delivery(py_graph) > 400  # forwarded, to several subscribers
     finally:
-        for sub in c_graph[2] + py_graph[2]:
-            sub.close()
+        c_graph.close()
+        py_graph.close()
 
 
 def test_fanout_takes_the_c_path_for_plain_consumers(monkeypatch) -> None:
     """The comparison above would pass if fanout always deferred to Python: a plain
     consumer must not reach Consumer.forward at all."""
-    producer, consumers, subscribers = _graph("audio")
+    g = Graph("audio")
+    consumers = g.consumers
     calls: list[str] = []
     original = Consumer.forward
 
@@ -226,16 +128,15 @@ def test_fanout_takes_the_c_path_for_plain_consumers(monkeypatch) -> None:
     monkeypatch.setattr(Consumer, "forward", spy)
     try:
         for seq in range(1, 6):
-            _apply(("rtp", seq, seq * 960, False, b"\x01" * 40, b"\x85"), producer,
-                   consumers, subscribers, 1.0 + seq * 0.02)
+            _apply(("rtp", seq, seq * 960, False, b"\x01" * 40, b"\x85"), g,
+                   1.0 + seq * 0.02)
         # Every consumer's first copy is Python's (the rewriter sets its offsets there;
         # s1's also times the join); s3 has no C output. The rest went the C way.
         assert calls.count("s0") == calls.count("s1") == calls.count("s2") == 1
         assert calls.count("s3") == 5
         assert [c.stats.packets_sent for c in consumers] == [5, 5, 5, 5]
     finally:
-        for sub in subscribers:
-            sub.close()
+        g.close()
 
 
 def test_fanout_refuses_bad_arguments() -> None:
