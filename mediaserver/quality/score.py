@@ -258,15 +258,30 @@ def _changed(pool: list[tuple[WindowStats, float]]) -> int:
     if not scales:
         return n
     expected, lost = [w.packets_expected for w, _ in pool], [w.packets_lost for w, _ in pool]
-    score = [sc for _, sc in pool].__getitem__
+    scores = [sc for _, sc in pool]
     # Prefix sums: each scale's two sides in O(1) (this runs for every track every second).
     sum_e, sum_l = list(accumulate(expected, initial=0)), list(accumulate(lost, initial=0))
+    # Each side's worst window, for every cut at once: worst_before[i] is the lowest-scoring
+    # of windows 0..i-1, worst_from[i] of windows i..n-1, the earliest of equals (as min()
+    # picks them).
+    worst_before = [0] * (n + 1)
+    worst_from = [0] * n
+    best = 0
+    for i in range(1, n):
+        if scores[i] < scores[best]:
+            best = i
+        worst_before[i + 1] = best
+    best = n - 1
+    for i in range(n - 1, -1, -1):
+        if scores[i] <= scores[best]:
+            best = i
+        worst_from[i] = best
     for m in scales:
         cut = n - m
         recent = (sum_e[n] - sum_e[cut], sum_l[n] - sum_l[cut])
         older = (sum_e[cut], sum_l[cut])
-        r = min(range(cut, n), key=score)  # each side's worst window
-        o = min(range(cut), key=score)
+        r = worst_from[cut]
+        o = worst_before[cut]
         if (_shift((recent[0] - expected[r], recent[1] - lost[r]), older) >= Z_CHANGE
                 or _shift(recent, (older[0] - expected[o], older[1] - lost[o])) <= -Z_CHANGE):
             return m // 2

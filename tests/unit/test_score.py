@@ -399,3 +399,42 @@ def test_a_window_of_almost_no_time_does_not_make_the_rate_infinite(duration: fl
         tracker.update(WindowStats(kind="audio", duration=d, packets_expected=0,
                                    packets_lost=0), float(i))
     assert tracker.score is not None and 1.0 <= tracker.score <= 4.5
+
+
+def _changed_by_definition(pool: list[tuple[WindowStats, float]]) -> int:
+    """score._changed as its docstring defines it, written plainly: sums and worst windows
+    recomputed for every scale (the module's version finds them in one pass each)."""
+    from mediaserver.quality import score as sc
+    n = len(pool)
+    scales = [m for m in sc.CHANGE_SCALES if n >= m + sc.RECENT_WINDOWS]
+    for m in scales:
+        cut = n - m
+        older_part, recent_part = pool[:cut], pool[cut:]
+
+        def counts(part: list[tuple[WindowStats, float]]) -> tuple[int, int]:
+            return (sum(w.packets_expected for w, _ in part),
+                    sum(w.packets_lost for w, _ in part))
+
+        recent, older = counts(recent_part), counts(older_part)
+        r = min(range(cut, n), key=lambda i: pool[i][1])
+        o = min(range(cut), key=lambda i: pool[i][1])
+        wr, wo = pool[r][0], pool[o][0]
+        if (sc._shift((recent[0] - wr.packets_expected, recent[1] - wr.packets_lost), older)
+                >= sc.Z_CHANGE
+                or sc._shift(recent, (older[0] - wo.packets_expected,
+                                      older[1] - wo.packets_lost)) <= -sc.Z_CHANGE):
+            return m // 2
+    return n
+
+
+# Few distinct scores, so that ties (the earliest worst window counts) are common.
+pool_entries = st.tuples(st.integers(0, 120), st.integers(0, 120),
+                         st.sampled_from([1.0, 2.5, 3.9, 4.2, 4.5]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(pool_entries, min_size=0, max_size=60))
+def test_change_detection_matches_its_definition(entries) -> None:
+    from mediaserver.quality.score import _changed
+    pool = [(audio(lost=min(lost, n), n=n), s) for n, lost, s in entries]
+    assert _changed(pool) == _changed_by_definition(pool)
