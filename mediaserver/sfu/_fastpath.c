@@ -35,6 +35,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1547,6 +1548,281 @@ receive(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* -- Receiver --------------------------------------------------------------------------
+ *
+ * Receiver(original, on_rtp, on_rtcp, refresh, sample, every, srtp_error, failed, streams)
+ * .datagram_received(data, addr): what aiortc_adapter._fast_path's Python closure did for
+ * each datagram of an ICE socket, without a Python frame: SRTP and SRTCP (first byte
+ * 128-191, RFC 7983) are unprotected and handed on; anything else (STUN, DTLS) goes to
+ * the protocol's own ``original``. ``refresh()`` gives the receiving session's unprotector
+ * (an Input) once DTLS made it, None before. Every ``every``-th RTP packet goes to
+ * ``sample(plain, on_rtp)`` (the forwarding-latency sampler). With ``streams`` (a
+ * publisher's ssrc -> RecvStream dict, the very one it updates) a media packet of a known
+ * stream with the codec's own payload type is parsed and taken by receive() here; any
+ * other, by ``on_rtp(plain, 0)``. ``srtp_error()`` counts a datagram libsrtp refused;
+ * ``failed(exception)`` counts and logs an Exception a handler raised (it must not end
+ * the socket's callback). */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *rx, *original, *on_rtp, *on_rtcp, *refresh, *sample, *srtp_error, *failed,
+        *streams;
+    long every, countdown;
+} Receiver;
+
+static PyObject *name_payload_type = NULL;
+
+static int
+Receiver_traverse(Receiver *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->rx);
+    Py_VISIT(self->original);
+    Py_VISIT(self->on_rtp);
+    Py_VISIT(self->on_rtcp);
+    Py_VISIT(self->refresh);
+    Py_VISIT(self->sample);
+    Py_VISIT(self->srtp_error);
+    Py_VISIT(self->failed);
+    Py_VISIT(self->streams);
+    return 0;
+}
+
+static int
+Receiver_clear(Receiver *self)
+{
+    Py_CLEAR(self->rx);
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->on_rtp);
+    Py_CLEAR(self->on_rtcp);
+    Py_CLEAR(self->refresh);
+    Py_CLEAR(self->sample);
+    Py_CLEAR(self->srtp_error);
+    Py_CLEAR(self->failed);
+    Py_CLEAR(self->streams);
+    return 0;
+}
+
+static void
+Receiver_dealloc(Receiver *self)
+{
+    PyObject_GC_UnTrack(self);
+    Receiver_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Receiver_init(Receiver *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *original, *on_rtp, *on_rtcp, *refresh, *sample, *srtp_error, *failed, *streams;
+    long every;
+    if (!PyArg_ParseTuple(args, "OOOOOlOOO:Receiver", &original, &on_rtp, &on_rtcp, &refresh,
+                          &sample, &every, &srtp_error, &failed, &streams))
+        return -1;
+    if (every < 1) {
+        PyErr_SetString(PyExc_ValueError, "every must be at least 1");
+        return -1;
+    }
+    if (streams != Py_None && !PyDict_CheckExact(streams)) {
+        PyErr_SetString(PyExc_TypeError, "streams must be a dict or None");
+        return -1;
+    }
+    if (name_payload_type == NULL &&
+        (name_payload_type = PyUnicode_InternFromString("payload_type")) == NULL)
+        return -1;
+    PyObject *objs[] = {original, on_rtp, on_rtcp, refresh, sample, srtp_error, failed};
+    PyObject **slots[] = {&self->original, &self->on_rtp, &self->on_rtcp, &self->refresh,
+                          &self->sample, &self->srtp_error, &self->failed};
+    for (size_t i = 0; i < sizeof(objs) / sizeof(objs[0]); i++) {
+        Py_INCREF(objs[i]);
+        Py_XSETREF(*slots[i], objs[i]);
+    }
+    Py_CLEAR(self->streams);
+    if (streams != Py_None) {
+        Py_INCREF(streams);
+        self->streams = streams;
+    }
+    Py_CLEAR(self->rx);
+    self->every = self->countdown = every;
+    return 0;
+}
+
+/* An exception raised while handling a datagram: an Exception goes to failed() and is
+ * done with (0); anything else (KeyboardInterrupt, ...) stays raised (-1). */
+static int
+receiver_failed(Receiver *self)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    PyObject *r = PyObject_CallOneArg(self->failed, value ? value : Py_None);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+call_rx(PyObject *rx, int rtcp, PyObject *data)
+{
+    if (Py_IS_TYPE(rx, &InputType))
+        return input_run((Input *)rx, data, rtcp ? ((Input *)rx)->unprotect_rtcp
+                                                  : ((Input *)rx)->unprotect);
+    return PyObject_CallMethod(rx, rtcp ? "unprotect_rtcp" : "unprotect", "O", data);
+}
+
+/* A plain RTP packet: 0 taken, -1 error. */
+static int
+receiver_route(Receiver *self, PyObject *plain)
+{
+    if (self->streams != NULL && packet_type != NULL && cache_mask >= 0 &&
+        PyBytes_CheckExact(plain)) {
+        PyObject *pkt = parse_rtp(NULL, plain);
+        if (pkt == NULL)
+            return -1;
+        if (pkt != Py_None) {
+            PyObject *ssrc = *(PyObject **)((char *)pkt + slot_offset[S_SSRC]);
+            PyObject *stream = PyDict_GetItemWithError(self->streams, ssrc); /* borrowed */
+            int taken = -1;
+            if (stream == NULL && PyErr_Occurred())
+                goto out;
+            taken = 0;
+            if (stream != NULL && RIS(stream, C_STREAM) &&
+                RIS(RF(stream, R_PRODUCER), C_PRODUCER)) {
+                PyObject *codec = RF(RF(stream, R_PRODUCER), R_CODEC);
+                PyObject *pt = codec ? PyObject_GetAttr(codec, name_payload_type) : NULL;
+                if (pt == NULL) {
+                    taken = -1;
+                    goto out;
+                }
+                int same = PyObject_RichCompareBool(
+                    pt, *(PyObject **)((char *)pkt + slot_offset[S_PT]), Py_EQ);
+                Py_DECREF(pt);
+                if (same < 0) {
+                    taken = -1;
+                    goto out;
+                }
+                if (same) {
+                    struct timespec t;
+                    clock_gettime(CLOCK_MONOTONIC, &t);
+                    PyObject *now = PyFloat_FromDouble((double)t.tv_sec + t.tv_nsec * 1e-9);
+                    if (now == NULL) {
+                        taken = -1;
+                        goto out;
+                    }
+                    Py_INCREF(stream);
+                    int r = receive_plain(stream, pkt, now);
+                    if (r == 0) {
+                        PyObject *res = call_method(stream, name_on_rtp, pkt, now, NULL);
+                        r = res == NULL ? -1 : 1;
+                        Py_XDECREF(res);
+                    }
+                    Py_DECREF(stream);
+                    Py_DECREF(now);
+                    taken = r < 0 ? -1 : 1;
+                }
+            }
+        out:
+            Py_DECREF(pkt);
+            if (taken != 0)
+                return taken < 0 ? -1 : 0;
+        }
+        else
+            Py_DECREF(pkt);
+    }
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        return -1;
+    PyObject *r = PyObject_CallFunctionObjArgs(self->on_rtp, plain, zero, NULL);
+    Py_DECREF(zero);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+Receiver_datagram_received(Receiver *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "datagram_received takes 2 arguments");
+        return NULL;
+    }
+    PyObject *data = args[0];
+    if (!PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) < 1 ||
+        (unsigned char)PyBytes_AS_STRING(data)[0] < 128 ||
+        (unsigned char)PyBytes_AS_STRING(data)[0] > 191)
+        return PyObject_Vectorcall(self->original, args, 2, NULL);
+    if (self->rx == NULL) {
+        PyObject *rx = PyObject_CallNoArgs(self->refresh);
+        if (rx == NULL)
+            return NULL;
+        if (rx == Py_None) {
+            Py_DECREF(rx);
+            return PyObject_Vectorcall(self->original, args, 2, NULL);
+        }
+        self->rx = rx;
+    }
+    PyObject *rx = self->rx;
+    Py_INCREF(rx);
+    unsigned char second = PyBytes_GET_SIZE(data) > 1 ? (unsigned char)PyBytes_AS_STRING(data)[1]
+                                                       : 0;
+    int rtcp = PyBytes_GET_SIZE(data) > 1 && second > 191 && second < 224;
+    PyObject *plain = call_rx(rx, rtcp, data);
+    Py_DECREF(rx);
+    int rc = 0;
+    if (plain == NULL)
+        rc = -1;
+    else if (plain == Py_None) {
+        PyObject *r = PyObject_CallNoArgs(self->srtp_error);
+        rc = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
+    }
+    else if (rtcp) {
+        PyObject *r = PyObject_CallOneArg(self->on_rtcp, plain);
+        rc = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
+    }
+    else if (--self->countdown > 0)
+        rc = receiver_route(self, plain);
+    else {
+        self->countdown = self->every;
+        PyObject *r = PyObject_CallFunctionObjArgs(self->sample, plain, self->on_rtp, NULL);
+        rc = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(plain);
+    if (rc < 0 && receiver_failed(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Receiver_methods[] = {
+    {"datagram_received", (PyCFunction)(void (*)(void))Receiver_datagram_received,
+     METH_FASTCALL, "datagram_received(data, addr): one datagram of the ICE socket."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReceiverType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mediaserver.sfu._fastpath.Receiver",
+    .tp_basicsize = sizeof(Receiver),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A socket's datagrams: SRTP/SRTCP unprotected and handed on, the rest to the "
+              "protocol's own handler.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Receiver_init,
+    .tp_dealloc = (destructor)Receiver_dealloc,
+    .tp_traverse = (traverseproc)Receiver_traverse,
+    .tp_clear = (inquiry)Receiver_clear,
+    .tp_methods = Receiver_methods,
+};
+
 static PyMethodDef module_methods[] = {
     {"set_packet_class", (PyCFunction)set_packet_class, METH_VARARGS,
      "set_packet_class(cls, python_parser): what parse_rtp makes, and falls back to."},
@@ -1577,21 +1853,25 @@ static struct PyModuleDef fastpath_module = {
 PyMODINIT_FUNC
 PyInit__fastpath(void)
 {
-    if (PyType_Ready(&OutputType) < 0 || PyType_Ready(&InputType) < 0)
+    if (PyType_Ready(&OutputType) < 0 || PyType_Ready(&InputType) < 0 ||
+        PyType_Ready(&ReceiverType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (m == NULL)
         return NULL;
     Py_INCREF(&OutputType);
     Py_INCREF(&InputType);
+    Py_INCREF(&ReceiverType);
     if (PyModule_AddObject(m, "Output", (PyObject *)&OutputType) < 0 ||
         PyModule_AddObject(m, "Input", (PyObject *)&InputType) < 0 ||
+        PyModule_AddObject(m, "Receiver", (PyObject *)&ReceiverType) < 0 ||
         PyModule_AddIntConstant(m, "ERR_SRTP", ERR_SRTP) < 0 ||
         PyModule_AddIntConstant(m, "ERR_SOCKET", ERR_SOCKET) < 0 ||
         PyModule_AddIntConstant(m, "ERR_SIZE", ERR_SIZE) < 0 ||
         PyModule_AddIntConstant(m, "MAX_PLAIN", MAX_PLAIN) < 0) {
         Py_DECREF(&OutputType);
         Py_DECREF(&InputType);
+        Py_DECREF(&ReceiverType);
         Py_DECREF(m);
         return NULL;
     }

@@ -9,7 +9,8 @@ go through pylibsrtp (``aiortc_adapter.FastSrtp``) and uvloop.
 plain state (the common one) are forwarded in C on the same Python objects, the others by
 ``Consumer.forward`` (see the fan-out section of the C file). ``receive`` takes a media
 packet of a publisher's stream as ``RecvStream.on_rtp`` does, the common case in C and the
-rest by that method (the receive section).
+rest by that method (the receive section). ``Receiver`` takes an ICE socket's datagrams
+in place of the Python closure of ``aiortc_adapter._fast_path`` (the Receiver section).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ fanout: Any
 configure_fanout: Any
 receive: Any
 configure_receive: Any
+Receiver: Any
 try:
     from mediaserver.sfu._fastpath import (
         ERR_SOCKET,
         Input,
         Output,
+        Receiver,
         configure_fanout,
         configure_receive,
         fanout,
@@ -36,6 +39,7 @@ try:
     )
 except ImportError:  # built without a C compiler
     Output = Input = fanout = configure_fanout = receive = configure_receive = None
+    Receiver = None
     ERR_SOCKET = -2
 
 AVAILABLE = Output is not None

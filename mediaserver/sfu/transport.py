@@ -99,8 +99,13 @@ class PeerTransport:
         adapter.make_inert(self.pc)
         adapter.apply_candidate_policy(self.pc, self.policy)
 
+    def _media_streams(self) -> dict[int, RecvStream] | None:
+        """ssrc -> stream of what this connection receives, for the C receiver to route
+        media packets itself (None: every packet goes to ``on_rtp``)."""
+        return None
+
     def _after_local_description(self) -> None:
-        adapter.hook_packets(self.pc, self.on_rtp, self.on_rtcp)
+        adapter.hook_packets(self.pc, self.on_rtp, self.on_rtcp, self._media_streams())
         if self.sender is None:
             self.sender = adapter.packet_sender(self.pc)
             self._sender_ready(self.sender)
@@ -177,7 +182,7 @@ class PublisherTransport(PeerTransport):
 
     def __init__(self, policy: adapter.CandidatePolicy) -> None:
         super().__init__(policy)
-        self.by_ssrc: dict[int, RecvStream] = {}
+        self.by_ssrc: dict[int, RecvStream] = {}  # one dict for the connection's life
         self.by_rtx_ssrc: dict[int, RecvStream] = {}
         self.by_mid: dict[str, Producer] = {}
         self._mid_ext_id: int | None = None
@@ -272,6 +277,11 @@ class PublisherTransport(PeerTransport):
             for ssrc in [k for k, v in ssrc_table.items() if v.producer is producer]:
                 del ssrc_table[ssrc]
         self.by_mid.pop(producer.mid, None)
+
+    def _media_streams(self) -> dict[int, RecvStream]:
+        # The C receiver looks packets up in this very dict (and hands a stream's own
+        # payload type to fastsend.receive); everything else still comes to on_rtp.
+        return self.by_ssrc
 
     def on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         pkt = parse_rtp(data)
