@@ -98,6 +98,29 @@ def wakeup(rates: tuple[int, ...] = (200, 1000), seconds: float = 8.0) -> None:
         os.waitpid(pid, 0)
         print(f"{rate} datagrams/s: {n} received, {cpu * 1000 / seconds:.2f} ms CPU per s, "
               f"{cpu * 1e6 / max(1, n):.1f} us per datagram")
+        # The same datagrams to a thread blocked in recv: no event loop at all (the floor
+        # of a wake-up: the kernel and the interpreter's own return to Python).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(0.2)
+        pid = os.fork()
+        if pid == 0:
+            _send(sock.getsockname()[1], rate, seconds + 2)
+            os._exit(0)
+        buf, n, start = bytearray(2048), 0, time.monotonic()
+        t0 = os.times()
+        while time.monotonic() - start < seconds:
+            try:
+                sock.recv_into(buf)
+                n += 1
+            except TimeoutError:
+                pass
+        t1 = os.times()
+        sock.close()
+        os.waitpid(pid, 0)
+        cpu = (t1.user + t1.system) - (t0.user + t0.system)
+        print(f"{rate} datagrams/s, blocking recv, no event loop: {n} received, "
+              f"{cpu * 1e6 / max(1, n):.1f} us per datagram")
 
 
 def tracker(trackers: int = 50, windows: int = 80) -> None:
