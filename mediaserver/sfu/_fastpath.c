@@ -1372,69 +1372,72 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
         nacks == NULL || (nacks != Py_None && !RIS(nacks, C_NACKS)))
         return 0;
 
-    /* -- From here on, on_rtp's changes in on_rtp's order. -- */
+    /* -- From here on, on_rtp's changes in on_rtp's order. -- The objects used after a
+     * Python call are held: a callback could rebind a field (RecvStream.restart does). */
+    PyObject *held[] = {producer, consumers, cache, cache_seq, keyframes, nacks, level};
+    for (size_t h = 0; h < sizeof(held) / sizeof(held[0]); h++)
+        Py_XINCREF(held[h]);
+    PyObject *ext_seq_obj = NULL, *ext_ts_obj = NULL;
+    int rc = -1;
     if (budget != Py_None) {
         if (refill && rfield_set_double(budget, R_B_UPDATED, now) < 0)
-            return -1;
+            goto release;
         if (rfield_set_double(budget, R_B_TOKENS, tokens - (double)size) < 0)
-            return -1;
+            goto release;
     }
     if (rfield_set_ll(seq_u, R_U_LAST, ext_seq) < 0 || rfield_set_ll(ts_u, R_U_LAST, ext_ts) < 0)
-        return -1;
+        goto release;
     if (rfield_add(tally, R_T_PACKETS, 1) < 0 || rfield_add(tally, R_T_BYTES, size) < 0)
-        return -1;
+        goto release;
     /* ReceiveStats.on_packet(ext_seq, pkt.timestamp, size, now) */
     if (base_seq < 0) {
         if (rfield_set_ll(stats, R_S_BASE, ext_seq) < 0 ||
             rfield_set_ll(stats, R_S_HIGHEST, ext_seq) < 0)
-            return -1;
+            goto release;
     }
     else if (ext_seq > highest_seq && rfield_set_ll(stats, R_S_HIGHEST, ext_seq) < 0)
-        return -1;
+        goto release;
     if (rfield_add(stats, R_S_PACKETS, 1) < 0 || rfield_add(stats, R_S_BYTES, size) < 0)
-        return -1;
+        goto release;
     double transit = now * (double)clock_rate - (double)ts;
     if (rfield_set_double(stats, R_S_TRANSIT, transit) < 0)
-        return -1;
+        goto release;
     if (transit_last != Py_None) {
         double d = fabs(transit - PyFloat_AS_DOUBLE(transit_last));
         if (d < (double)(clock_rate * 10)) {
             double j = PyFloat_AS_DOUBLE(jitter);
             if (rfield_set_double(stats, R_S_JITTER, j + (d - j) / 16.0) < 0)
-                return -1;
+                goto release;
         }
     }
     Py_INCREF(nowobj);
     rfield_put(stream, R_LAST_PACKET, nowobj);
     if (rfield_add(stream, R_WBYTES, size) < 0 || rfield_add(stream, R_WPACKETS, 1) < 0)
-        return -1;
+        goto release;
     if (wstart == Py_None) {
         Py_INCREF(nowobj);
         rfield_put(stream, R_WSTART, nowobj);
     }
     else if (now - PyFloat_AS_DOUBLE(wstart) >= rate_window &&
              call_void(stream, name_close_window, nowobj, NULL, NULL) < 0)
-        return -1;
+        goto release;
     if (level != NULL) {
         PyObject *v = PyLong_FromLong(((unsigned char)PyBytes_AS_STRING(level)[0]) & 0x7F);
         if (v == NULL)
-            return -1;
+            goto release;
         PyObject *who = RF(producer, R_PARTICIPANT);
         int rc = who == NULL ? -1 : call_void(speakers, name_observe, who, v, NULL);
         Py_DECREF(v);
         if (rc < 0) {
             if (who == NULL)
                 PyErr_SetString(PyExc_AttributeError, "participant_id");
-            return -1;
+            goto release;
         }
     }
 
     /* _deliver */
-    PyObject *ext_seq_obj = PyLong_FromLongLong(ext_seq);
-    if (ext_seq_obj == NULL)
-        return -1;
-    PyObject *ext_ts_obj = NULL;
-    int rc = -1;
+    if ((ext_seq_obj = PyLong_FromLongLong(ext_seq)) == NULL)
+        goto release;
     Py_ssize_t slot = (Py_ssize_t)(ext_seq & cache_mask);
     Py_INCREF(f.data);
     PyList_SetItem(cache, slot, f.data);
@@ -1523,8 +1526,11 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
     }
     rc = 1;
 done:
-    Py_DECREF(ext_seq_obj);
+release:
+    Py_XDECREF(ext_seq_obj);
     Py_XDECREF(ext_ts_obj);
+    for (size_t h = 0; h < sizeof(held) / sizeof(held[0]); h++)
+        Py_XDECREF(held[h]);
     return rc;
 }
 

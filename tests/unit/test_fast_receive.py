@@ -173,3 +173,40 @@ def test_receive_takes_the_c_path_for_a_plain_stream(monkeypatch) -> None:
 def test_receive_refuses_bad_arguments() -> None:
     with pytest.raises(TypeError):
         fastsend.receive(None, None)
+
+
+def test_no_memory_grows_per_packet() -> None:
+    """Once the caches and histories are full, thousands more packets through the C path
+    (receive, fan-out, sends, NACK gaps, a budget) leave the Python heap where it was: no
+    reference leaked per packet."""
+    import tracemalloc
+
+    g = _graph("video", VP8)
+    g.producer.budget = bitrate_bucket(100_000)
+    stream = g.producer.streams[0]
+
+    def run(first: int, count: int) -> None:
+        for seq in range(first, first + count):
+            if seq % 97 == 0:
+                continue  # a loss now and then: the NACK path too
+            pkt = media_packet(g.producer, seq & 0xFFFF, (seq * 3000) & 0xFFFFFFFF,
+                               seq % 3 == 0, VP8_KEY if seq % 500 == 1 else VP8_DELTA + bytes(300),
+                               None)
+            fastsend.receive(stream, pkt, 1.0 + seq * 0.001)
+        for sub in g.subscribers:
+            sub.received()  # drain the sockets...
+            sub.built.clear()  # ... and what the test itself keeps
+        g.rtcp.clear()
+
+    try:
+        run(1, 2000)  # caches, histories and the metric tallies fill up
+        tracemalloc.start()
+        run(2001, 3000)  # ... and are all replaced by what tracemalloc sees
+        before = tracemalloc.get_traced_memory()[0]
+        run(5001, 6000)
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert grown < 64 * 1024, grown  # a leaked int per packet would be ~170 kB
+        assert all(c.stats.packets_sent > 10000 for c in g.consumers[:3])
+    finally:
+        g.close()
