@@ -9,7 +9,6 @@ The model, each constant and where it comes from: docs/quality.md.
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -176,14 +175,19 @@ def combine(levels: Iterable[QualityLevel | None]) -> QualityLevel:
     return min(known, key=_RANK.__getitem__) if known else QualityLevel.EXCELLENT
 
 
+# The bands' edges on the MOS scale (they are constants: computed once).
+_DOWN_EDGES = (_mos(EXCELLENT_R), _mos(POOR_R))
+_UP_EDGES = (_mos(EXCELLENT_ENTER_R), _mos(POOR_LEAVE_R))
+
+
 def _next_level(score: float, current: QualityLevel | None) -> QualityLevel:
     """Drop at a band's edge; climb only past the edge plus its margin (hysteresis)."""
-    def band(excellent_r: float, poor_r: float) -> QualityLevel:
-        if score >= _mos(excellent_r):
+    def band(edges: tuple[float, float]) -> QualityLevel:
+        if score >= edges[0]:
             return QualityLevel.EXCELLENT
-        return QualityLevel.GOOD if score >= _mos(poor_r) else QualityLevel.POOR
+        return QualityLevel.GOOD if score >= edges[1] else QualityLevel.POOR
 
-    down, up = band(EXCELLENT_R, POOR_R), band(EXCELLENT_ENTER_R, POOR_LEAVE_R)
+    down, up = band(_DOWN_EDGES), band(_UP_EDGES)
     if current is None or _RANK[down] < _RANK[current]:
         return down
     return up if _RANK[up] > _RANK[current] else current
@@ -208,12 +212,21 @@ def _shift(recent: Counts, base: Counts) -> float:
     return math.copysign(math.sqrt(max(deviance, 0.0)), k - lam)
 
 
+def _median(values: list[float]) -> float:
+    """statistics.median, for the few values of a merge (its checks cost more than this)."""
+    data = sorted(values)
+    n = len(data)
+    if n % 2:
+        return data[n // 2]
+    return (data[n // 2 - 1] + data[n // 2]) / 2
+
+
 def _merge(windows: list[WindowStats], counts: Counts, worst: bool = False) -> WindowStats:
     """The latest window (layer, pause, codec flags) with the given packet counts and the
     windows' median delay and frame rate, or their worst for a recovery target."""
     def pick(values: list[float | None], bad: Callable[[list[float]], float]) -> float | None:
         known = [v for v in values if v is not None]
-        return (bad(known) if worst else statistics.median(known)) if known else None
+        return (bad(known) if worst else _median(known)) if known else None
 
     last = windows[-1]
     # Built field by field: dataclasses.replace costs several times as much, and this runs
@@ -232,11 +245,13 @@ def _loss_rate(w: WindowStats) -> float:
     return w.packets_lost / (w.packets_expected or 1)
 
 
-def _spike_free(windows: list[WindowStats], k: int) -> tuple[Counts, Counts]:
+def _spike_free(windows: list[WindowStats], k: int, total: Counts | None = None
+                ) -> tuple[Counts, Counts]:
     """Counts without the spikes among the k windows of highest loss, and among the k - 1
     highest. A spike lies Z_CHANGE standard errors above the rest; steady random loss has
-    none, so the estimate stays unbiased."""
-    total = _counts(windows)
+    none, so the estimate stays unbiased. ``total``: the windows' counts, if known."""
+    if total is None:
+        total = _counts(windows)
     if not 0 < k < len(windows) or not total[1]:  # without loss there is no spike
         return total, total
     order = sorted(windows, key=_loss_rate)
@@ -253,29 +268,37 @@ def _changed(pool: list[tuple[WindowStats, float]]) -> int:
     """How many of the latest windows to keep: all if the link is unchanged, else the newer
     half of the last m windows whose loss left the older ones behind (worse: judged with the
     recent worst window set aside, so one bad window is never enough; better: on all)."""
-    n = len(pool)
+    return _changed_in([w.packets_expected for w, _ in pool],
+                       [w.packets_lost for w, _ in pool], [sc for _, sc in pool])
+
+
+def _changed_in(expected: list[int], lost: list[int], scores: list[float]) -> int:
+    """_changed on the pool's columns (the tracker keeps them beside its pool)."""
+    n = len(scores)
     scales = [m for m in CHANGE_SCALES if n >= m + RECENT_WINDOWS]
     if not scales:
         return n
-    expected, lost = [w.packets_expected for w, _ in pool], [w.packets_lost for w, _ in pool]
-    scores = [sc for _, sc in pool]
     # Prefix sums: each scale's two sides in O(1) (this runs for every track every second).
     sum_e, sum_l = list(accumulate(expected, initial=0)), list(accumulate(lost, initial=0))
-    # Each side's worst window, for every cut at once: worst_before[i] is the lowest-scoring
-    # of windows 0..i-1, worst_from[i] of windows i..n-1, the earliest of equals (as min()
-    # picks them).
-    worst_before = [0] * (n + 1)
-    worst_from = [0] * n
-    best = 0
-    for i in range(1, n):
-        if scores[i] < scores[best]:
-            best = i
-        worst_before[i + 1] = best
-    best = n - 1
-    for i in range(n - 1, -1, -1):
-        if scores[i] <= scores[best]:
-            best = i
-        worst_from[i] = best
+    # Each side's worst window for every cut, the earliest of equals (as min() picks them):
+    # the ranges of successive cuts nest, so each is the better of the previous one's and
+    # of the few windows it adds (min() over a range of indices runs in C).
+    key = scores.__getitem__
+    cuts = [n - m for m in scales]  # descending
+    worst_from: dict[int, int] = {}  # cut -> worst of windows cut..n-1
+    best, end = -1, n
+    for cut in cuts:
+        seg = min(range(cut, end), key=key)
+        if best < 0 or scores[seg] <= scores[best]:  # the earlier window wins a tie
+            best = seg
+        worst_from[cut], end = best, cut
+    worst_before: dict[int, int] = {}  # cut -> worst of windows 0..cut-1
+    best, start = -1, 0
+    for cut in reversed(cuts):
+        seg = min(range(start, cut), key=key)
+        if best < 0 or scores[seg] < scores[best]:  # the earlier window wins a tie
+            best = seg
+        worst_before[cut], start = best, cut
     for m in scales:
         cut = n - m
         recent = (sum_e[n] - sum_e[cut], sum_l[n] - sum_l[cut])
@@ -288,13 +311,18 @@ def _changed(pool: list[tuple[WindowStats, float]]) -> int:
     return n
 
 
-def _evidence(pool: list[tuple[WindowStats, float]]) -> tuple[float, float]:
+def _evidence(pool: list[tuple[WindowStats, float]], total: Counts | None = None
+              ) -> tuple[float, float]:
     """(drop_to, rise_to): the optimistic evidence a drop heads for (worst recent window and
     loss spikes set aside) and the pessimistic one a recovery climbs to (worst recent delay
-    and frame rate, one spike fewer set aside)."""
+    and frame rate, one spike fewer set aside). ``total``: the pool's counts, if known."""
     recent = pool[-RECENT_WINDOWS:]
     worst = min(range(len(recent)), key=lambda i: recent[i][1]) if len(recent) > 1 else -1
-    drop, rise = _spike_free([w for w, _ in pool], max(1, len(pool) // FORGIVE_ONE_IN))
+    k = max(1, len(pool) // FORGIVE_ONE_IN)
+    if total is not None and not total[1]:
+        drop = rise = total  # no loss, no spike: _spike_free's answer, without the list
+    else:
+        drop, rise = _spike_free([w for w, _ in pool], k, total)
     return (window_score(_merge([w for i, (w, _) in enumerate(recent) if i != worst], drop)),
             window_score(_merge([w for w, _ in recent], rise, worst=True)))
 
@@ -311,6 +339,10 @@ class QualityTracker:
     def __init__(self, history_seconds: float = HISTORY_SECONDS) -> None:
         self._history_seconds = history_seconds
         self._pool: deque[tuple[WindowStats, float]] = deque(maxlen=LONG_WINDOWS)
+        # The pool's columns, kept beside it: change detection reads them every second.
+        self._expected: list[int] = []
+        self._lost: list[int] = []
+        self._scores: list[float] = []
         self._empty_run = 0
         self._rate = 1.0  # packets a second in the last window that had any
         self._score: float | None = None
@@ -330,7 +362,7 @@ class QualityTracker:
     def update(self, stats: WindowStats, now: float) -> QualityLevel | None:
         """Take one window; return the new level if it changed, else None."""
         if stats.muted:  # not applicable: excellent, and the evidence so far is stale
-            self._pool.clear()
+            self._keep(0)
             self._empty_run, self._score = 0, MAX_MOS
             return self._set(QualityLevel.EXCELLENT, now)
         if _is_silence(stats):  # DTX silence says nothing about the link
@@ -346,15 +378,15 @@ class QualityTracker:
         if not 0 <= stats.packets_lost <= stats.packets_expected:  # duplicates, reordering
             stats = replace(stats, packets_lost=min(max(stats.packets_lost, 0),
                                                     stats.packets_expected))
-        self._pool.append((stats, window_score(stats)))
+        self._push(stats, window_score(stats))
         if self._empty_run >= LOST_AFTER:
-            self._pool.clear()
+            self._keep(0)
             self._score = MIN_MOS
             return self._set(QualityLevel.LOST, now)
-        keep = _changed(list(self._pool))
+        keep = _changed_in(self._expected, self._lost, self._scores)
         if keep < len(self._pool):  # the older windows describe another link
-            self._pool = deque(list(self._pool)[-keep:], maxlen=LONG_WINDOWS)
-        drop_to, rise_to = _evidence(list(self._pool))
+            self._keep(keep)
+        drop_to, rise_to = _evidence(list(self._pool), (sum(self._expected), sum(self._lost)))
         dt = min(max(stats.duration, 0.0), MAX_DT)
         score = self._score
         if score is None or self._level is None:
@@ -367,6 +399,25 @@ class QualityTracker:
             score = min(rise_to, score + RISE_PER_S * dt)
         self._score = min(MAX_MOS, max(MIN_MOS, score))
         return self._set(_next_level(self._score, self._level), now)
+
+    def _push(self, stats: WindowStats, score: float) -> None:
+        if len(self._pool) == LONG_WINDOWS:  # the deque drops its oldest: so do the columns
+            del self._expected[0], self._lost[0], self._scores[0]
+        self._pool.append((stats, score))
+        self._expected.append(stats.packets_expected)
+        self._lost.append(stats.packets_lost)
+        self._scores.append(score)
+
+    def _keep(self, keep: int) -> None:
+        """Only the newest ``keep`` windows stay in the pool."""
+        if keep <= 0:
+            self._pool.clear()
+            self._expected.clear()
+            self._lost.clear()
+            self._scores.clear()
+            return
+        self._pool = deque(list(self._pool)[-keep:], maxlen=LONG_WINDOWS)
+        del self._expected[:-keep], self._lost[:-keep], self._scores[:-keep]
 
     def _set(self, level: QualityLevel | None, now: float) -> QualityLevel | None:
         if level is None or self._score is None:

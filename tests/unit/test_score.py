@@ -438,3 +438,27 @@ def test_change_detection_matches_its_definition(entries) -> None:
     from mediaserver.quality.score import _changed
     pool = [(audio(lost=min(lost, n), n=n), s) for n, lost, s in entries]
     assert _changed(pool) == _changed_by_definition(pool)
+
+
+# Audio windows whose loss jumps now and then: long enough to fill the pool (60) and evict,
+# with changes that make the tracker drop its older windows, and LOST and muted resets.
+audio_runs_st = st.lists(
+    st.tuples(st.sampled_from([50] * 8 + [0, 20, 60]),
+              st.sampled_from([0] * 30 + [1, 5, 30, 50]),
+              st.sampled_from([False] * 60 + [True])),
+    min_size=70, max_size=160)
+
+
+@settings(max_examples=40, deadline=None)
+@given(audio_runs_st)
+def test_the_trackers_columns_follow_its_pool(runs) -> None:
+    """The tracker keeps its pool's packet counts and scores as columns beside it for the
+    change detection; whatever happens to the pool (eviction, trimming, reset), they stay
+    the pool's."""
+    tracker = QualityTracker()
+    for i, (n, lost, muted) in enumerate(runs):
+        tracker.update(audio(lost=min(lost, n), n=n, muted=muted), float(i))
+        pool = list(tracker._pool)
+        assert tracker._expected == [w.packets_expected for w, _ in pool]
+        assert tracker._lost == [w.packets_lost for w, _ in pool]
+        assert tracker._scores == [s for _, s in pool]
