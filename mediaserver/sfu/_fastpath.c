@@ -32,6 +32,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <string.h>
@@ -491,6 +492,25 @@ static const char *const SLOT_NAMES[] = {
 };
 enum { S_DATA, S_MARKER, S_PT, S_SEQ, S_TS, S_SSRC, S_CC, S_START, S_END, S_EXT, N_SLOTS };
 
+/* The offset of a __slots__ member of a class (its member descriptor's). */
+static int
+member_offset(PyObject *cls, const char *name, Py_ssize_t *out)
+{
+    PyObject *descr = PyObject_GetAttrString(cls, name);
+    if (descr == NULL)
+        return -1;
+    int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+             ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
+    if (ok)
+        *out = ((PyMemberDescrObject *)descr)->d_member->offset;
+    Py_DECREF(descr);
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s is not a __slots__ member", name);
+        return -1;
+    }
+    return 0;
+}
+
 static PyTypeObject *packet_type = NULL;
 static PyObject *python_parser = NULL;
 static Py_ssize_t slot_offset[N_SLOTS];
@@ -502,20 +522,9 @@ set_packet_class(PyObject *module, PyObject *args)
     Py_ssize_t offsets[N_SLOTS];
     if (!PyArg_ParseTuple(args, "O!O:set_packet_class", &PyType_Type, &cls, &fallback))
         return NULL;
-    for (int i = 0; i < N_SLOTS; i++) {
-        PyObject *descr = PyObject_GetAttrString(cls, SLOT_NAMES[i]);
-        if (descr == NULL)
+    for (int i = 0; i < N_SLOTS; i++)
+        if (member_offset(cls, SLOT_NAMES[i], &offsets[i]) < 0)
             return NULL;
-        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
-                 ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
-        if (ok)
-            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
-        Py_DECREF(descr);
-        if (!ok) {
-            PyErr_Format(PyExc_TypeError, "%s is not a __slots__ member", SLOT_NAMES[i]);
-            return NULL;
-        }
-    }
     memcpy(slot_offset, offsets, sizeof(offsets));
     Py_INCREF(cls);
     Py_XSETREF(packet_type, (PyTypeObject *)cls);
@@ -667,10 +676,195 @@ parse_rtp(PyObject *module, PyObject *data)
 }
 
 
+/* -- the Python objects the packet path works on ---------------------------------------
+ *
+ * The fan-out and the receive path below read and write fields of the server's own Python
+ * objects, all __slots__ members, at their offsets (read once from the member descriptors,
+ * as for RtpPacket above): Python's own LOAD_ATTR on a slot is an indexed load, and so must
+ * this be, or the C costs what the interpreter did (a first version of the fan-out through
+ * PyObject_GetAttr did: 12 % of the server's CPU in a group of 7 went to attribute lookups,
+ * and nothing was saved). configure() hands over the classes, by name, and the constants
+ * of their rules. */
+
+enum {
+    K_CONSUMER, K_CONTEXT, K_REWRITER, K_SEND_STATS, K_TALLY, K_STREAM, K_PRODUCER,
+    K_UNWRAPPER, K_RECV_STATS, K_NACKS, K_KEYFRAMES, K_BUCKET, N_CLASSES
+};
+static const char *const CLASS_NAMES[N_CLASSES] = {
+    [K_CONSUMER] = "Consumer", [K_CONTEXT] = "DownstreamContext",
+    [K_REWRITER] = "OutputRewriter", [K_SEND_STATS] = "SendStats", [K_TALLY] = "RtpTally",
+    [K_STREAM] = "RecvStream", [K_PRODUCER] = "Producer", [K_UNWRAPPER] = "Unwrapper",
+    [K_RECV_STATS] = "ReceiveStats", [K_NACKS] = "NackTracker",
+    [K_KEYFRAMES] = "KeyframeRequester", [K_BUCKET] = "TokenBucket",
+};
+
+enum {
+    A_STREAM, A_PAUSED, A_WAITING, A_TEMPORAL, A_RED, A_CONTEXT, A_C_HEADER, A_LEVEL_ID,
+    A_SRC_LEVEL_ID, A_REWRITER, A_HISTORY, A_RESENT, A_PT, A_SSRC, A_AST_ID, A_LAST_SENT,
+    A_STATS, A_TALLY,
+    A_OUTPUT, A_JOINED,
+    A_PENDING, A_SKIPPED, A_HIGHEST, A_BASE, A_SEQ_OFFSET, A_TS_OFFSET, A_LAST_SEQ, A_LAST_TS,
+    A_PACKETS_SENT, A_OCTETS_SENT, A_FRAMES_SENT,
+    T_PACKETS, T_BYTES,
+    R_PRODUCER, R_SEQ, R_TS, R_TALLY, R_STATS, R_LAST_PACKET, R_WBYTES, R_WPACKETS,
+    R_WSTART, R_WFRAMES, R_CACHE, R_CACHE_SEQ, R_FRAMES, R_NACKS, R_KEYFRAMES, R_SPATIAL,
+    R_BUDGET, R_SPEAKERS, R_MUTED, R_LEVEL_ID, R_PARTICIPANT, R_CODEC, R_PARSE_VP8,
+    R_IS_VIDEO, R_KEYFRAME_CHECK, R_CONSUMERS, R_TAPS, R_RTT,
+    R_U_HALF, R_U_LAST, R_U_MASK, R_U_MOD,
+    R_S_BASE, R_S_HIGHEST, R_S_PACKETS, R_S_BYTES, R_S_CLOCK, R_S_TRANSIT, R_S_JITTER,
+    R_N_HIGHEST, R_N_MISSING, R_N_KEYFRAME,
+    R_K_PENDING,
+    R_B_RATE, R_B_BURST, R_B_TOKENS, R_B_UPDATED,
+    N_FIELDS
+};
+static const struct {
+    int cls;
+    const char *name;
+} FIELDS[N_FIELDS] = {
+    [A_STREAM] = {K_CONSUMER, "stream"}, [A_PAUSED] = {K_CONSUMER, "paused"},
+    [A_WAITING] = {K_CONSUMER, "waiting_keyframe"}, [A_TEMPORAL] = {K_CONSUMER, "temporal"},
+    [A_RED] = {K_CONSUMER, "red"}, [A_CONTEXT] = {K_CONSUMER, "context"},
+    [A_C_HEADER] = {K_CONSUMER, "_c_header"}, [A_LEVEL_ID] = {K_CONSUMER, "_level_id"},
+    [A_SRC_LEVEL_ID] = {K_CONSUMER, "_src_audio_level_id"},
+    [A_REWRITER] = {K_CONSUMER, "rewriter"}, [A_HISTORY] = {K_CONSUMER, "_history"},
+    [A_RESENT] = {K_CONSUMER, "_resent_at"}, [A_PT] = {K_CONSUMER, "payload_type"},
+    [A_SSRC] = {K_CONSUMER, "ssrc"}, [A_AST_ID] = {K_CONSUMER, "_ast_id"},
+    [A_LAST_SENT] = {K_CONSUMER, "last_sent_at"}, [A_STATS] = {K_CONSUMER, "stats"},
+    [A_TALLY] = {K_CONSUMER, "_tally"},
+    [A_OUTPUT] = {K_CONTEXT, "output"}, [A_JOINED] = {K_CONTEXT, "joined_at"},
+    [A_PENDING] = {K_REWRITER, "_pending_switch"}, [A_SKIPPED] = {K_REWRITER, "_skipped"},
+    [A_HIGHEST] = {K_REWRITER, "_highest_in"}, [A_BASE] = {K_REWRITER, "_base_in"},
+    [A_SEQ_OFFSET] = {K_REWRITER, "_seq_offset"}, [A_TS_OFFSET] = {K_REWRITER, "_ts_offset"},
+    [A_LAST_SEQ] = {K_REWRITER, "_last_out_seq"}, [A_LAST_TS] = {K_REWRITER, "_last_out_ts"},
+    [A_PACKETS_SENT] = {K_SEND_STATS, "packets_sent"},
+    [A_OCTETS_SENT] = {K_SEND_STATS, "octets_sent"},
+    [A_FRAMES_SENT] = {K_SEND_STATS, "frames_sent"},
+    [T_PACKETS] = {K_TALLY, "packets"}, [T_BYTES] = {K_TALLY, "bytes"},
+    [R_PRODUCER] = {K_STREAM, "producer"}, [R_SEQ] = {K_STREAM, "_seq"},
+    [R_TS] = {K_STREAM, "_ts"}, [R_TALLY] = {K_STREAM, "_tally"},
+    [R_STATS] = {K_STREAM, "stats"}, [R_LAST_PACKET] = {K_STREAM, "last_packet_at"},
+    [R_WBYTES] = {K_STREAM, "_window_bytes"}, [R_WPACKETS] = {K_STREAM, "_window_packets"},
+    [R_WSTART] = {K_STREAM, "_window_start"}, [R_WFRAMES] = {K_STREAM, "_window_frames"},
+    [R_CACHE] = {K_STREAM, "_cache"}, [R_CACHE_SEQ] = {K_STREAM, "_cache_seq"},
+    [R_FRAMES] = {K_STREAM, "frames"}, [R_NACKS] = {K_STREAM, "nacks"},
+    [R_KEYFRAMES] = {K_STREAM, "keyframes"}, [R_SPATIAL] = {K_STREAM, "spatial"},
+    [R_BUDGET] = {K_PRODUCER, "budget"}, [R_SPEAKERS] = {K_PRODUCER, "speakers"},
+    [R_MUTED] = {K_PRODUCER, "muted"}, [R_LEVEL_ID] = {K_PRODUCER, "audio_level_id"},
+    [R_PARTICIPANT] = {K_PRODUCER, "participant_id"}, [R_CODEC] = {K_PRODUCER, "codec"},
+    [R_PARSE_VP8] = {K_PRODUCER, "parse_vp8"}, [R_IS_VIDEO] = {K_PRODUCER, "is_video"},
+    [R_KEYFRAME_CHECK] = {K_PRODUCER, "keyframe_check"},
+    [R_CONSUMERS] = {K_PRODUCER, "consumers"}, [R_TAPS] = {K_PRODUCER, "taps"},
+    [R_RTT] = {K_PRODUCER, "rtt"},
+    [R_U_HALF] = {K_UNWRAPPER, "_half"}, [R_U_LAST] = {K_UNWRAPPER, "_last"},
+    [R_U_MASK] = {K_UNWRAPPER, "_mask"}, [R_U_MOD] = {K_UNWRAPPER, "_mod"},
+    [R_S_BASE] = {K_RECV_STATS, "base_seq"}, [R_S_HIGHEST] = {K_RECV_STATS, "highest_seq"},
+    [R_S_PACKETS] = {K_RECV_STATS, "packets_received"},
+    [R_S_BYTES] = {K_RECV_STATS, "bytes_received"},
+    [R_S_CLOCK] = {K_RECV_STATS, "clock_rate"},
+    [R_S_TRANSIT] = {K_RECV_STATS, "_last_transit"}, [R_S_JITTER] = {K_RECV_STATS, "jitter"},
+    [R_N_HIGHEST] = {K_NACKS, "_highest"}, [R_N_MISSING] = {K_NACKS, "_missing"},
+    [R_N_KEYFRAME] = {K_NACKS, "_keyframe_needed"},
+    [R_K_PENDING] = {K_KEYFRAMES, "_pending"},
+    [R_B_RATE] = {K_BUCKET, "rate"}, [R_B_BURST] = {K_BUCKET, "burst"},
+    [R_B_TOKENS] = {K_BUCKET, "tokens"}, [R_B_UPDATED] = {K_BUCKET, "updated"},
+};
+static PyTypeObject *klass[N_CLASSES];
+static Py_ssize_t field_offset[N_FIELDS];
+static int configured = 0;
+
+#define FIELD(obj, a) (*(PyObject **)((char *)(obj) + field_offset[a]))
+#define IS(obj, k) ((obj) != NULL && Py_IS_TYPE((obj), klass[k]))
+
+/* The rules' constants. */
+static PyObject *never_value = NULL;     /* consumer.NEVER */
+static PyObject *count_failure_fn = NULL; /* fastsend.count_failure */
+static long long reorder_window = 3000;   /* OutputRewriter.REORDER_WINDOW */
+static Py_ssize_t history_mask = 1023;    /* consumer.HISTORY_MASK */
+static Py_ssize_t cache_mask = 1023;      /* producer.CACHE_MASK */
+static double rate_window = 1.0;          /* producer.RATE_WINDOW */
+static PyObject *vp8_check = NULL;        /* producer._vp8_keyframe */
+
+/* Names of what is called or looked up by name (rare branches, foreign objects). */
+static PyObject *name_spatial, *name_forward, *name_on_rtp, *name_close_window,
+    *name_keyframe_arrived, *name_keyframe_due, *name_observe, *name_on_packet,
+    *name_nack_upstream, *name_take_keyframe, *name_request_keyframe, *name_red_pt,
+    *name_payload_type;
+
+/* configure(classes, never, reorder_window, history_mask, count_failure, cache_mask,
+ *           rate_window, vp8_check): ``classes`` maps each of CLASS_NAMES to its class. */
+static PyObject *
+configure(PyObject *module, PyObject *args)
+{
+    PyObject *classes, *never, *count_failure, *check, *cls[N_CLASSES];
+    long long window;
+    Py_ssize_t hmask, cmask, offsets[N_FIELDS];
+    double rwindow;
+    if (!PyArg_ParseTuple(args, "O!OLnOndO:configure", &PyDict_Type, &classes, &never,
+                          &window, &hmask, &count_failure, &cmask, &rwindow, &check))
+        return NULL;
+    if (hmask < 0 || (hmask & (hmask + 1)) != 0 || cmask < 0 || (cmask & (cmask + 1)) != 0 ||
+        window < 0 || !(rwindow > 0)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "masks must be 2**k - 1, the reorder window >= 0, the rate window > 0");
+        return NULL;
+    }
+    for (int k = 0; k < N_CLASSES; k++) {
+        cls[k] = PyDict_GetItemString(classes, CLASS_NAMES[k]); /* borrowed */
+        if (cls[k] == NULL || !PyType_Check(cls[k])) {
+            PyErr_Format(PyExc_TypeError, "classes lacks the class %s", CLASS_NAMES[k]);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < N_FIELDS; i++)
+        if (member_offset(cls[FIELDS[i].cls], FIELDS[i].name, &offsets[i]) < 0)
+            return NULL;
+    struct {
+        PyObject **slot;
+        const char *name;
+    } names[] = {
+        {&name_spatial, "spatial"}, {&name_forward, "forward"}, {&name_on_rtp, "on_rtp"},
+        {&name_close_window, "_close_window"}, {&name_keyframe_arrived, "_keyframe_arrived"},
+        {&name_keyframe_due, "_keyframe_due"}, {&name_observe, "observe"},
+        {&name_on_packet, "on_packet"}, {&name_nack_upstream, "_nack_upstream"},
+        {&name_take_keyframe, "take_keyframe_request"},
+        {&name_request_keyframe, "request_keyframe"}, {&name_red_pt, "red_payload_type"},
+        {&name_payload_type, "payload_type"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (*names[i].slot == NULL &&
+            (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
+            return NULL;
+    memcpy(field_offset, offsets, sizeof(offsets));
+    for (int k = 0; k < N_CLASSES; k++) {
+        Py_INCREF(cls[k]);
+        Py_XSETREF(klass[k], (PyTypeObject *)cls[k]);
+    }
+    Py_INCREF(never);
+    Py_XSETREF(never_value, never);
+    Py_INCREF(count_failure);
+    Py_XSETREF(count_failure_fn, count_failure);
+    Py_INCREF(check);
+    Py_XSETREF(vp8_check, check);
+    reorder_window = window;
+    history_mask = hmask;
+    cache_mask = cmask;
+    rate_window = rwindow;
+    configured = 1;
+    Py_RETURN_NONE;
+}
+
+/* abs-send-time of a moment: seconds in 6.18 fixed point, modulo 64 s, as
+ * mediaserver.sfu.rtp.abs_send_time_24 computes it (the same rounding: no FMA). */
+static inline unsigned long
+ast24_at(double now)
+{
+    return (unsigned long)((long long)floor(now * 262144.0 + 0.5) & 0xFFFFFF);
+}
+
 /* -- fan-out ---------------------------------------------------------------------------
  *
- * fanout(consumers, stream, pkt, ext_seq, ext_ts, keyframe, now, ast24): one incoming
- * packet to every consumer of its stream, as
+ * fanout(consumers, stream, pkt, ext_seq, ext_ts, keyframe, now): one incoming packet to
+ * every consumer of its stream, as
  *
  *     for consumer in consumers:
  *         consumer.forward(stream, pkt, ext_seq, ext_ts, keyframe, now)
@@ -682,116 +876,7 @@ parse_rtp(PyObject *module, PyObject *data)
  * Python objects: the rewriter's fields, the history slot, the header, protect and send,
  * the counters. Anything else, decided before anything is changed, is the Python
  * method's: one code path owns each rule, and a consumer's state never lives in two
- * places. Python's interpreter around each copy was about 4-5 us (cold) of the ~16 us a
- * copy cost in a group of 7 (docs/benchmarks.md). */
-
-static PyObject *never_value = NULL;     /* consumer.NEVER */
-static PyObject *count_failure_fn = NULL; /* fastsend.count_failure */
-static long long reorder_window = 3000;   /* OutputRewriter.REORDER_WINDOW */
-static Py_ssize_t history_mask = 1023;    /* consumer.HISTORY_MASK */
-
-/* The fields read and written, all __slots__ members of five classes, found by their
- * offsets (read once from the member descriptors, as for RtpPacket above): Python's own
- * LOAD_ATTR on a slot is an indexed load, and so must this be, or the copy in C costs
- * what the interpreter did (a first version through PyObject_GetAttr did: 12 % of the
- * server's CPU in a group of 7 went to attribute lookups, and nothing was saved). */
-enum {
-    /* Consumer */
-    A_STREAM, A_PAUSED, A_WAITING, A_TEMPORAL, A_RED, A_CONTEXT, A_C_HEADER, A_LEVEL_ID,
-    A_SRC_LEVEL_ID, A_REWRITER, A_HISTORY, A_RESENT, A_PT, A_SSRC, A_AST_ID, A_LAST_SENT,
-    A_STATS, A_TALLY,
-    /* DownstreamContext */
-    A_OUTPUT, A_JOINED,
-    /* OutputRewriter */
-    A_PENDING, A_SKIPPED, A_HIGHEST, A_BASE, A_SEQ_OFFSET, A_TS_OFFSET, A_LAST_SEQ, A_LAST_TS,
-    /* SendStats */
-    A_PACKETS_SENT, A_OCTETS_SENT, A_FRAMES_SENT,
-    /* RtpTally */
-    A_PACKETS, A_BYTES,
-    N_FIELDS
-};
-enum { K_CONSUMER, K_CONTEXT, K_REWRITER, K_STATS, K_TALLY, N_CLASSES };
-static const char *const FIELD_NAMES[N_FIELDS] = {
-    "stream", "paused", "waiting_keyframe", "temporal", "red", "context", "_c_header",
-    "_level_id", "_src_audio_level_id", "rewriter", "_history", "_resent_at",
-    "payload_type", "ssrc", "_ast_id", "last_sent_at", "stats", "_tally",
-    "output", "joined_at",
-    "_pending_switch", "_skipped", "_highest_in", "_base_in", "_seq_offset", "_ts_offset",
-    "_last_out_seq", "_last_out_ts",
-    "packets_sent", "octets_sent", "frames_sent",
-    "packets", "bytes",
-};
-static const int FIELD_CLASS[N_FIELDS] = {
-    K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER,
-    K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER,
-    K_CONSUMER, K_CONSUMER, K_CONSUMER, K_CONSUMER,
-    K_CONTEXT, K_CONTEXT,
-    K_REWRITER, K_REWRITER, K_REWRITER, K_REWRITER, K_REWRITER, K_REWRITER, K_REWRITER,
-    K_REWRITER,
-    K_STATS, K_STATS, K_STATS,
-    K_TALLY, K_TALLY,
-};
-static PyTypeObject *fan_class[N_CLASSES];
-static Py_ssize_t field_offset[N_FIELDS];
-static PyObject *name_spatial = NULL, *name_forward = NULL;
-
-#define FIELD(obj, a) (*(PyObject **)((char *)(obj) + field_offset[a]))
-
-static int
-member_offset(PyObject *cls, const char *name, Py_ssize_t *out)
-{
-    PyObject *descr = PyObject_GetAttrString(cls, name);
-    if (descr == NULL)
-        return -1;
-    int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
-             ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
-    if (ok)
-        *out = ((PyMemberDescrObject *)descr)->d_member->offset;
-    Py_DECREF(descr);
-    if (!ok) {
-        PyErr_Format(PyExc_TypeError, "%s is not a __slots__ member", name);
-        return -1;
-    }
-    return 0;
-}
-
-/* configure_fanout(never, reorder_window, history_mask, count_failure, Consumer,
- *                  DownstreamContext, OutputRewriter, SendStats, RtpTally) */
-static PyObject *
-configure_fanout(PyObject *module, PyObject *args)
-{
-    PyObject *never, *count_failure, *cls[N_CLASSES];
-    long long window;
-    Py_ssize_t mask, offsets[N_FIELDS];
-    if (!PyArg_ParseTuple(args, "OLnOO!O!O!O!O!:configure_fanout", &never, &window, &mask,
-                          &count_failure, &PyType_Type, &cls[0], &PyType_Type, &cls[1],
-                          &PyType_Type, &cls[2], &PyType_Type, &cls[3], &PyType_Type,
-                          &cls[4]))
-        return NULL;
-    if (mask < 0 || (mask & (mask + 1)) != 0 || window < 0) {
-        PyErr_SetString(PyExc_ValueError, "history mask must be 2**k - 1, window >= 0");
-        return NULL;
-    }
-    for (int i = 0; i < N_FIELDS; i++)
-        if (member_offset(cls[FIELD_CLASS[i]], FIELD_NAMES[i], &offsets[i]) < 0)
-            return NULL;
-    if (name_spatial == NULL && (name_spatial = PyUnicode_InternFromString("spatial")) == NULL)
-        return NULL;
-    if (name_forward == NULL && (name_forward = PyUnicode_InternFromString("forward")) == NULL)
-        return NULL;
-    memcpy(field_offset, offsets, sizeof(offsets));
-    for (int k = 0; k < N_CLASSES; k++) {
-        Py_INCREF(cls[k]);
-        Py_XSETREF(fan_class[k], (PyTypeObject *)cls[k]);
-    }
-    Py_INCREF(never);
-    Py_XSETREF(never_value, never);
-    Py_INCREF(count_failure);
-    Py_XSETREF(count_failure_fn, count_failure);
-    reorder_window = window;
-    history_mask = mask;
-    Py_RETURN_NONE;
-}
+ * places. */
 
 /* Helpers on a slot at a byte offset of an object. */
 #define SLOT_AT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
@@ -846,7 +931,7 @@ typedef struct {
     unsigned long ast24;
 } Fan;
 
-#define IS(obj, k) ((obj) != NULL && Py_IS_TYPE((obj), fan_class[k]))
+#define IS(obj, k) ((obj) != NULL && Py_IS_TYPE((obj), klass[k]))
 
 /* The plain consumer's copy: 1 done, 0 not plain (nothing changed: the Python method's),
  * -1 error. The order of the checks and of the changes is Consumer.forward's. */
@@ -916,11 +1001,11 @@ forward_plain(PyObject *c, Fan *f)
     long long packets_sent, octets_sent, frames_sent, packets, bytes;
     if (history == NULL || resent == NULL || !PyList_CheckExact(history) ||
         !PyList_CheckExact(resent) || PyList_GET_SIZE(history) <= history_mask ||
-        PyList_GET_SIZE(resent) <= history_mask || !IS(stats, K_STATS) ||
+        PyList_GET_SIZE(resent) <= history_mask || !IS(stats, K_SEND_STATS) ||
         !IS(tally, K_TALLY) || !field_ll(stats, A_PACKETS_SENT, &packets_sent) ||
         !field_ll(stats, A_OCTETS_SENT, &octets_sent) ||
-        !field_ll(stats, A_FRAMES_SENT, &frames_sent) || !field_ll(tally, A_PACKETS, &packets) ||
-        !field_ll(tally, A_BYTES, &bytes))
+        !field_ll(stats, A_FRAMES_SENT, &frames_sent) || !field_ll(tally, T_PACKETS, &packets) ||
+        !field_ll(tally, T_BYTES, &bytes))
         return 0;
 
     /* From here on the consumer changes, as Consumer.forward changes it. */
@@ -959,8 +1044,8 @@ forward_plain(PyObject *c, Fan *f)
     if (field_set_ll(stats, A_PACKETS_SENT, packets_sent + 1) < 0 ||
         field_set_ll(stats, A_OCTETS_SENT, octets_sent + (f->end - f->start)) < 0 ||
         (f->marker && field_set_ll(stats, A_FRAMES_SENT, frames_sent + 1) < 0) ||
-        field_set_ll(tally, A_PACKETS, packets + 1) < 0 ||
-        field_set_ll(tally, A_BYTES, bytes + sent) < 0)
+        field_set_ll(tally, T_PACKETS, packets + 1) < 0 ||
+        field_set_ll(tally, T_BYTES, bytes + sent) < 0)
         return -1;
     return 1;
 }
@@ -993,46 +1078,57 @@ fan_packet(Fan *f, PyObject *pkt)
 }
 
 /* Every consumer: the plain ones here, the rest by Consumer.forward(*pyargs), pyargs being
- * (stream, pkt, ext_seq, ext_ts, keyframe, now). f->stream, ext_seq, ext_ts, now, ast24
- * are set; plain says whether fan_packet accepted the packet. 0, or -1 on error. */
+ * (stream, pkt, ext_seq, ext_ts, keyframe, now); an ext_ts of NULL is made from f->ext_ts
+ * when a consumer needs it (most packets meet none: no int to allocate). f->stream,
+ * ext_seq, ext_ts, now and ast24 are set; plain says whether fan_packet accepted the
+ * packet. 0, or -1 on error. */
 static int
 fan_out(PyObject *consumers, Fan *f, int plain, PyObject *const *pyargs)
 {
+    PyObject *ext_ts = pyargs[3];
+    int own_ts = 0, rc = 0;
     f->spatial = NULL;
-    if (plain && (f->spatial = PyObject_GetAttr(f->stream, name_spatial)) == NULL)
-        return -1;
+    if (plain) {
+        f->spatial = IS(f->stream, K_STREAM) ? FIELD(f->stream, R_SPATIAL) : NULL;
+        if (f->spatial != NULL)
+            Py_INCREF(f->spatial);
+        else if ((f->spatial = PyObject_GetAttr(f->stream, name_spatial)) == NULL)
+            return -1;
+    }
     /* Index by index, as Python's for loop over a list that a consumer may change. */
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(consumers); i++) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(consumers) && rc == 0; i++) {
         PyObject *c = PyList_GET_ITEM(consumers, i);
         Py_INCREF(c);
         int r = plain ? forward_plain(c, f) : 0;
-        if (r == 0) {
+        if (r == 0 && ext_ts == NULL && (ext_ts = PyLong_FromLongLong(f->ext_ts)) != NULL)
+            own_ts = 1;
+        if (r == 0 && ext_ts != NULL) {
             PyObject *res = PyObject_VectorcallMethod(
-                name_forward, (PyObject *[]){c, pyargs[0], pyargs[1], pyargs[2], pyargs[3],
+                name_forward, (PyObject *[]){c, pyargs[0], pyargs[1], pyargs[2], ext_ts,
                                              pyargs[4], pyargs[5]},
                 7, NULL);
             r = res == NULL ? -1 : 1;
             Py_XDECREF(res);
         }
         Py_DECREF(c);
-        if (r < 0) {
-            Py_CLEAR(f->spatial);
-            return -1;
-        }
+        if (r <= 0)
+            rc = -1; /* an error (r == 0 here: the int could not be made) */
     }
+    if (own_ts)
+        Py_DECREF(ext_ts);
     Py_CLEAR(f->spatial);
-    return 0;
+    return rc;
 }
 
 static PyObject *
 fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "fanout takes 8 arguments");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "fanout takes 7 arguments");
         return NULL;
     }
-    if (never_value == NULL || packet_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "configure_fanout() was not called");
+    if (!configured || packet_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() was not called");
         return NULL;
     }
     PyObject *consumers = args[0];
@@ -1050,9 +1146,10 @@ fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     f.ext_ts = PyLong_AsLongLong(args[4]);
     if (f.ext_ts == -1 && PyErr_Occurred())
         return NULL;
-    f.ast24 = PyLong_AsUnsignedLongMask(args[7]);
-    if (f.ast24 == (unsigned long)-1 && PyErr_Occurred())
+    double now = PyFloat_AsDouble(args[6]);
+    if (now == -1.0 && PyErr_Occurred())
         return NULL;
+    f.ast24 = ast24_at(now);
     int plain = fan_packet(&f, args[2]);
     if (fan_out(consumers, &f, plain, args + 1) < 0)
         return NULL;
@@ -1072,131 +1169,29 @@ fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * or RED stream, a recording tap, over the byte budget, a padding-only packet, fields not
  * of the expected types) goes to RecvStream.on_rtp before anything changes. */
 
-enum {
-    /* RecvStream */
-    R_PRODUCER, R_SEQ, R_TS, R_TALLY, R_STATS, R_LAST_PACKET, R_WBYTES, R_WPACKETS,
-    R_WSTART, R_WFRAMES, R_CACHE, R_CACHE_SEQ, R_FRAMES, R_NACKS, R_KEYFRAMES,
-    /* Producer */
-    R_BUDGET, R_SPEAKERS, R_MUTED, R_LEVEL_ID, R_PARTICIPANT, R_CODEC, R_PARSE_VP8,
-    R_IS_VIDEO, R_KEYFRAME_CHECK, R_CONSUMERS, R_TAPS, R_RTT,
-    /* Unwrapper */
-    R_U_HALF, R_U_LAST, R_U_MASK, R_U_MOD,
-    /* ReceiveStats */
-    R_S_BASE, R_S_HIGHEST, R_S_PACKETS, R_S_BYTES, R_S_CLOCK, R_S_TRANSIT, R_S_JITTER,
-    /* NackTracker */
-    R_N_HIGHEST, R_N_MISSING, R_N_KEYFRAME,
-    /* KeyframeRequester */
-    R_K_PENDING,
-    /* TokenBucket */
-    R_B_RATE, R_B_BURST, R_B_TOKENS, R_B_UPDATED,
-    /* RtpTally */
-    R_T_PACKETS, R_T_BYTES,
-    N_RFIELDS
-};
-enum { C_STREAM, C_PRODUCER, C_UNWRAPPER, C_STATS, C_NACKS, C_KEYFRAMES, C_BUCKET, C_TALLY,
-       N_RCLASSES };
-static const char *const RFIELD_NAMES[N_RFIELDS] = {
-    "producer", "_seq", "_ts", "_tally", "stats", "last_packet_at", "_window_bytes",
-    "_window_packets", "_window_start", "_window_frames", "_cache", "_cache_seq", "frames",
-    "nacks", "keyframes",
-    "budget", "speakers", "muted", "audio_level_id", "participant_id", "codec", "parse_vp8",
-    "is_video", "keyframe_check", "consumers", "taps", "rtt",
-    "_half", "_last", "_mask", "_mod",
-    "base_seq", "highest_seq", "packets_received", "bytes_received", "clock_rate",
-    "_last_transit", "jitter",
-    "_highest", "_missing", "_keyframe_needed",
-    "_pending",
-    "rate", "burst", "tokens", "updated",
-    "packets", "bytes",
-};
-static const int RFIELD_CLASS[N_RFIELDS] = {
-    C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM,
-    C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM, C_STREAM,
-    C_PRODUCER, C_PRODUCER, C_PRODUCER, C_PRODUCER, C_PRODUCER, C_PRODUCER, C_PRODUCER,
-    C_PRODUCER, C_PRODUCER, C_PRODUCER, C_PRODUCER, C_PRODUCER,
-    C_UNWRAPPER, C_UNWRAPPER, C_UNWRAPPER, C_UNWRAPPER,
-    C_STATS, C_STATS, C_STATS, C_STATS, C_STATS, C_STATS, C_STATS,
-    C_NACKS, C_NACKS, C_NACKS,
-    C_KEYFRAMES,
-    C_BUCKET, C_BUCKET, C_BUCKET, C_BUCKET,
-    C_TALLY, C_TALLY,
-};
-static PyTypeObject *rx_class[N_RCLASSES];
-static Py_ssize_t rfield_offset[N_RFIELDS];
-static Py_ssize_t cache_mask = -1; /* producer.CACHE_MASK; -1: not configured */
-static double rate_window = 1.0;   /* producer.RATE_WINDOW */
-static PyObject *vp8_check = NULL; /* producer._vp8_keyframe */
-static PyObject *name_on_rtp, *name_close_window, *name_keyframe_arrived, *name_keyframe_due,
-    *name_observe, *name_on_packet, *name_nack_upstream, *name_take_keyframe,
-    *name_request_keyframe, *name_red_pt;
-
-#define RF(obj, a) (*(PyObject **)((char *)(obj) + rfield_offset[a]))
-#define RIS(obj, k) ((obj) != NULL && Py_IS_TYPE((obj), rx_class[k]))
-
-static PyObject *
-configure_receive(PyObject *module, PyObject *args)
-{
-    PyObject *cls[N_RCLASSES], *check;
-    Py_ssize_t mask, offsets[N_RFIELDS];
-    double window;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O!ndO:configure_receive", &PyType_Type,
-                          &cls[0], &PyType_Type, &cls[1], &PyType_Type, &cls[2],
-                          &PyType_Type, &cls[3], &PyType_Type, &cls[4], &PyType_Type,
-                          &cls[5], &PyType_Type, &cls[6], &PyType_Type, &cls[7], &mask,
-                          &window, &check))
-        return NULL;
-    if (mask < 0 || (mask & (mask + 1)) != 0 || !(window > 0)) {
-        PyErr_SetString(PyExc_ValueError, "cache mask must be 2**k - 1, window > 0");
-        return NULL;
-    }
-    for (int i = 0; i < N_RFIELDS; i++)
-        if (member_offset(cls[RFIELD_CLASS[i]], RFIELD_NAMES[i], &offsets[i]) < 0)
-            return NULL;
-    struct { PyObject **slot; const char *name; } names[] = {
-        {&name_on_rtp, "on_rtp"}, {&name_close_window, "_close_window"},
-        {&name_keyframe_arrived, "_keyframe_arrived"}, {&name_keyframe_due, "_keyframe_due"},
-        {&name_observe, "observe"}, {&name_on_packet, "on_packet"},
-        {&name_nack_upstream, "_nack_upstream"}, {&name_take_keyframe, "take_keyframe_request"},
-        {&name_request_keyframe, "request_keyframe"}, {&name_red_pt, "red_payload_type"},
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (*names[i].slot == NULL &&
-            (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
-            return NULL;
-    memcpy(rfield_offset, offsets, sizeof(offsets));
-    for (int k = 0; k < N_RCLASSES; k++) {
-        Py_INCREF(cls[k]);
-        Py_XSETREF(rx_class[k], (PyTypeObject *)cls[k]);
-    }
-    Py_INCREF(check);
-    Py_XSETREF(vp8_check, check);
-    cache_mask = mask;
-    rate_window = window;
-    Py_RETURN_NONE;
-}
-
-#define rfield_ll(obj, a, out) slot_ll((obj), rfield_offset[a], (out))
-#define rfield_put(obj, a, value) slot_put((obj), rfield_offset[a], (value))
-#define rfield_set_ll(obj, a, value) slot_set_ll((obj), rfield_offset[a], (value))
-
 static inline int
-rfield_set_double(PyObject *obj, int a, double value)
+field_set_double(PyObject *obj, int a, double value)
 {
     PyObject *v = PyFloat_FromDouble(value);
     if (v == NULL)
         return -1;
-    rfield_put(obj, a, v);
+    field_put(obj, a, v);
     return 0;
 }
 
-/* field += delta with Python's own addition, whatever the field holds by then (a Python
- * call earlier in the packet may have reset it). */
+/* field += delta: in C while the field holds an int that fits 64 bits (the common case),
+ * else with Python's own addition, whatever the field holds by then (a Python call earlier
+ * in the packet may have reset it). */
 static int
-rfield_add(PyObject *obj, int a, long long delta)
+field_add(PyObject *obj, int a, long long delta)
 {
-    PyObject *old = RF(obj, a);
+    long long x;
+    if (field_ll(obj, a, &x) && !((delta > 0 && x > LLONG_MAX - delta) ||
+                                  (delta < 0 && x < LLONG_MIN - delta)))
+        return field_set_ll(obj, a, x + delta);
+    PyObject *old = FIELD(obj, a);
     if (old == NULL) {
-        PyErr_Format(PyExc_AttributeError, "%s", RFIELD_NAMES[a]);
+        PyErr_Format(PyExc_AttributeError, "%s", FIELDS[a].name);
         return -1;
     }
     PyObject *d = PyLong_FromLongLong(delta);
@@ -1206,7 +1201,7 @@ rfield_add(PyObject *obj, int a, long long delta)
     Py_DECREF(d);
     if (sum == NULL)
         return -1;
-    rfield_put(obj, a, sum);
+    field_put(obj, a, sum);
     return 0;
 }
 
@@ -1222,9 +1217,9 @@ static int
 unwrap_peek(PyObject *u, long long value, long long *ext)
 {
     long long last, mask, half, mod;
-    if (!RIS(u, C_UNWRAPPER) || !rfield_ll(u, R_U_LAST, &last) ||
-        !rfield_ll(u, R_U_MASK, &mask) || !rfield_ll(u, R_U_HALF, &half) ||
-        !rfield_ll(u, R_U_MOD, &mod))
+    if (!IS(u, K_UNWRAPPER) || !field_ll(u, R_U_LAST, &last) ||
+        !field_ll(u, R_U_MASK, &mask) || !field_ll(u, R_U_HALF, &half) ||
+        !field_ll(u, R_U_MOD, &mod))
         return 0;
     if (last < 0) {
         *ext = mod + value;
@@ -1261,23 +1256,23 @@ static int
 receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
 {
     Fan f = {0};
-    if (cache_mask < 0 || never_value == NULL || !RIS(stream, C_STREAM) ||
+    if (!configured || packet_type == NULL || !IS(stream, K_STREAM) ||
         !is_float(nowobj) || !fan_packet(&f, pkt))
         return 0;
     double now = PyFloat_AS_DOUBLE(nowobj);
-    PyObject *producer = RF(stream, R_PRODUCER);
-    if (!RIS(producer, C_PRODUCER))
+    PyObject *producer = FIELD(stream, R_PRODUCER);
+    if (!IS(producer, K_PRODUCER))
         return 0;
-    PyObject *consumers = RF(producer, R_CONSUMERS), *taps = RF(producer, R_TAPS);
-    PyObject *is_video = RF(producer, R_IS_VIDEO), *muted = RF(producer, R_MUTED);
-    PyObject *check = RF(producer, R_KEYFRAME_CHECK);
+    PyObject *consumers = FIELD(producer, R_CONSUMERS), *taps = FIELD(producer, R_TAPS);
+    PyObject *is_video = FIELD(producer, R_IS_VIDEO), *muted = FIELD(producer, R_MUTED);
+    PyObject *check = FIELD(producer, R_KEYFRAME_CHECK);
     if (consumers == NULL || !PyList_CheckExact(consumers) || taps == NULL ||
         !PyList_CheckExact(taps) || PyList_GET_SIZE(taps) != 0 ||
-        RF(producer, R_PARSE_VP8) != Py_False || (is_video != Py_True && is_video != Py_False) ||
+        FIELD(producer, R_PARSE_VP8) != Py_False || (is_video != Py_True && is_video != Py_False) ||
         (muted != Py_True && muted != Py_False) || check == NULL)
         return 0;
     /* RED from the publisher: its primary block is Python's to find. */
-    PyObject *codec = RF(producer, R_CODEC);
+    PyObject *codec = FIELD(producer, R_CODEC);
     if (codec == NULL)
         return 0;
     PyObject *red = PyObject_GetAttr(codec, name_red_pt);
@@ -1291,14 +1286,14 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
 
     /* The byte budget (TokenBucket.take): worked out first, applied below. */
     Py_ssize_t size = PyBytes_GET_SIZE(f.data);
-    PyObject *budget = RF(producer, R_BUDGET);
+    PyObject *budget = FIELD(producer, R_BUDGET);
     double tokens = 0, updated = 0;
     int has_updated = 0, refill = 0;
     if (budget != Py_None) {
-        PyObject *rate = RIS(budget, C_BUCKET) ? RF(budget, R_B_RATE) : NULL;
-        PyObject *burst = rate ? RF(budget, R_B_BURST) : NULL;
-        PyObject *tok = rate ? RF(budget, R_B_TOKENS) : NULL;
-        PyObject *upd = rate ? RF(budget, R_B_UPDATED) : NULL;
+        PyObject *rate = IS(budget, K_BUCKET) ? FIELD(budget, R_B_RATE) : NULL;
+        PyObject *burst = rate ? FIELD(budget, R_B_BURST) : NULL;
+        PyObject *tok = rate ? FIELD(budget, R_B_TOKENS) : NULL;
+        PyObject *upd = rate ? FIELD(budget, R_B_UPDATED) : NULL;
         if (!is_float(rate) || !is_float(burst) || !is_float(tok) ||
             (upd != Py_None && !is_float(upd)))
             return 0;
@@ -1318,7 +1313,7 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
     }
 
     long long seq, ts, ext_seq, ext_ts;
-    PyObject *seq_u = RF(stream, R_SEQ), *ts_u = RF(stream, R_TS);
+    PyObject *seq_u = FIELD(stream, R_SEQ), *ts_u = FIELD(stream, R_TS);
     PyObject *seq_o = *(PyObject **)((char *)pkt + slot_offset[S_SEQ]);
     PyObject *ts_o = *(PyObject **)((char *)pkt + slot_offset[S_TS]);
     if (seq_o == NULL || ts_o == NULL || !PyLong_CheckExact(seq_o) || !PyLong_CheckExact(ts_o))
@@ -1331,21 +1326,21 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
     }
     if (!unwrap_peek(seq_u, seq, &ext_seq) || !unwrap_peek(ts_u, ts, &ext_ts))
         return 0;
-    PyObject *tally = RF(stream, R_TALLY), *stats = RF(stream, R_STATS);
+    PyObject *tally = FIELD(stream, R_TALLY), *stats = FIELD(stream, R_STATS);
     long long base_seq, highest_seq, clock_rate;
     PyObject *jitter = NULL, *transit_last = NULL;
-    if (!RIS(tally, C_TALLY) || !RIS(stats, C_STATS) ||
-        !rfield_ll(stats, R_S_BASE, &base_seq) || !rfield_ll(stats, R_S_HIGHEST, &highest_seq) ||
-        !rfield_ll(stats, R_S_CLOCK, &clock_rate) ||
-        !is_float(jitter = RF(stats, R_S_JITTER)) ||
-        ((transit_last = RF(stats, R_S_TRANSIT)) != Py_None && !is_float(transit_last)))
+    if (!IS(tally, K_TALLY) || !IS(stats, K_RECV_STATS) ||
+        !field_ll(stats, R_S_BASE, &base_seq) || !field_ll(stats, R_S_HIGHEST, &highest_seq) ||
+        !field_ll(stats, R_S_CLOCK, &clock_rate) ||
+        !is_float(jitter = FIELD(stats, R_S_JITTER)) ||
+        ((transit_last = FIELD(stats, R_S_TRANSIT)) != Py_None && !is_float(transit_last)))
         return 0;
-    PyObject *wstart = RF(stream, R_WSTART);
+    PyObject *wstart = FIELD(stream, R_WSTART);
     if (wstart == NULL || (wstart != Py_None && !is_float(wstart)))
         return 0;
     /* The audio level the speaker detector is told of, if it is. */
-    PyObject *speakers = RF(producer, R_SPEAKERS), *level = NULL;
-    PyObject *level_id = RF(producer, R_LEVEL_ID);
+    PyObject *speakers = FIELD(producer, R_SPEAKERS), *level = NULL;
+    PyObject *level_id = FIELD(producer, R_LEVEL_ID);
     if (speakers == NULL || level_id == NULL)
         return 0;
     if (speakers != Py_None && muted == Py_False) {
@@ -1364,12 +1359,12 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
                 level = NULL;
         }
     }
-    PyObject *cache = RF(stream, R_CACHE), *cache_seq = RF(stream, R_CACHE_SEQ);
-    PyObject *keyframes = RF(stream, R_KEYFRAMES), *nacks = RF(stream, R_NACKS);
+    PyObject *cache = FIELD(stream, R_CACHE), *cache_seq = FIELD(stream, R_CACHE_SEQ);
+    PyObject *keyframes = FIELD(stream, R_KEYFRAMES), *nacks = FIELD(stream, R_NACKS);
     if (cache == NULL || cache_seq == NULL || !PyList_CheckExact(cache) ||
         !PyList_CheckExact(cache_seq) || PyList_GET_SIZE(cache) <= cache_mask ||
-        PyList_GET_SIZE(cache_seq) <= cache_mask || !RIS(keyframes, C_KEYFRAMES) ||
-        nacks == NULL || (nacks != Py_None && !RIS(nacks, C_NACKS)))
+        PyList_GET_SIZE(cache_seq) <= cache_mask || !IS(keyframes, K_KEYFRAMES) ||
+        nacks == NULL || (nacks != Py_None && !IS(nacks, K_NACKS)))
         return 0;
 
     /* -- From here on, on_rtp's changes in on_rtp's order. -- The objects used after a
@@ -1377,46 +1372,46 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
     PyObject *held[] = {producer, consumers, cache, cache_seq, keyframes, nacks, level};
     for (size_t h = 0; h < sizeof(held) / sizeof(held[0]); h++)
         Py_XINCREF(held[h]);
-    PyObject *ext_seq_obj = NULL, *ext_ts_obj = NULL;
+    PyObject *ext_seq_obj = NULL;
     int rc = -1;
     if (budget != Py_None) {
-        if (refill && rfield_set_double(budget, R_B_UPDATED, now) < 0)
+        if (refill && field_set_double(budget, R_B_UPDATED, now) < 0)
             goto release;
-        if (rfield_set_double(budget, R_B_TOKENS, tokens - (double)size) < 0)
+        if (field_set_double(budget, R_B_TOKENS, tokens - (double)size) < 0)
             goto release;
     }
-    if (rfield_set_ll(seq_u, R_U_LAST, ext_seq) < 0 || rfield_set_ll(ts_u, R_U_LAST, ext_ts) < 0)
+    if (field_set_ll(seq_u, R_U_LAST, ext_seq) < 0 || field_set_ll(ts_u, R_U_LAST, ext_ts) < 0)
         goto release;
-    if (rfield_add(tally, R_T_PACKETS, 1) < 0 || rfield_add(tally, R_T_BYTES, size) < 0)
+    if (field_add(tally, T_PACKETS, 1) < 0 || field_add(tally, T_BYTES, size) < 0)
         goto release;
     /* ReceiveStats.on_packet(ext_seq, pkt.timestamp, size, now) */
     if (base_seq < 0) {
-        if (rfield_set_ll(stats, R_S_BASE, ext_seq) < 0 ||
-            rfield_set_ll(stats, R_S_HIGHEST, ext_seq) < 0)
+        if (field_set_ll(stats, R_S_BASE, ext_seq) < 0 ||
+            field_set_ll(stats, R_S_HIGHEST, ext_seq) < 0)
             goto release;
     }
-    else if (ext_seq > highest_seq && rfield_set_ll(stats, R_S_HIGHEST, ext_seq) < 0)
+    else if (ext_seq > highest_seq && field_set_ll(stats, R_S_HIGHEST, ext_seq) < 0)
         goto release;
-    if (rfield_add(stats, R_S_PACKETS, 1) < 0 || rfield_add(stats, R_S_BYTES, size) < 0)
+    if (field_add(stats, R_S_PACKETS, 1) < 0 || field_add(stats, R_S_BYTES, size) < 0)
         goto release;
     double transit = now * (double)clock_rate - (double)ts;
-    if (rfield_set_double(stats, R_S_TRANSIT, transit) < 0)
+    if (field_set_double(stats, R_S_TRANSIT, transit) < 0)
         goto release;
     if (transit_last != Py_None) {
         double d = fabs(transit - PyFloat_AS_DOUBLE(transit_last));
         if (d < (double)(clock_rate * 10)) {
             double j = PyFloat_AS_DOUBLE(jitter);
-            if (rfield_set_double(stats, R_S_JITTER, j + (d - j) / 16.0) < 0)
+            if (field_set_double(stats, R_S_JITTER, j + (d - j) / 16.0) < 0)
                 goto release;
         }
     }
     Py_INCREF(nowobj);
-    rfield_put(stream, R_LAST_PACKET, nowobj);
-    if (rfield_add(stream, R_WBYTES, size) < 0 || rfield_add(stream, R_WPACKETS, 1) < 0)
+    field_put(stream, R_LAST_PACKET, nowobj);
+    if (field_add(stream, R_WBYTES, size) < 0 || field_add(stream, R_WPACKETS, 1) < 0)
         goto release;
     if (wstart == Py_None) {
         Py_INCREF(nowobj);
-        rfield_put(stream, R_WSTART, nowobj);
+        field_put(stream, R_WSTART, nowobj);
     }
     else if (now - PyFloat_AS_DOUBLE(wstart) >= rate_window &&
              call_void(stream, name_close_window, nowobj, NULL, NULL) < 0)
@@ -1425,7 +1420,7 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
         PyObject *v = PyLong_FromLong(((unsigned char)PyBytes_AS_STRING(level)[0]) & 0x7F);
         if (v == NULL)
             goto release;
-        PyObject *who = RF(producer, R_PARTICIPANT);
+        PyObject *who = FIELD(producer, R_PARTICIPANT);
         int rc = who == NULL ? -1 : call_void(speakers, name_observe, who, v, NULL);
         Py_DECREF(v);
         if (rc < 0) {
@@ -1443,7 +1438,7 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
     PyList_SetItem(cache, slot, f.data);
     Py_INCREF(ext_seq_obj);
     PyList_SetItem(cache_seq, slot, ext_seq_obj);
-    if (f.marker && (rfield_add(stream, R_FRAMES, 1) < 0 || rfield_add(stream, R_WFRAMES, 1) < 0))
+    if (f.marker && (field_add(stream, R_FRAMES, 1) < 0 || field_add(stream, R_WFRAMES, 1) < 0))
         goto done;
     int keyframe = 0;
     if (is_video == Py_True) {
@@ -1463,20 +1458,18 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
             if (call_void(stream, name_keyframe_arrived, nowobj, NULL, NULL) < 0)
                 goto done;
         }
-        else if (RF(keyframes, R_K_PENDING) == Py_True &&
+        else if (FIELD(keyframes, R_K_PENDING) == Py_True &&
                  call_void(stream, name_keyframe_due, nowobj, NULL, NULL) < 0)
             goto done;
     }
-    if ((ext_ts_obj = PyLong_FromLongLong(ext_ts)) == NULL)
-        goto done;
     f.stream = stream;
     f.ext_seq = ext_seq;
     f.ext_ts = ext_ts;
     f.ext_seq_obj = ext_seq_obj;
     f.now = nowobj;
-    f.ast24 = (unsigned long)((long long)floor(now * 262144.0 + 0.5) & 0xFFFFFF);
-    PyObject *pyargs[6] = {stream, pkt, ext_seq_obj, ext_ts_obj,
-                           keyframe ? Py_True : Py_False, nowobj};
+    f.ast24 = ast24_at(now);
+    PyObject *pyargs[6] = {stream, pkt, ext_seq_obj, NULL, keyframe ? Py_True : Py_False,
+                           nowobj};
     if (fan_out(consumers, &f, 1, pyargs) < 0)
         goto done;
 
@@ -1484,12 +1477,12 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
      * NackTracker.on_packet's. */
     if (nacks != Py_None) {
         long long highest;
-        PyObject *missing = RF(nacks, R_N_MISSING);
+        PyObject *missing = FIELD(nacks, R_N_MISSING);
         int python = 1;
         if (missing != NULL && PyDict_CheckExact(missing) && PyDict_GET_SIZE(missing) == 0 &&
-            rfield_ll(nacks, R_N_HIGHEST, &highest)) {
+            field_ll(nacks, R_N_HIGHEST, &highest)) {
             if (highest < 0 || ext_seq == highest + 1) {
-                if (rfield_set_ll(nacks, R_N_HIGHEST, ext_seq) < 0)
+                if (field_set_ll(nacks, R_N_HIGHEST, ext_seq) < 0)
                     goto done;
                 python = 0;
             }
@@ -1497,7 +1490,7 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
                 python = 0; /* a duplicate or late packet with nothing missing: no-op */
         }
         if (python) {
-            PyObject *rtt = RF(producer, R_RTT);
+            PyObject *rtt = FIELD(producer, R_RTT);
             PyObject *lost = rtt == NULL ? NULL
                                          : call_method(nacks, name_on_packet, ext_seq_obj,
                                                        nowobj, rtt);
@@ -1513,7 +1506,7 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
             if (bad)
                 goto done;
         }
-        if (RF(nacks, R_N_KEYFRAME) != Py_False) {
+        if (FIELD(nacks, R_N_KEYFRAME) != Py_False) {
             PyObject *take = call_method(nacks, name_take_keyframe, NULL, NULL, NULL);
             if (take == NULL)
                 goto done;
@@ -1528,7 +1521,6 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
 done:
 release:
     Py_XDECREF(ext_seq_obj);
-    Py_XDECREF(ext_ts_obj);
     for (size_t h = 0; h < sizeof(held) / sizeof(held[0]); h++)
         Py_XDECREF(held[h]);
     return rc;
@@ -1546,7 +1538,7 @@ receive(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (r == 0) {
         if (name_on_rtp == NULL) {
-            PyErr_SetString(PyExc_RuntimeError, "configure_receive() was not called");
+            PyErr_SetString(PyExc_RuntimeError, "configure() was not called");
             return NULL;
         }
         return call_method(args[0], name_on_rtp, args[1], args[2], NULL);
@@ -1575,8 +1567,6 @@ typedef struct {
         *streams;
     long every, countdown;
 } Receiver;
-
-static PyObject *name_payload_type = NULL;
 
 static int
 Receiver_traverse(Receiver *self, visitproc visit, void *arg)
@@ -1632,9 +1622,6 @@ Receiver_init(Receiver *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "streams must be a dict or None");
         return -1;
     }
-    if (name_payload_type == NULL &&
-        (name_payload_type = PyUnicode_InternFromString("payload_type")) == NULL)
-        return -1;
     PyObject *objs[] = {original, on_rtp, on_rtcp, refresh, sample, srtp_error, failed};
     PyObject **slots[] = {&self->original, &self->on_rtp, &self->on_rtcp, &self->refresh,
                           &self->sample, &self->srtp_error, &self->failed};
@@ -1687,7 +1674,7 @@ call_rx(PyObject *rx, int rtcp, PyObject *data)
 static int
 receiver_route(Receiver *self, PyObject *plain)
 {
-    if (self->streams != NULL && packet_type != NULL && cache_mask >= 0 &&
+    if (self->streams != NULL && configured && packet_type != NULL &&
         PyBytes_CheckExact(plain)) {
         PyObject *pkt = parse_rtp(NULL, plain);
         if (pkt == NULL)
@@ -1699,9 +1686,9 @@ receiver_route(Receiver *self, PyObject *plain)
             if (stream == NULL && PyErr_Occurred())
                 goto out;
             taken = 0;
-            if (stream != NULL && RIS(stream, C_STREAM) &&
-                RIS(RF(stream, R_PRODUCER), C_PRODUCER)) {
-                PyObject *codec = RF(RF(stream, R_PRODUCER), R_CODEC);
+            if (stream != NULL && IS(stream, K_STREAM) &&
+                IS(FIELD(stream, R_PRODUCER), K_PRODUCER)) {
+                PyObject *codec = FIELD(FIELD(stream, R_PRODUCER), R_CODEC);
                 PyObject *pt = codec ? PyObject_GetAttr(codec, name_payload_type) : NULL;
                 if (pt == NULL) {
                     taken = -1;
@@ -1834,16 +1821,13 @@ static PyMethodDef module_methods[] = {
      "set_packet_class(cls, python_parser): what parse_rtp makes, and falls back to."},
     {"parse_rtp", (PyCFunction)parse_rtp, METH_O,
      "parse_rtp(data) -> RtpPacket | None, as mediaserver.sfu.rtp's Python parser."},
-    {"configure_fanout", (PyCFunction)configure_fanout, METH_VARARGS,
-     "configure_fanout(never, reorder_window, history_mask, count_failure, Consumer, "
-     "DownstreamContext, OutputRewriter, SendStats, RtpTally)."},
-    {"configure_receive", (PyCFunction)configure_receive, METH_VARARGS,
-     "configure_receive(RecvStream, Producer, Unwrapper, ReceiveStats, NackTracker, "
-     "KeyframeRequester, TokenBucket, RtpTally, cache_mask, rate_window, vp8_check)."},
+    {"configure", (PyCFunction)configure, METH_VARARGS,
+     "configure(classes, never, reorder_window, history_mask, count_failure, cache_mask, "
+     "rate_window, vp8_check): the classes (by name) and constants of the packet path."},
     {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
      "receive(stream, pkt, now): RecvStream.on_rtp, the common case in C."},
     {"fanout", (PyCFunction)(void (*)(void))fanout, METH_FASTCALL,
-     "fanout(consumers, stream, pkt, ext_seq, ext_ts, keyframe, now, ast24): "
+     "fanout(consumers, stream, pkt, ext_seq, ext_ts, keyframe, now): "
      "Consumer.forward for each consumer, the plain ones in C."},
     {NULL, NULL, 0, NULL},
 };

@@ -614,24 +614,21 @@ def _fast_path(dtls: RTCDtlsTransport, on_rtp: Callable[[bytes, int], None],
                         if len(data) > 1 and 191 < data[1] < 224:
                             plain = rx.unprotect_rtcp(data)
                             if plain is None:
-                                metrics.DROP["srtp_error"].inc()
+                                _srtp_refused()
                             else:
                                 on_rtcp(plain)
                             return
                         plain = rx.unprotect(data)
                         if plain is None:
-                            metrics.DROP["srtp_error"].inc()
+                            _srtp_refused()
                             return
                         sampler.countdown -= 1
                         if sampler.countdown:
                             on_rtp(plain, 0)
                         else:
                             sampler.forward(plain, on_rtp)
-                    except pylibsrtp.Error:  # protecting a copy, on the pure-Python path
-                        metrics.DROP["srtp_error"].inc()
-                    except Exception:  # pragma: no cover - defensive, see hook_packets
-                        metrics.DROP["handler_error"].inc()
-                        log.exception("fast-path packet handler failed")
+                    except Exception as exc:  # see hook_packets; and _handler_failed
+                        _handler_failed(exc)
                     return
             original(data, addr)
 

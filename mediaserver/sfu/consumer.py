@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from mediaserver import metrics
 from mediaserver.quality.rtpstats import SendStats
-from mediaserver.sfu import fastsend
 from mediaserver.sfu.fastsend import count_failure
 from mediaserver.sfu.red import RedOutput
 from mediaserver.sfu.rtp import (
@@ -125,13 +124,11 @@ class Consumer:
         self._level_id = audio_level_id or 0
         # The common header (abs-send-time, and an audio level for audio, nothing else) is
         # packed in one struct call instead of build_rtp's general extension writer.
-        self._fast_header = (0 < self._ast_id < 15 and not transport_cc_id
-                             and (not (self._level_id and self._src_audio_level_id)
-                                  or self._level_id < 15))
         # What the C sender writes itself: one-byte ids for the level and abs-send-time.
         self._c_header = (self._ast_id < 15 and not transport_cc_id
                           and (not (self._level_id and self._src_audio_level_id)
                                or self._level_id < 15))
+        self._fast_header = self._c_header and self._ast_id > 0
         self.rewriter = OutputRewriter(random.randrange(1 << 16), random.randrange(1 << 32))
         self.paused = False
         self.disabled = False  # the subscriber asked not to receive this track for now
@@ -327,14 +324,11 @@ class Consumer:
                 elif raw is not None:
                     output = None  # an odd level value: build_rtp copies it as it is
             if output is not None:
-                if payload is None:
-                    result = output.send_rtp(pkt.marker, pt, seq, ts, self.ssrc, level_id,
-                                             level, self._ast_id, abs_send_time_at(now),
-                                             pkt.data, pkt.payload_offset, pkt.payload_end)
-                else:
-                    result = output.send_rtp(pkt.marker, pt, seq, ts, self.ssrc, level_id,
-                                             level, self._ast_id, abs_send_time_at(now),
-                                             payload, 0, len(payload))
+                buffer, start, end = ((pkt.data, pkt.payload_offset, pkt.payload_end)
+                                      if payload is None else (payload, 0, len(payload)))
+                result = output.send_rtp(pkt.marker, pt, seq, ts, self.ssrc, level_id, level,
+                                         self._ast_id, abs_send_time_at(now), buffer, start,
+                                         end)
                 if result > 0:
                     return result
                 if result < 0:
@@ -485,9 +479,3 @@ class Consumer:
         self.closed = True
         self.producer.remove_consumer(self)
 
-
-if fastsend.AVAILABLE:
-    # What the C fan-out (fastsend.fanout) needs of this module's rules.
-    fastsend.configure_fanout(NEVER, OutputRewriter.REORDER_WINDOW, HISTORY_MASK,
-                              count_failure, Consumer, DownstreamContext, OutputRewriter,
-                              SendStats, metrics.RtpTally)

@@ -22,9 +22,8 @@ from mediaserver import metrics
 Output: Any
 Input: Any
 fanout: Any
-configure_fanout: Any
 receive: Any
-configure_receive: Any
+configure: Any
 Receiver: Any
 try:
     from mediaserver.sfu._fastpath import (
@@ -32,14 +31,12 @@ try:
         Input,
         Output,
         Receiver,
-        configure_fanout,
-        configure_receive,
+        configure,
         fanout,
         receive,
     )
 except ImportError:  # built without a C compiler
-    Output = Input = fanout = configure_fanout = receive = configure_receive = None
-    Receiver = None
+    Output = Input = fanout = receive = configure = Receiver = None
     ERR_SOCKET = -2
 
 AVAILABLE = Output is not None

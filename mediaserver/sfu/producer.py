@@ -15,20 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 from mediaserver import metrics
 from mediaserver.limits import TokenBucket
-from mediaserver.quality.rtpstats import ReceiveStats
+from mediaserver.quality.rtpstats import ReceiveStats, SendStats
 from mediaserver.sfu import fastsend, rtcp
-from mediaserver.sfu.consumer import abs_send_time_at
+from mediaserver.sfu.consumer import HISTORY_MASK, NEVER, Consumer, DownstreamContext
 from mediaserver.sfu.h264 import is_h264_keyframe
 from mediaserver.sfu.keyframe import KeyframeRequester
 from mediaserver.sfu.nack import NackTracker
 from mediaserver.sfu.red import primary_view
 from mediaserver.sfu.rtp import RtpPacket, build_rtp, parse_rtp, unwrap_rtx
-from mediaserver.sfu.seqnum import Unwrapper
+from mediaserver.sfu.seqnum import OutputRewriter, Unwrapper
 from mediaserver.sfu.temporal import TemporalRates
 from mediaserver.sfu.vp8 import Vp8Descriptor, parse_vp8
 
 if TYPE_CHECKING:
-    from mediaserver.sfu.consumer import Consumer
     from mediaserver.sfu.speakers import SpeakerDetector
     from mediaserver.sfu.transport import PublishedTrack
 
@@ -300,8 +299,7 @@ class RecvStream:
         consumers = producer.consumers
         if consumers:
             if fastsend.AVAILABLE:
-                fastsend.fanout(consumers, self, pkt, ext_seq, ext_ts, keyframe, now,
-                                abs_send_time_at(now))
+                fastsend.fanout(consumers, self, pkt, ext_seq, ext_ts, keyframe, now)
             else:
                 for consumer in consumers:
                     consumer.forward(self, pkt, ext_seq, ext_ts, keyframe, now)
@@ -588,7 +586,12 @@ def _keyframe_checker(codec_name: str) -> Callable[[RecvStream, RtpPacket], bool
 
 
 if fastsend.AVAILABLE:
-    # What the C receive path (fastsend.receive) needs of this module's classes and rules.
-    fastsend.configure_receive(RecvStream, Producer, Unwrapper, ReceiveStats, NackTracker,
-                               KeyframeRequester, TokenBucket, metrics.RtpTally, CACHE_MASK,
-                               RATE_WINDOW, _vp8_keyframe)
+    # The classes and rules the C packet path (fastsend.receive and fanout) works with:
+    # here, where both ends are known.
+    fastsend.configure(
+        {cls.__name__: cls for cls in (
+            Consumer, DownstreamContext, OutputRewriter, SendStats, metrics.RtpTally,
+            RecvStream, Producer, Unwrapper, ReceiveStats, NackTracker, KeyframeRequester,
+            TokenBucket)},
+        NEVER, OutputRewriter.REORDER_WINDOW, HISTORY_MASK, fastsend.count_failure,
+        CACHE_MASK, RATE_WINDOW, _vp8_keyframe)

@@ -10,24 +10,20 @@ to Python) and a RED publisher forwarded as plain Opus.
 from __future__ import annotations
 
 import random
-import socket
 
 import pytest
 
 from mediaserver.sfu import fastsend
-from mediaserver.sfu.aiortc_adapter import attach_srtp
 from mediaserver.sfu.consumer import Consumer, DownstreamContext
 from mediaserver.sfu.producer import CodecInfo, Producer
 from mediaserver.sfu.rtp import build_rtp, parse_rtp
-from tests.conftest import srtp_sessions
+from tests.fastgraph import OPUS, VP8, Subscriber
 
 if not fastsend.AVAILABLE:  # pragma: no cover - .ci/run installs a compiler
     pytest.fail("the _fastpath extension was not built (no C compiler at install?)",
                 pytrace=False)
 
-OPUS = CodecInfo("audio/opus", 48000, 111)
 OPUS_RED = CodecInfo("audio/opus", 48000, 111, red_payload_type=63)
-VP8 = CodecInfo("video/VP8", 90000, 96, rtx_payload_type=97)
 
 
 def _consumer(producer: Producer, context: DownstreamContext, seed: int) -> Consumer:
@@ -49,15 +45,9 @@ def _consumer(producer: Producer, context: DownstreamContext, seed: int) -> Cons
     ("audio", OPUS_RED, b"\x90", True),   # RED in, plain Opus out (the subscriber's choice)
 ])
 def test_same_bytes_as_the_python_path(kind, codec, level, red) -> None:
-    tx, rx = srtp_sessions()
-    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    a.bind(("127.0.0.1", 0))
-    b.bind(("127.0.0.1", 0))
-    b.settimeout(5)
-    output = fastsend.Output()
-    attach_srtp(output, tx)
-    output.set_destination(a.fileno(), "127.0.0.1", b.getsockname()[1])
+    sub = Subscriber(with_output=True)
+    output = sub.output
+    assert output is not None
     python_sent: list[bytes] = []
     fallback_sent: list[bytes] = []
 
@@ -90,13 +80,11 @@ def test_same_bytes_as_the_python_path(kind, codec, level, red) -> None:
             assert pkt is not None
             producer.on_rtp(pkt, 100.0 + seq * 0.02)
         assert len(python_sent) == 29
-        received = [rx.unprotect(b.recv(4096)) for _ in python_sent]
+        received = sub.received()
         assert received == python_sent
         odd = level is not None and len(level) != 1
         assert len(fallback_sent) == (29 if odd else 0)  # the C header covers the rest
         assert c_side.stats.packets_sent == py_side.stats.packets_sent == 29
         assert c_side.stats.octets_sent == py_side.stats.octets_sent
     finally:
-        output.clear()
-        a.close()
-        b.close()
+        sub.close()

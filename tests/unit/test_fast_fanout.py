@@ -141,6 +141,6 @@ def test_fanout_takes_the_c_path_for_plain_consumers(monkeypatch) -> None:
 
 def test_fanout_refuses_bad_arguments() -> None:
     with pytest.raises(TypeError):
-        fastsend.fanout((), None, None, 1, 1, False, 0.0, 0)  # not a list
+        fastsend.fanout((), None, None, 1, 1, False, 0.0)  # not a list
     with pytest.raises(TypeError):
         fastsend.fanout([], None, None)  # too few arguments

@@ -21,6 +21,7 @@ from mediaserver.sfu.aiortc_adapter import PacketSender, attach_srtp, unprotecto
 from mediaserver.sfu.fastsend import sent
 from mediaserver.sfu.rtp import build_rtp
 from tests.conftest import srtp_sessions
+from tests.fastgraph import Subscriber
 
 if not fastsend.AVAILABLE:  # pragma: no cover - .ci/run installs a compiler
     pytest.fail("the _fastpath extension was not built (no C compiler at install?)",
@@ -34,19 +35,11 @@ Output = _fastpath.Output
 @pytest.fixture
 def link() -> Iterator[tuple[Output, socket.socket, pylibsrtp.Session, socket.socket]]:
     """An output sending from one loopback socket to another, and the receiving session."""
-    tx, rx = srtp_sessions()
-    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    a.bind(("127.0.0.1", 0))
-    b.bind(("127.0.0.1", 0))
-    b.settimeout(5)
-    out = Output()
-    attach_srtp(out, tx)
-    out.set_destination(a.fileno(), "127.0.0.1", b.getsockname()[1])
-    yield out, b, rx, a
-    out.clear()
-    a.close()
-    b.close()
+    sub = Subscriber(with_output=True)
+    sub.b.settimeout(5)
+    assert sub.output is not None
+    yield sub.output, sub.b, sub.rx, sub.a
+    sub.close()
 
 
 PAYLOAD = bytes(range(256)) * 4
