@@ -38,6 +38,12 @@
 #include <string.h>
 #include <time.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
+#include <sys/time.h>
+#include <linux/sockios.h>
+
+/* RTP packets every Output sent (the latency sampler's "was it forwarded"). */
+static unsigned long long sent_total;
 #include <unistd.h>
 
 #define BUFFER_SIZE 4096
@@ -200,6 +206,8 @@ output_finish(Output *self, int length, srtp_fn fn)
     if (sendto(self->fd, self->buf, (size_t)n, 0, (struct sockaddr *)&self->addr,
                self->addrlen) < 0)
         return ERR_SOCKET;
+    if (fn != self->protect_rtcp)
+        sent_total++;
     return length;
 }
 
@@ -1548,13 +1556,17 @@ receive(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* -- Receiver --------------------------------------------------------------------------
  *
- * Receiver(original, on_rtp, on_rtcp, refresh, sample, every, srtp_error, failed, streams)
+ * Receiver(original, on_rtp, on_rtcp, refresh, fd, observe, every, srtp_error, failed,
+ *          streams)
  * .datagram_received(data, addr): what aiortc_adapter._fast_path's Python closure did for
  * each datagram of an ICE socket, without a Python frame: SRTP and SRTCP (first byte
  * 128-191, RFC 7983) are unprotected and handed on; anything else (STUN, DTLS) goes to
  * the protocol's own ``original``. ``refresh()`` gives the receiving session's unprotector
- * (an Input) once DTLS made it, None before. Every ``every``-th RTP packet goes to
- * ``sample(plain, on_rtp)`` (the forwarding-latency sampler). With ``streams`` (a
+ * (an Input) once DTLS made it, None before. Every ``every``-th RTP packet is a
+ * forwarding-latency sample: if it led to a send, ``observe(seconds)`` gets the time from
+ * the kernel's receive stamp of the datagram on socket ``fd`` (SIOCGSTAMP; -1: no socket,
+ * no samples; the first stamp asked for only switches stamps on) to after the send. With
+ * ``streams`` (a
  * publisher's ssrc -> RecvStream dict, the very one it updates) a media packet of a known
  * stream with the codec's own payload type is parsed and taken by receive() here; any
  * other, by ``on_rtp(plain, 0)``. ``srtp_error()`` counts a datagram libsrtp refused;
@@ -1563,9 +1575,10 @@ receive(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 typedef struct {
     PyObject_HEAD
-    PyObject *rx, *original, *on_rtp, *on_rtcp, *refresh, *sample, *srtp_error, *failed,
+    PyObject *rx, *original, *on_rtp, *on_rtcp, *refresh, *observe, *srtp_error, *failed,
         *streams;
     long every, countdown;
+    int fd, stamping;
 } Receiver;
 
 static int
@@ -1576,7 +1589,7 @@ Receiver_traverse(Receiver *self, visitproc visit, void *arg)
     Py_VISIT(self->on_rtp);
     Py_VISIT(self->on_rtcp);
     Py_VISIT(self->refresh);
-    Py_VISIT(self->sample);
+    Py_VISIT(self->observe);
     Py_VISIT(self->srtp_error);
     Py_VISIT(self->failed);
     Py_VISIT(self->streams);
@@ -1591,7 +1604,7 @@ Receiver_clear(Receiver *self)
     Py_CLEAR(self->on_rtp);
     Py_CLEAR(self->on_rtcp);
     Py_CLEAR(self->refresh);
-    Py_CLEAR(self->sample);
+    Py_CLEAR(self->observe);
     Py_CLEAR(self->srtp_error);
     Py_CLEAR(self->failed);
     Py_CLEAR(self->streams);
@@ -1609,10 +1622,11 @@ Receiver_dealloc(Receiver *self)
 static int
 Receiver_init(Receiver *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *original, *on_rtp, *on_rtcp, *refresh, *sample, *srtp_error, *failed, *streams;
+    PyObject *original, *on_rtp, *on_rtcp, *refresh, *observe, *srtp_error, *failed, *streams;
     long every;
-    if (!PyArg_ParseTuple(args, "OOOOOlOOO:Receiver", &original, &on_rtp, &on_rtcp, &refresh,
-                          &sample, &every, &srtp_error, &failed, &streams))
+    int fd;
+    if (!PyArg_ParseTuple(args, "OOOOiOlOOO:Receiver", &original, &on_rtp, &on_rtcp, &refresh,
+                          &fd, &observe, &every, &srtp_error, &failed, &streams))
         return -1;
     if (every < 1) {
         PyErr_SetString(PyExc_ValueError, "every must be at least 1");
@@ -1622,9 +1636,9 @@ Receiver_init(Receiver *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "streams must be a dict or None");
         return -1;
     }
-    PyObject *objs[] = {original, on_rtp, on_rtcp, refresh, sample, srtp_error, failed};
+    PyObject *objs[] = {original, on_rtp, on_rtcp, refresh, observe, srtp_error, failed};
     PyObject **slots[] = {&self->original, &self->on_rtp, &self->on_rtcp, &self->refresh,
-                          &self->sample, &self->srtp_error, &self->failed};
+                          &self->observe, &self->srtp_error, &self->failed};
     for (size_t i = 0; i < sizeof(objs) / sizeof(objs[0]); i++) {
         Py_INCREF(objs[i]);
         Py_XSETREF(*slots[i], objs[i]);
@@ -1636,6 +1650,8 @@ Receiver_init(Receiver *self, PyObject *args, PyObject *kwds)
     }
     Py_CLEAR(self->rx);
     self->every = self->countdown = every;
+    self->fd = fd < 0 ? -1 : fd;
+    self->stamping = 0;
     return 0;
 }
 
@@ -1740,6 +1756,38 @@ receiver_route(Receiver *self, PyObject *plain)
     return 0;
 }
 
+/* receiver_route, timed: 0 done (sampled or not), -1 error. */
+static int
+receiver_sample(Receiver *self, PyObject *plain)
+{
+    double arrived = -1.0;
+    struct timeval tv;
+    if (self->fd >= 0 && ioctl(self->fd, SIOCGSTAMP, &tv) == 0) {
+        if (self->stamping)
+            arrived = (double)tv.tv_sec + tv.tv_usec * 1e-6;
+        self->stamping = 1;
+    }
+    unsigned long long before = sent_total;
+    if (receiver_route(self, plain) < 0)
+        return -1;
+    if (arrived < 0.0 || sent_total == before)
+        return 0;
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    double delay = (double)t.tv_sec + t.tv_nsec * 1e-9 - arrived;
+    if (!(delay >= 0.0 && delay < 10.0))
+        return 0;
+    PyObject *d = PyFloat_FromDouble(delay);
+    if (d == NULL)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(self->observe, d);
+    Py_DECREF(d);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 static PyObject *
 Receiver_datagram_received(Receiver *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1786,9 +1834,7 @@ Receiver_datagram_received(Receiver *self, PyObject *const *args, Py_ssize_t nar
         rc = receiver_route(self, plain);
     else {
         self->countdown = self->every;
-        PyObject *r = PyObject_CallFunctionObjArgs(self->sample, plain, self->on_rtp, NULL);
-        rc = r == NULL ? -1 : 0;
-        Py_XDECREF(r);
+        rc = receiver_sample(self, plain);
     }
     Py_XDECREF(plain);
     if (rc < 0 && receiver_failed(self) < 0)

@@ -37,7 +37,8 @@ def receive(stream: Any, pkt: Any, now: float) -> None: ...
 class Receiver:
     def __init__(self, original: Callable[[bytes, Any], None],
                  on_rtp: Callable[[bytes, int], None], on_rtcp: Callable[[bytes], None],
-                 refresh: Callable[[], Any], sample: Callable[[bytes, Any], None], every: int,
+                 refresh: Callable[[], Any], fd: int, observe: Callable[[float], None],
+                 every: int,
                  srtp_error: Callable[[], None], failed: Callable[[BaseException], None],
                  streams: dict[int, Any] | None) -> None: ...
     def datagram_received(self, data: bytes, addr: Any) -> None: ...

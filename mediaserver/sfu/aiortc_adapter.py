@@ -596,14 +596,17 @@ def _fast_path(dtls: RTCDtlsTransport, on_rtp: Callable[[bytes, int], None],
         if getattr(protocol, "_sfu_fast", False):
             continue
         original = protocol.datagram_received
-        sampler = LatencySampler(_socket_fd(protocol))
         if fastsend.AVAILABLE:
             # The same, in C (fastsend.Receiver): no Python frame per datagram.
+            # The sampler's work too: the kernel's receive stamp, the send, the delay.
             protocol.datagram_received = fastsend.Receiver(
-                original, on_rtp, on_rtcp, receiver, sampler.forward, LATENCY_SAMPLE_EVERY,
-                _srtp_refused, _handler_failed, streams).datagram_received
+                original, on_rtp, on_rtcp, receiver, _socket_fd(protocol),
+                metrics.FORWARDING_LATENCY.observe, LATENCY_SAMPLE_EVERY, _srtp_refused,
+                _handler_failed, streams).datagram_received
             protocol._sfu_fast = True
             continue
+
+        sampler = LatencySampler(_socket_fd(protocol))
 
         def datagram_received(data: bytes, addr: Any, original: Any = original,
                               sampler: LatencySampler = sampler) -> None:

@@ -1,13 +1,14 @@
 """The C datagram handler of an ICE socket (fastsend.Receiver) does what the Python
 closure of aiortc_adapter._fast_path did: SRTP and SRTCP unprotected (real libsrtp) and
-handed on, everything else to the protocol's own handler, every Nth RTP packet through the
-latency sampler, refusals and handler failures counted, never raised into the socket's
-callback; with a publisher's stream table, media packets of known streams taken by the C
-receive path itself."""
+handed on, everything else to the protocol's own handler, every Nth RTP packet timed from
+the kernel's receive stamp to its last copy sent, refusals and handler failures counted,
+never raised into the socket's callback; with a publisher's stream table, media packets
+of known streams taken by the C receive path itself."""
 
 from __future__ import annotations
 
 import gc
+import socket
 import weakref
 from typing import Any
 
@@ -36,9 +37,11 @@ class Calls:
         self.refreshes = 0
         self.raise_in_rtp: BaseException | None = None
 
-    def receiver(self, every: int = 4, streams: dict[int, Any] | None = None) -> Any:
+    def receiver(self, every: int = 4, streams: dict[int, Any] | None = None,
+                 fd: int = -1) -> Any:
         return fastsend.Receiver(self.original, self.on_rtp, self.on_rtcp, self.refresh,
-                                 self.sample, every, self.srtp_error, self.failed, streams)
+                                 fd, self.observe, every, self.srtp_error, self.failed,
+                                 streams)
 
     def original(self, data: bytes, addr: Any) -> None:
         self.log.append(("original", data, addr))
@@ -55,9 +58,8 @@ class Calls:
         self.refreshes += 1
         return self.rx
 
-    def sample(self, data: bytes, on_rtp: Any) -> None:
-        self.log.append(("sample", data))
-        on_rtp(data, 0)
+    def observe(self, seconds: float) -> None:
+        self.log.append(("observe", seconds))
 
     def srtp_error(self) -> None:
         self.log.append(("srtp_error",))
@@ -93,9 +95,8 @@ def test_srtp_and_srtcp_unprotected_and_handed_on() -> None:
     r.datagram_received(tx.protect_rtcp(pli), ADDR)
     assert calls.refreshes == 1  # the session is asked for once, then kept
     kinds = [e[0] for e in calls.log]
-    # every third RTP packet through the sampler (which forwards it itself)
-    assert kinds == ["rtp", "rtp", "sample", "rtp", "rtp", "rtp", "sample", "rtp", "rtp",
-                     "rtcp"]
+    # every third RTP packet is a sample, but without a socket there is no stamp to time
+    assert kinds == ["rtp"] * 7 + ["rtcp"]
     assert [e[1] for e in calls.log if e[0] == "rtp"] == packets
     assert calls.log[-1] == ("rtcp", pli)
 
@@ -137,6 +138,41 @@ def test_known_streams_are_taken_by_the_c_receive_path() -> None:
         assert calls.log == [("rtp", unknown, 0), ("rtp", other_pt, 0)]
         assert stream.stats.packets_received == 5
     finally:
+        g.close()
+
+
+def test_every_nth_forwarded_packet_is_timed_from_the_kernel_stamp() -> None:
+    tx, rx = srtp_sessions()
+    g = Graph("audio", OPUS)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    try:
+        stream = g.producer.streams[0]
+        calls = Calls(unprotector(rx))
+        r = calls.receiver(every=2, streams={77: stream}, fd=sock.fileno())
+
+        def arrive(packet: bytes) -> None:  # through the kernel, as uvloop reads it
+            peer.sendto(tx.protect(packet), sock.getsockname())
+            r.datagram_received(sock.recv(2048), ADDR)
+
+        for seq in range(1, 9):
+            arrive(_rtp(seq))
+        # packets 2, 4, 6, 8 are samples; the first stamp asked for only switches stamps on
+        delays = [e[1] for e in calls.log if e[0] == "observe"]
+        assert len(delays) == 3 and calls.log == [("observe", d) for d in delays]
+        assert all(0.0 <= d < 1.0 for d in delays)
+        assert all(c.stats.packets_sent == 8 for c in g.consumers)
+        for c in g.consumers:  # nothing sent: no sample
+            c.paused = True
+        arrive(_rtp(9))
+        arrive(_rtp(10))
+        assert len([e for e in calls.log if e[0] == "observe"]) == 3
+        assert all(c.stats.packets_sent == 8 for c in g.consumers)
+    finally:
+        sock.close()
+        peer.close()
         g.close()
 
 
