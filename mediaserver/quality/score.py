@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from itertools import accumulate
 from typing import Literal
 
 # E-model (ITU-T G.107): R is the transmission rating (0-100), MOS is derived from it.
@@ -224,21 +223,24 @@ def _median(values: list[float]) -> float:
 def _merge(windows: list[WindowStats], counts: Counts, worst: bool = False) -> WindowStats:
     """The latest window (layer, pause, codec flags) with the given packet counts and the
     windows' median delay and frame rate, or their worst for a recovery target."""
-    def pick(values: list[float | None], bad: Callable[[list[float]], float]) -> float | None:
-        known = [v for v in values if v is not None]
-        return (bad(known) if worst else _median(known)) if known else None
-
+    rtts = [w.rtt for w in windows if w.rtt is not None]
+    jitters = [w.jitter for w in windows if w.jitter is not None]
+    rates = [w.frame_rate for w in windows if w.frame_rate is not None]
+    if worst:
+        rtt = max(rtts) if rtts else None
+        jitter = max(jitters) if jitters else 0.0
+        frame_rate = min(rates) if rates else None
+    else:
+        rtt = _median(rtts) if rtts else None
+        jitter = _median(jitters) if jitters else 0.0
+        frame_rate = _median(rates) if rates else None
     last = windows[-1]
     # Built field by field: dataclasses.replace costs several times as much, and this runs
     # twice per track every second.
     return WindowStats(
-        kind=last.kind, duration=last.duration, packets_expected=counts[0],
-        packets_lost=counts[1], rtt=pick([w.rtt for w in windows], max),
-        jitter=pick([w.jitter for w in windows], max) or 0.0, bitrate=last.bitrate,
-        frame_rate=pick([w.frame_rate for w in windows], min),
-        expected_frame_rate=last.expected_frame_rate, layer_delivered=last.layer_delivered,
-        layer_wanted=last.layer_wanted, paused=last.paused, muted=last.muted, fec=last.fec,
-        dtx=last.dtx)
+        last.kind, last.duration, counts[0], counts[1], rtt, jitter or 0.0, last.bitrate,
+        frame_rate, last.expected_frame_rate, last.layer_delivered, last.layer_wanted,
+        last.paused, last.muted, last.fec, last.dtx)
 
 
 def _loss_rate(w: WindowStats) -> float:
@@ -250,17 +252,29 @@ def _spike_free(windows: list[WindowStats], k: int, total: Counts | None = None
     """Counts without the spikes among the k windows of highest loss, and among the k - 1
     highest. A spike lies Z_CHANGE standard errors above the rest; steady random loss has
     none, so the estimate stays unbiased. ``total``: the windows' counts, if known."""
+    return _spike_free_in([w.packets_expected for w in windows],
+                          [w.packets_lost for w in windows],
+                          [_loss_rate(w) for w in windows], k, total)
+
+
+def _spike_free_in(expected: list[int], lost: list[int], rates: list[float], k: int,
+                   total: Counts | None = None) -> tuple[Counts, Counts]:
+    """_spike_free on the pool's columns (``rates``: each window's loss rate)."""
     if total is None:
-        total = _counts(windows)
-    if not 0 < k < len(windows) or not total[1]:  # without loss there is no spike
+        total = (sum(expected), sum(lost))
+    n = len(rates)
+    if not 0 < k < n or not total[1]:  # without loss there is no spike
         return total, total
-    order = sorted(windows, key=_loss_rate)
-    rest, drop, rise = _counts(order[:-k]), total, total
-    for i, w in enumerate(order[-k:]):
-        if _shift((w.packets_expected, w.packets_lost), rest) >= Z_CHANGE:
-            drop = (drop[0] - w.packets_expected, drop[1] - w.packets_lost)
-            if i > 0:
-                rise = (rise[0] - w.packets_expected, rise[1] - w.packets_lost)
+    # The k windows of highest loss, in ascending order, the later of equals last (as a
+    # stable sort of the windows puts them); the rest is the total without them.
+    top = sorted(range(n), key=rates.__getitem__)[-k:]
+    rest = (total[0] - sum(expected[i] for i in top), total[1] - sum(lost[i] for i in top))
+    drop, rise = total, total
+    for j, i in enumerate(top):
+        if _shift((expected[i], lost[i]), rest) >= Z_CHANGE:
+            drop = (drop[0] - expected[i], drop[1] - lost[i])
+            if j > 0:
+                rise = (rise[0] - expected[i], rise[1] - lost[i])
     return drop, rise
 
 
@@ -278,31 +292,30 @@ def _changed_in(expected: list[int], lost: list[int], scores: list[float]) -> in
     scales = [m for m in CHANGE_SCALES if n >= m + RECENT_WINDOWS]
     if not scales:
         return n
-    # Prefix sums: each scale's two sides in O(1) (this runs for every track every second).
-    sum_e, sum_l = list(accumulate(expected, initial=0)), list(accumulate(lost, initial=0))
+    # Each scale's recent side is a sum over the tail (in C); the older side is the rest.
+    total_e, total_l = sum(expected), sum(lost)
     # Each side's worst window for every cut, the earliest of equals (as min() picks them):
     # the ranges of successive cuts nest, so each is the better of the previous one's and
-    # of the few windows it adds (min() over a range of indices runs in C).
-    key = scores.__getitem__
+    # of the few windows it adds (a slice's min() and index() run in C).
     cuts = [n - m for m in scales]  # descending
     worst_from: dict[int, int] = {}  # cut -> worst of windows cut..n-1
     best, end = -1, n
     for cut in cuts:
-        seg = min(range(cut, end), key=key)
+        seg = scores.index(min(scores[cut:end]), cut, end)
         if best < 0 or scores[seg] <= scores[best]:  # the earlier window wins a tie
             best = seg
         worst_from[cut], end = best, cut
     worst_before: dict[int, int] = {}  # cut -> worst of windows 0..cut-1
     best, start = -1, 0
     for cut in reversed(cuts):
-        seg = min(range(start, cut), key=key)
+        seg = scores.index(min(scores[start:cut]), start, cut)
         if best < 0 or scores[seg] < scores[best]:  # the earlier window wins a tie
             best = seg
         worst_before[cut], start = best, cut
     for m in scales:
         cut = n - m
-        recent = (sum_e[n] - sum_e[cut], sum_l[n] - sum_l[cut])
-        older = (sum_e[cut], sum_l[cut])
+        recent = (sum(expected[cut:]), sum(lost[cut:]))
+        older = (total_e - recent[0], total_l - recent[1])
         r = worst_from[cut]
         o = worst_before[cut]
         if (_shift((recent[0] - expected[r], recent[1] - lost[r]), older) >= Z_CHANGE
@@ -316,13 +329,24 @@ def _evidence(pool: list[tuple[WindowStats, float]], total: Counts | None = None
     """(drop_to, rise_to): the optimistic evidence a drop heads for (worst recent window and
     loss spikes set aside) and the pessimistic one a recovery climbs to (worst recent delay
     and frame rate, one spike fewer set aside). ``total``: the pool's counts, if known."""
-    recent = pool[-RECENT_WINDOWS:]
+    windows = [w for w, _ in pool]
+    return _evidence_in(pool[-RECENT_WINDOWS:], [w.packets_expected for w in windows],
+                        [w.packets_lost for w in windows], [_loss_rate(w) for w in windows],
+                        total)
+
+
+def _evidence_in(recent: list[tuple[WindowStats, float]], expected: list[int],
+                 lost: list[int], rates: list[float], total: Counts | None = None
+                 ) -> tuple[float, float]:
+    """_evidence on the pool's newest RECENT_WINDOWS entries and its columns."""
     worst = min(range(len(recent)), key=lambda i: recent[i][1]) if len(recent) > 1 else -1
-    k = max(1, len(pool) // FORGIVE_ONE_IN)
-    if total is not None and not total[1]:
-        drop = rise = total  # no loss, no spike: _spike_free's answer, without the list
+    k = max(1, len(rates) // FORGIVE_ONE_IN)
+    if total is None:
+        total = (sum(expected), sum(lost))
+    if not total[1]:
+        drop = rise = total  # no loss, no spike: _spike_free's answer, without the sort
     else:
-        drop, rise = _spike_free([w for w, _ in pool], k, total)
+        drop, rise = _spike_free_in(expected, lost, rates, k, total)
     return (window_score(_merge([w for i, (w, _) in enumerate(recent) if i != worst], drop)),
             window_score(_merge([w for w, _ in recent], rise, worst=True)))
 
@@ -342,6 +366,7 @@ class QualityTracker:
         # The pool's columns, kept beside it: change detection reads them every second.
         self._expected: list[int] = []
         self._lost: list[int] = []
+        self._rates: list[float] = []  # each window's loss rate (_loss_rate)
         self._scores: list[float] = []
         self._empty_run = 0
         self._rate = 1.0  # packets a second in the last window that had any
@@ -386,7 +411,10 @@ class QualityTracker:
         keep = _changed_in(self._expected, self._lost, self._scores)
         if keep < len(self._pool):  # the older windows describe another link
             self._keep(keep)
-        drop_to, rise_to = _evidence(list(self._pool), (sum(self._expected), sum(self._lost)))
+        pool = self._pool
+        recent = [pool[i] for i in range(max(0, len(pool) - RECENT_WINDOWS), len(pool))]
+        drop_to, rise_to = _evidence_in(recent, self._expected, self._lost, self._rates,
+                                        (sum(self._expected), sum(self._lost)))
         dt = min(max(stats.duration, 0.0), MAX_DT)
         score = self._score
         if score is None or self._level is None:
@@ -402,10 +430,11 @@ class QualityTracker:
 
     def _push(self, stats: WindowStats, score: float) -> None:
         if len(self._pool) == LONG_WINDOWS:  # the deque drops its oldest: so do the columns
-            del self._expected[0], self._lost[0], self._scores[0]
+            del self._expected[0], self._lost[0], self._rates[0], self._scores[0]
         self._pool.append((stats, score))
         self._expected.append(stats.packets_expected)
         self._lost.append(stats.packets_lost)
+        self._rates.append(_loss_rate(stats))
         self._scores.append(score)
 
     def _keep(self, keep: int) -> None:
@@ -414,10 +443,11 @@ class QualityTracker:
             self._pool.clear()
             self._expected.clear()
             self._lost.clear()
+            self._rates.clear()
             self._scores.clear()
             return
         self._pool = deque(list(self._pool)[-keep:], maxlen=LONG_WINDOWS)
-        del self._expected[:-keep], self._lost[:-keep], self._scores[:-keep]
+        del self._expected[:-keep], self._lost[:-keep], self._rates[:-keep], self._scores[:-keep]
 
     def _set(self, level: QualityLevel | None, now: float) -> QualityLevel | None:
         if level is None or self._score is None:

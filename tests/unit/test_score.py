@@ -461,4 +461,63 @@ def test_the_trackers_columns_follow_its_pool(runs) -> None:
         pool = list(tracker._pool)
         assert tracker._expected == [w.packets_expected for w, _ in pool]
         assert tracker._lost == [w.packets_lost for w, _ in pool]
+        assert tracker._rates == [w.packets_lost / (w.packets_expected or 1) for w, _ in pool]
         assert tracker._scores == [s for _, s in pool]
+
+
+def _spike_free_by_definition(windows: list[WindowStats], k: int
+                              ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """score._spike_free as its docstring defines it: the windows sorted by loss rate, each
+    of the k highest tested against all the others below the k."""
+    from mediaserver.quality import score as sc
+
+    def counts(ws: list[WindowStats]) -> tuple[int, int]:
+        return sum(w.packets_expected for w in ws), sum(w.packets_lost for w in ws)
+
+    total = counts(windows)
+    if not 0 < k < len(windows) or not total[1]:
+        return total, total
+    order = sorted(windows, key=lambda w: w.packets_lost / (w.packets_expected or 1))
+    rest, drop, rise = counts(order[:-k]), total, total
+    for i, w in enumerate(order[-k:]):
+        if sc._shift((w.packets_expected, w.packets_lost), rest) >= sc.Z_CHANGE:
+            drop = (drop[0] - w.packets_expected, drop[1] - w.packets_lost)
+            if i > 0:
+                rise = (rise[0] - w.packets_expected, rise[1] - w.packets_lost)
+    return drop, rise
+
+
+# Few distinct counts, so that equal loss rates (the later of equals ranks higher) are common.
+spike_entries = st.tuples(st.sampled_from([0, 1, 10, 50, 100]), st.integers(0, 100))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(spike_entries, min_size=0, max_size=60), st.integers(0, 8))
+def test_spike_removal_matches_its_definition(entries, k) -> None:
+    from mediaserver.quality.score import _spike_free
+    windows = [audio(lost=min(lost, n), n=n) for n, lost in entries]
+    assert _spike_free(windows, k) == _spike_free_by_definition(windows, k)
+
+
+window_fields = st.tuples(st.sampled_from([None, 0.0, 0.02, 0.3]),
+                          st.sampled_from([0.0, 0.004, 0.05]),
+                          st.sampled_from([None, 0.0, 12.0, 30.0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(window_fields, min_size=1, max_size=4), st.booleans())
+def test_merged_evidence_takes_the_median_or_the_worst(fields, worst) -> None:
+    from statistics import median
+
+    from mediaserver.quality.score import _merge
+    windows = [video(rtt=rtt, jitter=jitter, frame_rate=fr) for rtt, jitter, fr in fields]
+    merged = _merge(windows, (400, 3), worst=worst)
+    rtts = [r for r, _, _ in fields if r is not None]
+    rates = [f for _, _, f in fields if f is not None]
+    jitters = [j for _, j, _ in fields]
+    pick_rtt, pick_jitter, pick_rate = (max, max, min) if worst else (median, median, median)
+    assert merged.rtt == (pick_rtt(rtts) if rtts else None)
+    assert merged.jitter == pick_jitter(jitters)
+    assert merged.frame_rate == (pick_rate(rates) if rates else None)
+    assert (merged.packets_expected, merged.packets_lost) == (400, 3)
+    assert merged.layer_delivered == windows[-1].layer_delivered
