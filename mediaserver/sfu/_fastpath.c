@@ -1655,10 +1655,10 @@ Receiver_init(Receiver *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-/* An exception raised while handling a datagram: an Exception goes to failed() and is
+/* An exception raised while handling a datagram: an Exception goes to ``failed`` and is
  * done with (0); anything else (KeyboardInterrupt, ...) stays raised (-1). */
 static int
-receiver_failed(Receiver *self)
+hand_failure(PyObject *failed)
 {
     if (!PyErr_ExceptionMatches(PyExc_Exception))
         return -1;
@@ -1667,7 +1667,7 @@ receiver_failed(Receiver *self)
     PyErr_NormalizeException(&type, &value, &tb);
     if (tb != NULL && value != NULL)
         PyException_SetTraceback(value, tb);
-    PyObject *r = PyObject_CallOneArg(self->failed, value ? value : Py_None);
+    PyObject *r = PyObject_CallOneArg(failed, value ? value : Py_None);
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
@@ -1675,6 +1675,12 @@ receiver_failed(Receiver *self)
         return -1;
     Py_DECREF(r);
     return 0;
+}
+
+static int
+receiver_failed(Receiver *self)
+{
+    return hand_failure(self->failed);
 }
 
 static PyObject *
@@ -1756,13 +1762,13 @@ receiver_route(Receiver *self, PyObject *plain)
     return 0;
 }
 
-/* receiver_route, timed: 0 done (sampled or not), -1 error. */
+/* receiver_route, timed from ``arrived`` (the kernel's receive stamp, seconds since the
+ * epoch; negative: ask the socket for its last one): 0 done (sampled or not), -1 error. */
 static int
-receiver_sample(Receiver *self, PyObject *plain)
+receiver_sample(Receiver *self, PyObject *plain, double arrived)
 {
-    double arrived = -1.0;
     struct timeval tv;
-    if (self->fd >= 0 && ioctl(self->fd, SIOCGSTAMP, &tv) == 0) {
+    if (arrived < 0.0 && self->fd >= 0 && ioctl(self->fd, SIOCGSTAMP, &tv) == 0) {
         if (self->stamping)
             arrived = (double)tv.tv_sec + tv.tv_usec * 1e-6;
         self->stamping = 1;
@@ -1788,25 +1794,60 @@ receiver_sample(Receiver *self, PyObject *plain)
     return 0;
 }
 
+/* ("host", port) as asyncio gives a datagram's source (four items for IPv6). */
 static PyObject *
-Receiver_datagram_received(Receiver *self, PyObject *const *args, Py_ssize_t nargs)
+addr_tuple(const struct sockaddr_storage *sa)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "datagram_received takes 2 arguments");
-        return NULL;
+    char host[INET6_ADDRSTRLEN];
+    if (sa->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host)) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(si)", host, (int)ntohs(a->sin_port));
     }
-    PyObject *data = args[0];
+    if (sa->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host)) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(siII)", host, (int)ntohs(a->sin6_port),
+                             (unsigned int)ntohl(a->sin6_flowinfo),
+                             (unsigned int)a->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+/* original(data, addr), the address built from ``sa`` when the caller had none. */
+static PyObject *
+receiver_original(Receiver *self, PyObject *data, PyObject *addr,
+                  const struct sockaddr_storage *sa)
+{
+    if (addr != NULL)
+        return PyObject_CallFunctionObjArgs(self->original, data, addr, NULL);
+    PyObject *built = addr_tuple(sa);
+    if (built == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallFunctionObjArgs(self->original, data, built, NULL);
+    Py_DECREF(built);
+    return r;
+}
+
+/* One datagram: ``addr`` its source, or NULL and ``sa`` (then the tuple is made only if
+ * ``original`` needs it); ``arrived`` its kernel receive stamp, or negative. */
+static PyObject *
+receiver_handle(Receiver *self, PyObject *data, PyObject *addr,
+                const struct sockaddr_storage *sa, double arrived)
+{
     if (!PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) < 1 ||
         (unsigned char)PyBytes_AS_STRING(data)[0] < 128 ||
         (unsigned char)PyBytes_AS_STRING(data)[0] > 191)
-        return PyObject_Vectorcall(self->original, args, 2, NULL);
+        return receiver_original(self, data, addr, sa);
     if (self->rx == NULL) {
         PyObject *rx = PyObject_CallNoArgs(self->refresh);
         if (rx == NULL)
             return NULL;
         if (rx == Py_None) {
             Py_DECREF(rx);
-            return PyObject_Vectorcall(self->original, args, 2, NULL);
+            return receiver_original(self, data, addr, sa);
         }
         self->rx = rx;
     }
@@ -1834,12 +1875,22 @@ Receiver_datagram_received(Receiver *self, PyObject *const *args, Py_ssize_t nar
         rc = receiver_route(self, plain);
     else {
         self->countdown = self->every;
-        rc = receiver_sample(self, plain);
+        rc = receiver_sample(self, plain, arrived);
     }
     Py_XDECREF(plain);
     if (rc < 0 && receiver_failed(self) < 0)
         return NULL;
     Py_RETURN_NONE;
+}
+
+static PyObject *
+Receiver_datagram_received(Receiver *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "datagram_received takes 2 arguments");
+        return NULL;
+    }
+    return receiver_handle(self, args[0], args[1], NULL, -1.0);
 }
 
 static PyMethodDef Receiver_methods[] = {
@@ -1860,6 +1911,245 @@ static PyTypeObject ReceiverType = {
     .tp_traverse = (traverseproc)Receiver_traverse,
     .tp_clear = (inquiry)Receiver_clear,
     .tp_methods = Receiver_methods,
+};
+
+/* -- Reader ----------------------------------------------------------------------------
+ *
+ * Reader(fd, protocol, failed).readable(): the event loop's reader callback of a media
+ * socket the server owns (aiortc_adapter.MediaTransport), in place of uvloop's UDP
+ * transport. Up to READ_BATCHES x READ_BATCH datagrams a call, READ_BATCH per recvmmsg, so
+ * a wake that finds one datagram costs one system call (uvloop's reads end on an EAGAIN),
+ * and no address tuple is made for SRTP/SRTCP. Each datagram goes to the handler
+ * ``protocol.datagram_received`` holds at that moment: a Receiver's is called in C with
+ * the datagram's kernel receive stamp (SO_TIMESTAMP, switched on here), any
+ * other as ``handler(data, (host, port))``. A handler's Exception goes to
+ * ``failed(exception)``; a receive error other than "nothing left" to
+ * ``protocol.error_received(exc)``, as asyncio does. */
+
+#define READ_BATCH 16
+#define READ_BATCHES 4
+#define READ_SIZE 65536
+
+/* One set of buffers for every Reader: the loop's thread holds the GIL while it reads, and
+ * a batch is copied into bytes before any handler runs. */
+static unsigned char read_bufs[READ_BATCH][READ_SIZE];
+static union {
+    char buf[CMSG_SPACE(sizeof(struct timeval))];
+    struct cmsghdr align;
+} read_ctrl[READ_BATCH];
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *protocol, *failed;
+    int fd;
+    unsigned long long datagrams, reads;
+} Reader;
+
+static PyObject *name_datagram_received, *name_error_received;
+
+static int
+Reader_traverse(Reader *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->protocol);
+    Py_VISIT(self->failed);
+    return 0;
+}
+
+static int
+Reader_clear(Reader *self)
+{
+    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->failed);
+    return 0;
+}
+
+static void
+Reader_dealloc(Reader *self)
+{
+    PyObject_GC_UnTrack(self);
+    Reader_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Reader_init(Reader *self, PyObject *args, PyObject *kwds)
+{
+    int fd;
+    PyObject *protocol, *failed;
+    if (!PyArg_ParseTuple(args, "iOO:Reader", &fd, &protocol, &failed))
+        return -1;
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "fd must not be negative");
+        return -1;
+    }
+    int one = 1; /* every datagram's kernel receive stamp, as a control message */
+    if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMP, &one, sizeof(one)) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    Py_INCREF(protocol);
+    Py_XSETREF(self->protocol, protocol);
+    Py_INCREF(failed);
+    Py_XSETREF(self->failed, failed);
+    self->fd = fd;
+    return 0;
+}
+
+static int
+reader_failed(Reader *self)
+{
+    return hand_failure(self->failed);
+}
+
+/* One datagram to the protocol's current handler: 0 done, -1 error to raise. */
+static int
+reader_dispatch(Reader *self, PyObject *data, const struct sockaddr_storage *sa,
+                double arrived)
+{
+    PyObject *handler = PyObject_GetAttr(self->protocol, name_datagram_received);
+    if (handler == NULL)
+        return reader_failed(self);
+    PyObject *r;
+    if (PyCFunction_Check(handler) && PyCFunction_GET_SELF(handler) != NULL &&
+        Py_IS_TYPE(PyCFunction_GET_SELF(handler), &ReceiverType))
+        r = receiver_handle((Receiver *)PyCFunction_GET_SELF(handler), data, NULL, sa,
+                            arrived);
+    else {
+        PyObject *addr = addr_tuple(sa);
+        r = addr == NULL ? NULL : PyObject_CallFunctionObjArgs(handler, data, addr, NULL);
+        Py_XDECREF(addr);
+    }
+    Py_DECREF(handler);
+    if (r == NULL)
+        return reader_failed(self);
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+Reader_readable(Reader *self, PyObject *Py_UNUSED(ignored))
+{
+    struct mmsghdr msgs[READ_BATCH];
+    struct iovec iov[READ_BATCH];
+    struct sockaddr_storage addrs[READ_BATCH];
+    for (int round = 0; round < READ_BATCHES && self->fd >= 0; round++) {
+        memset(msgs, 0, sizeof(msgs));
+        for (int i = 0; i < READ_BATCH; i++) {
+            iov[i].iov_base = read_bufs[i];
+            iov[i].iov_len = READ_SIZE;
+            msgs[i].msg_hdr.msg_name = &addrs[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof(addrs[i]);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_control = read_ctrl[i].buf;
+            msgs[i].msg_hdr.msg_controllen = sizeof(read_ctrl[i].buf);
+        }
+        int n = recvmmsg(self->fd, msgs, READ_BATCH, MSG_DONTWAIT, NULL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            /* An ICMP error reported on the socket (ECONNREFUSED, ...), or a socket gone. */
+            PyErr_SetFromErrno(PyExc_OSError);
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            PyObject *r = PyObject_CallMethodOneArg(self->protocol, name_error_received,
+                                                    value ? value : Py_None);
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+            if (r == NULL && reader_failed(self) < 0)
+                return NULL;
+            Py_XDECREF(r);
+            break;
+        }
+        self->reads++;
+        PyObject *datas[READ_BATCH];
+        double stamps[READ_BATCH];
+        struct sockaddr_storage from[READ_BATCH];
+        for (int i = 0; i < n; i++) {
+            datas[i] = PyBytes_FromStringAndSize((const char *)read_bufs[i],
+                                                 (Py_ssize_t)msgs[i].msg_len);
+            if (datas[i] == NULL) {
+                for (int j = 0; j < i; j++)
+                    Py_DECREF(datas[j]);
+                return NULL;
+            }
+            memcpy(&from[i], &addrs[i], sizeof(from[i]));
+            stamps[i] = -1.0;
+            for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c != NULL;
+                 c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMP) {
+                    struct timeval tv;
+                    memcpy(&tv, CMSG_DATA(c), sizeof(tv));
+                    stamps[i] = (double)tv.tv_sec + tv.tv_usec * 1e-6;
+                }
+            }
+        }
+        self->datagrams += (unsigned long long)n;
+        for (int i = 0; i < n; i++) {
+            int rc = reader_dispatch(self, datas[i], &from[i], stamps[i]);
+            Py_DECREF(datas[i]);
+            if (rc < 0) {
+                for (int j = i + 1; j < n; j++)
+                    Py_DECREF(datas[j]);
+                return NULL;
+            }
+        }
+        if (n < READ_BATCH)
+            break; /* drained: no further system call to learn it */
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Reader_forget(Reader *self, PyObject *Py_UNUSED(ignored))
+{
+    self->fd = -1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Reader_get_datagrams(Reader *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->datagrams);
+}
+
+static PyObject *
+Reader_get_reads(Reader *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->reads);
+}
+
+static PyMethodDef Reader_methods[] = {
+    {"readable", (PyCFunction)Reader_readable, METH_NOARGS,
+     "readable(): read what the socket holds and hand each datagram on."},
+    {"forget", (PyCFunction)Reader_forget, METH_NOARGS,
+     "forget(): the socket is closing; read nothing more from it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Reader_getset[] = {
+    {"datagrams", (getter)Reader_get_datagrams, NULL, "datagrams read so far", NULL},
+    {"reads", (getter)Reader_get_reads, NULL, "recvmmsg calls that returned datagrams", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mediaserver.sfu._fastpath.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A media socket's reader callback: recvmmsg, then each datagram to the "
+              "protocol's handler.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reader_init,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_traverse = (traverseproc)Reader_traverse,
+    .tp_clear = (inquiry)Reader_clear,
+    .tp_methods = Reader_methods,
+    .tp_getset = Reader_getset,
 };
 
 static PyMethodDef module_methods[] = {
@@ -1890,7 +2180,10 @@ PyMODINIT_FUNC
 PyInit__fastpath(void)
 {
     if (PyType_Ready(&OutputType) < 0 || PyType_Ready(&InputType) < 0 ||
-        PyType_Ready(&ReceiverType) < 0)
+        PyType_Ready(&ReceiverType) < 0 || PyType_Ready(&ReaderType) < 0)
+        return NULL;
+    if ((name_datagram_received = PyUnicode_InternFromString("datagram_received")) == NULL ||
+        (name_error_received = PyUnicode_InternFromString("error_received")) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (m == NULL)
@@ -1898,9 +2191,11 @@ PyInit__fastpath(void)
     Py_INCREF(&OutputType);
     Py_INCREF(&InputType);
     Py_INCREF(&ReceiverType);
+    Py_INCREF(&ReaderType);
     if (PyModule_AddObject(m, "Output", (PyObject *)&OutputType) < 0 ||
         PyModule_AddObject(m, "Input", (PyObject *)&InputType) < 0 ||
         PyModule_AddObject(m, "Receiver", (PyObject *)&ReceiverType) < 0 ||
+        PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddIntConstant(m, "ERR_SRTP", ERR_SRTP) < 0 ||
         PyModule_AddIntConstant(m, "ERR_SOCKET", ERR_SOCKET) < 0 ||
         PyModule_AddIntConstant(m, "ERR_SIZE", ERR_SIZE) < 0 ||
@@ -1908,6 +2203,7 @@ PyInit__fastpath(void)
         Py_DECREF(&OutputType);
         Py_DECREF(&InputType);
         Py_DECREF(&ReceiverType);
+        Py_DECREF(&ReaderType);
         Py_DECREF(m);
         return NULL;
     }

@@ -52,7 +52,7 @@ from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
 from mediaserver import metrics
-from mediaserver.sfu import fastsend
+from mediaserver.sfu import fastsend, mediasocket
 from mediaserver.sfu.red import red_for
 from mediaserver.sfu.rtp import (
     EXT_ABS_SEND_TIME,
@@ -823,8 +823,14 @@ def _make_gatherer(conn: Any, policy: CandidatePolicy) -> Callable[[], Awaitable
             for address in policy.addresses:
                 try:
                     sock = _bind_udp(address, policy.port_min, policy.port_max)
-                    transport, protocol = await loop.create_datagram_endpoint(
-                        lambda: aioice.ice.StunProtocol(conn), sock=sock)
+                    transport: Any
+                    protocol: Any
+                    if mediasocket.usable():  # read by the C extension (mediasocket.py)
+                        transport, protocol = mediasocket.open_endpoint(
+                            loop, lambda: aioice.ice.StunProtocol(conn), sock, _handler_failed)
+                    else:
+                        transport, protocol = await loop.create_datagram_endpoint(
+                            lambda: aioice.ice.StunProtocol(conn), sock=sock)
                 except OSError as exc:
                     log.warning("cannot bind media socket on %s: %s", address, exc)
                     continue

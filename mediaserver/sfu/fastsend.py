@@ -10,7 +10,8 @@ plain state (the common one) are forwarded in C on the same Python objects, the 
 ``Consumer.forward`` (see the fan-out section of the C file). ``receive`` takes a media
 packet of a publisher's stream as ``RecvStream.on_rtp`` does, the common case in C and the
 rest by that method (the receive section). ``Receiver`` takes an ICE socket's datagrams
-in place of the Python closure of ``aiortc_adapter._fast_path`` (the Receiver section).
+in place of the Python closure of ``aiortc_adapter._fast_path`` (the Receiver section);
+``Reader`` reads a media socket the server owns (``mediasocket.MediaTransport``).
 """
 
 from __future__ import annotations
@@ -25,18 +26,20 @@ fanout: Any
 receive: Any
 configure: Any
 Receiver: Any
+Reader: Any
 try:
     from mediaserver.sfu._fastpath import (
         ERR_SOCKET,
         Input,
         Output,
+        Reader,
         Receiver,
         configure,
         fanout,
         receive,
     )
 except ImportError:  # built without a C compiler
-    Output = Input = fanout = receive = configure = Receiver = None
+    Output = Input = fanout = receive = configure = Receiver = Reader = None
     ERR_SOCKET = -2
 
 AVAILABLE = Output is not None
