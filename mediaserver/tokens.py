@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import jwt
 from jwt.algorithms import HMACAlgorithm
 
+from mediaserver import safejson
+
 ALGORITHM = "HS256"
 DEFAULT_AUDIENCE = "mediaserver"
 MAX_TOKEN_BYTES = 4096
@@ -243,12 +245,11 @@ def verify_token(
     return claims
 
 
-# RecursionError: a 4 KiB payload can nest brackets deeper than json's recursion limit.
-_PARSE_ERRORS = (jwt.PyJWTError, ValueError, RecursionError)
+_PARSE_ERRORS = (jwt.PyJWTError, ValueError)
 
 
 def _json_object(decoded: Mapping[str, Any]) -> dict[str, Any]:
-    value = json.loads(decoded["payload"])
+    value = safejson.loads(decoded["payload"])  # a 4 KiB payload could nest 2,000 deep
     if not isinstance(value, dict):
         raise ValueError("payload is not a JSON object")
     return value

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from mediaserver import safejson
 from mediaserver.config import Config
 from mediaserver.rooms import RoomError, RoomManager
 from mediaserver.tokens import Claims, SessionKind, TokenError, verify_token
@@ -79,8 +80,8 @@ async def list_rooms(request: web.Request, rooms: RoomManager) -> web.Response:
 
 async def create_room(request: web.Request, rooms: RoomManager) -> web.Response:
     try:
-        body: Any = await request.json()
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
+        body: Any = safejson.loads(await request.text())
+    except (ValueError, UnicodeDecodeError):
         return _error(400, "bad_json", "body is not valid JSON")
     if not isinstance(body, dict):
         return _error(400, "invalid_request", "body must be a JSON object")
@@ -166,8 +167,8 @@ async def recording(request: web.Request, rooms: RoomManager) -> web.Response:
     if room is None:
         raise RoomError("room_not_found", "no such room")
     try:
-        body: Any = await request.json()
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        body: Any = safejson.loads(await request.text())
+    except (ValueError, UnicodeDecodeError):
         return _error(400, "bad_json", "body is not valid JSON")
     if not isinstance(body, dict) or body.get("action") not in ("start", "stop") \
             or not isinstance(body.get("identity"), str):

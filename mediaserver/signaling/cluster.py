@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from mediaserver import metrics
+from mediaserver import metrics, safejson
 from mediaserver.config import Config
 from mediaserver.rooms import RoomError, RoomManager
 from mediaserver.routing import NodeInfo, Router, RoutingError, make_router
@@ -290,7 +290,7 @@ async def forward_admin(request: web.Request, handler: Any) -> web.StreamRespons
                 return await _list_everywhere(request, handler)
             if request.method == "POST":
                 try:
-                    body = await request.json()
+                    body = safejson.loads(await request.text())
                 except (ValueError, UnicodeDecodeError):
                     return await handler(request)  # it answers bad_json
                 name = body.get("room") if isinstance(body, dict) else None

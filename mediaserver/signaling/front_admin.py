@@ -26,6 +26,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mediaserver import safejson
 from mediaserver.signaling.front import FRONT_KEY, WORKER_URL, Front
 from mediaserver.workers import exposition
 
@@ -109,8 +110,8 @@ async def list_rooms(request: web.Request) -> web.Response:
 
 def _room_named(body: bytes) -> str | None:
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        data = safejson.loads(body)
+    except (ValueError, UnicodeDecodeError):
         return None
     room = data.get("room") if isinstance(data, dict) else None
     return room if isinstance(room, str) and room else None

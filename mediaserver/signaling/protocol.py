@@ -8,10 +8,10 @@ with a stable ``code``; the connection survives. docs/protocol.md describes ever
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
+from mediaserver import safejson
 from mediaserver.tokens import Claims, verify_token
 
 PROTOCOL_VERSION = 1
@@ -95,9 +95,8 @@ def decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
     if size > max_bytes:
         raise ProtocolError(MESSAGE_TOO_LARGE, f"message exceeds {max_bytes} bytes")
     try:
-        msg = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        # RecursionError: a 64 KiB message can nest arrays 30,000 deep.
+        msg = safejson.loads(raw)  # refuses deep nesting before parsing (see safejson)
+    except (ValueError, UnicodeDecodeError):
         raise ProtocolError(BAD_JSON, "message is not valid JSON") from None
     if not isinstance(msg, dict):
         raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object")
