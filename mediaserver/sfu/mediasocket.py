@@ -71,13 +71,10 @@ class MediaTransport(asyncio.DatagramTransport):
         self._closing = True
         self._reader.forget()
         self._loop.remove_reader(self._fd)
-        self._loop.call_soon(self._finish)
-
-    def _finish(self) -> None:
-        try:
-            self._protocol.connection_lost(None)
-        finally:
-            self._sock.close()
+        # Closed now, not in the callback: a loop that stops first must not leave it open
+        # (the C Output sends on its own duplicate of the descriptor).
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, None)
 
     def abort(self) -> None:
         self.close()

@@ -177,8 +177,8 @@ async def test_close_lets_go_of_the_socket() -> None:
     transport.close()
     transport.close()  # twice is once
     assert transport.is_closing()
+    assert sock.fileno() == -1  # at once: a loop that stops now leaves nothing open
     await until(lambda: protocol.lost == [None])
-    assert sock.fileno() == -1
     transport.sendto(b"late", peer.getsockname())  # after close: nothing, no error
     peer.sendto(b"unread", where)
     await asyncio.sleep(0.05)  # (nothing to poll for: nothing must happen)
