@@ -17,13 +17,14 @@ import argparse
 import asyncio
 import os
 import random
+import resource
 import socket
 import struct
 import sys
 import time
 import timeit
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 import pylibsrtp
 
@@ -66,10 +67,35 @@ def _send(port: int, rate: int, seconds: float) -> None:
             time.sleep(max(0.0, start + k / rate - time.monotonic()))
 
 
+def _cpu() -> float:
+    """This process's CPU seconds so far (getrusage: finer than os.times' clock ticks)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _fed(rate: int, seconds: float,
+         receive: Callable[[socket.socket], tuple[float, int]]) -> tuple[float, int]:
+    """``receive(sock)`` -> (CPU seconds, datagrams) on a fresh loopback socket that a
+    child process feeds at ``rate`` (for a little longer than ``seconds``)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    pid = os.fork()
+    if pid == 0:
+        _send(sock.getsockname()[1], rate, seconds + 2)
+        os._exit(0)
+    try:
+        return receive(sock)
+    finally:
+        sock.close()
+        os.waitpid(pid, 0)
+
+
 def wakeup(rates: tuple[int, ...] = (200, 1000), seconds: float = 8.0) -> None:
     """Process CPU per datagram of a uvloop endpoint that does nothing with them, fed one
     1200-byte datagram at a time at each rate by a child process (the cost of waking the
-    event loop for a packet that arrives alone)."""
+    event loop for a packet that arrives alone); the same through the server's own media
+    socket reader (mediasocket.MediaTransport), when this checkout has it; and a thread
+    blocked in recv, with no event loop at all."""
     import uvloop
 
     received = [0]
@@ -78,47 +104,55 @@ def wakeup(rates: tuple[int, ...] = (200, 1000), seconds: float = 8.0) -> None:
         def datagram_received(self, data: bytes, addr: object) -> None:
             received[0] += 1
 
-    async def measure(sock: socket.socket) -> tuple[float, int]:
-        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Sink, sock=sock)
-        await asyncio.sleep(1.0)  # the sender's start-up: not measured
-        t0, n0 = os.times(), received[0]
-        await asyncio.sleep(seconds)  # the measured window
-        t1, n = os.times(), received[0] - n0
-        transport.close()
-        return (t1.user + t1.system) - (t0.user + t0.system), n
+    def on_loop(open_endpoint: Callable[[socket.socket], Awaitable[Any]]
+                ) -> Callable[[socket.socket], tuple[float, int]]:
+        async def measure(sock: socket.socket) -> tuple[float, int]:
+            transport = await open_endpoint(sock)
+            await asyncio.sleep(1.0)  # the sender's start-up: not measured
+            t0, n0 = _cpu(), received[0]
+            await asyncio.sleep(seconds)  # the measured window
+            cpu, n = _cpu() - t0, received[0] - n0
+            transport.close()
+            return cpu, n
 
-    for rate in rates:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
-        pid = os.fork()
-        if pid == 0:
-            _send(sock.getsockname()[1], rate, seconds + 2)
-            os._exit(0)
-        cpu, n = uvloop.run(measure(sock))
-        os.waitpid(pid, 0)
-        print(f"{rate} datagrams/s: {n} received, {cpu * 1000 / seconds:.2f} ms CPU per s, "
-              f"{cpu * 1e6 / max(1, n):.1f} us per datagram")
-        # The same datagrams to a thread blocked in recv: no event loop at all (the floor
-        # of a wake-up: the kernel and the interpreter's own return to Python).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
+        return lambda sock: uvloop.run(measure(sock))
+
+    async def uvloop_endpoint(sock: socket.socket) -> Any:
+        loop = asyncio.get_running_loop()
+        return (await loop.create_datagram_endpoint(Sink, sock=sock))[0]
+
+    async def media_endpoint(sock: socket.socket) -> Any:
+        from mediaserver.sfu import mediasocket
+        loop = asyncio.get_running_loop()
+        return mediasocket.open_endpoint(loop, Sink, sock, print)[0]
+
+    def blocking(sock: socket.socket) -> tuple[float, int]:
         sock.settimeout(0.2)
-        pid = os.fork()
-        if pid == 0:
-            _send(sock.getsockname()[1], rate, seconds + 2)
-            os._exit(0)
         buf, n, start = bytearray(2048), 0, time.monotonic()
-        t0 = os.times()
+        t0 = _cpu()
         while time.monotonic() - start < seconds:
             try:
                 sock.recv_into(buf)
                 n += 1
             except TimeoutError:
                 pass
-        t1 = os.times()
-        sock.close()
-        os.waitpid(pid, 0)
-        cpu = (t1.user + t1.system) - (t0.user + t0.system)
+        return _cpu() - t0, n
+
+    try:
+        from mediaserver.sfu import mediasocket
+        media = mediasocket.usable()
+    except ImportError:
+        media = False
+    for rate in rates:
+        cpu, n = _fed(rate, seconds, on_loop(uvloop_endpoint))
+        print(f"{rate} datagrams/s: {n} received, {cpu * 1000 / seconds:.2f} ms CPU per s, "
+              f"{cpu * 1e6 / max(1, n):.1f} us per datagram")
+        if media:
+            cpu, n = _fed(rate, seconds, on_loop(media_endpoint))
+            print(f"{rate} datagrams/s, media socket reader (recvmmsg): {n} received, "
+                  f"{cpu * 1e6 / max(1, n):.1f} us per datagram")
+        # The floor of a wake-up: the kernel and the interpreter's own return to Python.
+        cpu, n = _fed(rate, seconds, blocking)
         print(f"{rate} datagrams/s, blocking recv, no event loop: {n} received, "
               f"{cpu * 1e6 / max(1, n):.1f} us per datagram")
 

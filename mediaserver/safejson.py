@@ -16,8 +16,8 @@ from typing import Any
 
 MAX_DEPTH = 32  # the deepest message of the protocol or the admin API nests 4 levels
 
-# A whole string (so brackets inside it do not count) or one bracket.
-_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+# A whole string (so brackets inside it do not count) or one bracket (group 1).
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|([\[\]{}])', re.DOTALL)
 
 
 def nesting_ok(text: str | bytes, limit: int = MAX_DEPTH) -> bool:
@@ -31,12 +31,12 @@ def nesting_ok(text: str | bytes, limit: int = MAX_DEPTH) -> bool:
         return True  # cannot nest deeper than it has openers: the usual message
     depth = 0
     for m in _TOKENS.finditer(text):
-        c = m.group()
-        if c in ("[", "{"):
+        bracket = m[1]  # None for a string: its contents are never copied out
+        if bracket == "[" or bracket == "{":
             depth += 1
             if depth > limit:
                 return False
-        elif c in ("]", "}"):
+        elif bracket is not None:
             depth -= 1
     return True
 

@@ -195,14 +195,6 @@ def _next_level(score: float, current: QualityLevel | None) -> QualityLevel:
 Counts = tuple[int, int]  # (packets expected, packets lost)
 
 
-def _counts(windows: list[WindowStats]) -> Counts:
-    expected = lost = 0
-    for w in windows:
-        expected += w.packets_expected
-        lost += w.packets_lost
-    return expected, lost
-
-
 def _shift(recent: Counts, base: Counts) -> float:
     """Standard errors by which the recent loss lies above (+) or below (-) the base rate: the
     signed root of the Poisson deviance, sound even for a handful of lost packets."""
@@ -247,21 +239,12 @@ def _loss_rate(w: WindowStats) -> float:
     return w.packets_lost / (w.packets_expected or 1)
 
 
-def _spike_free(windows: list[WindowStats], k: int, total: Counts | None = None
-                ) -> tuple[Counts, Counts]:
+def _spike_free(expected: list[int], lost: list[int], rates: list[float], k: int,
+                total: Counts) -> tuple[Counts, Counts]:
     """Counts without the spikes among the k windows of highest loss, and among the k - 1
     highest. A spike lies Z_CHANGE standard errors above the rest; steady random loss has
-    none, so the estimate stays unbiased. ``total``: the windows' counts, if known."""
-    return _spike_free_in([w.packets_expected for w in windows],
-                          [w.packets_lost for w in windows],
-                          [_loss_rate(w) for w in windows], k, total)
-
-
-def _spike_free_in(expected: list[int], lost: list[int], rates: list[float], k: int,
-                   total: Counts | None = None) -> tuple[Counts, Counts]:
-    """_spike_free on the pool's columns (``rates``: each window's loss rate)."""
-    if total is None:
-        total = (sum(expected), sum(lost))
+    none, so the estimate stays unbiased. The windows come as the pool's columns (``rates``:
+    each window's loss rate, ``total``: the columns' sums)."""
     n = len(rates)
     if not 0 < k < n or not total[1]:  # without loss there is no spike
         return total, total
@@ -278,16 +261,11 @@ def _spike_free_in(expected: list[int], lost: list[int], rates: list[float], k: 
     return drop, rise
 
 
-def _changed(pool: list[tuple[WindowStats, float]]) -> int:
+def _changed(expected: list[int], lost: list[int], scores: list[float]) -> int:
     """How many of the latest windows to keep: all if the link is unchanged, else the newer
     half of the last m windows whose loss left the older ones behind (worse: judged with the
-    recent worst window set aside, so one bad window is never enough; better: on all)."""
-    return _changed_in([w.packets_expected for w, _ in pool],
-                       [w.packets_lost for w, _ in pool], [sc for _, sc in pool])
-
-
-def _changed_in(expected: list[int], lost: list[int], scores: list[float]) -> int:
-    """_changed on the pool's columns (the tracker keeps them beside its pool)."""
+    recent worst window set aside, so one bad window is never enough; better: on all). The
+    windows come as the pool's columns (the tracker keeps them beside its pool)."""
     n = len(scores)
     scales = [m for m in CHANGE_SCALES if n >= m + RECENT_WINDOWS]
     if not scales:
@@ -324,29 +302,14 @@ def _changed_in(expected: list[int], lost: list[int], scores: list[float]) -> in
     return n
 
 
-def _evidence(pool: list[tuple[WindowStats, float]], total: Counts | None = None
-              ) -> tuple[float, float]:
+def _evidence(recent: list[tuple[WindowStats, float]], expected: list[int], lost: list[int],
+              rates: list[float], total: Counts) -> tuple[float, float]:
     """(drop_to, rise_to): the optimistic evidence a drop heads for (worst recent window and
     loss spikes set aside) and the pessimistic one a recovery climbs to (worst recent delay
-    and frame rate, one spike fewer set aside). ``total``: the pool's counts, if known."""
-    windows = [w for w, _ in pool]
-    return _evidence_in(pool[-RECENT_WINDOWS:], [w.packets_expected for w in windows],
-                        [w.packets_lost for w in windows], [_loss_rate(w) for w in windows],
-                        total)
-
-
-def _evidence_in(recent: list[tuple[WindowStats, float]], expected: list[int],
-                 lost: list[int], rates: list[float], total: Counts | None = None
-                 ) -> tuple[float, float]:
-    """_evidence on the pool's newest RECENT_WINDOWS entries and its columns."""
+    and frame rate, one spike fewer set aside). ``recent``: the pool's newest
+    RECENT_WINDOWS entries; the rest as for _spike_free."""
     worst = min(range(len(recent)), key=lambda i: recent[i][1]) if len(recent) > 1 else -1
-    k = max(1, len(rates) // FORGIVE_ONE_IN)
-    if total is None:
-        total = (sum(expected), sum(lost))
-    if not total[1]:
-        drop = rise = total  # no loss, no spike: _spike_free's answer, without the sort
-    else:
-        drop, rise = _spike_free_in(expected, lost, rates, k, total)
+    drop, rise = _spike_free(expected, lost, rates, max(1, len(rates) // FORGIVE_ONE_IN), total)
     return (window_score(_merge([w for i, (w, _) in enumerate(recent) if i != worst], drop)),
             window_score(_merge([w for w, _ in recent], rise, worst=True)))
 
@@ -408,13 +371,13 @@ class QualityTracker:
             self._keep(0)
             self._score = MIN_MOS
             return self._set(QualityLevel.LOST, now)
-        keep = _changed_in(self._expected, self._lost, self._scores)
+        keep = _changed(self._expected, self._lost, self._scores)
         if keep < len(self._pool):  # the older windows describe another link
             self._keep(keep)
         pool = self._pool
         recent = [pool[i] for i in range(max(0, len(pool) - RECENT_WINDOWS), len(pool))]
-        drop_to, rise_to = _evidence_in(recent, self._expected, self._lost, self._rates,
-                                        (sum(self._expected), sum(self._lost)))
+        drop_to, rise_to = _evidence(recent, self._expected, self._lost, self._rates,
+                                     (sum(self._expected), sum(self._lost)))
         dt = min(max(stats.duration, 0.0), MAX_DT)
         score = self._score
         if score is None or self._level is None:

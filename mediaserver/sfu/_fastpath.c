@@ -41,10 +41,10 @@
 #include <sys/ioctl.h>
 #include <sys/time.h>
 #include <linux/sockios.h>
+#include <unistd.h>
 
 /* RTP packets every Output sent (the latency sampler's "was it forwarded"). */
 static unsigned long long sent_total;
-#include <unistd.h>
 
 #define BUFFER_SIZE 4096
 #define TRAILER_ROOM 256 /* >= libsrtp's SRTP_MAX_TRAILER_LEN and SRTCP's (148) */
@@ -939,7 +939,6 @@ typedef struct {
     unsigned long ast24;
 } Fan;
 
-#define IS(obj, k) ((obj) != NULL && Py_IS_TYPE((obj), klass[k]))
 
 /* The plain consumer's copy: 1 done, 0 not plain (nothing changed: the Python method's),
  * -1 error. The order of the checks and of the changes is Consumer.forward's. */
@@ -1916,7 +1915,7 @@ static PyTypeObject ReceiverType = {
 /* -- Reader ----------------------------------------------------------------------------
  *
  * Reader(fd, protocol, failed).readable(): the event loop's reader callback of a media
- * socket the server owns (aiortc_adapter.MediaTransport), in place of uvloop's UDP
+ * socket the server owns (mediasocket.MediaTransport), in place of uvloop's UDP
  * transport. Up to READ_BATCHES x READ_BATCH datagrams a call, READ_BATCH per recvmmsg, so
  * a wake that finds one datagram costs one system call (uvloop's reads end on an EAGAIN),
  * and no address tuple is made for SRTP/SRTCP. Each datagram goes to the handler
@@ -1931,7 +1930,8 @@ static PyTypeObject ReceiverType = {
 #define READ_SIZE 65536
 
 /* One set of buffers for every Reader: the loop's thread holds the GIL while it reads, and
- * a batch is copied into bytes before any handler runs. */
+ * a batch is copied into bytes before any handler runs (the addresses stay in the call's
+ * own frame, which only its next recvmmsg overwrites). */
 static unsigned char read_bufs[READ_BATCH][READ_SIZE];
 static union {
     char buf[CMSG_SPACE(sizeof(struct timeval))];
@@ -2050,25 +2050,19 @@ Reader_readable(Reader *self, PyObject *Py_UNUSED(ignored))
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 break;
-            /* An ICMP error reported on the socket (ECONNREFUSED, ...), or a socket gone. */
+            /* An ICMP error reported on the socket (ECONNREFUSED, ...), or a socket gone:
+             * the OSError to protocol.error_received, as a handler's Exception to failed. */
             PyErr_SetFromErrno(PyExc_OSError);
-            PyObject *type, *value, *tb;
-            PyErr_Fetch(&type, &value, &tb);
-            PyErr_NormalizeException(&type, &value, &tb);
-            PyObject *r = PyObject_CallMethodOneArg(self->protocol, name_error_received,
-                                                    value ? value : Py_None);
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(tb);
-            if (r == NULL && reader_failed(self) < 0)
+            PyObject *on_error = PyObject_GetAttr(self->protocol, name_error_received);
+            int rc = on_error == NULL ? -1 : hand_failure(on_error);
+            Py_XDECREF(on_error);
+            if (rc < 0 && reader_failed(self) < 0)
                 return NULL;
-            Py_XDECREF(r);
             break;
         }
         self->reads++;
         PyObject *datas[READ_BATCH];
         double stamps[READ_BATCH];
-        struct sockaddr_storage from[READ_BATCH];
         for (int i = 0; i < n; i++) {
             datas[i] = PyBytes_FromStringAndSize((const char *)read_bufs[i],
                                                  (Py_ssize_t)msgs[i].msg_len);
@@ -2077,7 +2071,6 @@ Reader_readable(Reader *self, PyObject *Py_UNUSED(ignored))
                     Py_DECREF(datas[j]);
                 return NULL;
             }
-            memcpy(&from[i], &addrs[i], sizeof(from[i]));
             stamps[i] = -1.0;
             for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c != NULL;
                  c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
@@ -2090,7 +2083,7 @@ Reader_readable(Reader *self, PyObject *Py_UNUSED(ignored))
         }
         self->datagrams += (unsigned long long)n;
         for (int i = 0; i < n; i++) {
-            int rc = reader_dispatch(self, datas[i], &from[i], stamps[i]);
+            int rc = reader_dispatch(self, datas[i], &addrs[i], stamps[i]);
             Py_DECREF(datas[i]);
             if (rc < 0) {
                 for (int j = i + 1; j < n; j++)

@@ -173,17 +173,22 @@ async def test_close_lets_go_of_the_socket() -> None:
     peer = _udp()
     sock = _udp()
     transport, protocol = _open(sock)
-    where = transport.get_extra_info("sockname")
-    transport.close()
-    transport.close()  # twice is once
-    assert transport.is_closing()
-    assert sock.fileno() == -1  # at once: a loop that stops now leaves nothing open
-    await until(lambda: protocol.lost == [None])
-    transport.sendto(b"late", peer.getsockname())  # after close: nothing, no error
-    peer.sendto(b"unread", where)
-    await asyncio.sleep(0.05)  # (nothing to poll for: nothing must happen)
-    assert protocol.got == [] and protocol.errors == []
-    peer.close()
+    other, witness = _open(_udp())  # still open: shows when the loop has read again
+    try:
+        where = transport.get_extra_info("sockname")
+        transport.close()
+        transport.close()  # twice is once
+        assert transport.is_closing()
+        assert sock.fileno() == -1  # at once: a loop that stops now leaves nothing open
+        await until(lambda: protocol.lost == [None])
+        transport.sendto(b"late", peer.getsockname())  # after close: nothing, no error
+        peer.sendto(b"unread", where)
+        peer.sendto(b"probe", other.get_extra_info("sockname"))
+        await until(lambda: [d for d, _ in witness.got] == [b"probe"])
+        assert protocol.got == [] and protocol.errors == []
+    finally:
+        other.close()
+        peer.close()
 
 
 def _rtp(seq: int) -> bytes:

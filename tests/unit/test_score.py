@@ -437,7 +437,8 @@ pool_entries = st.tuples(st.integers(0, 120), st.integers(0, 120),
 def test_change_detection_matches_its_definition(entries) -> None:
     from mediaserver.quality.score import _changed
     pool = [(audio(lost=min(lost, n), n=n), s) for n, lost, s in entries]
-    assert _changed(pool) == _changed_by_definition(pool)
+    assert _changed([w.packets_expected for w, _ in pool], [w.packets_lost for w, _ in pool],
+                    [s for _, s in pool]) == _changed_by_definition(pool)
 
 
 # Audio windows whose loss jumps now and then: long enough to fill the pool (60) and evict,
@@ -496,7 +497,11 @@ spike_entries = st.tuples(st.sampled_from([0, 1, 10, 50, 100]), st.integers(0, 1
 def test_spike_removal_matches_its_definition(entries, k) -> None:
     from mediaserver.quality.score import _spike_free
     windows = [audio(lost=min(lost, n), n=n) for n, lost in entries]
-    assert _spike_free(windows, k) == _spike_free_by_definition(windows, k)
+    expected = [w.packets_expected for w in windows]
+    lost = [w.packets_lost for w in windows]
+    rates = [w.packets_lost / (w.packets_expected or 1) for w in windows]
+    assert (_spike_free(expected, lost, rates, k, (sum(expected), sum(lost)))
+            == _spike_free_by_definition(windows, k))
 
 
 window_fields = st.tuples(st.sampled_from([None, 0.0, 0.02, 0.3]),
