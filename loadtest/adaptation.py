@@ -22,12 +22,12 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from loadtest.client import SignalClient
-from loadtest.shaped import ShapedLink
+from loadtest.shaped import ShapedLink, watch_stalls
 from loadtest.simulcast import SimulcastPublisher
 
 
@@ -67,6 +67,7 @@ def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario
                  if t["participant_id"] == publisher_id and t["kind"] == "audio")
     v = [(t - origin, w) for t, w in video["arrivals"]]
     a = [t - origin for t, _ in audio["arrivals"]]
+    stalls = [(x - origin, y - origin) for x, y in record.get("stalls", [])]
     phases = []
     for start, end, rate in _phases(scenario):
         settle = start + 5  # judge the steady state, not the transition
@@ -75,6 +76,7 @@ def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario
                    for s in range(int(settle), int(end) - 1)]
         audio_in = [t for t in a if start <= t < end]
         gaps = [y - x for x, y in itertools.pairwise(audio_in)]
+        running = [net_gap(x, y, stalls) for x, y in itertools.pairwise(audio_in)]
         widths: dict[int, int] = {}
         for _, w in frames:
             widths[w] = widths.get(w, 0) + 1
@@ -95,6 +97,8 @@ def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario
             "widths": widths,
             "audio_frames": len(audio_in),
             "audio_max_gap_ms": round(max(gaps) * 1000) if gaps else None,
+            # The same, less the time the subscriber's own process did not run.
+            "audio_max_gap_running_ms": round(max(running) * 1000) if running else None,
             **change,
         })
     switches = sum(1 for (_, w1), (_, w2) in itertools.pairwise(v) if w1 != w2)
@@ -109,8 +113,15 @@ def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario
             "first_audio_s": round(a[0], 2) if a else None,
             "first_video_s": round(v[0][0], 2) if v else None,
             "audio_gaps_over_100ms": long_gaps,
+            "subscriber_stalls": [(round(x, 2), round((y - x) * 1000)) for x, y in stalls],
             "audio_loss_pct": round(100 * lost / max(1, received + lost), 2),
             "stream_states": [(e["state"], e.get("reason"), e.get("width")) for e in states]}
+
+
+def net_gap(start: float, end: float, stalls: Sequence[tuple[float, float]]) -> float:
+    """The time from ``start`` to ``end`` less what of it falls in any (from, to) stall."""
+    idle = sum(max(0.0, min(end, b) - max(start, a)) for a, b in stalls)
+    return end - start - idle
 
 
 def _settled_at(frames: list[tuple[float, int]], width: int, end: float) -> float | None:
@@ -133,6 +144,8 @@ async def run(url: str, tokens: dict[str, str], scenario: Scenario, host_ip: str
     publisher = SignalClient(url, tokens["publisher"])
     viewer = SignalClient(url, tokens["viewer"])
     sim: SimulcastPublisher | None = None
+    server_stalls: list[tuple[float, float]] = []  # this process: the server and publisher
+    watcher: asyncio.Future[None] | None = None
     try:
         reply = await publisher.connect()
         if reply["type"] != "joined":
@@ -144,6 +157,7 @@ async def run(url: str, tokens: dict[str, str], scenario: Scenario, host_ip: str
         await viewer.connect()
         shaped_url = url.replace("127.0.0.1", host_ip)
         origin = time.time()
+        watcher = asyncio.ensure_future(watch_stalls(server_stalls))
         proc = link.spawn(python, "-m", "loadtest.shaped", "--url", shaped_url,
                           "--token", tokens["constrained"], "--address", link.ns_ip,
                           "--duration", str(scenario.duration),
@@ -179,10 +193,14 @@ async def run(url: str, tokens: dict[str, str], scenario: Scenario, host_ip: str
             "top_share_last_10s": round(tail.count(top) / len(tail), 2) if tail else 0.0,
         }
         summary["publisher_layers_active"] = [la.active for la in sim.layers]
+        summary["server_process_stalls"] = [(round(x - origin, 2), round((y - x) * 1000))
+                                            for x, y in server_stalls]
         if last_trace is not None:
             summary["estimator"] = last_trace
         return summary
     finally:
+        if watcher is not None:
+            watcher.cancel()
         if sim is not None:
             await sim.stop()
         await asyncio.gather(publisher.close(), viewer.close())

@@ -112,6 +112,24 @@ class ShapedLink:
 
 # -- the subscriber inside the namespace -------------------------------------------------
 
+STALL_TICK = 0.02  # seconds between a stall watcher's wakes
+STALL_MIN = 0.05  # a wake this much later than asked: the process did not run meanwhile
+
+
+async def watch_stalls(out: list[tuple[float, float]]) -> None:
+    """Append (from, to) in wall time wherever this process's loop did not run.
+
+    A starved machine (CI's two shared cores) can stop a process for a few hundred
+    milliseconds; a gap in what it received then says nothing of the link or the server.
+    """
+    last = time.time()
+    while True:
+        await asyncio.sleep(STALL_TICK)
+        now = time.time()
+        if now - last > STALL_TICK + STALL_MIN:
+            out.append((last + STALL_TICK, now))
+        last = now
+
 
 async def subscribe(url: str, token: str, address: str, duration: float,
                     audio_only: bool = False, start_bitrate: int | None = None
@@ -119,6 +137,8 @@ async def subscribe(url: str, token: str, address: str, duration: float,
     client = SignalClient(url, token,
                           policy=aiortc_adapter.CandidatePolicy(addresses=(address,)))
     events: list[tuple[float, dict[str, Any]]] = []
+    stalls: list[tuple[float, float]] = []
+    watcher = asyncio.ensure_future(watch_stalls(stalls))
     try:
         reply = await client.connect()
         if reply["type"] != "joined":
@@ -151,10 +171,12 @@ async def subscribe(url: str, token: str, address: str, duration: float,
                         "arrivals": [(t + offset, w) for t, w in r.arrivals]}
                        for r in client.received.values()],
             "rtp": stats,
+            "stalls": stalls,
             "events": [(t, e) for t, e in events
                        if e.get("type") in ("stream_state", "connection_quality")],
         }
     finally:
+        watcher.cancel()
         await client.close()
 
 

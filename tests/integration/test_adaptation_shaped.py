@@ -28,19 +28,22 @@ async def _run(name: str) -> dict[str, Any]:
             tokens = {k: server.token(f"shaped-{name}", k, kind="group")
                       for k in ("publisher", "viewer", "constrained")}
             room = f"shaped-{name}"
-            viewer_history: list[Any] = []
+            histories: dict[str, list[Any]] = {"viewer": [], "constrained": []}
 
             def trace() -> None:
-                # The unconstrained viewer's decisions, to tell why if it was affected.
+                # Both subscribers' estimator decisions, to tell why if a figure was off.
                 r = server.rooms.rooms.get(room)
-                p = r.by_identity("viewer") if r else None
-                if p is not None and p.subscriber is not None:
-                    viewer_history[:] = [(round(t, 1), c, b) for t, c, b in
-                                         p.subscriber.adaptation.estimator.history]
+                for identity, history in histories.items():
+                    p = r.by_identity(identity) if r else None
+                    if p is not None and p.subscriber is not None:
+                        history[:] = [(round(t, 1), c, b) for t, c, b in
+                                      p.subscriber.adaptation.estimator.history]
 
             summary = await run(server.ws_url, tokens, SCENARIOS[name], link.host_ip, link,
                                 trace=trace)
-    print(f"\n{name}: {json.dumps(summary)}\nviewer's estimator: {viewer_history}")
+    print(f"\n{name}: {json.dumps(summary)}")
+    for identity, history in histories.items():
+        print(f"{identity}'s estimator: {history}")
     return summary
 
 
@@ -58,8 +61,12 @@ async def test_capped_at_250_kbps_audio_stays_clean_and_the_low_layer_flows():
     # and stop at the first REMB burst or NACK, so they never fill the 200 ms tbf queue;
     # the longest gaps measured are ~50-60 ms (docs/benchmarks.md). One lost audio packet
     # alone shows as a ~320 ms gap here: aiortc's audio jitter buffer waits for 16 packets.
+    # Gaps are measured while the subscriber's process ran: a CI run once saw 277 ms between
+    # two audio frames with nothing lost (not reproduced here, 47-59 ms in three runs); a
+    # process starved on two shared cores shows so, and says nothing of the link or server.
+    # The summary lists where the subscriber's and the server's processes did not run.
     assert summary["audio_loss_pct"] < 1.0, summary
-    assert phase["audio_max_gap_ms"] < 200, summary
+    assert phase["audio_max_gap_running_ms"] < 200, summary
     assert set(phase["widths"]) == {160}, summary  # the low layer, and only it
     assert phase["video_fps_median"] >= 12, summary  # at a steady frame rate (15 sent)
     _others_unaffected(summary)
@@ -108,7 +115,8 @@ async def test_a_client_that_says_its_link_is_thin_keeps_audio_continuous_at_100
     assert tuple(summary["stream_states"][0]) == ("paused", "audio_only", None), summary
     assert summary["audio_loss_pct"] < 1.0, summary
     # (One lost audio packet alone shows as a ~320 ms gap on aiortc's receiver.)
-    assert capped["audio_max_gap_ms"] < 200 and lifted["audio_max_gap_ms"] < 200, summary
+    assert capped["audio_max_gap_running_ms"] < 200, summary
+    assert lifted["audio_max_gap_running_ms"] < 200, summary
     assert capped["audio_frames"] >= 0.85 * 50 * 20, summary  # less the join (~1 s)
     assert sum(lifted["widths"].values()) >= 100, summary  # video once the cap is lifted
     _others_unaffected(summary)
