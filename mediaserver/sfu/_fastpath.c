@@ -717,7 +717,7 @@ enum {
     R_PRODUCER, R_SEQ, R_TS, R_TALLY, R_STATS, R_LAST_PACKET, R_WBYTES, R_WPACKETS,
     R_WSTART, R_WFRAMES, R_CACHE, R_CACHE_SEQ, R_FRAMES, R_NACKS, R_KEYFRAMES, R_SPATIAL,
     R_BUDGET, R_SPEAKERS, R_MUTED, R_LEVEL_ID, R_PARTICIPANT, R_CODEC, R_PARSE_VP8,
-    R_IS_VIDEO, R_KEYFRAME_CHECK, R_CONSUMERS, R_TAPS, R_RTT,
+    R_IS_VIDEO, R_KEYFRAME_CHECK, R_CONSUMERS, R_TAPS, R_RTT, R_WIDTH, R_HEIGHT,
     R_U_HALF, R_U_LAST, R_U_MASK, R_U_MOD,
     R_S_BASE, R_S_HIGHEST, R_S_PACKETS, R_S_BYTES, R_S_CLOCK, R_S_TRANSIT, R_S_JITTER,
     R_N_HIGHEST, R_N_MISSING, R_N_KEYFRAME,
@@ -762,7 +762,8 @@ static const struct {
     [R_PARSE_VP8] = {K_PRODUCER, "parse_vp8"}, [R_IS_VIDEO] = {K_PRODUCER, "is_video"},
     [R_KEYFRAME_CHECK] = {K_PRODUCER, "keyframe_check"},
     [R_CONSUMERS] = {K_PRODUCER, "consumers"}, [R_TAPS] = {K_PRODUCER, "taps"},
-    [R_RTT] = {K_PRODUCER, "rtt"},
+    [R_RTT] = {K_PRODUCER, "rtt"}, [R_WIDTH] = {K_STREAM, "width"},
+    [R_HEIGHT] = {K_STREAM, "height"},
     [R_U_HALF] = {K_UNWRAPPER, "_half"}, [R_U_LAST] = {K_UNWRAPPER, "_last"},
     [R_U_MASK] = {K_UNWRAPPER, "_mask"}, [R_U_MOD] = {K_UNWRAPPER, "_mod"},
     [R_S_BASE] = {K_RECV_STATS, "base_seq"}, [R_S_HIGHEST] = {K_RECV_STATS, "highest_seq"},
@@ -1259,6 +1260,37 @@ call_void(PyObject *obj, PyObject *name, PyObject *a1, PyObject *a2, PyObject *a
 }
 
 /* 1: taken whole; 0: not plain, nothing changed (RecvStream.on_rtp's); -1: error. */
+/* producer._vp8_keyframe on a VP8 payload (descriptor first, RFC 7741) of n > 0 bytes
+ * whose first byte starts partition 0: 1 if it starts a keyframe, with the frame's size
+ * in *width and *height when its header is whole (else left 0); 0 if not. */
+static int
+vp8_keyframe(const unsigned char *p, Py_ssize_t n, long *width, long *height)
+{
+    Py_ssize_t pos = 1;
+    if (n < 2)
+        return 0;
+    if (p[0] & 0x80) {
+        unsigned char x = p[1];
+        pos = 2;
+        if (x & 0x80) {
+            if (pos >= n)
+                return 0;
+            pos += (p[pos] & 0x80) ? 2 : 1;
+        }
+        if (x & 0x40)
+            pos++;
+        if (x & 0x30)
+            pos++;
+    }
+    if (pos >= n || (p[pos] & 0x01))
+        return 0;
+    if (pos + 10 <= n && p[pos + 3] == 0x9d && p[pos + 4] == 0x01 && p[pos + 5] == 0x2a) {
+        *width = (p[pos + 6] | (p[pos + 7] << 8)) & 0x3FFF;
+        *height = (p[pos + 8] | (p[pos + 9] << 8)) & 0x3FFF;
+    }
+    return 1;
+}
+
 static int
 receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
 {
@@ -1449,10 +1481,18 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
         goto done;
     int keyframe = 0;
     if (is_video == Py_True) {
-        unsigned char first = (unsigned char)PyBytes_AS_STRING(f.data)[f.start];
-        /* _vp8_keyframe's own pre-check: only the first packet of partition 0 can start a
-         * keyframe; any other codec's check is asked every time. */
-        if (check != vp8_check || ((first & 0x10) && !(first & 0x07))) {
+        const unsigned char *payload = (const unsigned char *)PyBytes_AS_STRING(f.data) + f.start;
+        if (check == vp8_check) {
+            /* _vp8_keyframe, here: only the first packet of partition 0 can start one. */
+            long width = 0, height = 0;
+            if ((payload[0] & 0x10) && !(payload[0] & 0x07))
+                keyframe = vp8_keyframe(payload, f.end - f.start, &width, &height);
+            if (width && (field_set_ll(stream, R_WIDTH, width) < 0 ||
+                          field_set_ll(stream, R_HEIGHT, height) < 0))
+                goto done;
+        }
+        else {
+            /* Any other codec's check is asked every time. */
             PyObject *r = PyObject_CallFunctionObjArgs(check, stream, pkt, NULL);
             if (r == NULL)
                 goto done;

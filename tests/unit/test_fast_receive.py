@@ -36,11 +36,37 @@ H264_IDR = b"\x65\x88\x84\x00"
 H264_SLICE = b"\x41\x9a\x00\x00"
 
 
+def _vp8_head(rng: random.Random) -> bytes:
+    """A descriptor with any of its extensions, then a payload header: a keyframe's whole or
+    cut short, or a delta frame's; sometimes the descriptor alone, truncated."""
+    x = rng.choice([0, 0x80, 0x40, 0x20, 0x10, 0x30, 0xF0, 0xC0])
+    b0 = (0x80 if x else 0) | rng.choice([0x10, 0x10, 0x30, 0x11, 0x00])
+    desc = bytes([b0]) + (bytes([x]) if x else b"")
+    if x & 0x80:
+        desc += rng.choice([b"\x85\x21", b"\x05", b"\xff"])  # 15-bit, 7-bit, cut short
+    if x & 0x40:
+        desc += bytes([rng.randrange(256)])
+    if x & 0x30:
+        desc += bytes([rng.randrange(256)])
+    width, height = rng.choice([(320, 240), (160, 120), (0, 0), (16383, 9)])
+    frame = rng.choice([
+        b"\x00\x00\x00\x9d\x01\x2a" + width.to_bytes(2, "little") + height.to_bytes(2, "little"),
+        b"\x00\x00\x00\x9d\x01\x2a\x40",  # the size cut off
+        b"\x00\x00\x00\x9d\x01\x2b\x40\x01\xf0\x00",  # no start code
+        b"\x01\x00\x00",  # a delta frame
+        b"",
+    ])
+    return (desc + frame)[:rng.choice([1, 2, 3, 4, 64])] if rng.random() < 0.1 else desc + frame
+
+
 def _payload(rng: random.Random, kind: str, codec_name: str) -> bytes:
     if kind == "audio":
         head = b""
     elif codec_name == "VP8":
-        head = rng.choice([VP8_KEY, VP8_DELTA, VP8_DELTA, VP8_CONTINUATION, VP8_CONTINUATION])
+        head = rng.choice([VP8_KEY, VP8_DELTA, VP8_DELTA, VP8_CONTINUATION, VP8_CONTINUATION,
+                           _vp8_head(rng), _vp8_head(rng)])
+        if len(head) < 10 and rng.random() < 0.5:
+            return head  # nothing after: the header is all there is
     else:
         head = rng.choice([H264_IDR, H264_SLICE, H264_SLICE, H264_SLICE])
     return head + bytes(rng.randrange(256) for _ in range(rng.randrange(20, 400)))
