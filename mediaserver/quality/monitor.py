@@ -21,10 +21,8 @@ from mediaserver.quality.score import (
     QualityLevel,
     QualityTracker,
     WindowStats,
-    audio_mos,
     combine,
     probable_cause,
-    video_score,
     window_score,
 )
 
@@ -91,20 +89,22 @@ class ParticipantQuality:
 
     def update(self, counters: list[LinkCounters], now: float) -> QualityLevel | None:
         """Take a reading; return the participant's new level when it changed."""
-        ups: list[WindowStats] = []
-        downs: list[WindowStats] = []
+        ups: list[tuple[WindowStats, float]] = []
+        downs: list[tuple[WindowStats, float]] = []
+        fresh: dict[str, float] = {}  # each new window's score, rated once for every use
         for c in counters:
             w = self._window(c, now)
             if w is None:
                 continue
             self.latest[c.key] = w
-            (ups if c.direction == "uplink" else downs).append(w)
+            score = fresh[c.key] = window_score(w)  # audio_mos or video_score by its kind
+            (ups if c.direction == "uplink" else downs).append((w, score))
             if w.packets_expected and not w.muted:
                 direction: Literal["uplink", "downlink"] = (
                     "uplink" if c.direction == "uplink" else "downlink")
                 metrics.observe_link(direction, w.kind, w.rtt, w.jitter, _loss(w))
                 if w.kind == "audio":
-                    metrics.observe_mos(direction, audio_mos(w))
+                    metrics.observe_mos(direction, score)
         live = {c.key for c in counters}
         for key in [k for k in self._prev if k not in live]:
             del self._prev[key]
@@ -116,7 +116,7 @@ class ParticipantQuality:
             tracker = self.trackers.get(key)
             if tracker is None:
                 tracker = self.trackers[key] = QualityTracker()
-            tracker.update(w, now)
+            tracker.update(w, now, fresh.get(key))
             if tracker.level is not None:
                 levels.append(tracker.level)
             if tracker.score is not None and not w.muted:
@@ -175,13 +175,10 @@ def _loss(w: WindowStats) -> float:
     return w.packets_lost / w.packets_expected if w.packets_expected else 0.0
 
 
-def _worst(windows: list[WindowStats]) -> WindowStats | None:
-    """The window that scores lowest (muted tracks only if nothing else is there)."""
+def _worst(windows: list[tuple[WindowStats, float]]) -> WindowStats | None:
+    """The window that scores lowest (muted tracks only if nothing else is there), of
+    (window, its score) pairs: the score is audio_mos for audio, video_score for video."""
     if not windows:
         return None
-    candidates = [w for w in windows if not w.muted] or windows
-
-    def score(w: WindowStats) -> float:
-        return audio_mos(w) if w.kind == "audio" else video_score(w)
-
-    return min(candidates, key=score)
+    candidates = [ws for ws in windows if not ws[0].muted] or windows
+    return min(candidates, key=lambda ws: ws[1])[0]

@@ -347,8 +347,11 @@ class QualityTracker:
     def level(self) -> QualityLevel | None:
         return self._level
 
-    def update(self, stats: WindowStats, now: float) -> QualityLevel | None:
-        """Take one window; return the new level if it changed, else None."""
+    def update(self, stats: WindowStats, now: float, score: float | None = None
+               ) -> QualityLevel | None:
+        """Take one window; return the new level if it changed, else None. ``score``: the
+        window's ``window_score``, if the caller has it already."""
+        given = stats
         if stats.muted:  # not applicable: excellent, and the evidence so far is stale
             self._keep(0)
             self._empty_run, self._score = 0, MAX_MOS
@@ -366,7 +369,7 @@ class QualityTracker:
         if not 0 <= stats.packets_lost <= stats.packets_expected:  # duplicates, reordering
             stats = replace(stats, packets_lost=min(max(stats.packets_lost, 0),
                                                     stats.packets_expected))
-        self._push(stats, window_score(stats))
+        self._push(stats, score if score is not None and stats is given else window_score(stats))
         if self._empty_run >= LOST_AFTER:
             self._keep(0)
             self._score = MIN_MOS

@@ -22,6 +22,7 @@ from mediaserver.quality.score import (
     combine,
     probable_cause,
     video_score,
+    window_score,
 )
 
 EX, GOOD, POOR, LOST = (QualityLevel.EXCELLENT, QualityLevel.GOOD, QualityLevel.POOR,
@@ -386,6 +387,31 @@ def test_any_valid_windows_keep_the_score_in_range(windows: list[WindowStats]) -
             "uplink_loss", "downlink_loss", "uplink_delay", "downlink_delay", "bandwidth",
             "none"}
     assert all(1.0 <= score <= 4.5 for _, score, _ in tracker.history)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(windows_st, min_size=1, max_size=30))
+def test_a_score_handed_in_changes_nothing(windows: list[WindowStats]) -> None:
+    # The monitor rates each window once and hands the score in. A window the tracker
+    # rewrites (nothing sent, loss out of range) is rated again, so a stale score handed
+    # in for it (here a wrong one) must not count.
+    plain, handed, wrong = QualityTracker(), QualityTracker(), QualityTracker()
+    for i, window in enumerate(windows):
+        score = window_score(window)
+        outcomes = [plain.update(window, float(i)), handed.update(window, float(i), score)]
+        silence = (window.kind == "audio" and window.dtx and window.packets_expected <= 0
+                   and not window.muted)
+        dry = window.packets_expected <= 0 and not (window.muted or window.paused or silence)
+        rewritten = dry or not 0 <= window.packets_lost <= window.packets_expected
+        if rewritten:
+            outcomes.append(wrong.update(window, float(i), 1.0 if score > 2.0 else 4.5))
+        else:
+            outcomes.append(wrong.update(window, float(i), score))
+        assert outcomes[0] == outcomes[1] == outcomes[2]
+        assert plain.score == handed.score == wrong.score
+        # Every pooled window is rated as it stands (a wrong rating seldom shows outside).
+        assert all(pooled == window_score(w) for w, pooled in wrong._pool)
+    assert list(plain.history) == list(handed.history) == list(wrong.history)
 
 
 @pytest.mark.parametrize("duration", [2.2250738585e-313, 1e-9, 0.0])
