@@ -166,6 +166,9 @@ async def measure(step: int, args: argparse.Namespace, port: int,
     l0 = buckets(m0, "mediaserver_event_loop_lag_distribution_seconds")
     l1 = buckets(m1, "mediaserver_event_loop_lag_distribution_seconds")
     gc_max = quantile(g0, g1, 1.0)
+    control = "mediaserver_control_cpu_seconds_total"
+    control_cpu = {step: total(m1, control, step=step) - total(m0, control, step=step)
+                   for step in ("quality", "adaptation", "rtcp")}
     lag_p99 = quantile(l0, l1, 0.99)
     return {
         "sessions": step, "participants": participants,
@@ -184,6 +187,8 @@ async def measure(step: int, args: argparse.Namespace, port: int,
         "gc_pauses": (g1[-1][1] - g0[-1][1]) if g1 and g0 else 0,
         "gc_pause_max_ms": None if gc_max is None else gc_max * 1e3,
         "loop_lag_p99_ms": None if lag_p99 is None else lag_p99 * 1e3,
+        # The control plane's steps, each as a share of the server's CPU in the window.
+        "control_pct": {k: 100 * v / cpu if cpu > 0 else None for k, v in control_cpu.items()},
         "generator_cpu_pct": [d["generator"]["cpu_pct"] for d in docs],
         "generator_saturated": sorted(set(saturated)),
     }
@@ -324,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         row = run_step(step, args)
         rows.append(row)
         print_row(row)
+        shares = ", ".join(f"{k} {v:.1f} %" for k, v in row["control_pct"].items()
+                           if v is not None)
+        print(f"#   control plane, share of the server's CPU: {shares or '-'}")
         if args.profile and os.path.exists(f"{args.profile}.{step}"):
             print_profile(f"{args.profile}.{step}")
         if row["failed"]:

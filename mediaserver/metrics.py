@@ -259,6 +259,22 @@ EVENT_LOOP_LAG_DISTRIBUTION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=REGISTRY,
 )
+CONTROL_STEPS = ("quality", "adaptation", "rtcp")
+CONTROL_CPU = Counter(
+    "mediaserver_control_cpu_seconds_total",
+    "CPU seconds the event loop's thread spent in the control plane, by step: the rooms' "
+    "quality and adaptation steps, and RTCP (reading feedback, building reports)",
+    ["step"],
+    registry=REGISTRY,
+)
+_CONTROL = {step: CONTROL_CPU.labels(step=step) for step in CONTROL_STEPS}
+
+
+def control_cpu(step: str, seconds: float) -> None:
+    """Count ``seconds`` of thread CPU (time.thread_time) to a control step."""
+    _CONTROL[step].inc(max(0.0, seconds))
+
+
 ASYNCIO_TASKS = Gauge(
     "mediaserver_asyncio_tasks",
     "asyncio tasks alive in the server's event loop (a leak shows as growth across sessions)",

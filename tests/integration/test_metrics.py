@@ -82,6 +82,17 @@ async def test_packet_counters_follow_a_call_and_labels_name_no_one(server):
 
         await wait_until(all_moved, timeout=20, interval=0.3,
                          message="packet and byte counters to move in and out, audio and video")
+
+        async def control_moved() -> bool:
+            # The rooms' quality (1 s) and adaptation (0.5 s) steps and RTCP both ways cost
+            # the loop's thread some CPU, and it is counted by step.
+            now = await scrape(server.url)
+            name = "mediaserver_control_cpu_seconds_total"
+            return all(value(now, name, step=step) > value(before, name, step=step)
+                       for step in metrics.CONTROL_STEPS)
+
+        await wait_until(control_moved, timeout=20, interval=0.3,
+                         message="control-plane CPU counted for every step")
         after = await scrape(server.url)
         assert value(after, "mediaserver_participants", role="host") >= 1
         assert value(after, "mediaserver_participants", role="participant") >= 1
