@@ -18,6 +18,7 @@ MODULES = [
     "bench.forwarding",
     "bench.micro",
     "bench.paired",
+    "bench.perf_split",
     "bench.percall",
     "bench.packet_path",
     "bench.recording",
