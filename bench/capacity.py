@@ -42,6 +42,7 @@ import aiohttp
 from bench import servers
 from bench.forwarding import Samples, machine, poll, scrape
 from loadtest.report import pct
+from mediaserver import metrics
 
 LATENCY = "mediaserver_forwarding_latency_seconds"
 
@@ -168,7 +169,7 @@ async def measure(step: int, args: argparse.Namespace, port: int,
     gc_max = quantile(g0, g1, 1.0)
     control = "mediaserver_control_cpu_seconds_total"
     control_cpu = {step: total(m1, control, step=step) - total(m0, control, step=step)
-                   for step in ("quality", "adaptation", "rtcp")}
+                   for step in metrics.CONTROL_STEPS}
     lag_p99 = quantile(l0, l1, 0.99)
     return {
         "sessions": step, "participants": participants,

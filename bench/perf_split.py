@@ -5,9 +5,9 @@ control plane in Python, the loop waiting.
     perf script -i /tmp/perf.data -F sym,ip > /tmp/stacks.txt
     .venv/bin/python -m bench.perf_split /tmp/stacks.txt
 
-py-spy cannot tell here: it books the extension's and uvloop's C time to the frame that
-entered the loop, and its idle detection counted most of a 1:1 call's samples as busy.
-perf sees every sample; each stack goes to the first category whose frames it holds, the
+py-spy cannot tell here: it books the extension's, uvloop's and the kernel's time to the
+Python frame that entered the loop (most of a 1:1 call's busy samples are ``Runner.run``'s
+own). perf sees every sample; each stack goes to the first category whose frames it holds, the
 packet path's parts first (a Python frame under the C receive path is the packet path
 calling back into Python).
 """

@@ -22,12 +22,12 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from loadtest.client import SignalClient
-from loadtest.shaped import ShapedLink, watch_stalls
+from loadtest.shaped import ShapedLink, net_gap, watch_stalls
 from loadtest.simulcast import SimulcastPublisher
 
 
@@ -116,12 +116,6 @@ def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario
             "subscriber_stalls": [(round(x, 2), round((y - x) * 1000)) for x, y in stalls],
             "audio_loss_pct": round(100 * lost / max(1, received + lost), 2),
             "stream_states": [(e["state"], e.get("reason"), e.get("width")) for e in states]}
-
-
-def net_gap(start: float, end: float, stalls: Sequence[tuple[float, float]]) -> float:
-    """The time from ``start`` to ``end`` less what of it falls in any (from, to) stall."""
-    idle = sum(max(0.0, min(end, b) - max(start, a)) for a, b in stalls)
-    return end - start - idle
 
 
 def _settled_at(frames: list[tuple[float, int]], width: int, end: float) -> float | None:

@@ -23,9 +23,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from loadtest.client import SignalClient
+from mediaserver import metrics
 from mediaserver.sfu import aiortc_adapter
 
 
@@ -126,9 +128,15 @@ async def watch_stalls(out: list[tuple[float, float]]) -> None:
     while True:
         await asyncio.sleep(STALL_TICK)
         now = time.time()
-        if now - last > STALL_TICK + STALL_MIN:
+        if metrics.loop_lag(last, now, STALL_TICK) > STALL_MIN:
             out.append((last + STALL_TICK, now))
         last = now
+
+
+def net_gap(start: float, end: float, stalls: Sequence[tuple[float, float]]) -> float:
+    """The time from ``start`` to ``end`` less what of it falls in any (from, to) stall."""
+    idle = sum(max(0.0, min(end, b) - max(start, a)) for a, b in stalls)
+    return end - start - idle
 
 
 async def subscribe(url: str, token: str, address: str, duration: float,

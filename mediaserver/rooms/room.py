@@ -581,12 +581,11 @@ class Room:
     # -- bandwidth adaptation ------------------------------------------------------------
 
     async def _adapt_step(self, now: float) -> None:
-        cpu = time.thread_time()
-        for p in self.participants.values():
-            for producer in p.producers.values():
-                for stream in producer.streams:
-                    stream.measure(now)
-        metrics.control_cpu("adaptation", time.thread_time() - cpu)
+        with metrics.control_step("adaptation"):
+            for p in self.participants.values():
+                for producer in p.producers.values():
+                    for stream in producer.streams:
+                        stream.measure(now)
         dominant = self.speakers.dominant
 
         def hint_for(c: Consumer, prefs: dict[str, dict[str, Any]]) -> str | None:
@@ -604,11 +603,11 @@ class Room:
                 for c in sub.consumers.values():
                     c.set_layer(len(c.producer.streams) - 1, 3, now)
                 continue
-            cpu = time.thread_time()
-            self._apply_bandwidth_settings(p)
-            prefs = p.preferences
-            events = sub.adaptation.step(now, prefs, functools.partial(hint_for, prefs=prefs))
-            metrics.control_cpu("adaptation", time.thread_time() - cpu)
+            with metrics.control_step("adaptation"):
+                self._apply_bandwidth_settings(p)
+                prefs = p.preferences
+                events = sub.adaptation.step(now, prefs,
+                                             functools.partial(hint_for, prefs=prefs))
             for event in events:
                 await p.deliver(event)
         await self._update_publisher_layers(now)
@@ -697,9 +696,8 @@ class Room:
             q = self.quality.get(p.id)
             if q is None or p.state == WAITING or self.participants.get(p.id) is not p:
                 continue
-            cpu = time.thread_time()
-            level = q.update(self._counters(p), now)
-            metrics.control_cpu("quality", time.thread_time() - cpu)
+            with metrics.control_step("quality"):
+                level = q.update(self._counters(p), now)
             if level is not None:
                 changed[p.id] = {"participant_id": p.id, "level": level.value,
                                  "score": None if q.score is None else round(q.score, 2)}

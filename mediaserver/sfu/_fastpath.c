@@ -940,7 +940,6 @@ typedef struct {
     unsigned long ast24;
 } Fan;
 
-
 /* The plain consumer's copy: 1 done, 0 not plain (nothing changed: the Python method's),
  * -1 error. The order of the checks and of the changes is Consumer.forward's. */
 static int
@@ -1259,7 +1258,6 @@ call_void(PyObject *obj, PyObject *name, PyObject *a1, PyObject *a2, PyObject *a
     return 0;
 }
 
-/* 1: taken whole; 0: not plain, nothing changed (RecvStream.on_rtp's); -1: error. */
 /* producer._vp8_keyframe on a VP8 payload (descriptor first, RFC 7741) of n > 0 bytes
  * whose first byte starts partition 0: 1 if it starts a keyframe, with the frame's size
  * in *width and *height when its header is whole (else left 0); 0 if not. */
@@ -1291,6 +1289,7 @@ vp8_keyframe(const unsigned char *p, Py_ssize_t n, long *width, long *height)
     return 1;
 }
 
+/* 1: taken whole; 0: not plain, nothing changed (RecvStream.on_rtp's); -1: error. */
 static int
 receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
 {

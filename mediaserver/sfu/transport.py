@@ -130,15 +130,12 @@ class PeerTransport:
         metrics.DROP["unknown_ssrc"].inc()
 
     def on_rtcp(self, data: bytes) -> None:
-        cpu = time.thread_time()
-        try:
+        with metrics.control_step("rtcp"):
             packets, bad = rtcp.parse_rtcp(data)
             if bad:
                 metrics.DROP["malformed_rtcp"].inc(bad)
             if packets:
                 self.handle_rtcp(packets, time.monotonic())
-        finally:
-            metrics.control_cpu("rtcp", time.thread_time() - cpu)
 
     def handle_rtcp(self, packets: list[Any], now: float) -> None:
         pass
@@ -150,11 +147,10 @@ class PeerTransport:
         try:
             while not self.closed:
                 await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))
-                cpu = time.thread_time()
-                packet = self.rtcp_report(time.monotonic())
-                if packet:
-                    self.send_rtcp(packet)
-                metrics.control_cpu("rtcp", time.thread_time() - cpu)
+                with metrics.control_step("rtcp"):
+                    packet = self.rtcp_report(time.monotonic())
+                    if packet:
+                        self.send_rtcp(packet)
         except asyncio.CancelledError:
             pass
 

@@ -9,10 +9,9 @@ import time
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.adaptation import net_gap
 from loadtest.client import SignalClient
 from loadtest.media import SineAudioTrack, SyntheticVideoTrack
-from loadtest.shaped import watch_stalls
+from loadtest.shaped import net_gap, watch_stalls
 from mediaserver.sfu import aiortc_adapter
 from tests.conftest import wait_until
 

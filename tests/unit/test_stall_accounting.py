@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from loadtest.adaptation import net_gap
-from loadtest.shaped import STALL_MIN, STALL_TICK, watch_stalls
+from loadtest.shaped import STALL_MIN, STALL_TICK, net_gap, watch_stalls
 from tests.conftest import wait_until
 
 
