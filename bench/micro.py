@@ -3,6 +3,7 @@
     .venv/bin/python bench/micro.py srtp      # pylibsrtp's protect against FastSrtp's
     .venv/bin/python bench/micro.py wakeup    # a bare uvloop UDP endpoint: CPU per datagram
     .venv/bin/python bench/micro.py tracker   # QualityTracker.update, clean and lossy links
+    .venv/bin/python bench/micro.py quality   # ParticipantQuality.update: a group-of-7 member
     .venv/bin/python bench/micro.py relay     # a joined client's ping: one process vs a front
     .venv/bin/python bench/micro.py send      # a forwarded copy: Python + uvloop against C
     .venv/bin/python bench/micro.py cold      # SRTP unprotect back to back and after idling
@@ -187,6 +188,57 @@ def tracker(trackers: int = 50, windows: int = 80, measured: int = 40) -> None:
     print(f"lossy link: {min(run(True) for _ in range(5)):.1f} us per update")
 
 
+def quality(participants: int = 7, seconds: int = 100, measured: int = 40) -> None:
+    """Process CPU per link of ``ParticipantQuality.update`` (windows, trackers, metrics),
+    each participant of a group of ``participants`` with two uplinks and an audio and a video
+    downlink from every other one, one reading a second; the first ``seconds - measured``
+    fill the pools unmeasured. Best of 5, on clean links and on links losing a packet in a
+    quarter of the windows."""
+    from mediaserver.quality.monitor import LinkCounters, ParticipantQuality
+
+    lost: dict[tuple[int, str], int] = {}
+
+    def readings(p: int, t: int, rng: random.Random, lossy: bool) -> list[LinkCounters]:
+        loss = [0, 0, 0, 1] if lossy else [0]
+        out = []
+        for kind in ("audio", "video"):
+            rate = 50 if kind == "audio" else 60
+            lost[p, kind] = lost.get((p, kind), 0) + rng.choice(loss)
+            out.append(LinkCounters(
+                key=f"p{p}{kind}:uplink", direction="uplink", kind=kind,  # type: ignore[arg-type]
+                packets_expected=rate * t, packets_lost=lost[p, kind], fraction_lost=None,
+                bytes=rate * t * 900, frames=25 * t, jitter=0.003, rtt=0.02))
+            for other in range(participants):
+                if other != p:
+                    out.append(LinkCounters(
+                        key=f"p{other}{kind}:downlink", direction="downlink",
+                        kind=kind,  # type: ignore[arg-type]
+                        packets_expected=rate * t, packets_lost=None,
+                        fraction_lost=rng.choice(loss) / 100,
+                        bytes=rate * t * 900, frames=25 * t, jitter=0.002, rtt=0.02))
+        return out
+
+    def run(lossy: bool) -> float:
+        rng = random.Random(1)
+        lost.clear()
+        monitors = [ParticipantQuality(f"p{p}") for p in range(participants)]
+        script = [(m, readings(p, t, rng, lossy), float(t)) for t in range(seconds)
+                  for p, m in enumerate(monitors)]
+        split = (seconds - measured) * participants
+        for m, counters, now in script[:split]:
+            m.update(counters, now)
+        links = sum(len(c) for _, c, _ in script[split:])
+        t0 = time.process_time()
+        for m, counters, now in script[split:]:
+            m.update(counters, now)
+        return (time.process_time() - t0) / links * 1e6
+
+    for lossy in (False, True):
+        print(f"group of {participants}, {'lossy' if lossy else 'clean'} links: "
+              f"{min(run(lossy) for _ in range(5)):.1f} us per link a second "
+              "(monitor, trackers, metrics)")
+
+
 def relay(pings: int = 400) -> None:
     """Round trip of a joined participant's ``ping`` (answered by the room's worker) against
     ``mediaserver serve --workers 1`` (no front) and ``--workers 2`` (relayed by the front).
@@ -328,10 +380,12 @@ def cold(calls: int = 400, gaps: tuple[float, ...] = (0.0, 0.0005, 0.002)) -> No
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("what", choices=["srtp", "wakeup", "tracker", "relay", "send", "cold"])
+    p.add_argument("what", choices=["srtp", "wakeup", "tracker", "quality", "relay", "send",
+                                          "cold"])
     args = p.parse_args(argv)
     benches: dict[str, Callable[[], None]] = {"srtp": srtp, "wakeup": wakeup,
-                                               "tracker": tracker, "relay": relay,
+                                               "tracker": tracker, "quality": quality,
+                                               "relay": relay,
                                                "send": send, "cold": cold}
     benches[args.what]()
     return 0

@@ -13,8 +13,7 @@ report can tell whose link was weak. A participant's level is the worse of the t
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from mediaserver import metrics
 from mediaserver.quality.score import (
@@ -30,9 +29,10 @@ TIMELINE_STEP = 5.0  # seconds between timeline points in reports
 TIMELINE_MAX = 12 * 60 * 4  # four hours of points
 
 
-@dataclass(frozen=True)
-class LinkCounters:
-    """Cumulative counters of one track direction at one moment."""
+class LinkCounters(NamedTuple):
+    """Cumulative counters of one track direction at one moment. (A named tuple: the room
+    makes one per link a second, and a frozen dataclass sets each field in its __init__
+    through object.__setattr__, about twice the time.)"""
 
     key: str  # track id + direction, stable over the session
     direction: str  # "uplink" | "downlink"

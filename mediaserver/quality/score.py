@@ -94,9 +94,16 @@ def _is_dry(s: WindowStats) -> bool:
 
 
 def _loss_pct(s: WindowStats) -> float:
-    if s.packets_expected > 0:
-        return 100.0 * min(max(s.packets_lost, 0), s.packets_expected) / s.packets_expected
-    return 100.0 if _is_dry(s) else 0.0
+    return _loss_pct_of(s.kind, s.packets_expected, s.packets_lost, s.paused, s.muted, s.dtx)
+
+
+def _loss_pct_of(kind: str, expected: int, lost: int, paused: bool, muted: bool,
+                 dtx: bool) -> float:
+    if expected > 0:  # (conditional expressions: the builtins' calls cost more here)
+        lost = 0 if 0 > lost else lost
+        return 100.0 * (expected if expected < lost else lost) / expected
+    silence = kind == "audio" and dtx and not muted  # _is_silence, expected <= 0 here
+    return 0.0 if muted or paused or silence else 100.0  # all lost when dry (_is_dry)
 
 
 def _mos(r: float) -> float:
@@ -104,47 +111,82 @@ def _mos(r: float) -> float:
     if r <= 0.0:
         return MIN_MOS
     mos = 1.0 + 0.035 * r + r * (r - 60.0) * (100.0 - r) * 7e-6 if r < 100.0 else MAX_MOS
-    return min(MAX_MOS, max(MIN_MOS, mos))
+    mos = mos if mos > MIN_MOS else MIN_MOS  # min(MAX_MOS, max(MIN_MOS, mos))
+    return mos if mos < MAX_MOS else MAX_MOS
 
 
 def _delay_impairment(s: WindowStats, network: bool = True) -> float:
     """Id of the mouth-to-ear delay: half the RTT, the jitter buffer, the codec's framing."""
-    rtt = max(s.rtt or 0.0, 0.0) if network else 0.0
-    jitter = max(s.jitter, 0.0) if network else 0.0
-    d = 1000.0 * (rtt / 2.0 + max(2.0 * jitter, JITTER_BUFFER_MIN) + CODEC_DELAY)
-    return ID_SLOPE * d + ID_KNEE_SLOPE * max(0.0, d - ID_KNEE)
+    return _delay_id(s.rtt, s.jitter) if network else _delay_id(0.0, 0.0)
+
+
+def _delay_id(rtt: float | None, jitter: float) -> float:
+    # max(rtt or 0, 0), max(2 * max(jitter, 0), JITTER_BUFFER_MIN), max(0, d - ID_KNEE) as
+    # conditional expressions (each the same value as the builtin's, NaN included).
+    rtt = rtt or 0.0
+    rtt = 0.0 if 0.0 > rtt else rtt
+    jitter = 0.0 if 0.0 > jitter else jitter
+    buffered = 2.0 * jitter
+    buffered = JITTER_BUFFER_MIN if JITTER_BUFFER_MIN > buffered else buffered
+    d = 1000.0 * (rtt / 2.0 + buffered + CODEC_DELAY)
+    knee = d - ID_KNEE
+    return ID_SLOPE * d + ID_KNEE_SLOPE * (knee if knee > 0.0 else 0.0)
 
 
 def _loss_impairment(s: WindowStats) -> float:
     """G.107 effective equipment impairment Ie,eff at the window's loss."""
-    if s.kind == "video":
+    return _loss_ie(s.kind, s.fec, _loss_pct(s))
+
+
+def _loss_ie(kind: str, fec: bool, ppl: float) -> float:
+    if kind == "video":
         ie, bpl = VIDEO_IE, VIDEO_BPL
     else:
-        ie, bpl = OPUS_IE, OPUS_BPL_FEC if s.fec else OPUS_BPL
-    ppl = _loss_pct(s)
+        ie, bpl = OPUS_IE, OPUS_BPL_FEC if fec else OPUS_BPL
     return ie + (95.0 - ie) * ppl / (ppl / BURST_R + bpl)
 
 
 def _video_impairment(s: WindowStats) -> float:
     """R lost to a frame rate below the expected one and to a layer below the wanted one."""
+    return _video_i(s.frame_rate, s.expected_frame_rate, s.layer_delivered, s.layer_wanted)
+
+
+def _video_i(frame_rate: float | None, expected_frame_rate: float | None,
+             layer_delivered: int | None, layer_wanted: int | None) -> float:
     total = 0.0
-    if s.frame_rate is not None and s.expected_frame_rate and s.expected_frame_rate > 0:
-        ratio = max(s.frame_rate, 0.0) / s.expected_frame_rate
+    if frame_rate is not None and expected_frame_rate and expected_frame_rate > 0:
+        ratio = max(frame_rate, 0.0) / expected_frame_rate
         if ratio < FPS_TOLERANCE:
             total += FPS_WEIGHT * math.log(FPS_TOLERANCE / max(ratio, 1e-3))
-    if s.layer_delivered is not None and s.layer_wanted is not None:
-        total += LAYER_WEIGHT * max(0, s.layer_wanted - s.layer_delivered)
+    if layer_delivered is not None and layer_wanted is not None:
+        total += LAYER_WEIGHT * max(0, layer_wanted - layer_delivered)
     return total
 
 
 def window_score(stats: WindowStats) -> float:
     """MOS of one window by its kind; a muted track is not rated (4.5)."""
-    if stats.muted:
+    s = stats
+    return _score(s.kind, s.duration, s.packets_expected, s.packets_lost, s.rtt, s.jitter,
+                  s.bitrate, s.frame_rate, s.expected_frame_rate, s.layer_delivered,
+                  s.layer_wanted, s.paused, s.muted, s.fec, s.dtx)
+
+
+def _score(kind: str, duration: float, expected: int, lost: int, rtt: float | None,
+           jitter: float, bitrate: float, frame_rate: float | None,
+           expected_frame_rate: float | None, layer_delivered: int | None,
+           layer_wanted: int | None, paused: bool, muted: bool, fec: bool, dtx: bool
+           ) -> float:
+    """``window_score`` of a window given as its fields, in WindowStats's order: the merged
+    evidence is rated so, without building a window for it."""
+    if muted:
         return MAX_MOS
-    if stats.kind == "video" and stats.paused:
+    if kind == "video" and paused:
         return _mos(PAUSED_R)
-    r = R0 - _delay_impairment(stats) - _loss_impairment(stats)
-    return _mos(r - _video_impairment(stats) if stats.kind == "video" else r)
+    r = (R0 - _delay_id(rtt, jitter)
+         - _loss_ie(kind, fec, _loss_pct_of(kind, expected, lost, paused, muted, dtx)))
+    if kind == "video":
+        r -= _video_i(frame_rate, expected_frame_rate, layer_delivered, layer_wanted)
+    return _mos(r)
 
 
 def audio_mos(stats: WindowStats) -> float:
@@ -215,6 +257,16 @@ def _median(values: list[float]) -> float:
 def _merge(windows: list[WindowStats], counts: Counts, worst: bool = False) -> WindowStats:
     """The latest window (layer, pause, codec flags) with the given packet counts and the
     windows' median delay and frame rate, or their worst for a recovery target."""
+    return WindowStats(*_merged(windows, counts, worst))
+
+
+_Fields = tuple[Literal["audio", "video"], float, int, int, float | None, float, float,
+                float | None, float | None, int | None, int | None, bool, bool, bool, bool]
+
+
+def _merged(windows: list[WindowStats], counts: Counts, worst: bool) -> _Fields:
+    """``_merge``'s window as its fields (WindowStats's order): the tracker only rates it
+    (``_score``), and building the frozen window cost as much as rating it."""
     rtts = [w.rtt for w in windows if w.rtt is not None]
     jitters = [w.jitter for w in windows if w.jitter is not None]
     rates = [w.frame_rate for w in windows if w.frame_rate is not None]
@@ -227,12 +279,9 @@ def _merge(windows: list[WindowStats], counts: Counts, worst: bool = False) -> W
         jitter = _median(jitters) if jitters else 0.0
         frame_rate = _median(rates) if rates else None
     last = windows[-1]
-    # Built field by field: dataclasses.replace costs several times as much, and this runs
-    # twice per track every second.
-    return WindowStats(
-        last.kind, last.duration, counts[0], counts[1], rtt, jitter or 0.0, last.bitrate,
-        frame_rate, last.expected_frame_rate, last.layer_delivered, last.layer_wanted,
-        last.paused, last.muted, last.fec, last.dtx)
+    return (last.kind, last.duration, counts[0], counts[1], rtt, jitter or 0.0, last.bitrate,
+            frame_rate, last.expected_frame_rate, last.layer_delivered, last.layer_wanted,
+            last.paused, last.muted, last.fec, last.dtx)
 
 
 def _loss_rate(w: WindowStats) -> float:
@@ -272,6 +321,8 @@ def _changed(expected: list[int], lost: list[int], scores: list[float]) -> int:
         return n
     # Each scale's recent side is a sum over the tail (in C); the older side is the rest.
     total_e, total_l = sum(expected), sum(lost)
+    if not total_l and _no_fall(expected, scales, total_e):
+        return n
     # Each side's worst window for every cut, the earliest of equals (as min() picks them):
     # the ranges of successive cuts nest, so each is the better of the previous one's and
     # of the few windows it adds (a slice's min() and index() run in C).
@@ -302,6 +353,23 @@ def _changed(expected: list[int], lost: list[int], scores: list[float]) -> int:
     return n
 
 
+def _no_fall(expected: list[int], scales: list[int], total_e: int) -> bool:
+    """Whether, with no loss in the pool, no scale can show a change (a clean link's
+    usual case, decided without the worst windows). Nothing lost: the recent loss cannot
+    lie above the older one, and lies below it by Z_CHANGE only if the Poisson mean of the
+    recent side's losses at the older side's rate reaches Z_CHANGE ** 2 / 2 (``_shift``
+    with none lost). That mean is largest with the biggest window taken out as the
+    older side's worst; kept under it by a margin, the float rounding cannot matter."""
+    biggest = max(expected)
+    bound = 0.5 * Z_CHANGE * Z_CHANGE - 0.1
+    for m in scales:
+        recent = sum(expected[-m:])
+        base = total_e - recent - biggest + 1.0
+        if base <= 0 or recent * 0.5 >= bound * base:
+            return False
+    return True
+
+
 def _evidence(recent: list[tuple[WindowStats, float]], expected: list[int], lost: list[int],
               rates: list[float], total: Counts) -> tuple[float, float]:
     """(drop_to, rise_to): the optimistic evidence a drop heads for (worst recent window and
@@ -310,8 +378,8 @@ def _evidence(recent: list[tuple[WindowStats, float]], expected: list[int], lost
     RECENT_WINDOWS entries; the rest as for _spike_free."""
     worst = min(range(len(recent)), key=lambda i: recent[i][1]) if len(recent) > 1 else -1
     drop, rise = _spike_free(expected, lost, rates, max(1, len(rates) // FORGIVE_ONE_IN), total)
-    return (window_score(_merge([w for i, (w, _) in enumerate(recent) if i != worst], drop)),
-            window_score(_merge([w for w, _ in recent], rise, worst=True)))
+    return (_score(*_merged([w for i, (w, _) in enumerate(recent) if i != worst], drop, False)),
+            _score(*_merged([w for w, _ in recent], rise, True)))
 
 
 class QualityTracker:

@@ -27,7 +27,7 @@ estimate that wobbles around a layer boundary never makes a track flap.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Kind = Literal["audio", "video"]
 Source = Literal["microphone", "camera", "screen", "screen_audio"]
@@ -37,8 +37,11 @@ Reason = Literal["bandwidth", "disabled", "preference"] | None
 _LayerKey = tuple[int, int]
 
 
-@dataclass(frozen=True)
-class Layer:
+# Layer, TrackDemand and Allocation are named tuples, immutable as frozen dataclasses are:
+# each adaptation step makes one demand per track, one layer per rung and one allocation
+# per track for every subscriber, and a frozen dataclass's __init__ sets every field
+# through object.__setattr__.
+class Layer(NamedTuple):
     spatial: int
     temporal: int
     bitrate: int  # bps, as measured on the publisher side
@@ -51,8 +54,7 @@ class Layer:
         return (self.spatial, self.temporal)
 
 
-@dataclass(frozen=True)
-class TrackDemand:
+class TrackDemand(NamedTuple):
     track_id: str
     kind: Kind
     source: Source
@@ -64,8 +66,7 @@ class TrackDemand:
     disabled: bool = False
 
 
-@dataclass(frozen=True)
-class Allocation:
+class Allocation(NamedTuple):
     track_id: str
     layer: Layer | None  # None means paused
     reason: Reason = None
@@ -207,8 +208,13 @@ class StreamAllocator:
 
         video = [d for d in demands if d.kind == "video"]
         video.sort(key=_rank)  # stable: equal ranks keep the caller's order
-        for d, reserved in zip(video, self._reserves(video, budget), strict=True):
-            alloc = self._allocate_video(d, max(0, budget - reserved), now)
+        # Each track's rungs and the ones its preferences allow, worked out once a call.
+        rungs = [self._rungs(d) for d in video]
+        wanted = [_wanted_layers(d, r) for d, r in zip(video, rungs, strict=True)]
+        reserves = self._reserves(video, budget, [w or r[:1] for w, r in zip(wanted, rungs,
+                                                                              strict=True)])
+        for d, reserved, ordered, allowed in zip(video, reserves, rungs, wanted, strict=True):
+            alloc = self._allocate_video(d, max(0, budget - reserved), now, ordered, allowed)
             if alloc.layer is not None:
                 budget -= alloc.layer.bitrate
             result[d.track_id] = alloc
@@ -219,7 +225,8 @@ class StreamAllocator:
                 del self._tracks[track_id]
         return [result[d.track_id] for d in demands]
 
-    def _reserves(self, video: list[TrackDemand], budget: int) -> list[int]:
+    def _reserves(self, video: list[TrackDemand], budget: int, ladders: list[list[Layer]]
+                  ) -> list[int]:
         """Per video track (in rank order), what the tracks after it keep back.
 
         Every track first gets its lowest rung, in rank order, as far as the budget goes;
@@ -230,8 +237,8 @@ class StreamAllocator:
         """
         floors: list[int] = []
         left = budget
-        for d in video:
-            lowest = self.ladder(d)[0].bitrate if d.layers and not d.disabled else None
+        for d, ladder in zip(video, ladders, strict=True):  # ladders: each one's ``ladder``
+            lowest = ladder[0].bitrate if d.layers and not d.disabled else None
             if lowest is not None and lowest <= left:
                 left -= lowest
                 floors.append(lowest)
@@ -239,12 +246,12 @@ class StreamAllocator:
                 floors.append(0)  # paused anyway, or nothing to keep
         return [sum(floors[i + 1:]) for i in range(len(floors))]
 
-    def _allocate_video(self, d: TrackDemand, budget: int, now: float) -> Allocation:
+    def _allocate_video(self, d: TrackDemand, budget: int, now: float, ordered: list[Layer],
+                        wanted: list[Layer]) -> Allocation:
+        """``ordered``: the track's ``_rungs``; ``wanted``: those its preferences allow."""
         if d.disabled or not d.layers:
             self._set(d.track_id, None, now)
             return Allocation(d.track_id, None, "disabled")
-        ordered = self._rungs(d)
-        wanted = _wanted_layers(d, ordered)
         capped = len(wanted) < len(ordered)
         if not wanted:  # caps below every layer: the smallest is the closest we can offer
             wanted = ordered[:1]

@@ -467,6 +467,27 @@ def test_change_detection_matches_its_definition(entries) -> None:
                     [s for _, s in pool]) == _changed_by_definition(pool)
 
 
+# Loss-free pools take a shortcut (no worst windows needed unless the packet counts jump):
+# counts from empty to large, so that both the shortcut and the full test run.
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 2, 5, 50, 120, 2000]),
+                          st.sampled_from([1.0, 2.5, 4.2, 4.5])), min_size=0, max_size=60))
+def test_change_detection_without_loss_matches_its_definition(entries) -> None:
+    from mediaserver.quality.score import _changed
+    pool = [(audio(lost=0, n=n), s) for n, s in entries]
+    assert _changed([w.packets_expected for w, _ in pool], [0] * len(pool),
+                    [s for _, s in pool]) == _changed_by_definition(pool)
+
+
+def test_a_clean_link_whose_packet_rate_jumps_is_a_change() -> None:
+    # The shortcut must not hide the one change a loss-free pool can show: the recent side
+    # carrying far more packets than the older one (a track resumed at full rate).
+    from mediaserver.quality.score import _changed
+    expected = [1] * 20 + [200] * 4
+    assert _changed(expected, [0] * 24, [4.5] * 24) == 2
+    assert _changed([50] * 24, [0] * 24, [4.5] * 24) == 24
+
+
 # Audio windows whose loss jumps now and then: long enough to fill the pool (60) and evict,
 # with changes that make the tracker drop its older windows, and LOST and muted resets.
 audio_runs_st = st.lists(
