@@ -4,6 +4,7 @@
     .venv/bin/python bench/micro.py wakeup    # a bare uvloop UDP endpoint: CPU per datagram
     .venv/bin/python bench/micro.py tracker   # QualityTracker.update, clean and lossy links
     .venv/bin/python bench/micro.py quality   # ParticipantQuality.update: a group-of-7 member
+    .venv/bin/python bench/micro.py allocate  # a group-of-7 subscriber's demands, allocated
     .venv/bin/python bench/micro.py relay     # a joined client's ping: one process vs a front
     .venv/bin/python bench/micro.py send      # a forwarded copy: Python + uvloop against C
     .venv/bin/python bench/micro.py cold      # SRTP unprotect back to back and after idling
@@ -239,6 +240,33 @@ def quality(participants: int = 7, seconds: int = 100, measured: int = 40) -> No
               "(monitor, trackers, metrics)")
 
 
+def allocate(steps: int = 2000) -> None:
+    """Process CPU of one allocation of a group-of-7 subscriber: its twelve demands built
+    (six audio, six two-rung video tracks) and ``StreamAllocator.allocate`` run on them, as
+    the adaptation step does twice a second. Best of 5."""
+    from mediaserver.sfu.allocator import Layer, StreamAllocator, TrackDemand
+
+    def demands() -> list[TrackDemand]:
+        out = []
+        for i in range(6):
+            out.append(TrackDemand(track_id=f"a{i}", kind="audio", source="microphone",
+                                   priority_hint=None, layers=(Layer(0, 0, 40_000),)))
+            out.append(TrackDemand(
+                track_id=f"v{i}", kind="video", source="camera", priority_hint=None,
+                layers=(Layer(0, 0, 200_000, 320, 240, 12.5), Layer(0, 1, 400_000, 320, 240, 25.0)),
+                max_width=None, max_height=None, max_fps=None, disabled=False))
+        return out
+
+    allocator = StreamAllocator()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.process_time()
+        for step in range(steps):
+            allocator.allocate(5_000_000, demands(), step * 0.5)
+        best = min(best, (time.process_time() - t0) / steps)
+    print(f"12 demands built and allocated: {best * 1e6:.1f} us")
+
+
 def relay(pings: int = 400) -> None:
     """Round trip of a joined participant's ``ping`` (answered by the room's worker) against
     ``mediaserver serve --workers 1`` (no front) and ``--workers 2`` (relayed by the front).
@@ -380,12 +408,12 @@ def cold(calls: int = 400, gaps: tuple[float, ...] = (0.0, 0.0005, 0.002)) -> No
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("what", choices=["srtp", "wakeup", "tracker", "quality", "relay", "send",
-                                          "cold"])
+    p.add_argument("what", choices=["srtp", "wakeup", "tracker", "quality", "allocate",
+                                          "relay", "send", "cold"])
     args = p.parse_args(argv)
     benches: dict[str, Callable[[], None]] = {"srtp": srtp, "wakeup": wakeup,
                                                "tracker": tracker, "quality": quality,
-                                               "relay": relay,
+                                               "allocate": allocate, "relay": relay,
                                                "send": send, "cold": cold}
     benches[args.what]()
     return 0
