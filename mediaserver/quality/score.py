@@ -254,19 +254,15 @@ def _median(values: list[float]) -> float:
     return (data[n // 2 - 1] + data[n // 2]) / 2
 
 
-def _merge(windows: list[WindowStats], counts: Counts, worst: bool = False) -> WindowStats:
-    """The latest window (layer, pause, codec flags) with the given packet counts and the
-    windows' median delay and frame rate, or their worst for a recovery target."""
-    return WindowStats(*_merged(windows, counts, worst))
-
-
 _Fields = tuple[Literal["audio", "video"], float, int, int, float | None, float, float,
                 float | None, float | None, int | None, int | None, bool, bool, bool, bool]
 
 
 def _merged(windows: list[WindowStats], counts: Counts, worst: bool) -> _Fields:
-    """``_merge``'s window as its fields (WindowStats's order): the tracker only rates it
-    (``_score``), and building the frozen window cost as much as rating it."""
+    """The latest window (layer, pause, codec flags) with the given packet counts and the
+    windows' median delay and frame rate, or their worst for a recovery target; as its
+    fields (WindowStats's order): the tracker only rates it (``_score``), and building a
+    frozen window cost as much as rating it."""
     rtts = [w.rtt for w in windows if w.rtt is not None]
     jitters = [w.jitter for w in windows if w.jitter is not None]
     rates = [w.frame_rate for w in windows if w.frame_rate is not None]

@@ -561,9 +561,9 @@ window_fields = st.tuples(st.sampled_from([None, 0.0, 0.02, 0.3]),
 def test_merged_evidence_takes_the_median_or_the_worst(fields, worst) -> None:
     from statistics import median
 
-    from mediaserver.quality.score import _merge
+    from mediaserver.quality.score import _merged
     windows = [video(rtt=rtt, jitter=jitter, frame_rate=fr) for rtt, jitter, fr in fields]
-    merged = _merge(windows, (400, 3), worst=worst)
+    merged = WindowStats(*_merged(windows, (400, 3), worst))
     rtts = [r for r, _, _ in fields if r is not None]
     rates = [f for _, _, f in fields if f is not None]
     jitters = [j for _, j, _ in fields]
