@@ -20,6 +20,10 @@ packets, so its packet rate is reported too. From the repository root:
 
     .venv/bin/python -m bench.compare --configs 2,4,7 --window 30 --warmup 5 --json PATH
 
+Before and after the runs it measures the machine's wake-up for a lone datagram (a thread
+blocked in ``recv``, 200 a second; ``--wake-seconds``): a cost ours and Janus both pay for
+nearly every packet of a 1:1 call, so when it is high their ratio moves toward 1.
+
 Exit code 1 if any point failed (a subscriber missed a track during the window, a server
 died, the load test failed); the other points are still measured and printed.
 """
@@ -38,12 +42,13 @@ from typing import Any
 
 import aiohttp
 
-from bench import servers
+from bench import micro, servers
 from bench.forwarding import machine, scrape
 from loadtest.runner import machine_jiffies
 
 PHASE_PREFIX = "loadtest-phase "
 LOADTEST_SLACK_S = 120.0  # joining, encoding the replay, leaving
+WAKE_RATE = 200  # datagrams a second of the wake-up gauge: about a 1:1 call's
 
 
 async def _read_phases(stream: asyncio.StreamReader, server: servers.Server,
@@ -289,19 +294,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", default=tempfile.gettempdir(),
                         help="where the servers' logs go (compare-TARGET-N.log)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--wake-seconds", type=float, default=4.0,
+                        help="seconds of the wake-up gauge before and after the runs (4; "
+                             "0: none)")
     args = parser.parse_args(argv)
     if args.ice_address is None:
         args.ice_address = servers.primary_address() or "127.0.0.1"
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    # The VM's wake-up cost, before and after: the share of every lone packet's cost that
+    # ours and Janus both pay, which pulls their ratio toward 1 when it is high
+    # (docs/benchmarks.md, "The control plane's Python, cheaper per link").
+    wake = [micro.blocked_wakeup(WAKE_RATE, args.wake_seconds)[0] if args.wake_seconds else None]
     results = run(args)
+    if args.wake_seconds:
+        wake.append(micro.blocked_wakeup(WAKE_RATE, args.wake_seconds)[0])
     rows = table(results, args.configs)
     print_report(results, rows)
+    if args.wake_seconds:
+        print(f"this machine's wake-up for a lone datagram (a thread blocked in recv, "
+              f"{WAKE_RATE}/s): {wake[0]:.1f} us of CPU before the runs, {wake[1]:.1f} us after")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "started_at": started, "argv": sys.argv, "machine": machine(),
             "window_s": args.window, "warmup_s": args.warmup, "video": args.video,
             "video_bitrate_kbps": args.video_bitrate, "ice_address": args.ice_address,
-            "table": rows, "results": results}, indent=2) + "\n")
+            "wakeup_us": wake, "table": rows, "results": results}, indent=2) + "\n")
     return 1 if any(r.get("error") for r in results) else 0
 
 

@@ -92,6 +92,26 @@ def _fed(rate: int, seconds: float,
         os.waitpid(pid, 0)
 
 
+def blocked_wakeup(rate: int = 200, seconds: float = 8.0) -> tuple[float, int]:
+    """(us of CPU per datagram, datagrams) of a thread blocked in ``recv``, no event loop,
+    fed one 1200-byte datagram at a time at ``rate``: what waking up for a packet that
+    arrives alone costs on this machine right now (bench.compare prints it with its runs)."""
+    def blocking(sock: socket.socket) -> tuple[float, int]:
+        sock.settimeout(0.2)
+        buf, n, start = bytearray(2048), 0, time.monotonic()
+        t0 = _cpu()
+        while time.monotonic() - start < seconds:
+            try:
+                sock.recv_into(buf)
+                n += 1
+            except TimeoutError:
+                pass
+        return _cpu() - t0, n
+
+    cpu, n = _fed(rate, seconds, blocking)
+    return cpu * 1e6 / max(1, n), n
+
+
 def wakeup(rates: tuple[int, ...] = (200, 1000), seconds: float = 8.0) -> None:
     """Process CPU per datagram of a uvloop endpoint that does nothing with them, fed one
     1200-byte datagram at a time at each rate by a child process (the cost of waking the
@@ -128,18 +148,6 @@ def wakeup(rates: tuple[int, ...] = (200, 1000), seconds: float = 8.0) -> None:
         loop = asyncio.get_running_loop()
         return mediasocket.open_endpoint(loop, Sink, sock, print)[0]
 
-    def blocking(sock: socket.socket) -> tuple[float, int]:
-        sock.settimeout(0.2)
-        buf, n, start = bytearray(2048), 0, time.monotonic()
-        t0 = _cpu()
-        while time.monotonic() - start < seconds:
-            try:
-                sock.recv_into(buf)
-                n += 1
-            except TimeoutError:
-                pass
-        return _cpu() - t0, n
-
     try:
         from mediaserver.sfu import mediasocket
         media = mediasocket.usable()
@@ -154,9 +162,9 @@ def wakeup(rates: tuple[int, ...] = (200, 1000), seconds: float = 8.0) -> None:
             print(f"{rate} datagrams/s, media socket reader (recvmmsg): {n} received, "
                   f"{cpu * 1e6 / max(1, n):.1f} us per datagram")
         # The floor of a wake-up: the kernel and the interpreter's own return to Python.
-        cpu, n = _fed(rate, seconds, blocking)
+        per, n = blocked_wakeup(rate, seconds)
         print(f"{rate} datagrams/s, blocking recv, no event loop: {n} received, "
-              f"{cpu * 1e6 / max(1, n):.1f} us per datagram")
+              f"{per:.1f} us per datagram")
 
 
 def tracker(trackers: int = 50, windows: int = 80, measured: int = 40) -> None:

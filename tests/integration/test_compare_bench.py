@@ -21,8 +21,11 @@ WINDOW = "3"
 def _run(tmp_path: Path, target: str) -> dict:
     out = tmp_path / f"{target}.json"
     code = compare.main(["--configs", "2", "--targets", target, "--window", WINDOW,
-                         "--warmup", "1", "--log-dir", str(tmp_path), "--json", str(out)])
+                         "--warmup", "1", "--log-dir", str(tmp_path), "--json", str(out),
+                         "--wake-seconds", "1"])
     doc = json.loads(out.read_text())
+    # The machine's wake-up gauge, before and after the run: a lone datagram's CPU.
+    assert len(doc["wakeup_us"]) == 2 and all(0 < us < 10_000 for us in doc["wakeup_us"])
     (result,) = doc["results"]
     assert code == 0 and "error" not in result, result.get("error")
     return result
