@@ -267,6 +267,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+def wake_gauge(seconds: float) -> float | None:
+    """us of CPU a lone datagram's wake-up costs now (``micro.blocked_wakeup`` at
+    WAKE_RATE); None when fewer than half the datagrams sent arrived (no figure to trust)."""
+    us, received = micro.blocked_wakeup(WAKE_RATE, seconds)
+    return round(us, 1) if received >= WAKE_RATE * seconds / 2 else None
+
+
 def _list(kind: type, choices: tuple[str, ...] | None = None) -> Any:
     def parse(text: str) -> list[Any]:
         items = [kind(x) for x in text.split(",") if x]
@@ -304,15 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     # The VM's wake-up cost, before and after: the share of every lone packet's cost that
     # ours and Janus both pay, which pulls their ratio toward 1 when it is high
     # (docs/benchmarks.md, "The control plane's Python, cheaper per link").
-    wake = [micro.blocked_wakeup(WAKE_RATE, args.wake_seconds)[0] if args.wake_seconds else None]
+    wake = [wake_gauge(args.wake_seconds)] if args.wake_seconds else []
     results = run(args)
-    if args.wake_seconds:
-        wake.append(micro.blocked_wakeup(WAKE_RATE, args.wake_seconds)[0])
+    if wake:
+        wake.append(wake_gauge(args.wake_seconds))
     rows = table(results, args.configs)
     print_report(results, rows)
-    if args.wake_seconds:
+    if wake:
         print(f"this machine's wake-up for a lone datagram (a thread blocked in recv, "
-              f"{WAKE_RATE}/s): {wake[0]:.1f} us of CPU before the runs, {wake[1]:.1f} us after")
+              f"{WAKE_RATE}/s), us of CPU: {_f(wake[0], '.1f')} before the runs, "
+              f"{_f(wake[1], '.1f')} after")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "started_at": started, "argv": sys.argv, "machine": machine(),

@@ -318,8 +318,9 @@ _CONTROL = {step: CONTROL_CPU.labels(step=step) for step in CONTROL_STEPS}
 
 
 class control_step:  # lower case: read as a function, ``with metrics.control_step(...)``
-    """``with control_step("quality"):`` counts the block's thread CPU (time.thread_time,
-    0.2 us a read) to that step. The block must not await: other work would be counted."""
+    """``with control_step("quality"):`` counts the block's thread CPU (time.thread_time, a
+    system call: 0.2-1 us a read on this VM by timeit) to that step. The block must not
+    await: other work would be counted."""
 
     __slots__ = ("_counter", "_started")
 

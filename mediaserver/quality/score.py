@@ -85,16 +85,20 @@ class WindowStats:
 
 
 def _is_silence(s: WindowStats) -> bool:
-    return s.kind == "audio" and s.dtx and s.packets_expected <= 0 and not s.muted
+    return _silent(s.kind, s.packets_expected, s.muted, s.dtx)
+
+
+def _silent(kind: str, expected: int, muted: bool, dtx: bool) -> bool:
+    return kind == "audio" and dtx and expected <= 0 and not muted
 
 
 def _is_dry(s: WindowStats) -> bool:
     """Nothing was sent (no sequence numbers) although the track should be flowing."""
-    return s.packets_expected <= 0 and not (s.muted or s.paused or _is_silence(s))
+    return _dry(s.kind, s.packets_expected, s.paused, s.muted, s.dtx)
 
 
-def _loss_pct(s: WindowStats) -> float:
-    return _loss_pct_of(s.kind, s.packets_expected, s.packets_lost, s.paused, s.muted, s.dtx)
+def _dry(kind: str, expected: int, paused: bool, muted: bool, dtx: bool) -> bool:
+    return expected <= 0 and not (muted or paused or _silent(kind, expected, muted, dtx))
 
 
 def _loss_pct_of(kind: str, expected: int, lost: int, paused: bool, muted: bool,
@@ -102,8 +106,7 @@ def _loss_pct_of(kind: str, expected: int, lost: int, paused: bool, muted: bool,
     if expected > 0:  # (conditional expressions: the builtins' calls cost more here)
         lost = 0 if 0 > lost else lost
         return 100.0 * (expected if expected < lost else lost) / expected
-    silence = kind == "audio" and dtx and not muted  # _is_silence, expected <= 0 here
-    return 0.0 if muted or paused or silence else 100.0  # all lost when dry (_is_dry)
+    return 100.0 if _dry(kind, expected, paused, muted, dtx) else 0.0
 
 
 def _mos(r: float) -> float:
@@ -135,7 +138,8 @@ def _delay_id(rtt: float | None, jitter: float) -> float:
 
 def _loss_impairment(s: WindowStats) -> float:
     """G.107 effective equipment impairment Ie,eff at the window's loss."""
-    return _loss_ie(s.kind, s.fec, _loss_pct(s))
+    return _loss_ie(s.kind, s.fec, _loss_pct_of(s.kind, s.packets_expected, s.packets_lost,
+                                                s.paused, s.muted, s.dtx))
 
 
 def _loss_ie(kind: str, fec: bool, ppl: float) -> float:
@@ -349,6 +353,9 @@ def _changed(expected: list[int], lost: list[int], scores: list[float]) -> int:
     return n
 
 
+_NO_FALL_MEAN = 0.5 * Z_CHANGE * Z_CHANGE - 0.1  # the Poisson mean _no_fall keeps under
+
+
 def _no_fall(expected: list[int], scales: list[int], total_e: int) -> bool:
     """Whether, with no loss in the pool, no scale can show a change (a clean link's
     usual case, decided without the worst windows). Nothing lost: the recent loss cannot
@@ -357,11 +364,10 @@ def _no_fall(expected: list[int], scales: list[int], total_e: int) -> bool:
     with none lost). That mean is largest with the biggest window taken out as the
     older side's worst; kept under it by a margin, the float rounding cannot matter."""
     biggest = max(expected)
-    bound = 0.5 * Z_CHANGE * Z_CHANGE - 0.1
     for m in scales:
         recent = sum(expected[-m:])
         base = total_e - recent - biggest + 1.0
-        if base <= 0 or recent * 0.5 >= bound * base:
+        if base <= 0 or recent * 0.5 >= _NO_FALL_MEAN * base:
             return False
     return True
 

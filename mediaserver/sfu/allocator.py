@@ -172,8 +172,14 @@ class StreamAllocator:
 
     def ladder(self, demand: TrackDemand) -> list[Layer]:
         """The layers a video track can be given, worst first, within its preferences."""
+        return self._ladder(demand)[0]
+
+    def _ladder(self, demand: TrackDemand) -> tuple[list[Layer], bool]:
+        """``ladder`` and whether the preferences left rungs out (or were below every rung:
+        the smallest is then the closest we can offer)."""
         ordered = self._rungs(demand)
-        return _wanted_layers(demand, ordered) or ordered[:1]
+        wanted = _wanted_layers(demand, ordered)
+        return wanted or ordered[:1], len(wanted) < len(ordered)
 
     def _rungs(self, demand: TrackDemand) -> list[Layer]:
         ordered = sorted(demand.layers, key=lambda la: (la.spatial, la.temporal))
@@ -208,13 +214,11 @@ class StreamAllocator:
 
         video = [d for d in demands if d.kind == "video"]
         video.sort(key=_rank)  # stable: equal ranks keep the caller's order
-        # Each track's rungs and the ones its preferences allow, worked out once a call.
-        rungs = [self._rungs(d) for d in video]
-        wanted = [_wanted_layers(d, r) for d, r in zip(video, rungs, strict=True)]
-        reserves = self._reserves(video, budget, [w or r[:1] for w, r in zip(wanted, rungs,
-                                                                              strict=True)])
-        for d, reserved, ordered, allowed in zip(video, reserves, rungs, wanted, strict=True):
-            alloc = self._allocate_video(d, max(0, budget - reserved), now, ordered, allowed)
+        # Each track's ladder, worked out once a call (and whether preferences cut it).
+        ladders = [self._ladder(d) for d in video]
+        reserves = self._reserves(video, budget, [ladder for ladder, _ in ladders])
+        for d, reserved, (ladder, capped) in zip(video, reserves, ladders, strict=True):
+            alloc = self._allocate_video(d, max(0, budget - reserved), now, ladder, capped)
             if alloc.layer is not None:
                 budget -= alloc.layer.bitrate
             result[d.track_id] = alloc
@@ -237,7 +241,7 @@ class StreamAllocator:
         """
         floors: list[int] = []
         left = budget
-        for d, ladder in zip(video, ladders, strict=True):  # ladders: each one's ``ladder``
+        for d, ladder in zip(video, ladders, strict=True):
             lowest = ladder[0].bitrate if d.layers and not d.disabled else None
             if lowest is not None and lowest <= left:
                 left -= lowest
@@ -246,15 +250,12 @@ class StreamAllocator:
                 floors.append(0)  # paused anyway, or nothing to keep
         return [sum(floors[i + 1:]) for i in range(len(floors))]
 
-    def _allocate_video(self, d: TrackDemand, budget: int, now: float, ordered: list[Layer],
-                        wanted: list[Layer]) -> Allocation:
-        """``ordered``: the track's ``_rungs``; ``wanted``: those its preferences allow."""
+    def _allocate_video(self, d: TrackDemand, budget: int, now: float, wanted: list[Layer],
+                        capped: bool) -> Allocation:
+        """``wanted``, ``capped``: the track's ``_ladder``."""
         if d.disabled or not d.layers:
             self._set(d.track_id, None, now)
             return Allocation(d.track_id, None, "disabled")
-        capped = len(wanted) < len(ordered)
-        if not wanted:  # caps below every layer: the smallest is the closest we can offer
-            wanted = ordered[:1]
         if self._audio_only:
             self._set(d.track_id, None, now)
             return Allocation(d.track_id, None, "bandwidth")
