@@ -228,12 +228,11 @@ LAYER_CHANGES = Counter(
     ["direction"],  # up, down, pause, resume
     registry=REGISTRY,
 )
-SUBSCRIBER_ESTIMATE = Histogram(
+SUBSCRIBER_ESTIMATE = TallyHistogramFamily(
     "mediaserver_subscriber_estimate_bps",
-    "Per-subscriber bandwidth estimates, sampled once a second",
-    buckets=(100e3, 150e3, 250e3, 400e3, 600e3, 1e6, 1.5e6, 2.5e6, 4e6),
-    registry=REGISTRY,
-)
+    "Per-subscriber bandwidth estimates, sampled at each adaptation step",
+    (), buckets=(100e3, 150e3, 250e3, 400e3, 600e3, 1e6, 1.5e6, 2.5e6, 4e6),
+).labels()
 AUDIO_ONLY = Gauge(
     "mediaserver_audio_only_subscribers",
     "Subscribers receiving audio only (chosen, or below the bandwidth floor)",
@@ -248,13 +247,12 @@ JOIN_TO_FIRST_PACKET = Histogram(
     buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20),
     registry=REGISTRY,
 )
-FORWARDING_LATENCY = Histogram(
+FORWARDING_LATENCY = TallyHistogramFamily(
     "mediaserver_forwarding_latency_seconds",
-    "Sampled RTP packets: from the kernel receiving the packet to the last copy sent",
+    "Sampled RTP packets: from the kernel receiving the packet to the last copy sent", (),
     buckets=(50e-6, 100e-6, 150e-6, 200e-6, 300e-6, 400e-6, 600e-6, 800e-6, 1e-3, 1.5e-3,
              2e-3, 3e-3, 5e-3, 7.5e-3, 10e-3, 15e-3, 20e-3, 30e-3, 50e-3, 100e-3),
-    registry=REGISTRY,
-)
+).labels()
 RTT = TallyHistogramFamily(
     "mediaserver_rtt_seconds",
     "Round-trip time of a participant's uplink or downlink, from RTCP reports",
@@ -293,28 +291,38 @@ EVENT_LOOP_LAG = Gauge(
     "How late the event loop woke the last lag probe (a busy loop delays every packet)",
     registry=REGISTRY,
 )
-GC_PAUSE = Histogram(
+GC_PAUSE = Histogram(  # prometheus_client's, with its lock: a collection may run in any thread
     "mediaserver_gc_pause_seconds",
     "Python garbage-collector pauses (every packet waits them out), by generation",
     ["generation"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
     registry=REGISTRY,
 )
-EVENT_LOOP_LAG_DISTRIBUTION = Histogram(
+EVENT_LOOP_LAG_DISTRIBUTION = TallyHistogramFamily(
     "mediaserver_event_loop_lag_distribution_seconds",
-    "How late the event loop woke each lag probe",
+    "How late the event loop woke each lag probe", (),
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-    registry=REGISTRY,
-)
+).labels()
 CONTROL_STEPS = ("quality", "adaptation", "rtcp")
-CONTROL_CPU = Counter(
-    "mediaserver_control_cpu_seconds_total",
-    "CPU seconds the event loop's thread spent in the control plane, by step: the rooms' "
-    "quality and adaptation steps, and RTCP (reading feedback, building reports)",
-    ["step"],
-    registry=REGISTRY,
-)
-_CONTROL = {step: CONTROL_CPU.labels(step=step) for step in CONTROL_STEPS}
+CONTROL_SECONDS = dict.fromkeys(CONTROL_STEPS, 0.0)  # read at scrape time
+
+
+class _ControlCollector:
+    """``mediaserver_control_cpu_seconds_total`` from ``CONTROL_SECONDS``: a step adds a float
+    to a dict, not prometheus_client's ``inc`` (a lock; RTCP counts each packet read)."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "mediaserver_control_cpu_seconds",
+            "CPU seconds the event loop's thread spent in the control plane, by step: the "
+            "rooms' quality and adaptation steps, and RTCP (reading feedback, building "
+            "reports)", labels=["step"])
+        for step, seconds in list(CONTROL_SECONDS.items()):
+            family.add_metric([step], seconds)
+        yield family
+
+
+REGISTRY.register(_ControlCollector())  # type: ignore[arg-type]
 
 
 class control_step:  # lower case: read as a function, ``with metrics.control_step(...)``
@@ -322,17 +330,20 @@ class control_step:  # lower case: read as a function, ``with metrics.control_st
     system call: 0.2-1 us a read on this VM by timeit) to that step. The block must not
     await: other work would be counted."""
 
-    __slots__ = ("_counter", "_started")
+    __slots__ = ("_started", "_step")
 
     def __init__(self, step: str) -> None:
-        self._counter = _CONTROL[step]
+        if step not in CONTROL_SECONDS:
+            raise ValueError(f"unknown control step {step!r}")
+        self._step = step
         self._started = 0.0
 
     def __enter__(self) -> None:
         self._started = time.thread_time()
 
     def __exit__(self, *exc: object) -> None:
-        self._counter.inc(max(0.0, time.thread_time() - self._started))
+        spent = time.thread_time() - self._started
+        CONTROL_SECONDS[self._step] += spent if spent > 0.0 else 0.0
 
 
 ASYNCIO_TASKS = Gauge(
@@ -392,9 +403,8 @@ for _message in ("join", "resume"):
     CLUSTER_REDIRECTS.labels(message=_message)
 for _role in ROLES:
     PARTICIPANTS.labels(role=_role)
-for _dir in ("in", "out"):
-    for _type in RTCP_TYPES:
-        RTCP.labels(direction=_dir, type=_type)
+RTCP_IN = {t: RTCP.labels(direction="in", type=t) for t in RTCP_TYPES}  # pre-bound children
+RTCP_OUT = {t: RTCP.labels(direction="out", type=t) for t in RTCP_TYPES}
 
 _LINK = {(d, k): (RTT.labels(direction=d, kind=k), JITTER.labels(direction=d, kind=k),
                   PACKET_LOSS.labels(direction=d, kind=k))

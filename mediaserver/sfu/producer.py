@@ -333,13 +333,13 @@ class RecvStream:
 
     def _pli_upstream(self) -> None:
         if self.ssrc is not None:
-            metrics.RTCP.labels(direction="out", type="pli").inc()
+            metrics.RTCP_OUT["pli"].inc()
             self.plis_sent += 1
             self.producer.send_rtcp(rtcp.build_pli(self.producer.rtcp_ssrc, self.ssrc))
 
     def _nack_upstream(self, ext_seqs: tuple[int, ...]) -> None:
         if self.ssrc is not None:
-            metrics.RTCP.labels(direction="out", type="nack").inc()
+            metrics.RTCP_OUT["nack"].inc()
             self.nacks_sent += 1
             self.producer.send_rtcp(rtcp.build_nack(
                 self.producer.rtcp_ssrc, self.ssrc, [s & 0xFFFF for s in ext_seqs]))

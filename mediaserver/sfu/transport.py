@@ -393,7 +393,7 @@ class PublisherTransport(PeerTransport):
                     ssrcs.extend(s.ssrc for s in p.streams if s.ssrc is not None)
         if not estimates:
             return None
-        metrics.RTCP.labels(direction="out", type="remb").inc()
+        metrics.RTCP_OUT["remb"].inc()
         return rtcp.build_remb(self._rtcp_ssrc, min(estimates), ssrcs)
 
     def relay_remb_now(self, now: float) -> None:
@@ -496,26 +496,26 @@ class SubscriberTransport(PeerTransport):
     def handle_rtcp(self, packets: list[Any], now: float) -> None:
         for p in packets:
             if isinstance(p, rtcp.Nack):
-                metrics.RTCP.labels(direction="in", type="nack").inc()
+                metrics.RTCP_IN["nack"].inc()
                 consumer = self.by_ssrc.get(p.media_ssrc)
                 if consumer is not None:
                     self.adaptation.on_nack(now, consumer.on_nack(p.lost, now))
             elif isinstance(p, rtcp.Pli):
-                metrics.RTCP.labels(direction="in", type="pli").inc()
+                metrics.RTCP_IN["pli"].inc()
                 consumer = self.by_ssrc.get(p.media_ssrc)
                 if consumer is not None:
                     consumer.on_keyframe_request(now)
             elif isinstance(p, rtcp.Fir):
-                metrics.RTCP.labels(direction="in", type="fir").inc()
+                metrics.RTCP_IN["fir"].inc()
                 for ssrc, _ in p.entries:
                     consumer = self.by_ssrc.get(ssrc)
                     if consumer is not None:
                         consumer.on_keyframe_request(now)
             elif isinstance(p, rtcp.Remb):
-                metrics.RTCP.labels(direction="in", type="remb").inc()
+                metrics.RTCP_IN["remb"].inc()
                 self._on_remb_packet(p, now)
             elif isinstance(p, rtcp.TransportFeedback):
-                metrics.RTCP.labels(direction="in", type="twcc").inc()
+                metrics.RTCP_IN["twcc"].inc()
             elif isinstance(p, (rtcp.ReceiverReport, rtcp.SenderReport)):
                 ntp_now = rtcp.ntp_middle32(rtcp.ntp_from_seconds(time.time()))
                 lost = sent = 0.0
