@@ -20,6 +20,12 @@ packets, so its packet rate is reported too. From the repository root:
 
     .venv/bin/python -m bench.compare --configs 2,4,7 --window 30 --warmup 5 --json PATH
 
+With ``--rounds R`` every configuration is measured R times, the servers' order reversed
+from one round to the next (ours first, then Janus first, ...) so that a drift of the
+machine's speed during the run does not favour either; the ratios of each round and their
+median per configuration are printed. On a shared VM one round's ratio moves by +-15 %
+(docs/benchmarks.md), the median of several by less.
+
 Before and after the runs it measures the machine's wake-up for a lone datagram (a thread
 blocked in ``recv``, 200 a second; ``--wake-seconds``): a cost ours and Janus both pay for
 nearly every packet of a 1:1 call, so when it is high their ratio moves toward 1.
@@ -34,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -210,11 +217,40 @@ def table(results: list[dict[str, Any]], configs: list[int]) -> list[dict[str, A
     return rows
 
 
+def rounds_summary(rows_by_round: list[list[dict[str, Any]]], configs: list[int]
+                   ) -> list[dict[str, Any]]:
+    """Per configuration: each round's ours/Janus and relay/ours, and their medians (rounds
+    without a figure left out)."""
+    out = []
+    for i, n in enumerate(configs):
+        ratios = [rows[i]["ours_over_janus"] for rows in rows_by_round]
+        relay = [rows[i]["relay_over_ours"] for rows in rows_by_round]
+        have = [r for r in ratios if r is not None]
+        have_relay = [r for r in relay if r is not None]
+        out.append({"participants": n, "ours_over_janus": ratios,
+                    "ours_over_janus_median": round(statistics.median(have), 2) if have
+                    else None,
+                    "relay_over_ours": relay,
+                    "relay_over_ours_median": round(statistics.median(have_relay), 1)
+                    if have_relay else None})
+    return out
+
+
+def print_rounds(summary: list[dict[str, Any]]) -> None:
+    print()
+    print(f"{'N':>2} {'ours/Janus by round':<32} {'median':>6} {'relay/ours median':>17}")
+    for s in summary:
+        each = " ".join(_f(r, ".2f") for r in s["ours_over_janus"])
+        print(f"{s['participants']:>2} {each:<32} {_f(s['ours_over_janus_median'], '.2f'):>6} "
+              f"{_f(s['relay_over_ours_median'], '.1f'):>17}")
+
+
 def _f(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
 def print_report(results: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    """The points of one round and its ratios."""
     print(f"{'N':>2} {'server':<12} {'in pkt/s':>8} {'fwd pkt/s':>9} {'fwd/exp':>7} {'CPU %':>6} "
           f"{'us/fwd':>7} {'rtx':>4} {'pad':>4} {'loss':>6} {'video kbps':>10} "
           f"{'prom out/s':>10} {'machine %':>9}")
@@ -250,17 +286,26 @@ def print_report(results: list[dict[str, Any]], rows: list[dict[str, Any]]) -> N
               f"  server log: {r['server_log']}\n  {r['server_log_tail']}", file=sys.stderr)
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def order(targets: list[str], round_index: int) -> list[str]:
+    """The servers' order in one round: as given, then reversed, and so on."""
+    return list(targets) if round_index % 2 == 0 else list(reversed(targets))
+
+
+def run(args: argparse.Namespace, round_index: int = 0) -> list[dict[str, Any]]:
+    """Every configuration once, each server on its own: one round."""
     results = []
     for n in args.configs:
-        for target in args.targets:
-            print(f"measuring {target} with {n} participants...", file=sys.stderr, flush=True)
+        for target in order(args.targets, round_index):
+            print(f"measuring {target} with {n} participants"
+                  f"{f' (round {round_index + 1})' if args.rounds > 1 else ''}...",
+                  file=sys.stderr, flush=True)
             log_path = Path(args.log_dir) / f"compare-{target}-{n}.log"
             try:
                 results.append(measure(target, n, args, log_path))
             except (servers.ServerError, TimeoutError, OSError) as exc:
                 results.append({"target": target, "participants": n, "error": str(exc),
                                 "server_log": str(log_path), "server_log_tail": ""})
+            results[-1]["round"] = round_index
             if results[-1].get("error"):
                 print(f"FAILED: {target} N={n}: {results[-1]['error']}", file=sys.stderr,
                       flush=True)
@@ -301,10 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", default=tempfile.gettempdir(),
                         help="where the servers' logs go (compare-TARGET-N.log)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every configuration this many times, the servers' "
+                             "order reversed each round; medians printed (1)")
     parser.add_argument("--wake-seconds", type=float, default=4.0,
                         help="seconds of the wake-up gauge before and after the runs (4; "
                              "0: none)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.ice_address is None:
         args.ice_address = servers.primary_address() or "127.0.0.1"
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -312,11 +362,22 @@ def main(argv: list[str] | None = None) -> int:
     # ours and Janus both pay, which pulls their ratio toward 1 when it is high
     # (docs/benchmarks.md, "The control plane's Python, cheaper per link").
     wake = [wake_gauge(args.wake_seconds)] if args.wake_seconds else []
-    results = run(args)
+    results: list[dict[str, Any]] = []
+    rows_by_round = []
+    for r in range(args.rounds):
+        got = run(args, r)
+        results += got
+        rows_by_round.append(table(got, args.configs))
     if wake:
         wake.append(wake_gauge(args.wake_seconds))
-    rows = table(results, args.configs)
-    print_report(results, rows)
+    for r, rows in enumerate(rows_by_round):
+        if args.rounds > 1:
+            print(f"\nround {r + 1} of {args.rounds} (servers in the order "
+                  f"{', '.join(order(args.targets, r))})")
+        print_report([x for x in results if x["round"] == r], rows)
+    summary = rounds_summary(rows_by_round, args.configs)
+    if args.rounds > 1:
+        print_rounds(summary)
     if wake:
         print(f"this machine's wake-up for a lone datagram (a thread blocked in recv, "
               f"{WAKE_RATE}/s), us of CPU: {_f(wake[0], '.1f')} before the runs, "
@@ -326,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": started, "argv": sys.argv, "machine": machine(),
             "window_s": args.window, "warmup_s": args.warmup, "video": args.video,
             "video_bitrate_kbps": args.video_bitrate, "ice_address": args.ice_address,
-            "wakeup_us": wake, "table": rows, "results": results}, indent=2) + "\n")
+            "wakeup_us": wake, "rounds": args.rounds, "table": rows_by_round[-1],
+            "tables": rows_by_round, "medians": summary, "results": results}, indent=2) + "\n")
     return 1 if any(r.get("error") for r in results) else 0
 
 

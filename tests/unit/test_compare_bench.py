@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.compare import _figures, table
+from bench.compare import _figures, order, rounds_summary, table
 from bench.servers import write_janus_config
 from loadtest.__main__ import main
 from loadtest.window import summarise
@@ -49,6 +49,30 @@ def test_table_ratios() -> None:
                                     "janus_us": 60.0, "relay_us": 900.0,
                                     "ours_over_janus": 0.5, "relay_over_ours": 30.0}]
     assert table([], [7])[0]["ours_over_janus"] is None
+
+
+def test_rounds_alternate_the_servers_order() -> None:
+    targets = ["mediaserver", "janus", "relay"]
+    assert order(targets, 0) == targets and order(targets, 2) == targets
+    assert order(targets, 1) == ["relay", "janus", "mediaserver"]
+    assert targets == ["mediaserver", "janus", "relay"]  # not reversed in place
+
+
+def test_rounds_summary_takes_the_median_of_the_rounds_with_a_figure() -> None:
+    def rows(us: dict[str, float | None]) -> list[dict[str, Any]]:
+        return table([{"target": t, "participants": 2, "us_per_forwarded_packet": v}
+                      for t, v in us.items()], [2])
+
+    by_round = [rows({"mediaserver": 60.0, "janus": 100.0, "relay": 600.0}),
+                rows({"mediaserver": 70.0, "janus": 100.0, "relay": 1400.0}),
+                rows({"mediaserver": 45.0, "janus": 100.0}),
+                rows({"mediaserver": 50.0, "janus": None})]  # Janus failed that round
+    (s,) = rounds_summary(by_round, [2])
+    assert s["ours_over_janus"] == [0.6, 0.7, 0.45, None]
+    assert s["ours_over_janus_median"] == 0.6  # of 0.6, 0.7, 0.45
+    assert s["relay_over_ours_median"] == 15.0  # of 10 and 20
+    assert rounds_summary([rows({"mediaserver": 50.0})], [2])[0][
+        "ours_over_janus_median"] is None
 
 
 def test_janus_config_loads_only_videoroom_and_websockets(tmp_path: Path) -> None:
