@@ -20,6 +20,13 @@ generator, and the capacity is then estimated from the server's CPU share instea
 
     .venv/bin/python -m bench.capacity --kind one_to_one --sessions 5,10,20,30
     .venv/bin/python -m bench.capacity --kind group --size 6 --sessions 1,2,4,6
+
+``--cprofile PATH`` profiles the Python the server's event loop runs over each window with
+cProfile (a ``sitecustomize`` on the server's PYTHONPATH installs a SIGUSR2 handler that
+turns it on and off; the stats go to PATH.<step>) and prints what the loop called from C
+(its tasks, callbacks and the packet path's calls back into Python) by cumulative time,
+with call counts. cProfile slows the Python it watches about twofold, so that step's CPU
+figures are not the server's; its call counts and relative shares are what it is for.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ import asyncio
 import json
 import math
 import os
+import pstats
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,7 +145,11 @@ async def measure(step: int, args: argparse.Namespace, port: int,
         tree_cpu = servers.process_tree_cpu
         m0, c0, t0 = await scrape(http, base), tree_cpu(server.pid), time.monotonic()
         spy = await start_profile(args, server.pid, step)
+        if args.cprofile:
+            os.kill(server.pid, signal.SIGUSR2)  # cProfile on (the hook of --cprofile)
         await asyncio.sleep(args.window)  # the measurement window itself
+        if args.cprofile:
+            os.kill(server.pid, signal.SIGUSR2)  # ... and off: the stats are written
         c1, t1, m1 = tree_cpu(server.pid), time.monotonic(), await scrape(http, base)
         if spy is not None:
             await spy.wait()
@@ -250,11 +263,68 @@ def verdict(row: dict[str, Any], args: argparse.Namespace) -> list[str]:
     return why
 
 
+CPROFILE_ENV = "MEDIASERVER_BENCH_CPROFILE"
+CPROFILE_HOOK = f"""import os, signal
+if os.environ.get("{CPROFILE_ENV}"):
+    import cProfile
+    _on = []
+    def _toggle(signum, frame):
+        if not _on:
+            _on.append(cProfile.Profile())
+            _on[0].enable()
+        else:
+            p = _on.pop()
+            p.disable()
+            p.dump_stats(os.environ["{CPROFILE_ENV}"])
+    signal.signal(signal.SIGUSR2, _toggle)
+"""
+
+
+def cprofile_env(args: argparse.Namespace, step: int, workdir: Path) -> dict[str, str] | None:
+    """The server's environment with the cProfile hook (``--cprofile``), or None."""
+    if not args.cprofile:
+        return None
+    hook = workdir / "cprofile-hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CPROFILE_HOOK)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, CPROFILE_ENV: os.path.abspath(f"{args.cprofile}.{step}"),
+            "PYTHONPATH": str(hook) + (os.pathsep + path if path else "")}
+
+
+def loop_roots(path: str, top: int = 20, roots_only: bool = True
+               ) -> list[tuple[str, int, float]]:
+    """From cProfile stats: the functions nothing profiled called (what the event loop ran
+    from C; every function without ``roots_only``), as (function, calls, cumulative
+    seconds), largest first."""
+    stats = pstats.Stats(path).stats  # type: ignore[attr-defined]
+    rows = [(f"{Path(file).name}:{line}({name})", calls, cum)
+            for (file, line, name), (_, calls, _, cum, callers) in stats.items()
+            if not (roots_only and callers)]
+    return sorted(rows, key=lambda r: -r[2])[:top]
+
+
+def print_cprofile(path: str) -> None:
+    roots = loop_roots(path, top=1_000_000)
+    total = sum(cum for _, _, cum in roots)
+    print(f"# cProfile of the event loop's Python ({path}; {1e3 * total:.0f} ms profiled), "
+          f"what the loop ran, by cumulative time:")
+    for name, calls, cum in roots[:20]:
+        print(f"#   {100 * cum / total if total else 0:5.1f} %  {1e3 * cum:7.1f} ms  "
+              f"{calls:7d} calls  {name}")
+    print("# ... and every function by cumulative time (a coroutine counts each resumption):")
+    for name, calls, cum in loop_roots(path, top=25, roots_only=False):
+        print(f"#   {100 * cum / total if total else 0:5.1f} %  {1e3 * cum:7.1f} ms  "
+              f"{calls:7d} calls  {name}")
+
+
 def run_step(step: int, args: argparse.Namespace) -> dict[str, Any]:
     port = servers.free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"capacity-{step}-"))
     log_path = workdir / "server.log"
-    proc = servers.spawn(pinned(server_cmd(port, args.workers), args.server_cpu), log_path)
+    env = cprofile_env(args, step, workdir)
+    proc = servers.spawn(pinned(server_cmd(port, args.workers), args.server_cpu), log_path,
+                         **({"env": env} if env is not None else {}))
     server = servers.Server("mediaserver", proc, f"ws://127.0.0.1:{port}/v1/signal",
                             f"http://127.0.0.1:{port}", log_path)
     try:
@@ -307,11 +377,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", metavar="PATH",
                    help="py-spy the server over each window: raw stacks to PATH.<step>, and "
                         "the largest inclusive shares printed (needs py-spy, --workers 1)")
+    p.add_argument("--cprofile", metavar="PATH",
+                   help="cProfile the server's event loop over each window: stats to "
+                        "PATH.<step>, what the loop ran printed (--workers 1; slows the "
+                        "Python it watches, so not for the step's CPU figures)")
     p.add_argument("--py-spy", default=shutil.which("py-spy") or
                    os.path.join(os.path.dirname(sys.executable), "py-spy"))
     args = p.parse_args(argv)
-    if args.profile and args.workers != 1:
-        p.error("--profile samples one process: use --workers 1")
+    if (args.profile or args.cprofile) and args.workers != 1:
+        p.error("--profile and --cprofile watch one process: use --workers 1")
     args.size = args.size or {"one_to_one": 2, "couples": 3, "group": 6}[args.kind]
     if args.generator_cpus is None:
         others = [str(c) for c in sorted(os.sched_getaffinity(0))
@@ -335,6 +409,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"#   control plane, share of the server's CPU: {shares or '-'}")
         if args.profile and os.path.exists(f"{args.profile}.{step}"):
             print_profile(f"{args.profile}.{step}")
+        if args.cprofile:
+            if os.path.exists(f"{args.cprofile}.{step}"):
+                print_cprofile(f"{args.cprofile}.{step}")
+            else:
+                print(f"# cProfile: the server wrote no stats to {args.cprofile}.{step}")
         if row["failed"]:
             break
     clean = [r for r in rows if not r["failed"] and not r["generator_saturated"]]

@@ -1,8 +1,10 @@
-"""Pure helpers of bench/capacity.py: histogram quantiles between two scrapes, room split."""
+"""Helpers of bench/capacity.py: histogram quantiles between two scrapes, room split, the
+profiles it prints."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +60,45 @@ def test_profile_own_shares_are_the_innermost_frames() -> None:
 
     lines = ["run (l.py:1);recv (a.py:2);send (a.py:9) 6\n", "run (l.py:1) 4\n"]
     assert dict(profile_shares(lines, own=True)) == {"send": 0.6, "run": 0.4}
+
+
+def test_cprofile_roots_are_what_nothing_profiled_called(tmp_path: Path) -> None:
+    import cProfile
+    import subprocess
+    import sys
+
+    from bench.capacity import CPROFILE_ENV, CPROFILE_HOOK, loop_roots
+
+    def leaf() -> int:
+        return sum(range(2000))
+
+    def step() -> int:
+        return leaf() + leaf()
+
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(5):
+        step()
+    leaf()
+    profile.disable()
+    path = tmp_path / "stats"
+    profile.dump_stats(path)
+    roots = {name.split("(")[1].rstrip(")"): calls for name, calls, _ in loop_roots(str(path))}
+    assert roots["step"] == 5 and "leaf" not in roots  # leaf was also called by step
+    every = {name.split("(")[1].rstrip(")"): calls
+             for name, calls, _ in loop_roots(str(path), roots_only=False)}
+    assert every["leaf"] == 11
+
+    # The hook a server gets on its PYTHONPATH: SIGUSR2 on, SIGUSR2 off and stats written.
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(CPROFILE_HOOK)
+    out = tmp_path / "server.prof"
+    code = ("import os, signal\n"
+            "os.kill(os.getpid(), signal.SIGUSR2)\n"
+            "def work():\n    return sum(range(10000))\n"
+            "work(); work()\n"
+            "os.kill(os.getpid(), signal.SIGUSR2)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
+                   env={"PYTHONPATH": str(tmp_path / "hook"), CPROFILE_ENV: str(out)})
+    names = [name for name, _, _ in loop_roots(str(out), roots_only=False)]
+    assert any(name.endswith("(work)") for name in names)
