@@ -292,7 +292,7 @@ def cprofile_env(args: argparse.Namespace, step: int, workdir: Path) -> dict[str
             "PYTHONPATH": str(hook) + (os.pathsep + path if path else "")}
 
 
-def loop_roots(path: str, top: int = 20, roots_only: bool = True
+def loop_roots(path: str, top: int | None = 20, roots_only: bool = True
                ) -> list[tuple[str, int, float]]:
     """From cProfile stats: the functions nothing profiled called (what the event loop ran
     from C; every function without ``roots_only``), as (function, calls, cumulative
@@ -301,11 +301,11 @@ def loop_roots(path: str, top: int = 20, roots_only: bool = True
     rows = [(f"{Path(file).name}:{line}({name})", calls, cum)
             for (file, line, name), (_, calls, _, cum, callers) in stats.items()
             if not (roots_only and callers)]
-    return sorted(rows, key=lambda r: -r[2])[:top]
+    return sorted(rows, key=lambda r: -r[2])[:top]  # (all of them when top is None)
 
 
 def print_cprofile(path: str) -> None:
-    roots = loop_roots(path, top=1_000_000)
+    roots = loop_roots(path, top=None)
     total = sum(cum for _, _, cum in roots)
     print(f"# cProfile of the event loop's Python ({path}; {1e3 * total:.0f} ms profiled), "
           f"what the loop ran, by cumulative time:")

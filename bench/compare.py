@@ -217,6 +217,11 @@ def table(results: list[dict[str, Any]], configs: list[int]) -> list[dict[str, A
     return rows
 
 
+def _median(values: list[float | None], digits: int) -> float | None:
+    have = [v for v in values if v is not None]
+    return round(statistics.median(have), digits) if have else None
+
+
 def rounds_summary(rows_by_round: list[list[dict[str, Any]]], configs: list[int]
                    ) -> list[dict[str, Any]]:
     """Per configuration: each round's ours/Janus and relay/ours, and their medians (rounds
@@ -225,14 +230,9 @@ def rounds_summary(rows_by_round: list[list[dict[str, Any]]], configs: list[int]
     for i, n in enumerate(configs):
         ratios = [rows[i]["ours_over_janus"] for rows in rows_by_round]
         relay = [rows[i]["relay_over_ours"] for rows in rows_by_round]
-        have = [r for r in ratios if r is not None]
-        have_relay = [r for r in relay if r is not None]
         out.append({"participants": n, "ours_over_janus": ratios,
-                    "ours_over_janus_median": round(statistics.median(have), 2) if have
-                    else None,
-                    "relay_over_ours": relay,
-                    "relay_over_ours_median": round(statistics.median(have_relay), 1)
-                    if have_relay else None})
+                    "ours_over_janus_median": _median(ratios, 2),
+                    "relay_over_ours": relay, "relay_over_ours_median": _median(relay, 1)})
     return out
 
 
@@ -362,19 +362,16 @@ def main(argv: list[str] | None = None) -> int:
     # ours and Janus both pay, which pulls their ratio toward 1 when it is high
     # (docs/benchmarks.md, "The control plane's Python, cheaper per link").
     wake = [wake_gauge(args.wake_seconds)] if args.wake_seconds else []
-    results: list[dict[str, Any]] = []
-    rows_by_round = []
-    for r in range(args.rounds):
-        got = run(args, r)
-        results += got
-        rows_by_round.append(table(got, args.configs))
+    rounds = [run(args, r) for r in range(args.rounds)]
     if wake:
         wake.append(wake_gauge(args.wake_seconds))
-    for r, rows in enumerate(rows_by_round):
+    rows_by_round = [table(got, args.configs) for got in rounds]
+    for r, (got, rows) in enumerate(zip(rounds, rows_by_round, strict=True)):
         if args.rounds > 1:
             print(f"\nround {r + 1} of {args.rounds} (servers in the order "
                   f"{', '.join(order(args.targets, r))})")
-        print_report([x for x in results if x["round"] == r], rows)
+        print_report(got, rows)
+    results = [x for got in rounds for x in got]
     summary = rounds_summary(rows_by_round, args.configs)
     if args.rounds > 1:
         print_rounds(summary)
@@ -387,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": started, "argv": sys.argv, "machine": machine(),
             "window_s": args.window, "warmup_s": args.warmup, "video": args.video,
             "video_bitrate_kbps": args.video_bitrate, "ice_address": args.ice_address,
-            "wakeup_us": wake, "rounds": args.rounds, "table": rows_by_round[-1],
-            "tables": rows_by_round, "medians": summary, "results": results}, indent=2) + "\n")
+            "wakeup_us": wake, "rounds": args.rounds, "tables": rows_by_round,
+            "medians": summary, "results": results}, indent=2) + "\n")
     return 1 if any(r.get("error") for r in results) else 0
 
 

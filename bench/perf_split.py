@@ -37,23 +37,32 @@ READER = (
 LOOP_ROOTS = ("uv_run", "uv__io_poll", "uv__run_timers", "uv__run_idle")
 
 
-def load(lines: Iterable[str]) -> list[list[str]]:
-    """Stacks from ``perf script -F sym,ip``: one frame per line (address, symbol), a blank
-    line between samples; each stack innermost first, symbols only."""
-    stacks: list[list[str]] = []
+def load_samples(lines: Iterable[str]) -> list[tuple[list[str], bool]]:
+    """Samples from ``perf script -F sym,ip``: one frame per line (address, symbol), a blank
+    line between samples; each as (its stack innermost first, symbols only; whether the
+    innermost frame is the kernel's, a 64-bit address from 0xffff...)."""
+    samples: list[tuple[list[str], bool]] = []
     current: list[str] = []
+    kernel = False
     for raw in lines:
         line = raw.strip()
         if not line:
             if current:
-                stacks.append(current)
+                samples.append((current, kernel))
                 current = []
             continue
         parts = line.split(None, 1)
+        if not current:
+            kernel = len(parts[0]) == 16 and parts[0].lower().startswith("ffff")
         current.append((parts[1] if len(parts) > 1 else parts[0]).split()[0])
     if current:
-        stacks.append(current)
-    return stacks
+        samples.append((current, kernel))
+    return samples
+
+
+def load(lines: Iterable[str]) -> list[list[str]]:
+    """The stacks of ``load_samples``."""
+    return [stack for stack, _ in load_samples(lines)]
 
 
 def _has(stack: list[str], frame: str) -> bool:
@@ -87,15 +96,24 @@ def split(stacks: list[list[str]]) -> list[tuple[str, float]]:
     return [(name, n / len(stacks)) for name, n in counts.most_common()] if stacks else []
 
 
+def kernel_shares(samples: list[tuple[list[str], bool]]) -> dict[str, float]:
+    """Per category, the share of all samples that it spent in the kernel (its innermost
+    frame the kernel's): ``sendto``'s delivery, the wake-ups."""
+    counts = Counter(category(stack) for stack, kernel in samples if kernel)
+    return {name: n / len(samples) for name, n in counts.items()} if samples else {}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stacks", help="perf script -F sym,ip output")
     args = ap.parse_args(argv)
     with open(args.stacks, errors="replace") as f:
-        stacks = load(f)
-    print(f"# {len(stacks)} samples ({args.stacks})")
-    for name, share in split(stacks):
-        print(f"{100 * share:5.1f} %  {name}")
+        samples = load_samples(f)
+    kernel = kernel_shares(samples)
+    print(f"# {len(samples)} samples ({args.stacks}); in the kernel: "
+          f"{100 * sum(kernel.values()):.1f} %")
+    for name, share in split([stack for stack, _ in samples]):
+        print(f"{100 * share:5.1f} %  {name} (kernel {100 * kernel.get(name, 0.0):.1f})")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.perf_split import category, load, split
+from bench.perf_split import category, kernel_shares, load, load_samples, split
 
 LOOP = ["uv__io_poll", "uv_run", "_PyEval_EvalFrameDefault", "main"]
 ROUTE = ["receiver_route", "receiver_handle", "Reader_readable", *LOOP]
@@ -55,3 +55,21 @@ def test_stacks_are_read_from_perf_script_and_shared_out() -> None:
     assert split(stacks) == [("route: SRTP protect and sendto", pytest.approx(2 / 3)),
                              ("loop: waiting in epoll (and being woken)", pytest.approx(1 / 3))]
     assert split([]) == []
+    # The kernel's part: a sample whose innermost frame has a kernel address.
+    text_k = """
+    ffffffff81a2b3c4 _raw_spin_unlock_irqrestore
+    7f0a1 output_finish
+    7f0a2 receiver_route
+
+    7f0a1 output_finish
+    7f0a2 receiver_route
+
+    ffffffff81000010 finish_task_switch.isra.0
+    ffffffff81000020 do_epoll_wait
+    """
+    samples = load_samples(text_k.splitlines())
+    assert [kernel for _, kernel in samples] == [True, False, True]
+    assert kernel_shares(samples) == {
+        "route: SRTP protect and sendto": pytest.approx(1 / 3),
+        "loop: waiting in epoll (and being woken)": pytest.approx(1 / 3)}
+    assert kernel_shares([]) == {}
