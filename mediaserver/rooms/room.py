@@ -5,8 +5,9 @@ from clients unless the room shows them); hosts also see the waiting room. Nobod
 the waiting room sees anyone or receives any media. Every request is checked against
 ``policy`` here, whatever the client's UI offers.
 
-One control task per room (``run``) ticks a few times per second: active speakers,
-the session's time limit, the empty-room timeout and the resume grace period.
+One control task per room (``run``) ticks a few times per second: bandwidth adaptation,
+connection quality, the connections' RTCP reports, active speakers, the session's time
+limit, the empty-room timeout and the resume grace period.
 """
 
 from __future__ import annotations
@@ -53,6 +54,26 @@ ADAPT_INTERVAL = 0.5
 LAYER_OFF_DELAY = 5.0  # an unwanted simulcast layer keeps flowing this long before it stops
 LAYER_RESUME_GRACE = 3.0  # a layer the publisher was asked to resume, until it shows up
 MAX_OBSERVERS = 4
+# A step over many participants lets waiting packets through (a sleep(0)) once it has run
+# this long: a big group's whole step in one go held every packet of the node back by
+# milliseconds, and a yield per participant woke a small room's task several times a tick.
+STEP_SLICE = 0.0005
+
+
+class _Slicer:
+    """``await slicer.pause()`` between units of a long step: yields to the loop only once
+    STEP_SLICE has passed since the step began or last yielded (perf_counter: no system
+    call)."""
+
+    __slots__ = ("_since",)
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter()
+
+    async def pause(self) -> None:
+        if time.perf_counter() - self._since >= STEP_SLICE:
+            await asyncio.sleep(0)
+            self._since = time.perf_counter()
 
 
 class Room:
@@ -593,8 +614,9 @@ class Room:
                 return "pinned"
             return "speaker" if c.producer.participant_id == dominant else None
 
+        slicer = _Slicer()
         for p in list(self.participants.values()):
-            await asyncio.sleep(0)  # one subscriber at a time, packets in between (as above)
+            await slicer.pause()  # packets in between, now and then (see STEP_SLICE)
             sub = p.subscriber
             if (sub is None or p.state == WAITING or not sub.consumers
                     or self.participants.get(p.id) is not p):
@@ -689,10 +711,9 @@ class Room:
 
     async def _quality_step(self, now: float) -> None:
         changed: dict[str, dict[str, Any]] = {}
+        slicer = _Slicer()
         for p in list(self.participants.values()):
-            # One participant's trackers at a time, then let waiting packets through: a big
-            # group's whole step in one go held every packet of the node back by milliseconds.
-            await asyncio.sleep(0)
+            await slicer.pause()  # packets in between, now and then (see STEP_SLICE)
             q = self.quality.get(p.id)
             if q is None or p.state == WAITING or self.participants.get(p.id) is not p:
                 continue
@@ -758,6 +779,14 @@ class Room:
                 "duration": round(time.monotonic() - self.started, 1),
                 "participants": self.reports + present}
 
+    def _rtcp_reports(self, now: float) -> None:
+        """Every connection of the room whose RTCP report is due sends it."""
+        for p in self.participants.values():
+            if p.publisher is not None:
+                p.publisher.rtcp_tick(now)
+            if p.subscriber is not None:
+                p.subscriber.rtcp_tick(now)
+
     async def tick(self, now: float) -> str | None:
         """One control step; returns a reason if the room should close."""
         if now - self._last_adapt >= ADAPT_INTERVAL:
@@ -768,6 +797,9 @@ class Room:
             await self._quality_step(now)
             if self.recording is not None:
                 self.recording.flush()  # bounds what a crash can lose to about a second
+        # A fresh reading: the steps above may have yielded, and a report's DLSR (the delay
+        # since the peer's last SR) goes straight into the peer's RTT.
+        self._rtcp_reports(time.monotonic())
         update = self.speakers.tick(now)
         if update is not None:
             await self._tell_all({"type": "speakers_changed", "dominant": update.dominant,

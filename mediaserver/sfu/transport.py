@@ -7,8 +7,9 @@
   Consumer of some other participant's Producer. Renegotiated whenever the set of
   consumed tracks changes.
 
-Both run one RTCP task (sender/receiver reports, REMB) and dispatch incoming RTCP to
-their producers/consumers. All aiortc internals go through ``aiortc_adapter``.
+Both send their RTCP reports (sender/receiver reports, REMB) when the room's control task
+asks (``rtcp_tick``), and dispatch incoming RTCP to their producers/consumers. All aiortc
+internals go through ``aiortc_adapter``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ MIN_LOSS_SAMPLE = 20
 # A stream's SSRC may change (a publisher restarting its encoder) only after its packets
 # have stopped for this long.
 SSRC_TAKEOVER_SILENCE = 1.0
+
+
+def _rtcp_delay() -> float:
+    return RTCP_INTERVAL * (0.5 + random.random())
 
 
 class NegotiationError(Exception):
@@ -88,7 +93,7 @@ class PeerTransport:
         self.policy = policy
         self.sender: adapter.PacketSender | None = None
         self.closed = False
-        self._rtcp_task: asyncio.Task[None] | None = None
+        self._next_rtcp: float | None = None  # monotonic time the next report is due
         self._lock = asyncio.Lock()
 
     @property
@@ -109,8 +114,8 @@ class PeerTransport:
         if self.sender is None:
             self.sender = adapter.packet_sender(self.pc)
             self._sender_ready(self.sender)
-        if self._rtcp_task is None:
-            self._rtcp_task = asyncio.create_task(self._rtcp_loop())
+        if self._next_rtcp is None:
+            self._next_rtcp = time.monotonic() + _rtcp_delay()
 
     def send_rtp(self, data: bytes) -> bool:
         sender = self.sender
@@ -143,23 +148,23 @@ class PeerTransport:
     def rtcp_report(self, now: float) -> bytes | None:
         return None
 
-    async def _rtcp_loop(self) -> None:
-        try:
-            while not self.closed:
-                await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))
-                with metrics.control_step("rtcp"):
-                    packet = self.rtcp_report(time.monotonic())
-                    if packet:
-                        self.send_rtcp(packet)
-        except asyncio.CancelledError:
-            pass
+    def rtcp_tick(self, now: float) -> None:
+        """Send this connection's report if it is due. The room's control task calls it on
+        each of its ticks for every connection of the room: one wake-up of the loop for all
+        of them, where a task per connection woke it (and ran its Python cold) each time."""
+        due = self._next_rtcp
+        if due is None or now < due or self.closed:
+            return
+        self._next_rtcp = now + _rtcp_delay()
+        with metrics.control_step("rtcp"):
+            packet = self.rtcp_report(now)
+            if packet:
+                self.send_rtcp(packet)
 
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        if self._rtcp_task is not None:
-            self._rtcp_task.cancel()
         if self.sender is not None:
             self.sender.close()
         await self.pc.close()

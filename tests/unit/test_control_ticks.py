@@ -1,0 +1,92 @@
+"""The room's control task drives what used to wake the loop on timers of its own: each
+connection's RTCP report when due, and a long step's pauses only once it has run a while."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mediaserver.rooms import room as room_module
+from mediaserver.rooms.room import _Slicer
+from mediaserver.sfu import aiortc_adapter
+from mediaserver.sfu.transport import RTCP_INTERVAL, PublisherTransport
+
+
+async def test_a_report_goes_out_when_due_then_again_half_to_one_and_a_half_intervals_on(
+        ) -> None:
+    transport = PublisherTransport(aiortc_adapter.CandidatePolicy(addresses=("127.0.0.1",)))
+    sent: list[bytes] = []
+    times: list[float] = []
+
+    def report(now: float) -> bytes:
+        times.append(now)
+        return b"report"
+
+    transport.rtcp_report = report  # type: ignore[method-assign]
+    transport.send_rtcp = lambda data: sent.append(data) is None  # type: ignore[method-assign]
+    try:
+        transport.rtcp_tick(5.0)  # not connected yet: nothing is due
+        assert sent == []
+        transport._next_rtcp = 10.0
+        transport.rtcp_tick(9.99)
+        assert sent == []
+        transport.rtcp_tick(10.0)
+        assert sent == [b"report"] and times == [10.0]
+        due = transport._next_rtcp
+        assert due is not None and 10.0 + 0.5 * RTCP_INTERVAL <= due <= 10.0 + 1.5 * RTCP_INTERVAL
+        transport.rtcp_tick(due - 0.01)
+        assert len(sent) == 1
+        transport.rtcp_tick(due)
+        assert len(sent) == 2
+    finally:
+        await transport.close()
+    transport.rtcp_tick(1e9)  # a closed connection sends nothing
+    assert len(sent) == 2
+
+
+async def test_a_report_with_nothing_to_say_sends_nothing_and_waits_its_turn() -> None:
+    transport = PublisherTransport(aiortc_adapter.CandidatePolicy(addresses=("127.0.0.1",)))
+    sent: list[bytes] = []
+    transport.send_rtcp = lambda data: sent.append(data) is None  # type: ignore[method-assign]
+    try:
+        transport._next_rtcp = 1.0
+        transport.rtcp_tick(1.0)  # no streams yet: rtcp_report is None
+        assert sent == []
+        assert transport._next_rtcp is not None and transport._next_rtcp > 1.0
+    finally:
+        await transport.close()
+
+
+async def _others_ran(slicer: _Slicer, pauses: int) -> int:
+    ran = 0
+
+    async def other() -> None:
+        nonlocal ran
+        while True:
+            ran += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other())
+    await asyncio.sleep(0)  # the other task starts
+    start = ran
+    for _ in range(pauses):
+        await slicer.pause()
+    task.cancel()
+    return ran - start
+
+
+async def test_a_short_step_keeps_the_loop_a_long_one_gives_it_back(monkeypatch) -> None:
+    monkeypatch.setattr(room_module, "STEP_SLICE", 3600.0)
+    assert await _others_ran(_Slicer(), 20) == 0
+    monkeypatch.setattr(room_module, "STEP_SLICE", 0.0)
+    assert await _others_ran(_Slicer(), 20) == 20
+
+
+@pytest.mark.parametrize("elapsed, yields", [(0.0, False), (room_module.STEP_SLICE, True)])
+async def test_the_slice_counts_from_the_last_pause(monkeypatch, elapsed, yields) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(room_module.time, "perf_counter", lambda: clock[0])
+    slicer = _Slicer()
+    clock[0] += elapsed
+    assert await _others_ran(slicer, 1) == (1 if yields else 0)
