@@ -288,7 +288,8 @@ QUALITY = Gauge(
 
 EVENT_LOOP_LAG = Gauge(
     "mediaserver_event_loop_lag_seconds",
-    "How late the event loop woke the last lag probe (a busy loop delays every packet)",
+    "How late the event loop woke its timers, the worst of the last half second's (a busy "
+    "loop delays every packet)",
     registry=REGISTRY,
 )
 GC_PAUSE = Histogram(  # prometheus_client's, with its lock: a collection may run in any thread
@@ -471,6 +472,69 @@ def loop_lag(slept_at: float, woke_at: float, interval: float) -> float:
 
 
 LAG_OBSERVERS: list[Callable[[float], None]] = []  # e.g. limits.Admission.observe_lag
+LAG_INTERVAL = 0.5  # seconds between two lag samples
+
+
+class LagProbe:
+    """Event-loop lag from timers the process runs anyway: each room's control task says
+    how late its tick woke (``sample``), and one sample every LAG_INTERVAL (the worst seen
+    since the last) goes to the gauge, the histogram and ``LAG_OBSERVERS``. While such
+    tasks run on a loop (``reporter_started`` / ``reporter_stopped``, from inside it),
+    ``monitor_event_loop`` keeps no timer of its own there: a node with rooms never wakes
+    for the probe, where it woke twice a second. No clock reads: callers pass ``now``
+    (time.monotonic()). Counted per loop: a test process runs many loops, one after the
+    other, and a loop closed with rooms still ticking must not silence the next one's."""
+
+    __slots__ = ("_published", "_reporters", "_waiters", "_worst")
+
+    def __init__(self) -> None:
+        self._worst = 0.0
+        self._published = -math.inf
+        self._reporters: dict[asyncio.AbstractEventLoop, int] = {}
+        self._waiters: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+
+    def sample(self, lag: float, now: float) -> float | None:
+        """Take one timer's lateness; returns the sample published, if this one was due."""
+        if lag > self._worst:
+            self._worst = lag
+        if now - self._published < LAG_INTERVAL:
+            return None
+        worst, self._worst, self._published = self._worst, 0.0, now
+        EVENT_LOOP_LAG.set(worst)
+        EVENT_LOOP_LAG_DISTRIBUTION.observe(worst)
+        for observe in LAG_OBSERVERS:
+            observe(worst)
+        return worst
+
+    def reporter_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._reporters[loop] = self._reporters.get(loop, 0) + 1
+
+    def reporter_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        left = self._reporters.pop(loop, 1) - 1
+        if left > 0:
+            self._reporters[loop] = left
+            return
+        for waiter in self._waiters.pop(loop, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def reporting(self) -> int:
+        """How many tasks report on the running loop."""
+        return self._reporters.get(asyncio.get_running_loop(), 0)
+
+    async def quiet(self) -> None:
+        """Until no task reports on the running loop (at once if none does)."""
+        loop = asyncio.get_running_loop()
+        if not self._reporters.get(loop):
+            return
+        waiter = loop.create_future()
+        self._waiters.setdefault(loop, []).append(waiter)
+        await waiter
+
+
+LAG_PROBE = LagProbe()
 
 
 def count_tasks() -> None:
@@ -478,21 +542,20 @@ def count_tasks() -> None:
     ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
 
 
-async def monitor_event_loop(interval: float = 0.5) -> None:
-    """Sleep ``interval`` again and again; record how late each wake-up is, until cancelled.
+async def monitor_event_loop(probe: LagProbe = LAG_PROBE, interval: float = LAG_INTERVAL
+                             ) -> None:
+    """Sleep ``interval`` again and again and give ``probe`` how late each wake-up is, until
+    cancelled; while other tasks report to the probe (rooms' ticks), wait for them to stop.
 
     The lag is the time every other callback waited too (a packet, a signalling message),
     so it is the first thing to look at when media stutters and CPU looks fine.
     """
-    loop = asyncio.get_running_loop()
     while True:
-        slept_at = loop.time()
+        await probe.quiet()
+        slept_at = time.monotonic()
         await asyncio.sleep(interval)
-        lag = loop_lag(slept_at, loop.time(), interval)
-        EVENT_LOOP_LAG.set(lag)
-        EVENT_LOOP_LAG_DISTRIBUTION.observe(lag)
-        for observe in LAG_OBSERVERS:
-            observe(lag)
+        woke = time.monotonic()
+        probe.sample(loop_lag(slept_at, woke, interval), woke)
 
 
 def _time_gc() -> Callable[[str, dict[str, int]], None]:

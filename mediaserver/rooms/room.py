@@ -816,10 +816,17 @@ class Room:
         return None
 
     async def run(self, on_close: Any) -> None:
+        # The loop's lag is measured on this task's timer: while rooms tick, the lag probe
+        # needs no timer of its own.
+        probe = metrics.LAG_PROBE
+        probe.reporter_started()
         try:
             while not self.closed:
+                slept_at = time.monotonic()
                 await asyncio.sleep(TICK)
-                reason = await self.tick(time.monotonic())
+                now = time.monotonic()
+                probe.sample(metrics.loop_lag(slept_at, now, TICK), now)
+                reason = await self.tick(now)
                 if reason is not None:
                     await on_close(self, reason)
                     return
@@ -827,6 +834,8 @@ class Room:
             pass
         except Exception:
             log.exception("room control task failed")
+        finally:
+            probe.reporter_stopped()
 
 
 def _uses_dtx(producer: Producer) -> bool:
