@@ -27,6 +27,12 @@ turns it on and off; the stats go to PATH.<step>) and prints what the loop calle
 (its tasks, callbacks and the packet path's calls back into Python) by cumulative time,
 with call counts. cProfile slows the Python it watches about twofold, so that step's CPU
 figures are not the server's; its call counts and relative shares are what it is for.
+
+``--activity-cpu PATH`` times a fixed list of the control plane's entry points (``ACTIVITIES``:
+RTCP read and reports, the quality and adaptation steps, STUN) call by call in thread CPU,
+wrapped at the server's start-up by the same kind of hook: what each costs as the loop runs
+it, cold caches included (an SR read costs several times what ``timeit`` says), with no
+profiler slowing the rest.
 """
 
 from __future__ import annotations
@@ -145,11 +151,11 @@ async def measure(step: int, args: argparse.Namespace, port: int,
         tree_cpu = servers.process_tree_cpu
         m0, c0, t0 = await scrape(http, base), tree_cpu(server.pid), time.monotonic()
         spy = await start_profile(args, server.pid, step)
-        if args.cprofile:
-            os.kill(server.pid, signal.SIGUSR2)  # cProfile on (the hook of --cprofile)
+        if args.cprofile or args.activity_cpu:
+            os.kill(server.pid, signal.SIGUSR2)  # the hook's window starts
         await asyncio.sleep(args.window)  # the measurement window itself
-        if args.cprofile:
-            os.kill(server.pid, signal.SIGUSR2)  # ... and off: the stats are written
+        if args.cprofile or args.activity_cpu:
+            os.kill(server.pid, signal.SIGUSR2)  # ... and ends: its figures are written
         c1, t1, m1 = tree_cpu(server.pid), time.monotonic(), await scrape(http, base)
         if spy is not None:
             await spy.wait()
@@ -280,16 +286,95 @@ if os.environ.get("{CPROFILE_ENV}"):
 """
 
 
-def cprofile_env(args: argparse.Namespace, step: int, workdir: Path) -> dict[str, str] | None:
-    """The server's environment with the cProfile hook (``--cprofile``), or None."""
-    if not args.cprofile:
+ACTIVITY_ENV = "MEDIASERVER_BENCH_ACTIVITY"
+# What the loop runs of the control plane, one call at a time: (module, class, method, what
+# one call is). Nested ones count inside their callers too (a STUN answer's send).
+ACTIVITIES = (
+    ("mediaserver.sfu.transport", "PeerTransport", "on_rtcp", "RTCP read: a compound packet"),
+    ("mediaserver.sfu.transport", "PeerTransport", "rtcp_tick",
+     "RTCP reports: a connection, at a room tick"),
+    ("mediaserver.quality.monitor", "ParticipantQuality", "update",
+     "quality step: a participant's links"),
+    ("mediaserver.sfu.adaptation", "SubscriberAdaptation", "step",
+     "adaptation step: a subscriber"),
+    ("mediaserver.sfu.producer", "RecvStream", "_close_window",
+     "a stream's rate window closed"),
+    ("mediaserver.metrics", "LagProbe", "sample", "loop-lag sample"),
+    ("aioice.ice", "StunProtocol", "datagram_received", "STUN read (and answered)"),
+    ("aioice.ice", "Connection", "build_request", "ICE consent request built"),
+    ("aioice.ice", "StunProtocol", "send_stun", "STUN sent"),
+)
+ACTIVITY_HOOK = f"""import os
+if os.environ.get("{ACTIVITY_ENV}"):
+    import functools, importlib, json, signal, time
+    _calls, _window, _missing = {{}}, [], []
+    def _timed(f, label):
+        @functools.wraps(f)
+        def timed(*args, **kwargs):
+            started = time.thread_time()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                entry = _calls.setdefault(label, [0, 0.0])
+                entry[0] += 1
+                entry[1] += time.thread_time() - started
+        return timed
+    # At start-up, before any object captures a bound method (the C receiver does).
+    for _module, _cls, _name, _label in {ACTIVITIES!r}:
+        try:
+            _owner = getattr(importlib.import_module(_module), _cls)
+            setattr(_owner, _name, _timed(getattr(_owner, _name), _label))
+        except (ImportError, AttributeError):
+            _missing.append(_label)
+    def _toggle(signum, frame):
+        if not _window:
+            _calls.clear()
+            _window.append((time.monotonic(), time.thread_time()))
+            return
+        started, cpu = _window.pop()
+        with open(os.environ["{ACTIVITY_ENV}"], "w") as out:
+            json.dump({{"seconds": time.monotonic() - started,
+                       "thread_cpu": time.thread_time() - cpu,
+                       "activities": _calls, "missing": _missing}}, out)
+    signal.signal(signal.SIGUSR2, _toggle)
+"""
+
+
+def hook_env(args: argparse.Namespace, step: int, workdir: Path) -> dict[str, str] | None:
+    """The server's environment with the hook of ``--cprofile`` or ``--activity-cpu`` on
+    its PYTHONPATH (a ``sitecustomize``; SIGUSR2 starts and ends its window), or None."""
+    if args.cprofile:
+        code, env, out = CPROFILE_HOOK, CPROFILE_ENV, args.cprofile
+    elif args.activity_cpu:
+        code, env, out = ACTIVITY_HOOK, ACTIVITY_ENV, args.activity_cpu
+    else:
         return None
-    hook = workdir / "cprofile-hook"
+    hook = workdir / "bench-hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(CPROFILE_HOOK)
+    (hook / "sitecustomize.py").write_text(code)
     path = os.environ.get("PYTHONPATH")
-    return {**os.environ, CPROFILE_ENV: os.path.abspath(f"{args.cprofile}.{step}"),
+    return {**os.environ, env: os.path.abspath(f"{out}.{step}"),
             "PYTHONPATH": str(hook) + (os.pathsep + path if path else "")}
+
+
+def activity_rows(doc: dict[str, Any]) -> list[tuple[str, float, float, float]]:
+    """From the hook's JSON: (activity, calls a second, us of thread CPU a call, share of
+    the loop thread's CPU), largest share first."""
+    seconds, cpu = doc["seconds"], doc["thread_cpu"]
+    rows = [(label, calls / seconds, 1e6 * spent / calls if calls else 0.0,
+             spent / cpu if cpu > 0 else 0.0)
+            for label, (calls, spent) in doc["activities"].items()]
+    return sorted(rows, key=lambda r: -r[3])
+
+
+def print_activity(path: str) -> None:
+    doc = json.loads(Path(path).read_text())
+    print(f"# thread CPU of the control plane's Python, call by call ({path}; the loop's "
+          f"thread: {1e3 * doc['thread_cpu'] / doc['seconds']:.2f} ms a second):")
+    for label, rate, each, share in activity_rows(doc):
+        print(f"#   {100 * share:5.1f} %  {rate:7.2f}/s  {each:7.1f} us each  {label}")
+    if doc.get("missing"):
+        print(f"#   not found, not timed: {', '.join(doc['missing'])}")
 
 
 def loop_roots(path: str, top: int | None = 20, roots_only: bool = True
@@ -322,7 +407,7 @@ def run_step(step: int, args: argparse.Namespace) -> dict[str, Any]:
     port = servers.free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"capacity-{step}-"))
     log_path = workdir / "server.log"
-    env = cprofile_env(args, step, workdir)
+    env = hook_env(args, step, workdir)
     proc = servers.spawn(pinned(server_cmd(port, args.workers), args.server_cpu), log_path,
                          **({"env": env} if env is not None else {}))
     server = servers.Server("mediaserver", proc, f"ws://127.0.0.1:{port}/v1/signal",
@@ -381,11 +466,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="cProfile the server's event loop over each window: stats to "
                         "PATH.<step>, what the loop ran printed (--workers 1; slows the "
                         "Python it watches, so not for the step's CPU figures)")
+    p.add_argument("--activity-cpu", metavar="PATH",
+                   help="time the control plane's Python call by call in the server (thread "
+                        "CPU, cold caches and all, no profiler in between): JSON to "
+                        "PATH.<step>, a table printed (--workers 1)")
     p.add_argument("--py-spy", default=shutil.which("py-spy") or
                    os.path.join(os.path.dirname(sys.executable), "py-spy"))
     args = p.parse_args(argv)
-    if (args.profile or args.cprofile) and args.workers != 1:
-        p.error("--profile and --cprofile watch one process: use --workers 1")
+    if (args.profile or args.cprofile or args.activity_cpu) and args.workers != 1:
+        p.error("--profile, --cprofile and --activity-cpu watch one process: use --workers 1")
+    if args.cprofile and args.activity_cpu:
+        p.error("--cprofile and --activity-cpu both use SIGUSR2: one at a time")
     args.size = args.size or {"one_to_one": 2, "couples": 3, "group": 6}[args.kind]
     if args.generator_cpus is None:
         others = [str(c) for c in sorted(os.sched_getaffinity(0))
@@ -414,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
                 print_cprofile(f"{args.cprofile}.{step}")
             else:
                 print(f"# cProfile: the server wrote no stats to {args.cprofile}.{step}")
+        if args.activity_cpu:
+            if os.path.exists(f"{args.activity_cpu}.{step}"):
+                print_activity(f"{args.activity_cpu}.{step}")
+            else:
+                print(f"# activity CPU: the server wrote nothing to {args.activity_cpu}.{step}")
         if row["failed"]:
             break
     clean = [r for r in rows if not r["failed"] and not r["generator_saturated"]]

@@ -102,3 +102,31 @@ def test_cprofile_roots_are_what_nothing_profiled_called(tmp_path: Path) -> None
                    env={"PYTHONPATH": str(tmp_path / "hook"), CPROFILE_ENV: str(out)})
     names = [name for name, _, _ in loop_roots(str(out), roots_only=False)]
     assert any(name.endswith("(work)") for name in names)
+
+
+def test_the_activity_hook_times_the_listed_calls_between_two_signals(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from bench.capacity import ACTIVITY_ENV, ACTIVITY_HOOK, activity_rows
+
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(ACTIVITY_HOOK)
+    out = tmp_path / "activity.json"
+    code = ("import os, signal\n"
+            "from mediaserver.metrics import LagProbe\n"
+            "probe = LagProbe()\n"
+            "probe.sample(0.0, 0.0)  # before the window: not counted\n"
+            "os.kill(os.getpid(), signal.SIGUSR2)\n"
+            "for i in range(5):\n    probe.sample(0.001, float(i))\n"
+            "os.kill(os.getpid(), signal.SIGUSR2)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
+                   env={"PYTHONPATH": str(tmp_path / "hook"), ACTIVITY_ENV: str(out)})
+    doc = json.loads(out.read_text())
+    assert doc["missing"] == []  # every listed entry point exists
+    assert doc["activities"]["loop-lag sample"][0] == 5
+    assert doc["seconds"] > 0 and doc["thread_cpu"] > 0
+    rows = activity_rows({"seconds": 2.0, "thread_cpu": 0.5,
+                          "activities": {"a": [10, 0.1], "b": [4, 0.2]}})
+    assert rows == [("b", 2.0, 50000.0, 0.4), ("a", 5.0, 10000.0, 0.2)]
