@@ -31,6 +31,14 @@ from loadtest.shaped import ShapedLink, net_gap, watch_stalls
 from loadtest.simulcast import SimulcastPublisher
 
 
+def width_reversals(widths: list[int]) -> int:
+    """How often the received width turned around (up then down, or down then up): a climb
+    through the layers has none, one excursion down and back has two whatever its depth,
+    a flapping link one per turn."""
+    steps = [b - a for a, b in itertools.pairwise(widths) if a != b]
+    return sum(1 for a, b in itertools.pairwise(steps) if (a > 0) != (b > 0))
+
+
 @dataclass
 class Scenario:
     name: str
@@ -102,6 +110,7 @@ def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario
             **change,
         })
     switches = sum(1 for (_, w1), (_, w2) in itertools.pairwise(v) if w1 != w2)
+    reversals = width_reversals([w for _, w in v])
     rtp = record.get("rtp", {}).get("audio", {})
     received = rtp.get("packets_received", 0)
     lost = max(0, rtp.get("packets_lost", 0))
@@ -110,6 +119,7 @@ def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario
     long_gaps = [(round(x, 2), round((y - x) * 1000)) for x, y in itertools.pairwise(a)
                  if y - x > 0.1]
     return {"scenario": scenario.name, "phases": phases, "width_switches": switches,
+            "width_reversals": reversals,
             "first_audio_s": round(a[0], 2) if a else None,
             "first_video_s": round(v[0][0], 2) if v else None,
             "audio_gaps_over_100ms": long_gaps,

@@ -125,9 +125,11 @@ async def test_a_client_that_says_its_link_is_thin_keeps_audio_continuous_at_100
 async def test_stable_link_does_not_flap():
     summary = await _run("stable")
     (phase,) = summary["phases"]
-    # Climbing 160 -> 320 -> 640 takes two switches; a stable minute adds none on a quiet
-    # machine. A CPU-starved receiver's REMB can dip once (one excursion down and back).
+    # Climbing 160 -> 320 -> 640 turns around nowhere; a stable minute adds nothing on a
+    # quiet machine. A CPU-starved receiver's REMB can dip once: one excursion down and back,
+    # two turns whatever its depth (a dip to 329 kbit/s after an 82 ms stall of the server
+    # took 640 -> 160 -> 320 -> 640, five switches). Flapping turns again and again.
     print(f"layer switches in {SCENARIOS['stable'].duration:.0f} s: "
-          f"{summary['width_switches']}")
-    assert summary["width_switches"] <= 4, summary
+          f"{summary['width_switches']}, turns: {summary['width_reversals']}")
+    assert summary["width_reversals"] <= 2, summary
     assert phase["widths"].get(640, 0) >= 0.8 * sum(phase["widths"].values()), summary
