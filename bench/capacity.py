@@ -151,10 +151,11 @@ async def measure(step: int, args: argparse.Namespace, port: int,
         tree_cpu = servers.process_tree_cpu
         m0, c0, t0 = await scrape(http, base), tree_cpu(server.pid), time.monotonic()
         spy = await start_profile(args, server.pid, step)
-        if args.cprofile or args.activity_cpu:
+        hooked = bool(args.cprofile or args.activity_cpu)  # see hook_env
+        if hooked:
             os.kill(server.pid, signal.SIGUSR2)  # the hook's window starts
         await asyncio.sleep(args.window)  # the measurement window itself
-        if args.cprofile or args.activity_cpu:
+        if hooked:
             os.kill(server.pid, signal.SIGUSR2)  # ... and ends: its figures are written
         c1, t1, m1 = tree_cpu(server.pid), time.monotonic(), await scrape(http, base)
         if spy is not None:
@@ -500,16 +501,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"#   control plane, share of the server's CPU: {shares or '-'}")
         if args.profile and os.path.exists(f"{args.profile}.{step}"):
             print_profile(f"{args.profile}.{step}")
-        if args.cprofile:
-            if os.path.exists(f"{args.cprofile}.{step}"):
-                print_cprofile(f"{args.cprofile}.{step}")
-            else:
-                print(f"# cProfile: the server wrote no stats to {args.cprofile}.{step}")
-        if args.activity_cpu:
-            if os.path.exists(f"{args.activity_cpu}.{step}"):
-                print_activity(f"{args.activity_cpu}.{step}")
-            else:
-                print(f"# activity CPU: the server wrote nothing to {args.activity_cpu}.{step}")
+        for path, show, none in ((args.cprofile, print_cprofile, "cProfile: the server wrote "
+                                  "no stats"),
+                                 (args.activity_cpu, print_activity, "activity CPU: the server "
+                                  "wrote nothing")):
+            if path:
+                out = f"{path}.{step}"
+                if os.path.exists(out):
+                    show(out)
+                else:
+                    print(f"# {none} to {out}")
         if row["failed"]:
             break
     clean = [r for r in rows if not r["failed"] and not r["generator_saturated"]]

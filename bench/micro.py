@@ -4,6 +4,7 @@
     .venv/bin/python bench/micro.py wakeup    # a bare uvloop UDP endpoint: CPU per datagram
     .venv/bin/python bench/micro.py tracker   # QualityTracker.update, clean and lossy links
     .venv/bin/python bench/micro.py quality   # ParticipantQuality.update: a group-of-7 member
+                                              # (--participants 2: a 1:1 call's)
     .venv/bin/python bench/micro.py allocate  # a group-of-7 subscriber's demands, allocated
     .venv/bin/python bench/micro.py relay     # a joined client's ping: one process vs a front
     .venv/bin/python bench/micro.py send      # a forwarded copy: Python + uvloop against C
@@ -418,9 +419,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("what", choices=["srtp", "wakeup", "tracker", "quality", "allocate",
                                           "relay", "send", "cold"])
+    p.add_argument("--participants", type=int, default=7,
+                   help="quality: the size of the group whose members are rated")
     args = p.parse_args(argv)
     benches: dict[str, Callable[[], None]] = {"srtp": srtp, "wakeup": wakeup,
-                                               "tracker": tracker, "quality": quality,
+                                               "tracker": tracker,
+                                               "quality": lambda: quality(args.participants),
                                                "allocate": allocate, "relay": relay,
                                                "send": send, "cold": cold}
     benches[args.what]()

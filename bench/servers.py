@@ -283,6 +283,7 @@ def process_tree_cpu(pid: int) -> float:
     tick was 2.5 % of the figure. Reaped children (cutime + cstime) and any process
     without a clock still come in ticks."""
     total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
     for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
@@ -290,7 +291,6 @@ def process_tree_cpu(pid: int) -> float:
         except OSError:
             continue  # exited meanwhile
         clock = process_cpu_clock(p)
-        ticks = os.sysconf("SC_CLK_TCK")
         total += clock if clock is not None else (int(fields[11]) + int(fields[12])) / ticks
         if p == pid:
             total += (int(fields[13]) + int(fields[14])) / ticks  # cutime, cstime

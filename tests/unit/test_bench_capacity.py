@@ -3,12 +3,15 @@ profiles it prints."""
 
 from __future__ import annotations
 
+import argparse
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench.capacity import quantile, split
+from bench.capacity import hook_env, quantile, split
 
 INF = math.inf
 
@@ -62,12 +65,23 @@ def test_profile_own_shares_are_the_innermost_frames() -> None:
     assert dict(profile_shares(lines, own=True)) == {"send": 0.6, "run": 0.4}
 
 
+def _between_two_signals(tmp_path: Path, before: str, during: str, **flag: str) -> Path:
+    """Run ``before``, then ``during`` between two SIGUSR2, in a Python started with the
+    environment ``hook_env`` gives a server for ``flag`` (cprofile= or activity_cpu=);
+    the path the hook writes to."""
+    args = argparse.Namespace(**{"cprofile": None, "activity_cpu": None, **flag})
+    env = hook_env(args, 1, tmp_path)
+    assert env is not None
+    signal = "os.kill(os.getpid(), signal.SIGUSR2)\n"
+    subprocess.run([sys.executable, "-c", "import os, signal\n" + before + signal + during
+                    + signal], check=True, timeout=120, env=env)
+    return Path(f"{next(iter(flag.values()))}.1")
+
+
 def test_cprofile_roots_are_what_nothing_profiled_called(tmp_path: Path) -> None:
     import cProfile
-    import subprocess
-    import sys
 
-    from bench.capacity import CPROFILE_ENV, CPROFILE_HOOK, loop_roots
+    from bench.capacity import loop_roots
 
     def leaf() -> int:
         return sum(range(2000))
@@ -90,39 +104,24 @@ def test_cprofile_roots_are_what_nothing_profiled_called(tmp_path: Path) -> None
     assert every["leaf"] == 11
 
     # The hook a server gets on its PYTHONPATH: SIGUSR2 on, SIGUSR2 off and stats written.
-    (tmp_path / "hook").mkdir()
-    (tmp_path / "hook" / "sitecustomize.py").write_text(CPROFILE_HOOK)
-    out = tmp_path / "server.prof"
-    code = ("import os, signal\n"
-            "os.kill(os.getpid(), signal.SIGUSR2)\n"
-            "def work():\n    return sum(range(10000))\n"
-            "work(); work()\n"
-            "os.kill(os.getpid(), signal.SIGUSR2)\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
-                   env={"PYTHONPATH": str(tmp_path / "hook"), CPROFILE_ENV: str(out)})
+    out = _between_two_signals(tmp_path, "", "def work():\n    return sum(range(10000))\n"
+                               "work(); work()\n", cprofile=str(tmp_path / "server.prof"))
     names = [name for name, _, _ in loop_roots(str(out), roots_only=False)]
     assert any(name.endswith("(work)") for name in names)
 
 
 def test_the_activity_hook_times_the_listed_calls_between_two_signals(tmp_path: Path) -> None:
     import json
-    import subprocess
-    import sys
 
-    from bench.capacity import ACTIVITY_ENV, ACTIVITY_HOOK, activity_rows
+    from bench.capacity import activity_rows
 
-    (tmp_path / "hook").mkdir()
-    (tmp_path / "hook" / "sitecustomize.py").write_text(ACTIVITY_HOOK)
-    out = tmp_path / "activity.json"
-    code = ("import os, signal\n"
-            "from mediaserver.metrics import LagProbe\n"
-            "probe = LagProbe()\n"
-            "probe.sample(0.0, 0.0)  # before the window: not counted\n"
-            "os.kill(os.getpid(), signal.SIGUSR2)\n"
-            "for i in range(5):\n    probe.sample(0.001, float(i))\n"
-            "os.kill(os.getpid(), signal.SIGUSR2)\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
-                   env={"PYTHONPATH": str(tmp_path / "hook"), ACTIVITY_ENV: str(out)})
+    out = _between_two_signals(
+        tmp_path,
+        "from mediaserver.metrics import LagProbe\n"
+        "probe = LagProbe()\n"
+        "probe.sample(0.0, 0.0)  # before the window: not counted\n",
+        "for i in range(5):\n    probe.sample(0.001, float(i))\n",
+        activity_cpu=str(tmp_path / "activity.json"))
     doc = json.loads(out.read_text())
     assert doc["missing"] == []  # every listed entry point exists
     assert doc["activities"]["loop-lag sample"][0] == 5
