@@ -56,6 +56,7 @@ import aiohttp
 
 from bench import servers
 from bench.forwarding import Samples, machine, poll, scrape
+from bench.servers import pinned
 from loadtest.report import pct
 from mediaserver import metrics
 
@@ -100,10 +101,6 @@ def split(rooms: int, parts: int) -> list[int]:
     """Rooms per generator: as even as possible, no generator without a room."""
     parts = max(1, min(parts, rooms))
     return [rooms // parts + (i < rooms % parts) for i in range(parts)]
-
-
-def pinned(cmd: list[str], cpus: str | None) -> list[str]:
-    return ["taskset", "-c", cpus, *cmd] if cpus and shutil.which("taskset") else cmd
 
 
 def server_cmd(port: int, workers: int) -> list[str]:

@@ -26,6 +26,14 @@ machine's speed during the run does not favour either; the ratios of each round 
 median per configuration are printed. On a shared VM one round's ratio moves by +-15 %
 (docs/benchmarks.md), the median of several by less.
 
+With ``--together`` the servers of a configuration run at the same time instead, all
+pinned to one CPU (``--server-cpu``) with their load generators on the others
+(``--generator-cpus``), the load-test CLIs started together so that their windows cover
+the same seconds (the share they have in common is printed): a drift of the machine's
+speed then falls on every server alike, as in ``bench.paired``. The servers then share
+one core, each one's packets waking it while the other may be running; figures from the
+two modes are not the same measurement, and the docs give both.
+
 Before and after the runs it measures the machine's wake-up for a lone datagram (a thread
 blocked in ``recv``, 200 a second; ``--wake-seconds``): a cost ours and Janus both pay for
 nearly every packet of a 1:1 call, so when it is high their ratio moves toward 1.
@@ -100,38 +108,112 @@ async def _drive(server: servers.Server, cmd: list[str], timeout: float,
     return proc.returncode, stdout.decode(errors="replace")
 
 
-def measure(target: str, n: int, args: argparse.Namespace, log_path: Path) -> dict[str, Any]:
-    """One point: a fresh server, one load-test run against it, its figures."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out_json = Path(f.name)
-    cmd = [sys.executable, "-m", "loadtest", "--target", target, "--url", "",
-           "--ice-address", args.ice_address, "--participants-per-room", str(n),
-           "--kind", "one_to_one" if n == 2 else "group", "--video", args.video,
-           "--video-bitrate", str(args.video_bitrate), "--mode", "cheap",
-           "--ramp-up", "10", "--warmup", str(args.warmup), "--duration", str(args.window),
-           "--phase-marks", "--quiet", "--json", str(out_json)]
+def _loadtest_cmd(target: str, n: int, args: argparse.Namespace, url: str,
+                  out_json: Path) -> list[str]:
+    return [sys.executable, "-m", "loadtest", "--target", target, "--url", url,
+            "--ice-address", args.ice_address, "--participants-per-room", str(n),
+            "--kind", "one_to_one" if n == 2 else "group", "--video", args.video,
+            "--video-bitrate", str(args.video_bitrate), "--mode", "cheap",
+            "--ramp-up", "10", "--warmup", str(args.warmup), "--duration", str(args.window),
+            "--phase-marks", "--quiet", "--json", str(out_json)]
+
+
+async def _point(target: str, n: int, args: argparse.Namespace, server: servers.Server,
+                 generator_cpus: str | None, out_json: Path) -> dict[str, Any]:
+    """One load-test run against a started server (its JSON to ``out_json``): the phase
+    marks, and what ``_figures`` wants to know of the run but the server's fate."""
+    cmd = _loadtest_cmd(target, n, args, server.url, out_json)
     marks: dict[str, dict[str, Any]] = {}
     stderr: list[str] = []
-    server = servers.start(target, log_path, args.ice_address)
-    cmd[cmd.index("--url") + 1] = server.url
-    try:
-        code, stdout = asyncio.run(_drive(server, cmd, args.warmup + args.window
-                                          + LOADTEST_SLACK_S, marks, stderr))
-        alive = server.proc.poll() is None
-    finally:
-        exit_code = server.stop()
+    code, stdout = await _drive(server, servers.pinned(cmd, generator_cpus),
+                                args.warmup + args.window + LOADTEST_SLACK_S, marks, stderr)
+    return {"marks": marks, "loadtest_exit_code": code, "loadtest_stderr": stderr[-20:],
+            "loadtest_summary": stdout.splitlines()[-4:],
+            "command": " ".join(cmd[cmd.index("-m") + 1:])}
+
+
+def _json_path() -> Path:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        return Path(f.name)
+
+
+def _finish(target: str, n: int, server: servers.Server, run: dict[str, Any],
+            out_json: Path) -> dict[str, Any]:
+    """Stop the server, read the CLI's JSON; the point's figures."""
+    alive = server.proc.poll() is None
+    exit_code = server.stop()
     try:
         doc = json.loads(out_json.read_text())
     except (OSError, ValueError):
         doc = {}
     finally:
         out_json.unlink(missing_ok=True)
+    marks = run.pop("marks")
     return _figures(target, n, doc, marks, {
-        "loadtest_exit_code": code, "loadtest_stderr": stderr[-20:],
-        "loadtest_summary": stdout.splitlines()[-4:],
-        "server_alive_at_end": alive, "server_exit_code": exit_code,
-        "server_log": str(log_path), "server_log_tail": server.log_tail(15),
-        "command": " ".join(cmd[1:])})
+        **run, "server_alive_at_end": alive, "server_exit_code": exit_code,
+        "server_log": str(server.log_path), "server_log_tail": server.log_tail(15)})
+
+
+def _stop_all(started: list[servers.Server], paths: list[Path]) -> None:
+    for server in started:
+        server.stop()
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def measure(target: str, n: int, args: argparse.Namespace, log_path: Path) -> dict[str, Any]:
+    """One point: a fresh server, one load-test run against it, its figures."""
+    out_json = _json_path()
+    server = servers.start(target, log_path, args.ice_address)
+    try:
+        run = asyncio.run(_point(target, n, args, server, None, out_json))
+    except BaseException:
+        _stop_all([server], [out_json])
+        raise
+    return _finish(target, n, server, run, out_json)
+
+
+def measure_together(targets: list[str], n: int, args: argparse.Namespace,
+                     log_dir: Path) -> list[dict[str, Any]]:
+    """Every target at once: the servers pinned to the same CPU (``--server-cpu``), each
+    under its own load-test CLI (pinned to ``--generator-cpus``), the CLIs started
+    together so that their windows coincide. Whatever the machine does during the window
+    it does to every server; each one's CPU is read at its own CLI's marks."""
+    started: list[servers.Server] = []
+    paths = [_json_path() for _ in targets]
+    try:
+        for target in targets:
+            started.append(servers.start(target, log_dir / f"compare-{target}-{n}.log",
+                                         args.ice_address, args.server_cpu))
+
+        async def all_points() -> list[dict[str, Any]]:
+            return list(await asyncio.gather(*(
+                _point(t, n, args, s, args.generator_cpus, path)
+                for t, s, path in zip(targets, started, paths, strict=True))))
+
+        runs = asyncio.run(all_points())
+    except BaseException:
+        _stop_all(started, paths)
+        raise
+    results = [_finish(t, n, s, run, path)
+               for t, s, run, path in zip(targets, started, runs, paths, strict=True)]
+    spans = [(r["window_start_t"], r["window_end_t"]) for r in results
+             if "window_start_t" in r]
+    overlap = window_overlap(spans) if len(spans) == len(results) else None
+    for r in results:
+        r["together"] = True
+        r["window_overlap"] = overlap
+    return results
+
+
+def window_overlap(spans: list[tuple[float, float]]) -> float | None:
+    """How much the windows of servers measured together share: their common span over
+    the span they cover together (1.0: the same seconds; 0: none in common)."""
+    if not spans:
+        return None
+    common = min(end for _, end in spans) - max(start for start, _ in spans)
+    covered = max(end for _, end in spans) - min(start for start, _ in spans)
+    return round(max(0.0, common) / covered, 3) if covered > 0 else None
 
 
 def _prometheus(marks: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any] | None:
@@ -170,6 +252,7 @@ def _figures(target: str, n: int, doc: dict[str, Any], marks: dict[str, dict[str
     j0, j1 = marks["window_start"]["machine"], marks["window_end"]["machine"]
     video = [r for r in w["tracks"] if r["kind"] == "video"]
     result.update({
+        "window_start_t": marks["window_start"]["t"], "window_end_t": marks["window_end"]["t"],
         "window_s": round(seconds, 2), "server_cpu_s": round(cpu, 3),
         "server_cpu_pct": round(100 * cpu / seconds, 1),
         "us_per_forwarded_packet": round(1e6 * cpu / w["media_packets"], 1)
@@ -271,6 +354,11 @@ def print_report(results: list[dict[str, Any]], rows: list[dict[str, Any]]) -> N
         print(f"{row['participants']:>2} {_f(row['mediaserver_us'], '.1f'):>11} "
               f"{_f(row['janus_us'], '.1f'):>12} {_f(row['relay_us'], '.1f'):>12} "
               f"{_f(row['ours_over_janus'], '.2f'):>10} {_f(row['relay_over_ours'], '.1f'):>10}")
+    overlaps = sorted({(r["participants"], r["window_overlap"]) for r in results
+                       if r.get("together")}, key=lambda x: x[0])
+    for n, share in overlaps:
+        print(f"note: N={n}: the servers ran together; their windows share "
+              f"{_f(share, '.1%')} of the time they span")
     for r in results:
         for e in r.get("client_errors", []):
             print(f"note: N={r['participants']} {r['target']}: client error: {e}")
@@ -295,6 +383,24 @@ def run(args: argparse.Namespace, round_index: int = 0) -> list[dict[str, Any]]:
     """Every configuration once, each server on its own: one round."""
     results = []
     for n in args.configs:
+        if args.together:
+            print(f"measuring {', '.join(args.targets)} together with {n} participants"
+                  f"{f' (round {round_index + 1})' if args.rounds > 1 else ''}...",
+                  file=sys.stderr, flush=True)
+            try:
+                got = measure_together(order(args.targets, round_index), n, args,
+                                       Path(args.log_dir))
+            except (servers.ServerError, TimeoutError, OSError) as exc:
+                got = [{"target": t, "participants": n, "error": str(exc),
+                        "server_log": str(Path(args.log_dir) / f"compare-{t}-{n}.log"),
+                        "server_log_tail": ""} for t in args.targets]
+            for r in got:
+                r["round"] = round_index
+                if r.get("error"):
+                    print(f"FAILED: {r['target']} N={n}: {r['error']}", file=sys.stderr,
+                          flush=True)
+            results.extend(got)
+            continue
         for target in order(args.targets, round_index):
             print(f"measuring {target} with {n} participants"
                   f"{f' (round {round_index + 1})' if args.rounds > 1 else ''}...",
@@ -352,6 +458,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wake-seconds", type=float, default=4.0,
                         help="seconds of the wake-up gauge before and after the runs (4; "
                              "0: none)")
+    parser.add_argument("--together", action="store_true",
+                        help="run the targets of a configuration at the same time, every "
+                             "server pinned to --server-cpu and every load generator to "
+                             "--generator-cpus, so that the machine's drift falls on all "
+                             "alike (default: one after the other, unpinned)")
+    parser.add_argument("--server-cpu", default="1",
+                        help="with --together: the CPU list every server is pinned to (1)")
+    parser.add_argument("--generator-cpus", default="0",
+                        help="with --together: the CPU list the load generators run on (0)")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")

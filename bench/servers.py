@@ -102,6 +102,12 @@ def spawn(cmd: list[str], log_path: Path, **kw: object) -> subprocess.Popen[byte
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload,no-any-return]
 
 
+def pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    """``cmd`` under ``taskset -c cpus`` (which execs it: the pid stays the command's), or
+    as it is when no CPUs are given or taskset is missing."""
+    return ["taskset", "-c", cpus, *cmd] if cpus and shutil.which("taskset") else cmd
+
+
 def mediaserver_cmd(port: int, bind_host: str, workers: int = 1) -> list[str]:
     """``mediaserver serve`` on ``port``, media on ``bind_host``; one worker by default, so
     that its CPU is one process's (the figure per core)."""
@@ -112,17 +118,18 @@ def mediaserver_cmd(port: int, bind_host: str, workers: int = 1) -> list[str]:
     return cmd
 
 
-def start_mediaserver(log_path: Path, ice_address: str) -> Server:
+def start_mediaserver(log_path: Path, ice_address: str, cpus: str | None = None) -> Server:
     port = free_port()
-    return Server("mediaserver", spawn(mediaserver_cmd(port, ice_address), log_path, cwd=ROOT),
+    return Server("mediaserver", spawn(pinned(mediaserver_cmd(port, ice_address), cpus),
+                                       log_path, cwd=ROOT),
                   f"ws://127.0.0.1:{port}/v1/signal", f"http://127.0.0.1:{port}", log_path)
 
 
-def start_relay(log_path: Path, ice_address: str) -> Server:
+def start_relay(log_path: Path, ice_address: str, cpus: str | None = None) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "bench.relay_server", "--port", str(port),
            "--ice-address", ice_address]
-    return Server("relay", spawn(cmd, log_path, cwd=ROOT),
+    return Server("relay", spawn(pinned(cmd, cpus), log_path, cwd=ROOT),
                   f"ws://127.0.0.1:{port}/v1/signal", f"http://127.0.0.1:{port}", log_path)
 
 
@@ -202,7 +209,7 @@ admin: {{
 """)
 
 
-def start_janus(log_path: Path, ice_address: str) -> Server:
+def start_janus(log_path: Path, ice_address: str, cpus: str | None = None) -> Server:
     lib_dir = janus_lib_dir()
     if shutil.which("janus") is None or lib_dir is None:
         raise ServerError("janus is not installed (Debian: apt-get install -y janus)")
@@ -213,15 +220,16 @@ def start_janus(log_path: Path, ice_address: str) -> Server:
     port = free_port()
     write_janus_config(folder, port, lib_dir, ice_address)
     cmd = ["janus", "-F", str(folder), "-C", str(folder / "janus.jcfg"), "--disable-colors"]
-    return Server("janus", spawn(cmd, log_path), f"ws://127.0.0.1:{port}", None, log_path,
-                  [folder])
+    return Server("janus", spawn(pinned(cmd, cpus), log_path), f"ws://127.0.0.1:{port}", None,
+                  log_path, [folder])
 
 
-def start(target: str, log_path: Path, ice_address: str) -> Server:
+def start(target: str, log_path: Path, ice_address: str, cpus: str | None = None) -> Server:
     """Start ``target`` with its media on ``ice_address`` (all three on the same one, so
-    that the path is the same; Janus cannot use 127.0.0.1)."""
+    that the path is the same; Janus cannot use 127.0.0.1), pinned to ``cpus`` if given
+    (every thread: Janus's too)."""
     starters = {"mediaserver": start_mediaserver, "janus": start_janus, "relay": start_relay}
-    return starters[target](log_path, ice_address)
+    return starters[target](log_path, ice_address, cpus)
 
 
 async def _answers(server: Server, http: aiohttp.ClientSession) -> bool:

@@ -96,3 +96,34 @@ def test_janus_config_loads_only_videoroom_and_websockets(tmp_path: Path) -> Non
 
 def test_load_test_drives_janus_in_cheap_mode_only() -> None:
     assert main(["--target", "janus"]) == 2  # full mode would decode: not for Janus
+
+
+def test_window_overlap_is_the_common_span_over_the_covered_span() -> None:
+    from bench.compare import window_overlap
+    cases = [
+        ([(0.0, 30.0), (0.0, 30.0)], 1.0),
+        ([(0.0, 30.0), (3.0, 33.0)], 0.818),  # 27 s common of 33 s covered
+        ([(0.0, 10.0), (20.0, 30.0)], 0.0),  # apart: nothing in common, not negative
+        ([(0.0, 30.0)], 1.0),
+        ([], None),
+        ([(5.0, 5.0), (5.0, 5.0)], None),  # no span at all
+    ]
+    for spans, expected in cases:
+        assert window_overlap(spans) == expected, spans
+
+
+def test_servers_pinned_through_taskset_keep_the_commands_pid() -> None:
+    import shutil
+    import subprocess
+
+    from bench.servers import pinned
+    assert pinned(["x", "-y"], None) == ["x", "-y"]
+    if shutil.which("taskset") is None:
+        print("taskset missing: the command runs unpinned")
+        assert pinned(["x"], "0") == ["x"]
+        return
+    assert pinned(["x", "-y"], "1") == ["taskset", "-c", "1", "x", "-y"]
+    # taskset execs the command: the pid measured is the server's, not a wrapper's
+    proc = subprocess.Popen(pinned(["sh", "-c", "echo $$"], "0"), stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=10)
+    assert int(out) == proc.pid
