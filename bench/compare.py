@@ -77,7 +77,8 @@ async def _read_phases(stream: asyncio.StreamReader, server: servers.Server,
             continue
         name = line[len(PHASE_PREFIX):].split()[0]
         mark: dict[str, Any] = {"t": time.monotonic(), "cpu": servers.process_tree_cpu(
-            server.pid), "machine": machine_jiffies()}
+            server.pid), "machine": machine_jiffies(),
+            "split": servers.process_tree_split(server.pid)}
         if server.target == "mediaserver" and server.http is not None:
             with contextlib.suppress(aiohttp.ClientError):
                 mark["metrics"] = await scrape(http, server.http)
@@ -251,7 +252,16 @@ def _figures(target: str, n: int, doc: dict[str, Any], marks: dict[str, dict[str
     cpu = marks["window_end"]["cpu"] - marks["window_start"]["cpu"]
     j0, j1 = marks["window_start"]["machine"], marks["window_end"]["machine"]
     video = [r for r in w["tracks"] if r["kind"] == "video"]
+    s0, s1 = marks["window_start"].get("split"), marks["window_end"].get("split")
+    split: dict[str, float | None] = {"user_share": None, "wakeups_per_packet": None}
+    if s0 and s1:
+        user, system = s1["user_s"] - s0["user_s"], s1["system_s"] - s0["system_s"]
+        split["user_share"] = round(user / (user + system), 3) if user + system > 0 else None
+        split["wakeups_per_packet"] = (round((s1["wakeups"] - s0["wakeups"])
+                                             / w["media_packets"], 3)
+                                       if w["media_packets"] else None)
     result.update({
+        **split,
         "window_start_t": marks["window_start"]["t"], "window_end_t": marks["window_end"]["t"],
         "window_s": round(seconds, 2), "server_cpu_s": round(cpu, 3),
         "server_cpu_pct": round(100 * cpu / seconds, 1),
@@ -328,6 +338,10 @@ def print_rounds(summary: list[dict[str, Any]]) -> None:
               f"{_f(s['relay_over_ours_median'], '.1f'):>17}")
 
 
+def _pct(share: float | None) -> float | None:
+    return None if share is None else 100 * share
+
+
 def _f(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -336,7 +350,7 @@ def print_report(results: list[dict[str, Any]], rows: list[dict[str, Any]]) -> N
     """The points of one round and its ratios."""
     print(f"{'N':>2} {'server':<12} {'in pkt/s':>8} {'fwd pkt/s':>9} {'fwd/exp':>7} {'CPU %':>6} "
           f"{'us/fwd':>7} {'rtx':>4} {'pad':>4} {'loss':>6} {'video kbps':>10} "
-          f"{'prom out/s':>10} {'machine %':>9}")
+          f"{'prom out/s':>10} {'machine %':>9} {'user %':>6} {'wakes/pkt':>9}")
     for r in results:
         prom = (r.get("prometheus") or {}).get("packets_out_per_s")
         print(f"{r['participants']:>2} {r['target']:<12} {_f(r.get('packets_in_per_s'), '.0f'):>8} "
@@ -346,7 +360,9 @@ def print_report(results: list[dict[str, Any]], rows: list[dict[str, Any]]) -> N
               f"{_f(r.get('rtx_packets'), 'd'):>4} {_f(r.get('padding_packets'), 'd'):>4} "
               f"{_f(r.get('loss'), '.2%'):>6} "
               f"{_f(r.get('video_kbps_per_subscription'), '.0f'):>10} "
-              f"{_f(prom, '.0f'):>10} {_f(r.get('machine_busy_pct'), '.0f'):>9}")
+              f"{_f(prom, '.0f'):>10} {_f(r.get('machine_busy_pct'), '.0f'):>9} "
+              f"{_f(_pct(r.get('user_share')), '.0f'):>6} "
+              f"{_f(r.get('wakeups_per_packet'), '.2f'):>9}")
     print()
     print(f"{'N':>2} {'ours us/pkt':>11} {'Janus us/pkt':>12} {'relay us/pkt':>12} "
           f"{'ours/Janus':>10} {'relay/ours':>10}")

@@ -305,6 +305,28 @@ def process_tree_cpu(pid: int) -> float:
     return total
 
 
+def process_tree_split(pid: int) -> dict[str, float]:
+    """Where ``pid``'s tree spends its CPU and how often its threads sleep: user and system
+    seconds (clock ticks, /proc/<pid>/stat; coarse, for shares over a window) and the
+    voluntary context switches of every live thread (each one a wait that ended in a
+    wake-up: a thread blocked in epoll or on a queue and woken by a packet or a timer)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {"user_s": 0.0, "system_s": 0.0, "wakeups": 0.0}
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out["user_s"] += int(fields[11]) / ticks
+        out["system_s"] += int(fields[12]) / ticks
+        for status in glob.glob(f"/proc/{p}/task/*/status"):
+            with contextlib.suppress(OSError), open(status) as f:
+                out["wakeups"] += next((int(ln.split()[1]) for ln in f
+                                        if ln.startswith("voluntary_ctxt_switches:")), 0)
+    return out
+
+
 def process_tree_rss(pid: int) -> int:
     """Resident bytes of ``pid`` and its live descendants."""
     total = 0

@@ -127,3 +127,28 @@ def test_servers_pinned_through_taskset_keep_the_commands_pid() -> None:
     proc = subprocess.Popen(pinned(["sh", "-c", "echo $$"], "0"), stdout=subprocess.PIPE)
     out, _ = proc.communicate(timeout=10)
     assert int(out) == proc.pid
+
+
+def test_a_point_splits_user_and_system_and_counts_wakeups_per_packet() -> None:
+    doc = {"window": summarise(_rows([1000, 1500]), 0, 10.0, 500), "participants": [],
+           "generator": {"cpu_pct": 3.0}, "failures": []}
+    split0 = {"user_s": 1.0, "system_s": 1.0, "wakeups": 100.0}
+    split1 = {"user_s": 1.3, "system_s": 1.1, "wakeups": 1350.0}
+    marks = {"window_start": {"t": 100.0, "cpu": 2.0, "machine": (0, 0), "split": split0},
+             "window_end": {"t": 110.0, "cpu": 2.4, "machine": (10, 100), "split": split1}}
+    r = _figures("mediaserver", 2, doc, marks, {"loadtest_exit_code": 0,
+                                                "loadtest_stderr": [],
+                                                "server_alive_at_end": True})
+    assert r["user_share"] == 0.75  # 0.3 s of 0.4
+    assert r["wakeups_per_packet"] == 0.5  # 1,250 wake-ups for 2,500 packets
+    assert _point([1000])["user_share"] is None  # marks without a split: no figure
+
+
+def test_the_split_of_a_live_process_tree() -> None:
+    import os
+
+    from bench.servers import process_tree_split
+    s = process_tree_split(os.getpid())
+    assert s["user_s"] > 0 and s["system_s"] >= 0 and s["wakeups"] >= 0
+    assert process_tree_split(2**22 + 12345) == {"user_s": 0.0, "system_s": 0.0,
+                                                 "wakeups": 0.0}
