@@ -26,13 +26,13 @@ machine's speed during the run does not favour either; the ratios of each round 
 median per configuration are printed. On a shared VM one round's ratio moves by +-15 %
 (docs/benchmarks.md), the median of several by less.
 
-With ``--together`` the servers of a configuration run at the same time instead, all
-pinned to one CPU (``--server-cpu``) with their load generators on the others
-(``--generator-cpus``), the load-test CLIs started together so that their windows cover
-the same seconds (the share they have in common is printed): a drift of the machine's
-speed then falls on every server alike, as in ``bench.paired``. The servers then share
-one core, each one's packets waking it while the other may be running; figures from the
-two modes are not the same measurement, and the docs give both.
+With ``--together`` the servers of a configuration run at the same time instead, each
+under its own load-test CLI, the CLIs started together so that their windows cover the
+same seconds (the share they have in common is printed): a drift of the machine's speed
+then falls on every server alike, as in ``bench.paired``. ``--server-cpu`` and
+``--generator-cpus`` pin them (``taskset``); unpinned is the measure of the target, as a
+deployed Janus runs unpinned and pinned its threads hand packets to each other on one CPU,
+a third cheaper (docs/benchmarks.md, "The servers measured together").
 
 Before and after the runs it measures the machine's wake-up for a lone datagram (a thread
 blocked in ``recv``, 200 a second; ``--wake-seconds``): a cost ours and Janus both pay for
@@ -475,14 +475,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of the wake-up gauge before and after the runs (4; "
                              "0: none)")
     parser.add_argument("--together", action="store_true",
-                        help="run the targets of a configuration at the same time, every "
-                             "server pinned to --server-cpu and every load generator to "
-                             "--generator-cpus, so that the machine's drift falls on all "
-                             "alike (default: one after the other, unpinned)")
-    parser.add_argument("--server-cpu", default="1",
-                        help="with --together: the CPU list every server is pinned to (1)")
-    parser.add_argument("--generator-cpus", default="0",
-                        help="with --together: the CPU list the load generators run on (0)")
+                        help="run the targets of a configuration at the same time, so that "
+                             "the machine's drift falls on all alike (default: one after "
+                             "the other)")
+    parser.add_argument("--server-cpu", default="",
+                        help="with --together: a CPU list to pin every server to (default: "
+                             "none; pinned, Janus's thread hand-offs get cheaper, see "
+                             "docs/benchmarks.md)")
+    parser.add_argument("--generator-cpus", default="",
+                        help="with --together: a CPU list to pin the load generators to "
+                             "(default: none)")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
