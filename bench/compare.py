@@ -155,49 +155,44 @@ def _finish(target: str, n: int, server: servers.Server, run: dict[str, Any],
         "server_log": str(server.log_path), "server_log_tail": server.log_tail(15)})
 
 
-def _stop_all(started: list[servers.Server], paths: list[Path]) -> None:
-    for server in started:
-        server.stop()
-    for path in paths:
-        path.unlink(missing_ok=True)
+def _log_path(log_dir: str, target: str, n: int) -> Path:
+    return Path(log_dir) / f"compare-{target}-{n}.log"
 
 
-def measure(target: str, n: int, args: argparse.Namespace, log_path: Path) -> dict[str, Any]:
-    """One point: a fresh server, one load-test run against it, its figures."""
-    out_json = _json_path()
-    server = servers.start(target, log_path, args.ice_address)
-    try:
-        run = asyncio.run(_point(target, n, args, server, None, out_json))
-    except BaseException:
-        _stop_all([server], [out_json])
-        raise
-    return _finish(target, n, server, run, out_json)
-
-
-def measure_together(targets: list[str], n: int, args: argparse.Namespace,
-                     log_dir: Path) -> list[dict[str, Any]]:
-    """Every target at once: the servers pinned to the same CPU (``--server-cpu``), each
-    under its own load-test CLI (pinned to ``--generator-cpus``), the CLIs started
-    together so that their windows coincide. Whatever the machine does during the window
-    it does to every server; each one's CPU is read at its own CLI's marks."""
+def measure(targets: list[str], n: int, args: argparse.Namespace, server_cpu: str | None,
+            generator_cpus: str | None) -> list[dict[str, Any]]:
+    """One point per target: a fresh server each, all started at once, each under its own
+    load-test CLI, the CLIs started together so that with several targets their windows
+    coincide (whatever the machine does then it does to every server; each one's CPU is
+    read at its own CLI's marks). ``server_cpu`` / ``generator_cpus`` pin them."""
     started: list[servers.Server] = []
     paths = [_json_path() for _ in targets]
     try:
         for target in targets:
-            started.append(servers.start(target, log_dir / f"compare-{target}-{n}.log",
-                                         args.ice_address, args.server_cpu))
+            started.append(servers.start(target, _log_path(args.log_dir, target, n),
+                                         args.ice_address, server_cpu))
 
         async def all_points() -> list[dict[str, Any]]:
             return list(await asyncio.gather(*(
-                _point(t, n, args, s, args.generator_cpus, path)
+                _point(t, n, args, s, generator_cpus, path)
                 for t, s, path in zip(targets, started, paths, strict=True))))
 
         runs = asyncio.run(all_points())
     except BaseException:
-        _stop_all(started, paths)
+        for server in started:
+            server.stop()
+        for path in paths:
+            path.unlink(missing_ok=True)
         raise
-    results = [_finish(t, n, s, run, path)
-               for t, s, run, path in zip(targets, started, runs, paths, strict=True)]
+    return [_finish(t, n, s, run, path)
+            for t, s, run, path in zip(targets, started, runs, paths, strict=True)]
+
+
+def measure_together(targets: list[str], n: int, args: argparse.Namespace
+                     ) -> list[dict[str, Any]]:
+    """Every target at once (``measure``, pinned as ``--server-cpu`` and
+    ``--generator-cpus`` say), and how much their windows have in common."""
+    results = measure(targets, n, args, args.server_cpu, args.generator_cpus)
     spans = [(r["window_start_t"], r["window_end_t"]) for r in results
              if "window_start_t" in r]
     overlap = window_overlap(spans) if len(spans) == len(results) else None
@@ -396,41 +391,29 @@ def order(targets: list[str], round_index: int) -> list[str]:
 
 
 def run(args: argparse.Namespace, round_index: int = 0) -> list[dict[str, Any]]:
-    """Every configuration once, each server on its own: one round."""
+    """Every configuration once, each server on its own or (``--together``) all at once:
+    one round."""
     results = []
     for n in args.configs:
-        if args.together:
-            print(f"measuring {', '.join(args.targets)} together with {n} participants"
+        targets = order(args.targets, round_index)
+        for group in [targets] if args.together else [[t] for t in targets]:
+            print(f"measuring {', '.join(group)}{' together' if args.together else ''} with "
+                  f"{n} participants"
                   f"{f' (round {round_index + 1})' if args.rounds > 1 else ''}...",
                   file=sys.stderr, flush=True)
             try:
-                got = measure_together(order(args.targets, round_index), n, args,
-                                       Path(args.log_dir))
+                got = (measure_together(group, n, args) if args.together
+                       else measure(group, n, args, None, None))
             except (servers.ServerError, TimeoutError, OSError) as exc:
                 got = [{"target": t, "participants": n, "error": str(exc),
-                        "server_log": str(Path(args.log_dir) / f"compare-{t}-{n}.log"),
-                        "server_log_tail": ""} for t in args.targets]
+                        "server_log": str(_log_path(args.log_dir, t, n)),
+                        "server_log_tail": ""} for t in group]
             for r in got:
                 r["round"] = round_index
                 if r.get("error"):
                     print(f"FAILED: {r['target']} N={n}: {r['error']}", file=sys.stderr,
                           flush=True)
             results.extend(got)
-            continue
-        for target in order(args.targets, round_index):
-            print(f"measuring {target} with {n} participants"
-                  f"{f' (round {round_index + 1})' if args.rounds > 1 else ''}...",
-                  file=sys.stderr, flush=True)
-            log_path = Path(args.log_dir) / f"compare-{target}-{n}.log"
-            try:
-                results.append(measure(target, n, args, log_path))
-            except (servers.ServerError, TimeoutError, OSError) as exc:
-                results.append({"target": target, "participants": n, "error": str(exc),
-                                "server_log": str(log_path), "server_log_tail": ""})
-            results[-1]["round"] = round_index
-            if results[-1].get("error"):
-                print(f"FAILED: {target} N={n}: {results[-1]['error']}", file=sys.stderr,
-                      flush=True)
     return results
 
 

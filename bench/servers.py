@@ -274,6 +274,16 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command's name (``fields[11]`` is utime),
+    or None for a process gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def process_cpu_clock(pid: int) -> float | None:
     """CPU seconds of process ``pid`` to the nanosecond, every thread of it, exited ones
     too: its CPU-time clock (what clock_getcpuclockid(3) gives, made by hand: Python has no
@@ -293,10 +303,8 @@ def process_tree_cpu(pid: int) -> float:
     total = 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     for p in process_tree(pid):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+        fields = _stat_fields(p)
+        if fields is None:
             continue  # exited meanwhile
         clock = process_cpu_clock(p)
         total += clock if clock is not None else (int(fields[11]) + int(fields[12])) / ticks
@@ -313,10 +321,8 @@ def process_tree_split(pid: int) -> dict[str, float]:
     ticks = os.sysconf("SC_CLK_TCK")
     out = {"user_s": 0.0, "system_s": 0.0, "wakeups": 0.0}
     for p in process_tree(pid):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+        fields = _stat_fields(p)
+        if fields is None:
             continue
         out["user_s"] += int(fields[11]) / ticks
         out["system_s"] += int(fields[12]) / ticks
