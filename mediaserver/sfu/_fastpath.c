@@ -696,7 +696,8 @@ parse_rtp(PyObject *module, PyObject *data)
 
 enum {
     K_CONSUMER, K_CONTEXT, K_REWRITER, K_SEND_STATS, K_TALLY, K_STREAM, K_PRODUCER,
-    K_UNWRAPPER, K_RECV_STATS, K_NACKS, K_KEYFRAMES, K_BUCKET, N_CLASSES
+    K_UNWRAPPER, K_RECV_STATS, K_NACKS, K_KEYFRAMES, K_BUCKET, K_CODEC, K_SPEAKERS,
+    K_SPEAKER, N_CLASSES
 };
 static const char *const CLASS_NAMES[N_CLASSES] = {
     [K_CONSUMER] = "Consumer", [K_CONTEXT] = "DownstreamContext",
@@ -704,6 +705,7 @@ static const char *const CLASS_NAMES[N_CLASSES] = {
     [K_STREAM] = "RecvStream", [K_PRODUCER] = "Producer", [K_UNWRAPPER] = "Unwrapper",
     [K_RECV_STATS] = "ReceiveStats", [K_NACKS] = "NackTracker",
     [K_KEYFRAMES] = "KeyframeRequester", [K_BUCKET] = "TokenBucket",
+    [K_CODEC] = "CodecInfo", [K_SPEAKERS] = "SpeakerDetector", [K_SPEAKER] = "_Stream",
 };
 
 enum {
@@ -723,6 +725,8 @@ enum {
     R_N_HIGHEST, R_N_MISSING, R_N_KEYFRAME,
     R_K_PENDING,
     R_B_RATE, R_B_BURST, R_B_TOKENS, R_B_UPDATED,
+    C_PT, C_RED_PT,
+    P_STREAMS, P_COUNT, P_LOUD_SUM,
     N_FIELDS
 };
 static const struct {
@@ -776,6 +780,9 @@ static const struct {
     [R_K_PENDING] = {K_KEYFRAMES, "_pending"},
     [R_B_RATE] = {K_BUCKET, "rate"}, [R_B_BURST] = {K_BUCKET, "burst"},
     [R_B_TOKENS] = {K_BUCKET, "tokens"}, [R_B_UPDATED] = {K_BUCKET, "updated"},
+    [C_PT] = {K_CODEC, "payload_type"}, [C_RED_PT] = {K_CODEC, "red_payload_type"},
+    [P_STREAMS] = {K_SPEAKERS, "_streams"}, [P_COUNT] = {K_SPEAKER, "count"},
+    [P_LOUD_SUM] = {K_SPEAKER, "loud_sum"},
 };
 static PyTypeObject *klass[N_CLASSES];
 static Py_ssize_t field_offset[N_FIELDS];
@@ -792,6 +799,7 @@ static Py_ssize_t history_mask = 1023;    /* consumer.HISTORY_MASK */
 static Py_ssize_t cache_mask = 1023;      /* producer.CACHE_MASK */
 static double rate_window = 1.0;          /* producer.RATE_WINDOW */
 static PyObject *vp8_check = NULL;        /* producer._vp8_keyframe */
+static long active_dbov = 50;             /* speakers.ACTIVE_DBOV */
 
 /* Names of what is called or looked up by name (rare branches, foreign objects). */
 static PyObject *name_spatial, *name_forward, *name_on_rtp, *name_close_window,
@@ -800,7 +808,8 @@ static PyObject *name_spatial, *name_forward, *name_on_rtp, *name_close_window,
     *name_payload_type;
 
 /* configure(classes, never, reorder_window, history_mask, count_failure, cache_mask,
- *           rate_window, vp8_check): ``classes`` maps each of CLASS_NAMES to its class. */
+ *           rate_window, vp8_check, active_dbov): ``classes`` maps each of CLASS_NAMES to
+ * its class. */
 static PyObject *
 configure(PyObject *module, PyObject *args)
 {
@@ -808,13 +817,15 @@ configure(PyObject *module, PyObject *args)
     long long window;
     Py_ssize_t hmask, cmask, offsets[N_FIELDS];
     double rwindow;
-    if (!PyArg_ParseTuple(args, "O!OLnOndO:configure", &PyDict_Type, &classes, &never,
-                          &window, &hmask, &count_failure, &cmask, &rwindow, &check))
+    long dbov;
+    if (!PyArg_ParseTuple(args, "O!OLnOndOl:configure", &PyDict_Type, &classes, &never,
+                          &window, &hmask, &count_failure, &cmask, &rwindow, &check, &dbov))
         return NULL;
     if (hmask < 0 || (hmask & (hmask + 1)) != 0 || cmask < 0 || (cmask & (cmask + 1)) != 0 ||
-        window < 0 || !(rwindow > 0)) {
+        window < 0 || !(rwindow > 0) || dbov < 1 || dbov > 127) {
         PyErr_SetString(PyExc_ValueError,
-                        "masks must be 2**k - 1, the reorder window >= 0, the rate window > 0");
+                        "masks must be 2**k - 1, the reorder window >= 0, the rate window > 0, "
+                        "the speech level 1..127");
         return NULL;
     }
     for (int k = 0; k < N_CLASSES; k++) {
@@ -858,6 +869,7 @@ configure(PyObject *module, PyObject *args)
     history_mask = hmask;
     cache_mask = cmask;
     rate_window = rwindow;
+    active_dbov = dbov;
     configured = 1;
     Py_RETURN_NONE;
 }
@@ -1019,9 +1031,20 @@ forward_plain(PyObject *c, Fan *f)
     long long out_seq = f->ext_seq + seq_offset, out_ts = f->ext_ts + ts_offset;
     unsigned long seq16 = (unsigned long)(out_seq & 0xFFFF);
     unsigned long ts32 = (unsigned long)(out_ts & 0xFFFFFFFFLL);
-    PyObject *entry = Py_BuildValue("(kOkO)", seq16, f->ext_seq_obj, ts32, f->spatial);
-    if (entry == NULL)
+    PyObject *entry = PyTuple_New(4), *seq_o = PyLong_FromUnsignedLong(seq16),
+             *ts_o = PyLong_FromUnsignedLong(ts32);
+    if (entry == NULL || seq_o == NULL || ts_o == NULL) {
+        Py_XDECREF(entry);
+        Py_XDECREF(seq_o);
+        Py_XDECREF(ts_o);
         return -1;
+    }
+    Py_INCREF(f->ext_seq_obj);
+    Py_INCREF(f->spatial);
+    PyTuple_SET_ITEM(entry, 0, seq_o);
+    PyTuple_SET_ITEM(entry, 1, f->ext_seq_obj);
+    PyTuple_SET_ITEM(entry, 2, ts_o);
+    PyTuple_SET_ITEM(entry, 3, f->spatial);
     if ((newer && field_set_ll(rw, A_HIGHEST, f->ext_seq) < 0) ||
         (out_seq > last_seq &&
          (field_set_ll(rw, A_LAST_SEQ, out_seq) < 0 || field_set_ll(rw, A_LAST_TS, out_ts) < 0))) {
@@ -1258,6 +1281,26 @@ call_void(PyObject *obj, PyObject *name, PyObject *a1, PyObject *a2, PyObject *a
     return 0;
 }
 
+/* The codec's attribute ``a`` (a CodecInfo's slot, read at its offset; any other object's
+ * by name): a new reference, or NULL with an exception. */
+static PyObject *
+codec_attr(PyObject *codec, int a, PyObject *name)
+{
+    PyObject *v = IS(codec, K_CODEC) ? FIELD(codec, a) : NULL;
+    if (v != NULL) {
+        Py_INCREF(v);
+        return v;
+    }
+    return PyObject_GetAttr(codec, name);
+}
+
+/* a == b for a payload type: the same object (small ints are shared) or equal. */
+static inline int
+same_value(PyObject *a, PyObject *b)
+{
+    return a == b ? 1 : PyObject_RichCompareBool(a, b, Py_EQ);
+}
+
 /* producer._vp8_keyframe on a VP8 payload (descriptor first, RFC 7741) of n > 0 bytes
  * whose first byte starts partition 0: 1 if it starts a keyframe, with the frame's size
  * in *width and *height when its header is whole (else left 0); 0 if not. */
@@ -1289,6 +1332,32 @@ vp8_keyframe(const unsigned char *p, Py_ssize_t n, long *width, long *height)
     return 1;
 }
 
+/* SpeakerDetector.observe(who, level) on the detector's own objects: 1 done, 0 not plain
+ * (nothing changed: the method's; a stream heard for the first time is), -1 error. */
+static int
+observe_level(PyObject *speakers, PyObject *who, long level)
+{
+    if (!IS(speakers, K_SPEAKERS) || who == NULL || !PyUnicode_CheckExact(who))
+        return 0;
+    PyObject *streams = FIELD(speakers, P_STREAMS);
+    if (streams == NULL || !PyDict_CheckExact(streams))
+        return 0;
+    PyObject *st = PyDict_GetItemWithError(streams, who); /* borrowed */
+    if (st == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    long long count;
+    PyObject *loud = IS(st, K_SPEAKER) ? FIELD(st, P_LOUD_SUM) : NULL;
+    if (!is_float(loud) || !field_ll(st, P_COUNT, &count) || count == LLONG_MAX)
+        return 0;
+    double sum = PyFloat_AS_DOUBLE(loud);
+    if (field_set_ll(st, P_COUNT, count + 1) < 0)
+        return -1;
+    if (level < active_dbov &&
+        field_set_double(st, P_LOUD_SUM, sum + (double)(active_dbov - level) / (double)active_dbov) < 0)
+        return -1;
+    return 1;
+}
+
 /* 1: taken whole; 0: not plain, nothing changed (RecvStream.on_rtp's); -1: error. */
 static int
 receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
@@ -1313,11 +1382,11 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
     PyObject *codec = FIELD(producer, R_CODEC);
     if (codec == NULL)
         return 0;
-    PyObject *red = PyObject_GetAttr(codec, name_red_pt);
+    PyObject *red = codec_attr(codec, C_RED_PT, name_red_pt);
     if (red == NULL)
         return -1;
     PyObject *pt = *(PyObject **)((char *)pkt + slot_offset[S_PT]);
-    int is_red = red != Py_None && (pt == NULL || PyObject_RichCompareBool(red, pt, Py_EQ) != 0);
+    int is_red = red != Py_None && (pt == NULL || same_value(red, pt) != 0);
     Py_DECREF(red);
     if (is_red)
         return 0;
@@ -1455,12 +1524,16 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
              call_void(stream, name_close_window, nowobj, NULL, NULL) < 0)
         goto release;
     if (level != NULL) {
-        PyObject *v = PyLong_FromLong(((unsigned char)PyBytes_AS_STRING(level)[0]) & 0x7F);
-        if (v == NULL)
-            goto release;
+        long lvl = ((unsigned char)PyBytes_AS_STRING(level)[0]) & 0x7F;
         PyObject *who = FIELD(producer, R_PARTICIPANT);
-        int rc = who == NULL ? -1 : call_void(speakers, name_observe, who, v, NULL);
-        Py_DECREF(v);
+        int rc = observe_level(speakers, who, lvl);
+        if (rc == 0) {
+            PyObject *v = PyLong_FromLong(lvl);
+            if (v == NULL)
+                goto release;
+            rc = who == NULL ? -1 : call_void(speakers, name_observe, who, v, NULL);
+            Py_DECREF(v);
+        }
         if (rc < 0) {
             if (who == NULL)
                 PyErr_SetString(PyExc_AttributeError, "participant_id");
@@ -1749,13 +1822,14 @@ receiver_route(Receiver *self, PyObject *plain)
             if (stream != NULL && IS(stream, K_STREAM) &&
                 IS(FIELD(stream, R_PRODUCER), K_PRODUCER)) {
                 PyObject *codec = FIELD(FIELD(stream, R_PRODUCER), R_CODEC);
-                PyObject *pt = codec ? PyObject_GetAttr(codec, name_payload_type) : NULL;
+                PyObject *pt = codec ? codec_attr(codec, C_PT, name_payload_type) : NULL;
                 if (pt == NULL) {
+                    if (codec == NULL)
+                        PyErr_SetString(PyExc_AttributeError, "codec");
                     taken = -1;
                     goto out;
                 }
-                int same = PyObject_RichCompareBool(
-                    pt, *(PyObject **)((char *)pkt + slot_offset[S_PT]), Py_EQ);
+                int same = same_value(pt, *(PyObject **)((char *)pkt + slot_offset[S_PT]));
                 Py_DECREF(pt);
                 if (same < 0) {
                     taken = -1;

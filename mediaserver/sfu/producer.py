@@ -24,18 +24,19 @@ from mediaserver.sfu.nack import NackTracker
 from mediaserver.sfu.red import primary_view
 from mediaserver.sfu.rtp import RtpPacket, build_rtp, parse_rtp, unwrap_rtx
 from mediaserver.sfu.seqnum import OutputRewriter, Unwrapper
+from mediaserver.sfu.speakers import ACTIVE_DBOV, SpeakerDetector
+from mediaserver.sfu.speakers import _Stream as SpeakerStream
 from mediaserver.sfu.temporal import TemporalRates
 from mediaserver.sfu.vp8 import Vp8Descriptor, parse_vp8
 
 if TYPE_CHECKING:
-    from mediaserver.sfu.speakers import SpeakerDetector
     from mediaserver.sfu.transport import PublishedTrack
 
 CACHE_SIZE = 1024  # a power of two; ~2 s of 500 kbps video, far more of audio
 CACHE_MASK = CACHE_SIZE - 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: the C packet path reads them at their offsets
 class CodecInfo:
     """The negotiated codec of a stream, as the SFU needs it."""
 
@@ -592,6 +593,6 @@ if fastsend.AVAILABLE:
         {cls.__name__: cls for cls in (
             Consumer, DownstreamContext, OutputRewriter, SendStats, metrics.RtpTally,
             RecvStream, Producer, Unwrapper, ReceiveStats, NackTracker, KeyframeRequester,
-            TokenBucket)},
+            TokenBucket, CodecInfo, SpeakerDetector)} | {"_Stream": SpeakerStream},
         NEVER, OutputRewriter.REORDER_WINDOW, HISTORY_MASK, fastsend.count_failure,
-        CACHE_MASK, RATE_WINDOW, _vp8_keyframe)
+        CACHE_MASK, RATE_WINDOW, _vp8_keyframe, ACTIVE_DBOV)

@@ -49,6 +49,9 @@ class _Stream:
 
 
 class SpeakerDetector:
+    # Slots: the C receive path counts a stream's levels on these objects (_fastpath.c).
+    __slots__ = ("_challenge_count", "_challenger", "_dominant", "_last", "_streams")
+
     def __init__(self) -> None:
         self._streams: dict[str, _Stream] = {}
         self._dominant: str | None = None

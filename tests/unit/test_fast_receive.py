@@ -196,6 +196,34 @@ def test_receive_takes_the_c_path_for_a_plain_stream(monkeypatch) -> None:
         g.close()
 
 
+def test_audio_levels_are_counted_in_c_once_the_stream_is_known(monkeypatch) -> None:
+    """The speaker detector's per-packet count runs in C on its own objects (the comparison
+    above would pass if every level still went through SpeakerDetector.observe); a speaker
+    heard for the first time goes through the method, which makes its record."""
+    g = _graph("audio", OPUS)
+    detector = g.producer.speakers
+    calls: list[int] = []
+    original = SpeakerDetector.observe
+
+    def spy(self: Any, key: str, level: int) -> None:
+        calls.append(level)
+        original(self, key, level)
+
+    monkeypatch.setattr(SpeakerDetector, "observe", spy)
+    reference = SpeakerDetector()
+    levels = [30, 127, 0, 49, 50, 51, 17, 90, 3]
+    try:
+        for seq, level in enumerate(levels, start=1):
+            _apply(("rtp", 1.0 + seq * 0.02, seq, seq * 960, False, bytes(80),
+                    bytes([level | 0x80])), g, True)  # the voice bit set: masked off
+            original(reference, g.producer.participant_id, level)
+        assert calls == [30]  # only the first packet's, which made the record
+        assert snapshot(detector) == snapshot(reference)
+        assert detector._streams[g.producer.participant_id].count == len(levels)
+    finally:
+        g.close()
+
+
 def test_receive_refuses_bad_arguments() -> None:
     with pytest.raises(TypeError):
         fastsend.receive(None, None)
