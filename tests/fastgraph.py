@@ -117,8 +117,8 @@ def consumer_state(c: Consumer) -> dict[str, Any]:
     return {
         "rewriter": {name: (list(getattr(rw, name)) if name == "_skipped"
                             else getattr(rw, name)) for name in REWRITER_SLOTS},
-        "history": list(c._history),
-        "resent_at": list(c._resent_at),
+        "history": c._history.entries(),
+        "resent_at": c._history.resents(),
         "resends": bytes(c._resends),
         "stats": (c.stats.packets_sent, c.stats.octets_sent, c.stats.frames_sent),
         "last_sent_at": c.last_sent_at,

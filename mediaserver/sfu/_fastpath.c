@@ -710,7 +710,7 @@ static const char *const CLASS_NAMES[N_CLASSES] = {
 
 enum {
     A_STREAM, A_PAUSED, A_WAITING, A_TEMPORAL, A_RED, A_CONTEXT, A_C_HEADER, A_LEVEL_ID,
-    A_SRC_LEVEL_ID, A_REWRITER, A_HISTORY, A_RESENT, A_PT, A_SSRC, A_AST_ID, A_LAST_SENT,
+    A_SRC_LEVEL_ID, A_REWRITER, A_HISTORY, A_PT, A_SSRC, A_AST_ID, A_LAST_SENT,
     A_STATS, A_TALLY,
     A_OUTPUT, A_JOINED,
     A_PENDING, A_SKIPPED, A_HIGHEST, A_BASE, A_SEQ_OFFSET, A_TS_OFFSET, A_LAST_SEQ, A_LAST_TS,
@@ -739,7 +739,7 @@ static const struct {
     [A_C_HEADER] = {K_CONSUMER, "_c_header"}, [A_LEVEL_ID] = {K_CONSUMER, "_level_id"},
     [A_SRC_LEVEL_ID] = {K_CONSUMER, "_src_audio_level_id"},
     [A_REWRITER] = {K_CONSUMER, "rewriter"}, [A_HISTORY] = {K_CONSUMER, "_history"},
-    [A_RESENT] = {K_CONSUMER, "_resent_at"}, [A_PT] = {K_CONSUMER, "payload_type"},
+    [A_PT] = {K_CONSUMER, "payload_type"},
     [A_SSRC] = {K_CONSUMER, "ssrc"}, [A_AST_ID] = {K_CONSUMER, "_ast_id"},
     [A_LAST_SENT] = {K_CONSUMER, "last_sent_at"}, [A_STATS] = {K_CONSUMER, "stats"},
     [A_TALLY] = {K_CONSUMER, "_tally"},
@@ -792,7 +792,6 @@ static int configured = 0;
 #define IS(obj, k) ((obj) != NULL && Py_IS_TYPE((obj), klass[k]))
 
 /* The rules' constants. */
-static PyObject *never_value = NULL;     /* consumer.NEVER */
 static PyObject *count_failure_fn = NULL; /* fastsend.count_failure */
 static long long reorder_window = 3000;   /* OutputRewriter.REORDER_WINDOW */
 static Py_ssize_t history_mask = 1023;    /* consumer.HISTORY_MASK */
@@ -822,10 +821,11 @@ configure(PyObject *module, PyObject *args)
                           &window, &hmask, &count_failure, &cmask, &rwindow, &check, &dbov))
         return NULL;
     if (hmask < 0 || (hmask & (hmask + 1)) != 0 || cmask < 0 || (cmask & (cmask + 1)) != 0 ||
-        window < 0 || !(rwindow > 0) || dbov < 1 || dbov > 127) {
+        window < 0 || !(rwindow > 0) || dbov < 1 || dbov > 127 || !PyFloat_Check(never) ||
+        PyFloat_AS_DOUBLE(never) != -INFINITY) {
         PyErr_SetString(PyExc_ValueError,
                         "masks must be 2**k - 1, the reorder window >= 0, the rate window > 0, "
-                        "the speech level 1..127");
+                        "the speech level 1..127, never -inf (as History keeps it)");
         return NULL;
     }
     for (int k = 0; k < N_CLASSES; k++) {
@@ -859,8 +859,6 @@ configure(PyObject *module, PyObject *args)
         Py_INCREF(cls[k]);
         Py_XSETREF(klass[k], (PyTypeObject *)cls[k]);
     }
-    Py_INCREF(never);
-    Py_XSETREF(never_value, never);
     Py_INCREF(count_failure);
     Py_XSETREF(count_failure_fn, count_failure);
     Py_INCREF(check);
@@ -881,6 +879,220 @@ ast24_at(double now)
 {
     return (unsigned long)((long long)floor(now * 262144.0 + 0.5) & 0xFFFFFF);
 }
+
+/* -- History ---------------------------------------------------------------------------
+ *
+ * History(size): a consumer's sent packets by slot (its output sequence number modulo
+ * size): the output sequence number, the extended input one, the output timestamp and
+ * the spatial layer of each, and when it was last resent for a NACK (-inf: not asked for
+ * since it was sent). The Python path (Consumer.forward, on_nack) goes through its
+ * methods; the C fan-out writes an entry in place: one 32-byte record per copy, where a
+ * tuple of four and two new ints were made and the ones they replaced freed. consumer.py
+ * holds the same thing in Python for a build without the extension. */
+
+typedef struct {
+    long long ext_seq;
+    double resent;
+    unsigned int ts;
+    int spatial;
+    unsigned short seq;
+    unsigned char set;
+} HistEntry;
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t size;
+    HistEntry *e;
+} History;
+
+static PyTypeObject HistoryType;
+
+static PyObject *
+History_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "n:History", &size))
+        return NULL;
+    if (size < 1 || size > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "size must be 1..2**20");
+        return NULL;
+    }
+    History *self = (History *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->e = PyMem_Calloc((size_t)size, sizeof(HistEntry));
+    if (self->e == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    self->size = size;
+    for (Py_ssize_t i = 0; i < size; i++)
+        self->e[i].resent = -INFINITY;
+    return (PyObject *)self;
+}
+
+static void
+History_dealloc(History *self)
+{
+    PyMem_Free(self->e);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The slot an argument names, or -1 with IndexError/TypeError. */
+static Py_ssize_t
+history_slot(History *self, PyObject *arg)
+{
+    Py_ssize_t i = PyNumber_AsSsize_t(arg, PyExc_IndexError);
+    if (i == -1 && PyErr_Occurred())
+        return -1;
+    if (i < 0 || i >= self->size) {
+        PyErr_SetString(PyExc_IndexError, "history slot out of range");
+        return -1;
+    }
+    return i;
+}
+
+static PyObject *
+hist_tuple(const HistEntry *h)
+{
+    if (!h->set)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(HLIi)", h->seq, h->ext_seq, h->ts, h->spatial);
+}
+
+static PyObject *
+History_get(History *self, PyObject *arg)
+{
+    Py_ssize_t i = history_slot(self, arg);
+    return i < 0 ? NULL : hist_tuple(&self->e[i]);
+}
+
+static PyObject *
+History_put(History *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "put takes 5 arguments");
+        return NULL;
+    }
+    Py_ssize_t i = history_slot(self, args[0]);
+    if (i < 0)
+        return NULL;
+    long seq = PyLong_AsLong(args[1]);
+    long long ext_seq = PyLong_AsLongLong(args[2]);
+    long long ts = PyLong_AsLongLong(args[3]);
+    long spatial = PyLong_AsLong(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (seq < 0 || seq > 0xFFFF || ts < 0 || ts > 0xFFFFFFFFLL || spatial < INT_MIN ||
+        spatial > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "seq, timestamp or layer out of range");
+        return NULL;
+    }
+    HistEntry *h = &self->e[i];
+    h->seq = (unsigned short)seq;
+    h->ext_seq = ext_seq;
+    h->ts = (unsigned int)ts;
+    h->spatial = (int)spatial;
+    h->set = 1;
+    h->resent = -INFINITY;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+History_resent_at(History *self, PyObject *arg)
+{
+    Py_ssize_t i = history_slot(self, arg);
+    return i < 0 ? NULL : PyFloat_FromDouble(self->e[i].resent);
+}
+
+static PyObject *
+History_set_resent(History *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_resent takes 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t i = history_slot(self, args[0]);
+    if (i < 0)
+        return NULL;
+    double t = PyFloat_AsDouble(args[1]);
+    if (t == -1.0 && PyErr_Occurred())
+        return NULL;
+    self->e[i].resent = t;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+History_clear(History *self, PyObject *Py_UNUSED(ignored))
+{
+    for (Py_ssize_t i = 0; i < self->size; i++)
+        self->e[i].set = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+History_entries(History *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyList_New(self->size);
+    for (Py_ssize_t i = 0; out != NULL && i < self->size; i++) {
+        PyObject *t = hist_tuple(&self->e[i]);
+        if (t == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, i, t);
+    }
+    return out;
+}
+
+static PyObject *
+History_resents(History *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyList_New(self->size);
+    for (Py_ssize_t i = 0; out != NULL && i < self->size; i++) {
+        PyObject *t = PyFloat_FromDouble(self->e[i].resent);
+        if (t == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, i, t);
+    }
+    return out;
+}
+
+static Py_ssize_t
+History_len(History *self)
+{
+    return self->size;
+}
+
+static PyMethodDef History_methods[] = {
+    {"get", (PyCFunction)History_get, METH_O,
+     "get(slot) -> (out_seq, ext_seq, out_ts, spatial) | None"},
+    {"put", (PyCFunction)(void (*)(void))History_put, METH_FASTCALL,
+     "put(slot, out_seq, ext_seq, out_ts, spatial): a packet sent; not resent since"},
+    {"resent_at", (PyCFunction)History_resent_at, METH_O,
+     "resent_at(slot) -> when the slot's packet was last resent (-inf: never)"},
+    {"set_resent", (PyCFunction)(void (*)(void))History_set_resent, METH_FASTCALL,
+     "set_resent(slot, when)"},
+    {"clear", (PyCFunction)History_clear, METH_NOARGS, "clear(): every entry forgotten"},
+    {"entries", (PyCFunction)History_entries, METH_NOARGS, "entries() -> list of get()"},
+    {"resents", (PyCFunction)History_resents, METH_NOARGS, "resents() -> list of resent_at()"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods History_as_sequence = {
+    .sq_length = (lenfunc)History_len,
+};
+
+static PyTypeObject HistoryType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mediaserver.sfu._fastpath.History",
+    .tp_basicsize = sizeof(History),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A consumer's sent packets by slot (see the module's comment).",
+    .tp_new = History_new,
+    .tp_dealloc = (destructor)History_dealloc,
+    .tp_methods = History_methods,
+    .tp_as_sequence = &History_as_sequence,
+};
 
 /* -- fan-out ---------------------------------------------------------------------------
  *
@@ -1015,12 +1227,16 @@ forward_plain(PyObject *c, Fan *f)
     int newer = f->ext_seq > highest;
     if (!newer && (f->ext_seq < base || f->ext_seq < highest - reorder_window))
         return 0; /* too old: Python's drop, counted there */
-    PyObject *history = FIELD(c, A_HISTORY), *resent = FIELD(c, A_RESENT);
+    PyObject *history = FIELD(c, A_HISTORY);
     PyObject *stats = FIELD(c, A_STATS), *tally = FIELD(c, A_TALLY);
     long long packets_sent, octets_sent, frames_sent, packets, bytes;
-    if (history == NULL || resent == NULL || !PyList_CheckExact(history) ||
-        !PyList_CheckExact(resent) || PyList_GET_SIZE(history) <= history_mask ||
-        PyList_GET_SIZE(resent) <= history_mask || !IS(stats, K_SEND_STATS) ||
+    long spatial = 0;
+    int overflow = 1;
+    if (f->spatial != NULL && PyLong_CheckExact(f->spatial))
+        spatial = PyLong_AsLongAndOverflow(f->spatial, &overflow);
+    if (history == NULL || !Py_IS_TYPE(history, &HistoryType) ||
+        ((History *)history)->size <= history_mask || overflow || spatial < INT_MIN ||
+        spatial > INT_MAX || !IS(stats, K_SEND_STATS) ||
         !IS(tally, K_TALLY) || !field_ll(stats, A_PACKETS_SENT, &packets_sent) ||
         !field_ll(stats, A_OCTETS_SENT, &octets_sent) ||
         !field_ll(stats, A_FRAMES_SENT, &frames_sent) || !field_ll(tally, T_PACKETS, &packets) ||
@@ -1031,30 +1247,17 @@ forward_plain(PyObject *c, Fan *f)
     long long out_seq = f->ext_seq + seq_offset, out_ts = f->ext_ts + ts_offset;
     unsigned long seq16 = (unsigned long)(out_seq & 0xFFFF);
     unsigned long ts32 = (unsigned long)(out_ts & 0xFFFFFFFFLL);
-    PyObject *entry = PyTuple_New(4), *seq_o = PyLong_FromUnsignedLong(seq16),
-             *ts_o = PyLong_FromUnsignedLong(ts32);
-    if (entry == NULL || seq_o == NULL || ts_o == NULL) {
-        Py_XDECREF(entry);
-        Py_XDECREF(seq_o);
-        Py_XDECREF(ts_o);
-        return -1;
-    }
-    Py_INCREF(f->ext_seq_obj);
-    Py_INCREF(f->spatial);
-    PyTuple_SET_ITEM(entry, 0, seq_o);
-    PyTuple_SET_ITEM(entry, 1, f->ext_seq_obj);
-    PyTuple_SET_ITEM(entry, 2, ts_o);
-    PyTuple_SET_ITEM(entry, 3, f->spatial);
     if ((newer && field_set_ll(rw, A_HIGHEST, f->ext_seq) < 0) ||
         (out_seq > last_seq &&
-         (field_set_ll(rw, A_LAST_SEQ, out_seq) < 0 || field_set_ll(rw, A_LAST_TS, out_ts) < 0))) {
-        Py_DECREF(entry);
+         (field_set_ll(rw, A_LAST_SEQ, out_seq) < 0 || field_set_ll(rw, A_LAST_TS, out_ts) < 0)))
         return -1;
-    }
-    Py_ssize_t slot = (Py_ssize_t)(seq16 & (unsigned long)history_mask);
-    PyList_SetItem(history, slot, entry); /* steals entry, releases the old one */
-    Py_INCREF(never_value);
-    PyList_SetItem(resent, slot, never_value);
+    HistEntry *h = &((History *)history)->e[seq16 & (unsigned long)history_mask];
+    h->seq = (unsigned short)seq16;
+    h->ext_seq = f->ext_seq;
+    h->ts = (unsigned int)ts32;
+    h->spatial = (int)spatial;
+    h->set = 1;
+    h->resent = -INFINITY;
 
     long sent = output_rtp(out, f->marker, (unsigned long)pt, seq16, ts32,
                            (unsigned long)ssrc, (unsigned long)level_id,
@@ -2265,7 +2468,8 @@ static PyMethodDef module_methods[] = {
      "parse_rtp(data) -> RtpPacket | None, as mediaserver.sfu.rtp's Python parser."},
     {"configure", (PyCFunction)configure, METH_VARARGS,
      "configure(classes, never, reorder_window, history_mask, count_failure, cache_mask, "
-     "rate_window, vp8_check): the classes (by name) and constants of the packet path."},
+     "rate_window, vp8_check, active_dbov): the classes (by name) and constants of the "
+     "packet path."},
     {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
      "receive(stream, pkt, now): RecvStream.on_rtp, the common case in C."},
     {"fanout", (PyCFunction)(void (*)(void))fanout, METH_FASTCALL,
@@ -2286,7 +2490,8 @@ PyMODINIT_FUNC
 PyInit__fastpath(void)
 {
     if (PyType_Ready(&OutputType) < 0 || PyType_Ready(&InputType) < 0 ||
-        PyType_Ready(&ReceiverType) < 0 || PyType_Ready(&ReaderType) < 0)
+        PyType_Ready(&ReceiverType) < 0 || PyType_Ready(&ReaderType) < 0 ||
+        PyType_Ready(&HistoryType) < 0)
         return NULL;
     if ((name_datagram_received = PyUnicode_InternFromString("datagram_received")) == NULL ||
         (name_error_received = PyUnicode_InternFromString("error_received")) == NULL)
@@ -2298,10 +2503,12 @@ PyInit__fastpath(void)
     Py_INCREF(&InputType);
     Py_INCREF(&ReceiverType);
     Py_INCREF(&ReaderType);
+    Py_INCREF(&HistoryType);
     if (PyModule_AddObject(m, "Output", (PyObject *)&OutputType) < 0 ||
         PyModule_AddObject(m, "Input", (PyObject *)&InputType) < 0 ||
         PyModule_AddObject(m, "Receiver", (PyObject *)&ReceiverType) < 0 ||
         PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0 ||
+        PyModule_AddObject(m, "History", (PyObject *)&HistoryType) < 0 ||
         PyModule_AddIntConstant(m, "ERR_SRTP", ERR_SRTP) < 0 ||
         PyModule_AddIntConstant(m, "ERR_SOCKET", ERR_SOCKET) < 0 ||
         PyModule_AddIntConstant(m, "ERR_SIZE", ERR_SIZE) < 0 ||
@@ -2310,6 +2517,7 @@ PyInit__fastpath(void)
         Py_DECREF(&InputType);
         Py_DECREF(&ReceiverType);
         Py_DECREF(&ReaderType);
+        Py_DECREF(&HistoryType);
         Py_DECREF(m);
         return NULL;
     }

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mediaserver import metrics
 from mediaserver.quality.rtpstats import SendStats
+from mediaserver.sfu import fastsend
 from mediaserver.sfu.fastsend import count_failure
 from mediaserver.sfu.red import RedOutput
 from mediaserver.sfu.rtp import (
@@ -50,6 +51,52 @@ def abs_send_time_at(now: float) -> int:
 
 HISTORY_MASK = HISTORY_SIZE - 1
 NEVER = float("-inf")  # a history slot's packet has not been asked for again
+
+
+class PyHistory:
+    """A consumer's sent packets by slot (output seq16 modulo the size): (output seq16,
+    stream ext seq, output ts32, layer index) for NACK answers, and when each was last
+    resent (NEVER: not asked for since it was sent).
+
+    The extension's ``History`` keeps the same in C records that the fan-out writes in
+    place; this is it for a build without the extension, with the same methods."""
+
+    __slots__ = ("_entries", "_resent")
+
+    def __init__(self, size: int) -> None:
+        self._entries: list[tuple[int, int, int, int] | None] = [None] * size
+        self._resent = [NEVER] * size
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, slot: int) -> tuple[int, int, int, int] | None:
+        return self._entries[slot]
+
+    def put(self, slot: int, out_seq: int, ext_seq: int, out_ts: int, spatial: int) -> None:
+        self._entries[slot] = (out_seq, ext_seq, out_ts, spatial)
+        self._resent[slot] = NEVER
+
+    def resent_at(self, slot: int) -> float:
+        return self._resent[slot]
+
+    def set_resent(self, slot: int, when: float) -> None:
+        self._resent[slot] = when
+
+    def clear(self) -> None:
+        """Every entry forgotten (when each was resent is left: an empty slot is never
+        asked)."""
+        self._entries = [None] * len(self._entries)
+
+    def entries(self) -> list[tuple[int, int, int, int] | None]:
+        return list(self._entries)
+
+    def resents(self) -> list[float]:
+        return list(self._resent)
+
+
+History: Any = fastsend.History if fastsend.AVAILABLE else PyHistory
+
 # Resends of one packet at most. A receiver re-asks every round trip while the packet is
 # missing (libwebrtc up to 10 times); on a link that lost it to congestion every resend
 # adds to the load that lost it. Two give a lost retransmission one more chance.
@@ -79,7 +126,7 @@ class Consumer:
     # offsets, as the interpreter's own attribute access on slots does.
     __slots__ = (
         "_ast_id", "_c_header", "_fast_header", "_history", "_level_id", "_resends",
-        "_resent_at", "_rtx_seq", "_src_audio_level_id", "_tally", "_transport_cc_id",
+        "_rtx_seq", "_src_audio_level_id", "_tally", "_transport_cc_id",
         "bandwidth_paused", "clock_rate", "closed", "context", "disabled",
         "keyframe_requests", "kind", "last_sent_at", "layer_switches", "mid",
         "nacks_received", "packets_at_report", "paused", "payload_type", "producer", "red",
@@ -152,11 +199,9 @@ class Consumer:
         self.keyframe_requests = 0
         self.retransmitted = 0
         # Slot -> (output seq16, stream ext seq, output ts32, layer) for NACK answers, and
-        # when that packet was last resent.
-        # Entries hold the layer's index, not the stream: a tuple of plain ints is untracked
-        # by the garbage collector, one naming an object stays tracked (see Producer._cache).
-        self._history: list[tuple[int, int, int, int] | None] = [None] * HISTORY_SIZE
-        self._resent_at = [NEVER] * HISTORY_SIZE  # NEVER: not asked for since it was sent
+        # when that packet was last resent. Entries hold the layer's index, not the stream
+        # (no object for the garbage collector to follow).
+        self._history = History(HISTORY_SIZE)
         # Resends of the packet in each slot; reset at its first NACK, not on the packet path.
         self._resends = bytearray(HISTORY_SIZE)
         self._rtx_seq = random.randrange(1 << 16)
@@ -210,8 +255,7 @@ class Consumer:
             return
         out_seq, out_ts = out
         slot = out_seq & HISTORY_MASK
-        self._history[slot] = (out_seq, ext_seq, out_ts, stream.spatial)
-        self._resent_at[slot] = NEVER
+        self._history.put(slot, out_seq, ext_seq, out_ts, stream.spatial)
         self._account(self._send(pkt, out_seq, out_ts, pt, now, payload), pkt, now)
 
     def _account(self, size: int, pkt: RtpPacket, now: float) -> None:
@@ -374,11 +418,11 @@ class Consumer:
         lost = 0
         for seq in seqs:
             slot = seq & HISTORY_MASK
-            entry = self._history[slot]
+            entry = self._history.get(slot)
             if entry is None or entry[0] != seq:
                 metrics.RETRANSMIT_MISSING.inc()
                 continue
-            resent_at = self._resent_at[slot]
+            resent_at = self._history.resent_at(slot)
             if resent_at == NEVER:
                 lost += 1
                 self._resends[slot] = 0
@@ -389,7 +433,7 @@ class Consumer:
                 # comes next starts with a keyframe, so these packets would only cost a
                 # congested link.
                 metrics.RETRANSMIT_OBSOLETE.inc()
-                self._resent_at[slot] = now  # counted once, never resent
+                self._history.set_resent(slot, now)  # counted once, never resent
                 continue
             if now - resent_at < max(0.05, self.stats.rtt or 0.1):
                 continue  # resent less than a round trip ago: this NACK crossed it
@@ -397,7 +441,7 @@ class Consumer:
                 metrics.RETRANSMIT_GIVEN_UP.inc()
                 continue
             self._resends[slot] += 1
-            self._resent_at[slot] = now
+            self._history.set_resent(slot, now)
             pkt = stream.cached(ext_seq)
             if pkt is None:
                 metrics.RETRANSMIT_MISSING.inc()
@@ -461,7 +505,7 @@ class Consumer:
         self.red = RedOutput.between(codec.payload_type, codec.red_payload_type,
                                      self.payload_type, self.red_payload_type)
         self.rewriter.switch_source(self._ts_gap(now))
-        self._history = [None] * HISTORY_SIZE
+        self._history.clear()
         if self.kind == "video":
             self.waiting_keyframe = True
 

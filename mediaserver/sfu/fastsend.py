@@ -12,6 +12,8 @@ packet of a publisher's stream as ``RecvStream.on_rtp`` does, the common case in
 rest by that method (the receive section). ``Receiver`` takes an ICE socket's datagrams
 in place of the Python closure of ``aiortc_adapter._fast_path`` (the Receiver section);
 ``Reader`` reads a media socket the server owns (``mediasocket.MediaTransport``).
+``History`` keeps a consumer's sent packets for NACK answers in C records the fan-out
+writes in place (``consumer.PyHistory`` is the same in Python).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ receive: Any
 configure: Any
 Receiver: Any
 Reader: Any
+History: Any
 try:
     from mediaserver.sfu._fastpath import (
         ERR_SOCKET,
+        History,
         Input,
         Output,
         Reader,
@@ -39,7 +43,7 @@ try:
         receive,
     )
 except ImportError:  # built without a C compiler
-    Output = Input = fanout = receive = configure = Receiver = Reader = None
+    Output = Input = fanout = receive = configure = Receiver = Reader = History = None
     ERR_SOCKET = -2
 
 AVAILABLE = Output is not None
