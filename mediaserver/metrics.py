@@ -37,7 +37,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -52,6 +52,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.utils import floatToGoString
 
 from mediaserver.limits import LIMIT_REASONS
+from mediaserver.sfu.native import int_fields
 from mediaserver.tokens import Role, SessionKind
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -76,7 +77,11 @@ PARTICIPANTS = Gauge(
 TRACKS = Gauge("mediaserver_tracks", "Published tracks", ["kind"], registry=REGISTRY)
 
 
-class RtpTally:
+_TallyInts: Any
+_TallyInts, _TALLY_SLOTS = int_fields("TallyInts", "bytes", "packets")
+
+
+class RtpTally(_TallyInts):
     """RTP packets and bytes of one (direction, kind), as plain integers.
 
     Counted once per packet in and once per packet forwarded, so a Prometheus Counter
@@ -84,7 +89,7 @@ class RtpTally:
     are read when /metrics is scraped (``_RtpCollector``) instead.
     """
 
-    __slots__ = ("bytes", "packets")
+    __slots__ = _TALLY_SLOTS  # C integers where the extension is built (sfu/native.py)
 
     def __init__(self) -> None:
         self.packets = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import socket
 from collections import deque
+from types import MemberDescriptorType
 from typing import Any
 
 from mediaserver.sfu import fastsend
@@ -144,7 +145,9 @@ def snapshot(obj: Any) -> Any:
         return {k: snapshot(v) for k, v in obj.items()}
     if isinstance(obj, bytearray):
         return bytes(obj)
-    names = [n for cls in type(obj).__mro__ for n in getattr(cls, "__slots__", ())]
+    # Slots, and the C integer fields of a native base (sfu/native.py): member descriptors.
+    names = [n for cls in type(obj).__mro__ for n, v in vars(cls).items()
+             if isinstance(v, MemberDescriptorType)]
     names += list(getattr(obj, "__dict__", {}))
     return (type(obj).__name__,
             {n: snapshot(getattr(obj, n, "<unset>")) for n in sorted(set(names))

@@ -10,6 +10,9 @@ from the LSR/DLSR fields of the subscriber's receiver reports.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from mediaserver.sfu.native import int_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +28,12 @@ class ReportBlockValues:
     dlsr: int
 
 
-class ReceiveStats:
+_ReceiveInts: Any
+_ReceiveInts, _RECEIVE_SLOTS = int_fields(
+    "ReceiveInts", "base_seq", "bytes_received", "clock_rate", "highest_seq", "packets_received")
+
+
+class ReceiveStats(_ReceiveInts):
     """Statistics of one received RTP stream.
 
     ``on_packet`` takes the extended sequence number (see seqnum.Unwrapper), the RTP
@@ -34,17 +42,13 @@ class ReceiveStats:
 
     __slots__ = (
         "_last_transit",
-        "base_seq",
-        "bytes_received",
-        "clock_rate",
         "expected_prior",
-        "highest_seq",
         "jitter",
         "last_sr_arrival",
         "last_sr_ntp_middle",
-        "packets_received",
         "received_prior",
         "ssrc",
+        *_RECEIVE_SLOTS,  # C integers where the extension is built (sfu/native.py)
     )
 
     def __init__(self, ssrc: int, clock_rate: int) -> None:
@@ -122,11 +126,15 @@ class ReceiveStats:
         )
 
 
-class SendStats:
-    """Counters of one sent RTP stream and the round trip measured through it."""
+_SendInts: Any
+_SendInts, _SEND_SLOTS = int_fields("SendInts", "frames_sent", "octets_sent", "packets_sent")
 
-    __slots__ = ("fraction_lost", "frames_sent", "jitter", "octets_sent", "packets_lost",
-                 "packets_sent", "reports", "rtt")
+
+class SendStats(_SendInts):
+    """Counters of one sent RTP stream and the round trip measured through it (the
+    packet path's counters C integers where the extension is built: sfu/native.py)."""
+
+    __slots__ = ("fraction_lost", "jitter", "packets_lost", "reports", "rtt", *_SEND_SLOTS)
 
     def __init__(self) -> None:
         self.packets_sent = 0

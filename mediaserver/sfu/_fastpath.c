@@ -502,18 +502,24 @@ enum { S_DATA, S_MARKER, S_PT, S_SEQ, S_TS, S_SSRC, S_CC, S_START, S_END, S_EXT,
 
 /* The offset of a __slots__ member of a class (its member descriptor's). */
 static int
-member_offset(PyObject *cls, const char *name, Py_ssize_t *out)
+member_offset(PyObject *cls, const char *name, Py_ssize_t *out, char *native)
 {
     PyObject *descr = PyObject_GetAttrString(cls, name);
     if (descr == NULL)
         return -1;
-    int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
-             ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
-    if (ok)
+    int type = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                   ? ((PyMemberDescrObject *)descr)->d_member->type
+                   : -1;
+    int ok = type == T_OBJECT_EX || (native != NULL && type == T_LONGLONG);
+    if (ok) {
         *out = ((PyMemberDescrObject *)descr)->d_member->offset;
+        if (native != NULL)
+            *native = type == T_LONGLONG;
+    }
     Py_DECREF(descr);
     if (!ok) {
-        PyErr_Format(PyExc_TypeError, "%s is not a __slots__ member", name);
+        PyErr_Format(PyExc_TypeError, "%s is not a __slots__ member%s", name,
+                     native != NULL ? " nor a native integer field" : "");
         return -1;
     }
     return 0;
@@ -531,7 +537,7 @@ set_packet_class(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O:set_packet_class", &PyType_Type, &cls, &fallback))
         return NULL;
     for (int i = 0; i < N_SLOTS; i++)
-        if (member_offset(cls, SLOT_NAMES[i], &offsets[i]) < 0)
+        if (member_offset(cls, SLOT_NAMES[i], &offsets[i], NULL) < 0)
             return NULL;
     memcpy(slot_offset, offsets, sizeof(offsets));
     Py_INCREF(cls);
@@ -786,6 +792,21 @@ static const struct {
 };
 static PyTypeObject *klass[N_CLASSES];
 static Py_ssize_t field_offset[N_FIELDS];
+/* A field held as a C long long in the object (a native_base field), not an object. Only
+ * fields the code below reads and writes through field_ll, field_set_ll and field_add may
+ * be (NATIVE_OK); configure() refuses any other. */
+static char field_native[N_FIELDS];
+static const char NATIVE_OK[N_FIELDS] = {
+    [A_LEVEL_ID] = 1, [A_PT] = 1, [A_SSRC] = 1, [A_AST_ID] = 1,
+    [A_HIGHEST] = 1, [A_BASE] = 1, [A_SEQ_OFFSET] = 1, [A_TS_OFFSET] = 1, [A_LAST_SEQ] = 1,
+    [A_LAST_TS] = 1, [A_PACKETS_SENT] = 1, [A_OCTETS_SENT] = 1, [A_FRAMES_SENT] = 1,
+    [T_PACKETS] = 1, [T_BYTES] = 1,
+    [R_WBYTES] = 1, [R_WPACKETS] = 1, [R_WFRAMES] = 1, [R_FRAMES] = 1, [R_WIDTH] = 1,
+    [R_HEIGHT] = 1,
+    [R_U_HALF] = 1, [R_U_LAST] = 1, [R_U_MASK] = 1, [R_U_MOD] = 1,
+    [R_S_BASE] = 1, [R_S_HIGHEST] = 1, [R_S_PACKETS] = 1, [R_S_BYTES] = 1, [R_S_CLOCK] = 1,
+    [R_N_HIGHEST] = 1, [P_COUNT] = 1,
+};
 static int configured = 0;
 
 #define FIELD(obj, a) (*(PyObject **)((char *)(obj) + field_offset[a]))
@@ -835,9 +856,16 @@ configure(PyObject *module, PyObject *args)
             return NULL;
         }
     }
-    for (int i = 0; i < N_FIELDS; i++)
-        if (member_offset(cls[FIELDS[i].cls], FIELDS[i].name, &offsets[i]) < 0)
+    char native[N_FIELDS];
+    for (int i = 0; i < N_FIELDS; i++) {
+        if (member_offset(cls[FIELDS[i].cls], FIELDS[i].name, &offsets[i], &native[i]) < 0)
             return NULL;
+        if (native[i] && !NATIVE_OK[i]) {
+            PyErr_Format(PyExc_TypeError, "%s.%s must be an object slot, not a native field",
+                         CLASS_NAMES[FIELDS[i].cls], FIELDS[i].name);
+            return NULL;
+        }
+    }
     struct {
         PyObject **slot;
         const char *name;
@@ -855,6 +883,7 @@ configure(PyObject *module, PyObject *args)
             (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
     memcpy(field_offset, offsets, sizeof(offsets));
+    memcpy(field_native, native, sizeof(native));
     for (int k = 0; k < N_CLASSES; k++) {
         Py_INCREF(cls[k]);
         Py_XSETREF(klass[k], (PyTypeObject *)cls[k]);
@@ -878,6 +907,77 @@ static inline unsigned long
 ast24_at(double now)
 {
     return (unsigned long)((long long)floor(now * 262144.0 + 0.5) & 0xFFFFFF);
+}
+
+/* -- native integer fields -------------------------------------------------------------
+ *
+ * native_base(name, fields): a class to derive from whose instances hold each of
+ * ``fields`` as a C long long (a T_LONGLONG member: Python reads and writes it as an int,
+ * 0 until set; a value outside 64 bits raises OverflowError, anything but an int
+ * TypeError). A counter the packet path moves is then a store into the object, where an
+ * int object was made and the old one freed; configure() finds such fields by their
+ * descriptors. The definitions live as long as the process (a few classes, made once). */
+
+static PyObject *
+native_base(PyObject *module, PyObject *args)
+{
+    const char *name;
+    PyObject *fields;
+    if (!PyArg_ParseTuple(args, "sO!:native_base", &name, &PyTuple_Type, &fields))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(fields);
+    if (n < 1 || n > 64) {
+        PyErr_SetString(PyExc_ValueError, "1 to 64 fields");
+        return NULL;
+    }
+    size_t name_len = strlen(name);
+    PyMemberDef *members = PyMem_Calloc((size_t)n + 1, sizeof(PyMemberDef));
+    char *qualname = PyMem_Malloc(name_len + sizeof("mediaserver.sfu._fastpath."));
+    if (members == NULL || qualname == NULL)
+        goto nomem;
+    strcpy(qualname, "mediaserver.sfu._fastpath.");
+    strcat(qualname, name);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyTuple_GET_ITEM(fields, i);
+        Py_ssize_t len;
+        const char *fname = PyUnicode_Check(f) ? PyUnicode_AsUTF8AndSize(f, &len) : NULL;
+        if (fname == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "field names must be str");
+            goto fail;
+        }
+        char *copy = PyMem_Malloc((size_t)len + 1);
+        if (copy == NULL)
+            goto nomem;
+        memcpy(copy, fname, (size_t)len + 1);
+        members[i].name = copy;
+        members[i].type = T_LONGLONG;
+        members[i].offset = (Py_ssize_t)(sizeof(PyObject) + (size_t)i * sizeof(long long));
+    }
+    PyType_Slot slots[] = {
+        {Py_tp_members, members},
+        {Py_tp_doc, (void *)"Fields held as C long longs (see native_base)."},
+        {0, NULL},
+    };
+    PyType_Spec spec = {
+        .name = qualname,
+        .basicsize = (int)(sizeof(PyObject) + (size_t)n * sizeof(long long)),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+        .slots = slots,
+    };
+    PyObject *type = PyType_FromSpec(&spec);
+    if (type == NULL)
+        goto fail;
+    return type; /* members and qualname now belong to the type, for good */
+nomem:
+    PyErr_NoMemory();
+fail:
+    if (members != NULL)
+        for (Py_ssize_t i = 0; i < n; i++)
+            PyMem_Free((void *)members[i].name);
+    PyMem_Free(members);
+    PyMem_Free(qualname);
+    return NULL;
 }
 
 /* -- History ---------------------------------------------------------------------------
@@ -1151,9 +1251,30 @@ slot_set_ll(PyObject *obj, Py_ssize_t off, long long value)
     return 0;
 }
 
-#define field_ll(obj, a, out) slot_ll((obj), field_offset[a], (out))
+#define NATIVE_AT(obj, a) (*(long long *)((char *)(obj) + field_offset[a]))
 #define field_put(obj, a, value) slot_put((obj), field_offset[a], (value))
-#define field_set_ll(obj, a, value) slot_set_ll((obj), field_offset[a], (value))
+
+/* A field that holds an int fitting 64 bits, native or an int object: 1 and its value, or
+ * 0 (the Python path's). */
+static inline int
+field_ll(PyObject *obj, int a, long long *out)
+{
+    if (field_native[a]) {
+        *out = NATIVE_AT(obj, a);
+        return 1;
+    }
+    return slot_ll(obj, field_offset[a], out);
+}
+
+static inline int
+field_set_ll(PyObject *obj, int a, long long value)
+{
+    if (field_native[a]) {
+        NATIVE_AT(obj, a) = value;
+        return 0;
+    }
+    return slot_set_ll(obj, field_offset[a], value);
+}
 
 /* What fanout reads of the packet once. */
 typedef struct {
@@ -1422,6 +1543,10 @@ field_add(PyObject *obj, int a, long long delta)
     if (field_ll(obj, a, &x) && !((delta > 0 && x > LLONG_MAX - delta) ||
                                   (delta < 0 && x < LLONG_MIN - delta)))
         return field_set_ll(obj, a, x + delta);
+    if (field_native[a]) {
+        PyErr_Format(PyExc_OverflowError, "%s overflows 64 bits", FIELDS[a].name);
+        return -1;
+    }
     PyObject *old = FIELD(obj, a);
     if (old == NULL) {
         PyErr_Format(PyExc_AttributeError, "%s", FIELDS[a].name);
@@ -2464,6 +2589,8 @@ static PyTypeObject ReaderType = {
 static PyMethodDef module_methods[] = {
     {"set_packet_class", (PyCFunction)set_packet_class, METH_VARARGS,
      "set_packet_class(cls, python_parser): what parse_rtp makes, and falls back to."},
+    {"native_base", (PyCFunction)native_base, METH_VARARGS,
+     "native_base(name, fields) -> a base class holding the fields as C long longs."},
     {"parse_rtp", (PyCFunction)parse_rtp, METH_O,
      "parse_rtp(data) -> RtpPacket | None, as mediaserver.sfu.rtp's Python parser."},
     {"configure", (PyCFunction)configure, METH_VARARGS,

@@ -9,10 +9,18 @@ large that retransmission cannot repair it in time.
 
 from __future__ import annotations
 
+from typing import Any
+
+from mediaserver.sfu.native import int_fields
+
 _EMPTY: tuple[int, ...] = ()
 
 
-class NackTracker:
+_NackInts: Any
+_NackInts, _NACK_SLOTS = int_fields("NackInts", "_highest")
+
+
+class NackTracker(_NackInts):
     """Tracks missing extended sequence numbers of one upstream stream.
 
     ``on_packet`` is called for every packet (media or RTX-repaired) with its extended
@@ -21,7 +29,7 @@ class NackTracker:
     """
 
     __slots__ = (
-        "_highest",
+        *_NACK_SLOTS,  # a C integer where the extension is built (sfu/native.py)
         "_keyframe_needed",
         "_max_age",
         "_max_missing",

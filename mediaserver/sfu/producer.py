@@ -21,6 +21,7 @@ from mediaserver.sfu.consumer import HISTORY_MASK, NEVER, Consumer, DownstreamCo
 from mediaserver.sfu.h264 import is_h264_keyframe
 from mediaserver.sfu.keyframe import KeyframeRequester
 from mediaserver.sfu.nack import NackTracker
+from mediaserver.sfu.native import int_fields
 from mediaserver.sfu.red import primary_view
 from mediaserver.sfu.rtp import RtpPacket, build_rtp, parse_rtp, unwrap_rtx
 from mediaserver.sfu.seqnum import OutputRewriter, Unwrapper
@@ -68,7 +69,12 @@ WIRE_OVERHEAD = 38  # SRTP tag + UDP + IPv4 headers per packet
 PEAK_WINDOWS = 3
 
 
-class RecvStream:
+_StreamInts: Any
+_StreamInts, _STREAM_SLOTS = int_fields(
+    "StreamInts", "_window_bytes", "_window_frames", "_window_packets", "frames")
+
+
+class RecvStream(_StreamInts):
     """One RTP stream of a track: the only one, or one simulcast layer.
 
     Owns what is per SSRC: sequence/timestamp unwrapping, the packet cache that answers
@@ -79,9 +85,10 @@ class RecvStream:
     # Slots: the C receive path (fastsend.receive) reads and writes these fields at fixed
     # offsets, as the interpreter's own attribute access on slots does.
     __slots__ = (
-        "_cache", "_cache_seq", "_recent", "_seq", "_tally", "_ts", "_window_bytes",
-        "_window_frames", "_window_packets", "_window_start", "bitrate", "expected_until",
-        "fps", "frames", "height", "keyframes", "last_keyframe_at", "last_packet_at",
+        *_STREAM_SLOTS,  # C integers where the extension is built (sfu/native.py)
+        "_cache", "_cache_seq", "_recent", "_seq", "_tally", "_ts", "_window_start",
+        "bitrate", "expected_until",
+        "fps", "height", "keyframes", "last_keyframe_at", "last_packet_at",
         "last_sr", "last_wire_bitrate", "nacks", "nacks_sent", "paused_upstream",
         "plis_sent", "producer", "red_primary", "rid", "rtx_ssrc", "spatial", "ssrc",
         "stats", "temporal", "unwanted_since", "vp8", "vp8_payload", "width",

@@ -11,6 +11,9 @@ simulcast layer switch, a pause and resume).
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import Any
+
+from mediaserver.sfu.native import int_fields
 
 SEQ_MOD = 1 << 16
 SEQ_MASK = SEQ_MOD - 1
@@ -37,7 +40,16 @@ def ts_diff(a: int, b: int) -> int:
     return d - TS_MOD if d >= TS_HALF else d
 
 
-class Unwrapper:
+# The packet path's own state: C integers where the extension is built (sfu/native.py).
+_UnwrapperInts: Any
+_UnwrapperInts, _UNWRAPPER_SLOTS = int_fields("UnwrapperInts", "_half", "_last", "_mask", "_mod")
+_RewriterInts: Any
+_RewriterInts, _REWRITER_SLOTS = int_fields(
+    "RewriterInts", "_base_in", "_highest_in", "_last_out_seq", "_last_out_ts", "_seq_offset",
+    "_switch_ts_gap", "_ts_offset")
+
+
+class Unwrapper(_UnwrapperInts):
     """Turns a wrapping counter of ``bits`` bits into an extended integer.
 
     The first value is taken as is (plus one full cycle, so that a packet slightly older
@@ -46,7 +58,7 @@ class Unwrapper:
     reordering of up to half the range.
     """
 
-    __slots__ = ("_half", "_last", "_mask", "_mod")
+    __slots__ = _UNWRAPPER_SLOTS
 
     def __init__(self, bits: int) -> None:
         self._mod = 1 << bits
@@ -82,7 +94,7 @@ class Unwrapper:
         return last + d
 
 
-class OutputRewriter:
+class OutputRewriter(_RewriterInts):
     """Maps extended input sequence numbers and timestamps to a subscriber's output space.
 
     One instance per outgoing stream. ``rewrite`` is called for each forwarded packet;
@@ -99,17 +111,7 @@ class OutputRewriter:
     refused (``None``): their output numbers could collide with packets already sent.
     """
 
-    __slots__ = (
-        "_base_in",
-        "_highest_in",
-        "_last_out_seq",
-        "_last_out_ts",
-        "_pending_switch",
-        "_seq_offset",
-        "_skipped",
-        "_switch_ts_gap",
-        "_ts_offset",
-    )
+    __slots__ = ("_pending_switch", "_skipped", *_REWRITER_SLOTS)
 
     # Skipped inputs remembered for reordering; older ones are folded into the offset and
     # packets older than them refused (3000 packets is several seconds of video).

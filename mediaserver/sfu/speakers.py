@@ -20,6 +20,9 @@ tests/unit/test_speakers.py pin their behaviour.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from mediaserver.sfu.native import int_fields
 
 ACTIVE_DBOV = 50  # RFC 6464 levels are -dBov: 0 loudest, 127 silence; voice is above -50 dBov
 ATTACK = 0.6
@@ -37,8 +40,12 @@ class SpeakerUpdate:
     dominant: str | None
 
 
-class _Stream:
-    __slots__ = ("active", "count", "level", "loud_sum", "speaking")
+_StreamInts: Any
+_StreamInts, _STREAM_SLOTS = int_fields("SpeakerInts", "count")
+
+
+class _Stream(_StreamInts):
+    __slots__ = ("active", "level", "loud_sum", "speaking", *_STREAM_SLOTS)
 
     def __init__(self) -> None:
         self.count = 0
