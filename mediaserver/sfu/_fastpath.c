@@ -578,43 +578,125 @@ put_extension(PyObject *ext, PyObject *data, long xid, Py_ssize_t start, Py_ssiz
     return rc;
 }
 
-/* The extension block data[pos:end] into ext; -1 only on a Python error. A malformed
- * element ends parsing and keeps what was read. */
+/* The next element of a header extension block ending at ``end`` (RFC 8285, one-byte
+ * or two-byte form) from *pos: 1 with its id and value bounds, *pos moved past it; 0 at
+ * the end or at a malformed element (which ends the block: what was read is kept). */
+static int
+ext_next(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end, int one_byte, long *xid,
+         Py_ssize_t *vstart, Py_ssize_t *vend)
+{
+    while (*pos < end) {
+        Py_ssize_t p = *pos;
+        unsigned b = d[p];
+        if (one_byte) {
+            if (b < 0x10 || b >= 0xF0) {
+                if (b)
+                    return 0; /* id 15: stop; id 0 with a length: invalid */
+                *pos = p + 1; /* padding */
+                continue;
+            }
+            *xid = (long)(b >> 4);
+            *vstart = p + 1;
+            *vend = p + 2 + (b & 0x0F);
+        }
+        else {
+            if (b == 0) {
+                *pos = p + 1;
+                continue;
+            }
+            if (p + 2 > end)
+                return 0;
+            *xid = (long)b;
+            *vstart = p + 2;
+            *vend = p + 2 + d[p + 1];
+        }
+        if (*vend > end)
+            return 0;
+        *pos = *vend;
+        return 1;
+    }
+    return 0;
+}
+
+/* The extension block data[pos:end] into ext; -1 only on a Python error. */
 static int
 parse_extensions(PyObject *ext, PyObject *data, Py_ssize_t pos, Py_ssize_t end, int one_byte)
 {
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
-    while (pos < end) {
-        unsigned b = d[pos];
-        Py_ssize_t value_end;
-        long xid;
-        if (one_byte) {
-            if (b < 0x10 || b >= 0xF0) {
-                if (b)
-                    break; /* id 15: stop; id 0 with a length: invalid */
-                pos += 1;  /* padding */
-                continue;
-            }
-            xid = (long)(b >> 4);
-            value_end = pos + 2 + (b & 0x0F);
-        }
-        else {
-            if (b == 0) {
-                pos += 1;
-                continue;
-            }
-            if (pos + 2 > end)
-                break;
-            xid = (long)b;
-            value_end = pos + 2 + d[pos + 1];
-        }
-        if (value_end > end)
-            break;
-        if (put_extension(ext, data, xid, one_byte ? pos + 1 : pos + 2, value_end) < 0)
+    long xid;
+    Py_ssize_t vstart, vend;
+    while (ext_next(d, &pos, end, one_byte, &xid, &vstart, &vend))
+        if (put_extension(ext, data, xid, vstart, vend) < 0)
             return -1;
-        pos = value_end;
-    }
     return 0;
+}
+
+/* An RTP header as parse_rtp reads it, without the Python objects. */
+typedef struct {
+    Py_ssize_t start, end, ext_start, ext_end;
+    unsigned long ts, ssrc;
+    unsigned seq, cc;
+    int pt, marker, one_byte, has_ext;
+} Head;
+
+/* 1 and the header of d[:n] if parse_rtp would make a packet of it, else 0. */
+static int
+parse_head(const unsigned char *d, Py_ssize_t n, Head *h)
+{
+    if (n < 12 || (d[0] & 0xC0) != 0x80)
+        return 0;
+    h->cc = d[0] & 0x0F;
+    Py_ssize_t pos = 12 + 4 * (Py_ssize_t)h->cc;
+    if (pos > n)
+        return 0;
+    h->ext_start = h->ext_end = 0;
+    h->one_byte = h->has_ext = 0;
+    if (d[0] & 0x10) {
+        if (pos + 4 > n)
+            return 0;
+        unsigned profile = get16(d + pos);
+        h->ext_start = pos + 4;
+        h->ext_end = h->ext_start + 4 * (Py_ssize_t)get16(d + pos + 2);
+        if (h->ext_end > n)
+            return 0;
+        h->one_byte = profile == 0xBEDE;
+        h->has_ext = h->one_byte || (profile & 0xFFF0) == 0x1000;
+        pos = h->ext_end;
+    }
+    h->end = n;
+    if (d[0] & 0x20) {
+        unsigned pad = d[n - 1];
+        if (pad == 0 || (Py_ssize_t)pad > n - pos)
+            return 0;
+        h->end = n - pad;
+    }
+    h->start = pos;
+    h->marker = (d[1] & 0x80) != 0;
+    h->pt = d[1] & 0x7F;
+    h->seq = get16(d + 2);
+    h->ts = get32(d + 4);
+    h->ssrc = get32(d + 8);
+    return 1;
+}
+
+/* The value parse_rtp's extensions dict would hold under ``xid``: 1 and its bounds in d,
+ * or 0 (the same walk as parse_extensions; a later element of the id wins, as in the
+ * dict). */
+static int
+head_ext(const unsigned char *d, const Head *h, long xid, Py_ssize_t *vstart, Py_ssize_t *vlen)
+{
+    int found = 0;
+    if (!h->has_ext || xid < 1 || xid > (h->one_byte ? 14 : 255))
+        return 0;
+    Py_ssize_t pos = h->ext_start, start, end;
+    long id;
+    while (ext_next(d, &pos, h->ext_end, h->one_byte, &id, &start, &end))
+        if (id == xid) {
+            *vstart = start;
+            *vlen = end - start;
+            found = 1;
+        }
+    return found;
 }
 
 static PyObject *
@@ -627,52 +709,27 @@ parse_rtp(PyObject *module, PyObject *data)
     if (!PyBytes_CheckExact(data))
         return PyObject_CallOneArg(python_parser, data);
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
-    Py_ssize_t n = PyBytes_GET_SIZE(data);
-    if (n < 12 || (d[0] & 0xC0) != 0x80)
+    Head h;
+    if (!parse_head(d, PyBytes_GET_SIZE(data), &h))
         Py_RETURN_NONE;
-    unsigned cc = d[0] & 0x0F;
-    Py_ssize_t pos = 12 + 4 * (Py_ssize_t)cc;
-    if (pos > n)
-        Py_RETURN_NONE;
-    Py_ssize_t ext_start = 0, ext_end = 0;
-    int one_byte = 0, has_ext = 0;
-    if (d[0] & 0x10) {
-        if (pos + 4 > n)
-            Py_RETURN_NONE;
-        unsigned profile = get16(d + pos);
-        ext_start = pos + 4;
-        ext_end = ext_start + 4 * (Py_ssize_t)get16(d + pos + 2);
-        if (ext_end > n)
-            Py_RETURN_NONE;
-        one_byte = profile == 0xBEDE;
-        has_ext = one_byte || (profile & 0xFFF0) == 0x1000;
-        pos = ext_end;
-    }
-    Py_ssize_t end = n;
-    if (d[0] & 0x20) {
-        unsigned pad = d[n - 1];
-        if (pad == 0 || (Py_ssize_t)pad > n - pos)
-            Py_RETURN_NONE;
-        end = n - pad;
-    }
     PyObject *values[N_SLOTS];
     values[S_EXT] = PyDict_New();
     if (values[S_EXT] == NULL)
         return NULL;
-    if (has_ext && parse_extensions(values[S_EXT], data, ext_start, ext_end, one_byte) < 0) {
+    if (h.has_ext && parse_extensions(values[S_EXT], data, h.ext_start, h.ext_end, h.one_byte) < 0) {
         Py_DECREF(values[S_EXT]);
         return NULL;
     }
     Py_INCREF(data);
     values[S_DATA] = data;
-    values[S_MARKER] = PyBool_FromLong(d[1] & 0x80);
-    values[S_PT] = PyLong_FromLong(d[1] & 0x7F);
-    values[S_SEQ] = PyLong_FromLong((long)get16(d + 2));
-    values[S_TS] = PyLong_FromUnsignedLong(get32(d + 4));
-    values[S_SSRC] = PyLong_FromUnsignedLong(get32(d + 8));
-    values[S_CC] = PyLong_FromLong((long)cc);
-    values[S_START] = PyLong_FromSsize_t(pos);
-    values[S_END] = PyLong_FromSsize_t(end);
+    values[S_MARKER] = PyBool_FromLong(h.marker);
+    values[S_PT] = PyLong_FromLong(h.pt);
+    values[S_SEQ] = PyLong_FromLong((long)h.seq);
+    values[S_TS] = PyLong_FromUnsignedLong(h.ts);
+    values[S_SSRC] = PyLong_FromUnsignedLong(h.ssrc);
+    values[S_CC] = PyLong_FromLong((long)h.cc);
+    values[S_START] = PyLong_FromSsize_t(h.start);
+    values[S_END] = PyLong_FromSsize_t(h.end);
     PyObject *packet = NULL;
     int failed = 0;
     for (int i = 0; i < N_SLOTS; i++)
@@ -1276,14 +1333,76 @@ field_set_ll(PyObject *obj, int a, long long value)
     return slot_set_ll(obj, field_offset[a], value);
 }
 
-/* What fanout reads of the packet once. */
+/* What the receive path and the fan-out read of the packet once: from a packet object
+ * (fan_packet), or from a header parsed in C (fan_head: ``pkt`` NULL until a Python path
+ * needs the object, which fan_pkt then makes from ``data``, owned here). */
 typedef struct {
     PyObject *pkt, *stream, *data, *extensions, *ext_seq_obj, *now, *spatial;
-    int marker;
+    int marker, own_pkt, has_head;
+    long pt;
     Py_ssize_t start, end;
-    long long ext_seq, ext_ts;
+    long long seq, ts, ext_seq, ext_ts;
     unsigned long ast24;
+    Head head;
 } Fan;
+
+/* The packet object, made from the data if the Fan has none yet: borrowed, or NULL with
+ * an exception. */
+static PyObject *
+fan_pkt(Fan *f)
+{
+    if (f->pkt == NULL) {
+        PyObject *pkt = parse_rtp(NULL, f->data);
+        if (pkt == NULL)
+            return NULL;
+        if (pkt == Py_None) { /* cannot be: parse_head accepted the same bytes */
+            Py_DECREF(pkt);
+            PyErr_SetString(PyExc_RuntimeError, "a packet parse_rtp refuses");
+            return NULL;
+        }
+        f->pkt = pkt;
+        f->own_pkt = 1;
+    }
+    return f->pkt;
+}
+
+static void
+fan_release(Fan *f)
+{
+    if (f->own_pkt)
+        Py_CLEAR(f->pkt);
+    f->own_pkt = 0;
+}
+
+/* The packet's header extension ``xid`` (an int object, as the extensions dict is keyed):
+ * 1 and its value's bytes, 0 absent, 2 present but not bytes (the Python path's), -1
+ * error. */
+static int
+fan_ext(Fan *f, PyObject *xid, const unsigned char **value, Py_ssize_t *len)
+{
+    if (f->has_head) {
+        if (!PyLong_CheckExact(xid))
+            return 2;
+        int overflow;
+        long id = PyLong_AsLongAndOverflow(xid, &overflow);
+        Py_ssize_t vstart;
+        if (overflow || !head_ext((const unsigned char *)PyBytes_AS_STRING(f->data), &f->head,
+                                  id, &vstart, len))
+            return 0;
+        *value = (const unsigned char *)PyBytes_AS_STRING(f->data) + vstart;
+        return 1;
+    }
+    if (!PyDict_CheckExact(f->extensions))
+        return 2;
+    PyObject *raw = PyDict_GetItemWithError(f->extensions, xid); /* borrowed */
+    if (raw == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyBytes_CheckExact(raw))
+        return 2;
+    *value = (const unsigned char *)PyBytes_AS_STRING(raw);
+    *len = PyBytes_GET_SIZE(raw);
+    return 1;
+}
 
 /* The plain consumer's copy: 1 done, 0 not plain (nothing changed: the Python method's),
  * -1 error. The order of the checks and of the changes is Consumer.forward's. */
@@ -1314,20 +1433,24 @@ forward_plain(PyObject *c, Fan *f)
         PyObject *src = FIELD(c, A_SRC_LEVEL_ID);
         if (src == NULL)
             return 0;
-        PyObject *raw = NULL;
+        int found = 0;
+        const unsigned char *raw = NULL;
+        Py_ssize_t raw_len = 0;
         if (src != Py_None) {
-            if (!PyLong_CheckExact(src) || !PyDict_CheckExact(f->extensions))
+            if (!PyLong_CheckExact(src))
                 return 0;
             if (PyLong_AsLong(src) != 0) { /* a src id of 0 counts as not negotiated */
-                raw = PyDict_GetItemWithError(f->extensions, src); /* borrowed */
-                if (raw == NULL && PyErr_Occurred())
+                found = fan_ext(f, src, &raw, &raw_len);
+                if (found < 0)
                     return -1;
+                if (found == 2)
+                    return 0;
             }
         }
-        if (raw == NULL)
+        if (!found)
             level_id = 0; /* not negotiated upstream, or no level in this packet */
-        else if (PyBytes_CheckExact(raw) && PyBytes_GET_SIZE(raw) == 1)
-            level = (unsigned char)PyBytes_AS_STRING(raw)[0];
+        else if (raw_len == 1)
+            level = raw[0];
         else
             return 0;
     }
@@ -1431,6 +1554,26 @@ fan_packet(Fan *f, PyObject *pkt)
     return 0 <= f->start && f->start < f->end && f->end <= PyBytes_GET_SIZE(f->data);
 }
 
+/* The same from a header parse_head read of ``data`` (bytes): 0 when the packet is not
+ * plain (padding only: Python's). */
+static int
+fan_head(Fan *f, PyObject *data, const Head *h)
+{
+    f->pkt = NULL;
+    f->own_pkt = 0;
+    f->data = data;
+    f->extensions = NULL;
+    f->has_head = 1;
+    f->head = *h;
+    f->marker = h->marker;
+    f->start = h->start;
+    f->end = h->end;
+    f->pt = h->pt;
+    f->seq = h->seq;
+    f->ts = (long long)h->ts;
+    return f->start < f->end;
+}
+
 /* Every consumer: the plain ones here, the rest by Consumer.forward(*pyargs), pyargs being
  * (stream, pkt, ext_seq, ext_ts, keyframe, now); an ext_ts of NULL is made from f->ext_ts
  * when a consumer needs it (most packets meet none: no int to allocate). f->stream,
@@ -1456,14 +1599,17 @@ fan_out(PyObject *consumers, Fan *f, int plain, PyObject *const *pyargs)
         int r = plain ? forward_plain(c, f) : 0;
         if (r == 0 && ext_ts == NULL && (ext_ts = PyLong_FromLongLong(f->ext_ts)) != NULL)
             own_ts = 1;
-        if (r == 0 && ext_ts != NULL) {
+        PyObject *pkt = r == 0 && ext_ts != NULL ? (pyargs[1] ? pyargs[1] : fan_pkt(f)) : NULL;
+        if (pkt != NULL) {
             PyObject *res = PyObject_VectorcallMethod(
-                name_forward, (PyObject *[]){c, pyargs[0], pyargs[1], pyargs[2], ext_ts,
+                name_forward, (PyObject *[]){c, pyargs[0], pkt, pyargs[2], ext_ts,
                                              pyargs[4], pyargs[5]},
                 7, NULL);
             r = res == NULL ? -1 : 1;
             Py_XDECREF(res);
         }
+        else if (r == 0 && ext_ts != NULL)
+            r = -1; /* the packet object could not be made */
         Py_DECREF(c);
         if (r <= 0)
             rc = -1; /* an error (r == 0 here: the int could not be made) */
@@ -1686,13 +1832,14 @@ observe_level(PyObject *speakers, PyObject *who, long level)
     return 1;
 }
 
-/* 1: taken whole; 0: not plain, nothing changed (RecvStream.on_rtp's); -1: error. */
+/* The packet ``fp`` holds (fan_packet's or fan_head's, plain), of ``stream``: 1 taken
+ * whole; 0 not plain, nothing changed (RecvStream.on_rtp's); -1 error. A packet object
+ * fp needed made is left in fp (fan_release). */
 static int
-receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
+receive_plain(PyObject *stream, Fan *fp, PyObject *nowobj)
 {
-    Fan f = {0};
-    if (!configured || packet_type == NULL || !IS(stream, K_STREAM) ||
-        !is_float(nowobj) || !fan_packet(&f, pkt))
+    Fan *f = fp;
+    if (!configured || packet_type == NULL || !IS(stream, K_STREAM) || !is_float(nowobj))
         return 0;
     double now = PyFloat_AS_DOUBLE(nowobj);
     PyObject *producer = FIELD(stream, R_PRODUCER);
@@ -1713,14 +1860,34 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
     PyObject *red = codec_attr(codec, C_RED_PT, name_red_pt);
     if (red == NULL)
         return -1;
-    PyObject *pt = *(PyObject **)((char *)pkt + slot_offset[S_PT]);
-    int is_red = red != Py_None && (pt == NULL || same_value(red, pt) != 0);
+    if (!f->has_head) { /* a packet object's numbers: plain ints, or Python's */
+        PyObject *pkt = f->pkt, *pt_o = *(PyObject **)((char *)pkt + slot_offset[S_PT]);
+        PyObject *seq_o = *(PyObject **)((char *)pkt + slot_offset[S_SEQ]);
+        PyObject *ts_o = *(PyObject **)((char *)pkt + slot_offset[S_TS]);
+        if (pt_o == NULL || seq_o == NULL || ts_o == NULL || !PyLong_CheckExact(pt_o) ||
+            !PyLong_CheckExact(seq_o) || !PyLong_CheckExact(ts_o)) {
+            Py_DECREF(red);
+            return 0;
+        }
+        f->pt = PyLong_AsLong(pt_o);
+        f->seq = PyLong_AsLongLong(seq_o);
+        f->ts = PyLong_AsLongLong(ts_o);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            Py_DECREF(red);
+            return 0;
+        }
+    }
+    int overflow = 0;
+    int is_red = red != Py_None &&
+                 (!PyLong_CheckExact(red) || PyLong_AsLongAndOverflow(red, &overflow) == f->pt ||
+                  overflow);
     Py_DECREF(red);
     if (is_red)
         return 0;
 
     /* The byte budget (TokenBucket.take): worked out first, applied below. */
-    Py_ssize_t size = PyBytes_GET_SIZE(f.data);
+    Py_ssize_t size = PyBytes_GET_SIZE(f->data);
     PyObject *budget = FIELD(producer, R_BUDGET);
     double tokens = 0, updated = 0;
     int has_updated = 0, refill = 0;
@@ -1747,18 +1914,8 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
             return 0; /* over the budget: Python drops it and hides the hole */
     }
 
-    long long seq, ts, ext_seq, ext_ts;
+    long long seq = f->seq, ts = f->ts, ext_seq, ext_ts;
     PyObject *seq_u = FIELD(stream, R_SEQ), *ts_u = FIELD(stream, R_TS);
-    PyObject *seq_o = *(PyObject **)((char *)pkt + slot_offset[S_SEQ]);
-    PyObject *ts_o = *(PyObject **)((char *)pkt + slot_offset[S_TS]);
-    if (seq_o == NULL || ts_o == NULL || !PyLong_CheckExact(seq_o) || !PyLong_CheckExact(ts_o))
-        return 0;
-    seq = PyLong_AsLongLong(seq_o);
-    ts = PyLong_AsLongLong(ts_o);
-    if (PyErr_Occurred()) {
-        PyErr_Clear();
-        return 0;
-    }
     if (!unwrap_peek(seq_u, seq, &ext_seq) || !unwrap_peek(ts_u, ts, &ext_ts))
         return 0;
     PyObject *tally = FIELD(stream, R_TALLY), *stats = FIELD(stream, R_STATS);
@@ -1774,8 +1931,9 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
     if (wstart == NULL || (wstart != Py_None && !is_float(wstart)))
         return 0;
     /* The audio level the speaker detector is told of, if it is. */
-    PyObject *speakers = FIELD(producer, R_SPEAKERS), *level = NULL;
+    PyObject *speakers = FIELD(producer, R_SPEAKERS);
     PyObject *level_id = FIELD(producer, R_LEVEL_ID);
+    long level = -1; /* none to tell */
     if (speakers == NULL || level_id == NULL)
         return 0;
     if (speakers != Py_None && muted == Py_False) {
@@ -1783,15 +1941,15 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
         if (truth < 0)
             return -1;
         if (truth) {
-            if (!PyDict_CheckExact(f.extensions))
-                return 0;
-            level = PyDict_GetItemWithError(f.extensions, level_id); /* borrowed */
-            if (level == NULL && PyErr_Occurred())
+            const unsigned char *raw;
+            Py_ssize_t raw_len;
+            int found = fan_ext(f, level_id, &raw, &raw_len);
+            if (found < 0)
                 return -1;
-            if (level != NULL && !PyBytes_CheckExact(level))
+            if (found == 2)
                 return 0;
-            if (level != NULL && PyBytes_GET_SIZE(level) == 0)
-                level = NULL;
+            if (found && raw_len > 0)
+                level = raw[0] & 0x7F;
         }
     }
     PyObject *cache = FIELD(stream, R_CACHE), *cache_seq = FIELD(stream, R_CACHE_SEQ);
@@ -1804,7 +1962,7 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
 
     /* -- From here on, on_rtp's changes in on_rtp's order. -- The objects used after a
      * Python call are held: a callback could rebind a field (RecvStream.restart does). */
-    PyObject *held[] = {producer, consumers, cache, cache_seq, keyframes, nacks, level};
+    PyObject *held[] = {producer, consumers, cache, cache_seq, keyframes, nacks};
     for (size_t h = 0; h < sizeof(held) / sizeof(held[0]); h++)
         Py_XINCREF(held[h]);
     PyObject *ext_seq_obj = NULL;
@@ -1851,8 +2009,8 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
     else if (now - PyFloat_AS_DOUBLE(wstart) >= rate_window &&
              call_void(stream, name_close_window, nowobj, NULL, NULL) < 0)
         goto release;
-    if (level != NULL) {
-        long lvl = ((unsigned char)PyBytes_AS_STRING(level)[0]) & 0x7F;
+    if (level >= 0) {
+        long lvl = level;
         PyObject *who = FIELD(producer, R_PARTICIPANT);
         int rc = observe_level(speakers, who, lvl);
         if (rc == 0) {
@@ -1873,27 +2031,28 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
     if ((ext_seq_obj = PyLong_FromLongLong(ext_seq)) == NULL)
         goto release;
     Py_ssize_t slot = (Py_ssize_t)(ext_seq & cache_mask);
-    Py_INCREF(f.data);
-    PyList_SetItem(cache, slot, f.data);
+    Py_INCREF(f->data);
+    PyList_SetItem(cache, slot, f->data);
     Py_INCREF(ext_seq_obj);
     PyList_SetItem(cache_seq, slot, ext_seq_obj);
-    if (f.marker && (field_add(stream, R_FRAMES, 1) < 0 || field_add(stream, R_WFRAMES, 1) < 0))
+    if (f->marker && (field_add(stream, R_FRAMES, 1) < 0 || field_add(stream, R_WFRAMES, 1) < 0))
         goto done;
     int keyframe = 0;
     if (is_video == Py_True) {
-        const unsigned char *payload = (const unsigned char *)PyBytes_AS_STRING(f.data) + f.start;
+        const unsigned char *payload = (const unsigned char *)PyBytes_AS_STRING(f->data) + f->start;
         if (check == vp8_check) {
             /* _vp8_keyframe, here: only the first packet of partition 0 can start one. */
             long width = 0, height = 0;
             if ((payload[0] & 0x10) && !(payload[0] & 0x07))
-                keyframe = vp8_keyframe(payload, f.end - f.start, &width, &height);
+                keyframe = vp8_keyframe(payload, f->end - f->start, &width, &height);
             if (width && (field_set_ll(stream, R_WIDTH, width) < 0 ||
                           field_set_ll(stream, R_HEIGHT, height) < 0))
                 goto done;
         }
         else {
             /* Any other codec's check is asked every time. */
-            PyObject *r = PyObject_CallFunctionObjArgs(check, stream, pkt, NULL);
+            PyObject *pkt = fan_pkt(f);
+            PyObject *r = pkt == NULL ? NULL : PyObject_CallFunctionObjArgs(check, stream, pkt, NULL);
             if (r == NULL)
                 goto done;
             keyframe = PyObject_IsTrue(r);
@@ -1909,15 +2068,15 @@ receive_plain(PyObject *stream, PyObject *pkt, PyObject *nowobj)
                  call_void(stream, name_keyframe_due, nowobj, NULL, NULL) < 0)
             goto done;
     }
-    f.stream = stream;
-    f.ext_seq = ext_seq;
-    f.ext_ts = ext_ts;
-    f.ext_seq_obj = ext_seq_obj;
-    f.now = nowobj;
-    f.ast24 = ast24_at(now);
-    PyObject *pyargs[6] = {stream, pkt, ext_seq_obj, NULL, keyframe ? Py_True : Py_False,
+    f->stream = stream;
+    f->ext_seq = ext_seq;
+    f->ext_ts = ext_ts;
+    f->ext_seq_obj = ext_seq_obj;
+    f->now = nowobj;
+    f->ast24 = ast24_at(now);
+    PyObject *pyargs[6] = {stream, f->pkt, ext_seq_obj, NULL, keyframe ? Py_True : Py_False,
                            nowobj};
-    if (fan_out(consumers, &f, 1, pyargs) < 0)
+    if (fan_out(consumers, f, 1, pyargs) < 0)
         goto done;
 
     /* NACK tracking: in order and nothing missing is the common case; anything else is
@@ -1980,7 +2139,10 @@ receive(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "receive takes 3 arguments");
         return NULL;
     }
-    int r = receive_plain(args[0], args[1], args[2]);
+    Fan f = {0};
+    int r = configured && packet_type != NULL && fan_packet(&f, args[1])
+                ? receive_plain(args[0], &f, args[2])
+                : 0;
     if (r < 0)
         return NULL;
     if (r == 0) {
@@ -2131,65 +2293,69 @@ call_rx(PyObject *rx, int rtcp, PyObject *data)
     return PyObject_CallMethod(rx, rtcp ? "unprotect_rtcp" : "unprotect", "O", data);
 }
 
+/* A media packet of a known stream with the codec's own payload type, read in C (no
+ * packet object unless a Python path needs one): 1 taken, 0 not (someone else's), -1
+ * error. ``now``: the arrival time, or NULL for the monotonic clock's. */
+static int
+route_known(PyObject *streams, PyObject *plain, PyObject *now)
+{
+    Head h;
+    if (!parse_head((const unsigned char *)PyBytes_AS_STRING(plain), PyBytes_GET_SIZE(plain), &h))
+        return 0;
+    PyObject *ssrc = PyLong_FromUnsignedLong(h.ssrc);
+    if (ssrc == NULL)
+        return -1;
+    PyObject *stream = PyDict_GetItemWithError(streams, ssrc); /* borrowed */
+    Py_DECREF(ssrc);
+    if (stream == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!IS(stream, K_STREAM) || !IS(FIELD(stream, R_PRODUCER), K_PRODUCER))
+        return 0;
+    PyObject *codec = FIELD(FIELD(stream, R_PRODUCER), R_CODEC);
+    PyObject *pt = codec ? codec_attr(codec, C_PT, name_payload_type) : NULL;
+    if (pt == NULL) {
+        if (codec == NULL)
+            PyErr_SetString(PyExc_AttributeError, "codec");
+        return -1;
+    }
+    PyObject *packet_pt = PyLong_FromLong(h.pt); /* a small int: shared, not made */
+    int same = packet_pt == NULL ? -1 : same_value(pt, packet_pt);
+    Py_DECREF(pt);
+    Py_XDECREF(packet_pt);
+    if (same <= 0)
+        return same;
+    if (now == NULL) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((now = PyFloat_FromDouble((double)t.tv_sec + t.tv_nsec * 1e-9)) == NULL)
+            return -1;
+    }
+    else
+        Py_INCREF(now);
+    Py_INCREF(stream);
+    Fan f = {0};
+    int r = fan_head(&f, plain, &h) ? receive_plain(stream, &f, now) : 0;
+    if (r == 0) {
+        PyObject *pkt = fan_pkt(&f);
+        PyObject *res = pkt == NULL ? NULL : call_method(stream, name_on_rtp, pkt, now, NULL);
+        r = res == NULL ? -1 : 1;
+        Py_XDECREF(res);
+    }
+    fan_release(&f);
+    Py_DECREF(stream);
+    Py_DECREF(now);
+    return r < 0 ? -1 : 1;
+}
+
 /* A plain RTP packet: 0 taken, -1 error. */
 static int
 receiver_route(Receiver *self, PyObject *plain)
 {
     if (self->streams != NULL && configured && packet_type != NULL &&
         PyBytes_CheckExact(plain)) {
-        PyObject *pkt = parse_rtp(NULL, plain);
-        if (pkt == NULL)
-            return -1;
-        if (pkt != Py_None) {
-            PyObject *ssrc = *(PyObject **)((char *)pkt + slot_offset[S_SSRC]);
-            PyObject *stream = PyDict_GetItemWithError(self->streams, ssrc); /* borrowed */
-            int taken = -1;
-            if (stream == NULL && PyErr_Occurred())
-                goto out;
-            taken = 0;
-            if (stream != NULL && IS(stream, K_STREAM) &&
-                IS(FIELD(stream, R_PRODUCER), K_PRODUCER)) {
-                PyObject *codec = FIELD(FIELD(stream, R_PRODUCER), R_CODEC);
-                PyObject *pt = codec ? codec_attr(codec, C_PT, name_payload_type) : NULL;
-                if (pt == NULL) {
-                    if (codec == NULL)
-                        PyErr_SetString(PyExc_AttributeError, "codec");
-                    taken = -1;
-                    goto out;
-                }
-                int same = same_value(pt, *(PyObject **)((char *)pkt + slot_offset[S_PT]));
-                Py_DECREF(pt);
-                if (same < 0) {
-                    taken = -1;
-                    goto out;
-                }
-                if (same) {
-                    struct timespec t;
-                    clock_gettime(CLOCK_MONOTONIC, &t);
-                    PyObject *now = PyFloat_FromDouble((double)t.tv_sec + t.tv_nsec * 1e-9);
-                    if (now == NULL) {
-                        taken = -1;
-                        goto out;
-                    }
-                    Py_INCREF(stream);
-                    int r = receive_plain(stream, pkt, now);
-                    if (r == 0) {
-                        PyObject *res = call_method(stream, name_on_rtp, pkt, now, NULL);
-                        r = res == NULL ? -1 : 1;
-                        Py_XDECREF(res);
-                    }
-                    Py_DECREF(stream);
-                    Py_DECREF(now);
-                    taken = r < 0 ? -1 : 1;
-                }
-            }
-        out:
-            Py_DECREF(pkt);
-            if (taken != 0)
-                return taken < 0 ? -1 : 0;
-        }
-        else
-            Py_DECREF(pkt);
+        int taken = route_known(self->streams, plain, NULL);
+        if (taken != 0)
+            return taken < 0 ? -1 : 0;
     }
     PyObject *zero = PyLong_FromLong(0);
     if (zero == NULL)
@@ -2321,6 +2487,27 @@ receiver_handle(Receiver *self, PyObject *data, PyObject *addr,
     if (rc < 0 && receiver_failed(self) < 0)
         return NULL;
     Py_RETURN_NONE;
+}
+
+/* route(streams, plain, now): what a Receiver with ``streams`` does with an unprotected
+ * RTP packet, at the time ``now``: True if a known stream took it (the rest goes to the
+ * Receiver's on_rtp; here, to the caller). */
+static PyObject *
+route(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyDict_CheckExact(args[0]) || !PyBytes_CheckExact(args[1]) ||
+        !PyFloat_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "route(streams: dict, plain: bytes, now: float)");
+        return NULL;
+    }
+    if (!configured || packet_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() was not called");
+        return NULL;
+    }
+    int r = route_known(args[0], args[1], args[2]);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
 }
 
 static PyObject *
@@ -2599,6 +2786,8 @@ static PyMethodDef module_methods[] = {
      "packet path."},
     {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
      "receive(stream, pkt, now): RecvStream.on_rtp, the common case in C."},
+    {"route", (PyCFunction)(void (*)(void))route, METH_FASTCALL,
+     "route(streams, plain, now) -> bool: a Receiver's path for a known stream's packet."},
     {"fanout", (PyCFunction)(void (*)(void))fanout, METH_FASTCALL,
      "fanout(consumers, stream, pkt, ext_seq, ext_ts, keyframe, now): "
      "Consumer.forward for each consumer, the plain ones in C."},

@@ -30,6 +30,7 @@ configure: Any
 Receiver: Any
 Reader: Any
 History: Any
+route: Any
 try:
     from mediaserver.sfu._fastpath import (
         ERR_SOCKET,
@@ -41,9 +42,10 @@ try:
         configure,
         fanout,
         receive,
+        route,
     )
 except ImportError:  # built without a C compiler
-    Output = Input = fanout = receive = configure = Receiver = Reader = History = None
+    Output = Input = fanout = receive = configure = Receiver = Reader = History = route = None
     ERR_SOCKET = -2
 
 AVAILABLE = Output is not None

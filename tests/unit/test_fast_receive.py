@@ -111,7 +111,10 @@ def _script(seed: int, kind: str, codec_name: str, steps: int) -> list[tuple[Any
     return out
 
 
-def _apply(step: tuple[Any, ...], g: Graph, use_c: bool) -> None:
+def _apply(step: tuple[Any, ...], g: Graph, use_c: bool | str) -> None:
+    """One step; a packet through RecvStream.on_rtp (use_c False), fastsend.receive on its
+    packet object (True), or the Receiver's path from the bytes ("bytes": fastsend.route,
+    no packet object unless a Python path needs one)."""
     op, now = step[0], step[1]
     producer = g.producer
     if op == "pause":
@@ -123,7 +126,9 @@ def _apply(step: tuple[Any, ...], g: Graph, use_c: bool) -> None:
     else:
         pkt = media_packet(producer, *step[2:])
         stream = producer.streams[0]
-        if use_c:
+        if use_c == "bytes":
+            assert fastsend.route({77: stream}, bytes(pkt.data), now) is True
+        elif use_c:
             fastsend.receive(stream, pkt, now)
         else:
             stream.on_rtp(pkt, now)
@@ -139,15 +144,16 @@ def _graph(kind: str, codec: Any) -> Graph:
 @pytest.mark.parametrize(("kind", "codec"), [("audio", OPUS), ("video", VP8),
                                              ("video", H264)])
 @pytest.mark.parametrize("seed", range(4))
-def test_receive_leaves_everything_as_python_does(kind, codec, seed, monkeypatch) -> None:
+@pytest.mark.parametrize("entry", [True, "bytes"])
+def test_receive_leaves_everything_as_python_does(kind, codec, seed, entry, monkeypatch) -> None:
     c_graph, py_graph = _graph(kind, codec), _graph(kind, codec)
     tally_in, tally_out = metrics.rtp_tally("in", kind), metrics.rtp_tally("out", kind)
     try:
         for i, step in enumerate(_script(seed, kind, codec.name, 500)):
             moved = []
-            for g, use_c in ((c_graph, True), (py_graph, False)):
+            for g, use_c in ((c_graph, entry), (py_graph, False)):
                 before = (tally_in.packets, tally_in.bytes, tally_out.packets, tally_out.bytes)
-                monkeypatch.setattr(fastsend, "AVAILABLE", use_c)
+                monkeypatch.setattr(fastsend, "AVAILABLE", bool(use_c))
                 _apply(step, g, use_c)
                 after = (tally_in.packets, tally_in.bytes, tally_out.packets, tally_out.bytes)
                 moved.append(tuple(b - a for a, b in zip(before, after, strict=True)))
@@ -229,10 +235,12 @@ def test_receive_refuses_bad_arguments() -> None:
         fastsend.receive(None, None)
 
 
-def test_no_memory_grows_per_packet() -> None:
+@pytest.mark.parametrize("entry", ["object", "bytes"])
+def test_no_memory_grows_per_packet(entry: str) -> None:
     """Once the caches and histories are full, thousands more packets through the C path
-    (receive, fan-out, sends, NACK gaps, a budget) leave the Python heap where it was: no
-    reference leaked per packet."""
+    (receive, fan-out, sends, NACK gaps, a budget; from a packet object, or from the bytes
+    as a Receiver takes them, a packet object made only for keyframes' Python) leave the
+    Python heap where it was: no reference leaked per packet."""
     import tracemalloc
 
     g = _graph("video", VP8)
@@ -246,7 +254,10 @@ def test_no_memory_grows_per_packet() -> None:
             pkt = media_packet(g.producer, seq & 0xFFFF, (seq * 3000) & 0xFFFFFFFF,
                                seq % 3 == 0, VP8_KEY if seq % 500 == 1 else VP8_DELTA + bytes(300),
                                None)
-            fastsend.receive(stream, pkt, 1.0 + seq * 0.001)
+            if entry == "bytes":
+                assert fastsend.route({77: stream}, bytes(pkt.data), 1.0 + seq * 0.001)
+            else:
+                fastsend.receive(stream, pkt, 1.0 + seq * 0.001)
         for sub in g.subscribers:
             sub.received()  # drain the sockets...
             sub.built.clear()  # ... and what the test itself keeps
