@@ -1118,6 +1118,24 @@ hist_tuple(const HistEntry *h)
 }
 
 static PyObject *
+hist_resent(const HistEntry *h)
+{
+    return PyFloat_FromDouble(h->resent);
+}
+
+/* A packet sent: its record in the slot, not resent since. */
+static inline void
+hist_put(HistEntry *h, unsigned seq, long long ext_seq, unsigned long ts, int spatial)
+{
+    h->seq = (unsigned short)seq;
+    h->ext_seq = ext_seq;
+    h->ts = (unsigned int)ts;
+    h->spatial = spatial;
+    h->set = 1;
+    h->resent = -INFINITY;
+}
+
+static PyObject *
 History_get(History *self, PyObject *arg)
 {
     Py_ssize_t i = history_slot(self, arg);
@@ -1145,13 +1163,7 @@ History_put(History *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "seq, timestamp or layer out of range");
         return NULL;
     }
-    HistEntry *h = &self->e[i];
-    h->seq = (unsigned short)seq;
-    h->ext_seq = ext_seq;
-    h->ts = (unsigned int)ts;
-    h->spatial = (int)spatial;
-    h->set = 1;
-    h->resent = -INFINITY;
+    hist_put(&self->e[i], (unsigned)seq, ext_seq, (unsigned long)ts, (int)spatial);
     Py_RETURN_NONE;
 }
 
@@ -1159,7 +1171,7 @@ static PyObject *
 History_resent_at(History *self, PyObject *arg)
 {
     Py_ssize_t i = history_slot(self, arg);
-    return i < 0 ? NULL : PyFloat_FromDouble(self->e[i].resent);
+    return i < 0 ? NULL : hist_resent(&self->e[i]);
 }
 
 static PyObject *
@@ -1187,12 +1199,13 @@ History_clear(History *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* [item(record) for every slot] */
 static PyObject *
-History_entries(History *self, PyObject *Py_UNUSED(ignored))
+history_list(History *self, PyObject *(*item)(const HistEntry *))
 {
     PyObject *out = PyList_New(self->size);
     for (Py_ssize_t i = 0; out != NULL && i < self->size; i++) {
-        PyObject *t = hist_tuple(&self->e[i]);
+        PyObject *t = item(&self->e[i]);
         if (t == NULL)
             Py_CLEAR(out);
         else
@@ -1202,17 +1215,15 @@ History_entries(History *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+History_entries(History *self, PyObject *Py_UNUSED(ignored))
+{
+    return history_list(self, hist_tuple);
+}
+
+static PyObject *
 History_resents(History *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *out = PyList_New(self->size);
-    for (Py_ssize_t i = 0; out != NULL && i < self->size; i++) {
-        PyObject *t = PyFloat_FromDouble(self->e[i].resent);
-        if (t == NULL)
-            Py_CLEAR(out);
-        else
-            PyList_SET_ITEM(out, i, t);
-    }
-    return out;
+    return history_list(self, hist_resent);
 }
 
 static Py_ssize_t
@@ -1337,8 +1348,9 @@ field_set_ll(PyObject *obj, int a, long long value)
  * (fan_packet), or from a header parsed in C (fan_head: ``pkt`` NULL until a Python path
  * needs the object, which fan_pkt then makes from ``data``, owned here). */
 typedef struct {
-    PyObject *pkt, *stream, *data, *extensions, *ext_seq_obj, *now, *spatial;
+    PyObject *pkt, *stream, *data, *extensions, *now;
     int marker, own_pkt, has_head;
+    int spatial, spatial_ok; /* the stream's layer, read once by fan_out */
     long pt;
     Py_ssize_t start, end;
     long long seq, ts, ext_seq, ext_ts;
@@ -1474,13 +1486,9 @@ forward_plain(PyObject *c, Fan *f)
     PyObject *history = FIELD(c, A_HISTORY);
     PyObject *stats = FIELD(c, A_STATS), *tally = FIELD(c, A_TALLY);
     long long packets_sent, octets_sent, frames_sent, packets, bytes;
-    long spatial = 0;
-    int overflow = 1;
-    if (f->spatial != NULL && PyLong_CheckExact(f->spatial))
-        spatial = PyLong_AsLongAndOverflow(f->spatial, &overflow);
     if (history == NULL || !Py_IS_TYPE(history, &HistoryType) ||
-        ((History *)history)->size <= history_mask || overflow || spatial < INT_MIN ||
-        spatial > INT_MAX || !IS(stats, K_SEND_STATS) ||
+        ((History *)history)->size <= history_mask || !f->spatial_ok ||
+        !IS(stats, K_SEND_STATS) ||
         !IS(tally, K_TALLY) || !field_ll(stats, A_PACKETS_SENT, &packets_sent) ||
         !field_ll(stats, A_OCTETS_SENT, &octets_sent) ||
         !field_ll(stats, A_FRAMES_SENT, &frames_sent) || !field_ll(tally, T_PACKETS, &packets) ||
@@ -1495,13 +1503,8 @@ forward_plain(PyObject *c, Fan *f)
         (out_seq > last_seq &&
          (field_set_ll(rw, A_LAST_SEQ, out_seq) < 0 || field_set_ll(rw, A_LAST_TS, out_ts) < 0)))
         return -1;
-    HistEntry *h = &((History *)history)->e[seq16 & (unsigned long)history_mask];
-    h->seq = (unsigned short)seq16;
-    h->ext_seq = f->ext_seq;
-    h->ts = (unsigned int)ts32;
-    h->spatial = (int)spatial;
-    h->set = 1;
-    h->resent = -INFINITY;
+    hist_put(&((History *)history)->e[seq16 & (unsigned long)history_mask], (unsigned)seq16,
+             f->ext_seq, ts32, f->spatial);
 
     long sent = output_rtp(out, f->marker, (unsigned long)pt, seq16, ts32,
                            (unsigned long)ssrc, (unsigned long)level_id,
@@ -1554,6 +1557,27 @@ fan_packet(Fan *f, PyObject *pkt)
     return 0 <= f->start && f->start < f->end && f->end <= PyBytes_GET_SIZE(f->data);
 }
 
+/* A packet object's payload type, sequence number and timestamp into f (fan_head reads
+ * them from the header): 0 when they are not plain ints (the Python path's). */
+static int
+fan_numbers(Fan *f)
+{
+    PyObject *pt = *(PyObject **)((char *)f->pkt + slot_offset[S_PT]);
+    PyObject *seq = *(PyObject **)((char *)f->pkt + slot_offset[S_SEQ]);
+    PyObject *ts = *(PyObject **)((char *)f->pkt + slot_offset[S_TS]);
+    if (pt == NULL || seq == NULL || ts == NULL || !PyLong_CheckExact(pt) ||
+        !PyLong_CheckExact(seq) || !PyLong_CheckExact(ts))
+        return 0;
+    f->pt = PyLong_AsLong(pt);
+    f->seq = PyLong_AsLongLong(seq);
+    f->ts = PyLong_AsLongLong(ts);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
 /* The same from a header parse_head read of ``data`` (bytes): 0 when the packet is not
  * plain (padding only: Python's). */
 static int
@@ -1584,13 +1608,18 @@ fan_out(PyObject *consumers, Fan *f, int plain, PyObject *const *pyargs)
 {
     PyObject *ext_ts = pyargs[3];
     int own_ts = 0, rc = 0;
-    f->spatial = NULL;
+    f->spatial_ok = 0; /* a layer that is not a C int: every copy Python's */
     if (plain) {
-        f->spatial = IS(f->stream, K_STREAM) ? FIELD(f->stream, R_SPATIAL) : NULL;
-        if (f->spatial != NULL)
-            Py_INCREF(f->spatial);
-        else if ((f->spatial = PyObject_GetAttr(f->stream, name_spatial)) == NULL)
+        PyObject *spatial = IS(f->stream, K_STREAM) ? FIELD(f->stream, R_SPATIAL) : NULL;
+        if (spatial != NULL)
+            Py_INCREF(spatial);
+        else if ((spatial = PyObject_GetAttr(f->stream, name_spatial)) == NULL)
             return -1;
+        int overflow = 1;
+        long value = PyLong_CheckExact(spatial) ? PyLong_AsLongAndOverflow(spatial, &overflow) : 0;
+        Py_DECREF(spatial);
+        f->spatial_ok = !overflow && value >= INT_MIN && value <= INT_MAX;
+        f->spatial = (int)value;
     }
     /* Index by index, as Python's for loop over a list that a consumer may change. */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(consumers) && rc == 0; i++) {
@@ -1599,24 +1628,23 @@ fan_out(PyObject *consumers, Fan *f, int plain, PyObject *const *pyargs)
         int r = plain ? forward_plain(c, f) : 0;
         if (r == 0 && ext_ts == NULL && (ext_ts = PyLong_FromLongLong(f->ext_ts)) != NULL)
             own_ts = 1;
-        PyObject *pkt = r == 0 && ext_ts != NULL ? (pyargs[1] ? pyargs[1] : fan_pkt(f)) : NULL;
-        if (pkt != NULL) {
-            PyObject *res = PyObject_VectorcallMethod(
-                name_forward, (PyObject *[]){c, pyargs[0], pkt, pyargs[2], ext_ts,
-                                             pyargs[4], pyargs[5]},
-                7, NULL);
+        if (r == 0 && ext_ts != NULL) {
+            PyObject *pkt = pyargs[1] ? pyargs[1] : fan_pkt(f); /* made once, if needed */
+            PyObject *res = pkt == NULL ? NULL
+                                        : PyObject_VectorcallMethod(
+                                              name_forward,
+                                              (PyObject *[]){c, pyargs[0], pkt, pyargs[2],
+                                                             ext_ts, pyargs[4], pyargs[5]},
+                                              7, NULL);
             r = res == NULL ? -1 : 1;
             Py_XDECREF(res);
         }
-        else if (r == 0 && ext_ts != NULL)
-            r = -1; /* the packet object could not be made */
         Py_DECREF(c);
         if (r <= 0)
             rc = -1; /* an error (r == 0 here: the int could not be made) */
     }
     if (own_ts)
         Py_DECREF(ext_ts);
-    Py_CLEAR(f->spatial);
     return rc;
 }
 
@@ -1638,7 +1666,6 @@ fanout(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Fan f = {0};
     f.stream = args[1];
-    f.ext_seq_obj = args[3];
     f.now = args[6];
     f.ext_seq = PyLong_AsLongLong(args[3]);
     if (f.ext_seq == -1 && PyErr_Occurred())
@@ -1768,11 +1795,17 @@ codec_attr(PyObject *codec, int a, PyObject *name)
     return PyObject_GetAttr(codec, name);
 }
 
-/* a == b for a payload type: the same object (small ints are shared) or equal. */
-static inline int
-same_value(PyObject *a, PyObject *b)
+/* v == pt, as Python compares them, for a packet's payload type pt (0..127: a small int
+ * CPython shares, so nothing is made): 1, 0, or -1 with an exception. */
+static int
+pt_is(PyObject *v, long pt)
 {
-    return a == b ? 1 : PyObject_RichCompareBool(a, b, Py_EQ);
+    PyObject *p = PyLong_FromLong(pt);
+    if (p == NULL)
+        return -1;
+    int same = v == p ? 1 : PyObject_RichCompareBool(v, p, Py_EQ);
+    Py_DECREF(p);
+    return same;
 }
 
 /* producer._vp8_keyframe on a VP8 payload (descriptor first, RFC 7741) of n > 0 bytes
@@ -1832,13 +1865,12 @@ observe_level(PyObject *speakers, PyObject *who, long level)
     return 1;
 }
 
-/* The packet ``fp`` holds (fan_packet's or fan_head's, plain), of ``stream``: 1 taken
- * whole; 0 not plain, nothing changed (RecvStream.on_rtp's); -1 error. A packet object
- * fp needed made is left in fp (fan_release). */
+/* The packet ``f`` holds (fan_packet's with fan_numbers, or fan_head's; plain), of
+ * ``stream``: 1 taken whole; 0 not plain, nothing changed (RecvStream.on_rtp's); -1 error.
+ * A packet object made on the way is left in f (fan_release). */
 static int
-receive_plain(PyObject *stream, Fan *fp, PyObject *nowobj)
+receive_plain(PyObject *stream, Fan *f, PyObject *nowobj)
 {
-    Fan *f = fp;
     if (!configured || packet_type == NULL || !IS(stream, K_STREAM) || !is_float(nowobj))
         return 0;
     double now = PyFloat_AS_DOUBLE(nowobj);
@@ -1860,31 +1892,10 @@ receive_plain(PyObject *stream, Fan *fp, PyObject *nowobj)
     PyObject *red = codec_attr(codec, C_RED_PT, name_red_pt);
     if (red == NULL)
         return -1;
-    if (!f->has_head) { /* a packet object's numbers: plain ints, or Python's */
-        PyObject *pkt = f->pkt, *pt_o = *(PyObject **)((char *)pkt + slot_offset[S_PT]);
-        PyObject *seq_o = *(PyObject **)((char *)pkt + slot_offset[S_SEQ]);
-        PyObject *ts_o = *(PyObject **)((char *)pkt + slot_offset[S_TS]);
-        if (pt_o == NULL || seq_o == NULL || ts_o == NULL || !PyLong_CheckExact(pt_o) ||
-            !PyLong_CheckExact(seq_o) || !PyLong_CheckExact(ts_o)) {
-            Py_DECREF(red);
-            return 0;
-        }
-        f->pt = PyLong_AsLong(pt_o);
-        f->seq = PyLong_AsLongLong(seq_o);
-        f->ts = PyLong_AsLongLong(ts_o);
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            Py_DECREF(red);
-            return 0;
-        }
-    }
-    int overflow = 0;
-    int is_red = red != Py_None &&
-                 (!PyLong_CheckExact(red) || PyLong_AsLongAndOverflow(red, &overflow) == f->pt ||
-                  overflow);
+    int is_red = red != Py_None && pt_is(red, f->pt) != 0;
     Py_DECREF(red);
     if (is_red)
-        return 0;
+        return PyErr_Occurred() ? -1 : 0;
 
     /* The byte budget (TokenBucket.take): worked out first, applied below. */
     Py_ssize_t size = PyBytes_GET_SIZE(f->data);
@@ -2010,11 +2021,10 @@ receive_plain(PyObject *stream, Fan *fp, PyObject *nowobj)
              call_void(stream, name_close_window, nowobj, NULL, NULL) < 0)
         goto release;
     if (level >= 0) {
-        long lvl = level;
         PyObject *who = FIELD(producer, R_PARTICIPANT);
-        int rc = observe_level(speakers, who, lvl);
+        int rc = observe_level(speakers, who, level);
         if (rc == 0) {
-            PyObject *v = PyLong_FromLong(lvl);
+            PyObject *v = PyLong_FromLong(level);
             if (v == NULL)
                 goto release;
             rc = who == NULL ? -1 : call_void(speakers, name_observe, who, v, NULL);
@@ -2071,7 +2081,6 @@ receive_plain(PyObject *stream, Fan *fp, PyObject *nowobj)
     f->stream = stream;
     f->ext_seq = ext_seq;
     f->ext_ts = ext_ts;
-    f->ext_seq_obj = ext_seq_obj;
     f->now = nowobj;
     f->ast24 = ast24_at(now);
     PyObject *pyargs[6] = {stream, f->pkt, ext_seq_obj, NULL, keyframe ? Py_True : Py_False,
@@ -2140,7 +2149,7 @@ receive(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Fan f = {0};
-    int r = configured && packet_type != NULL && fan_packet(&f, args[1])
+    int r = configured && packet_type != NULL && fan_packet(&f, args[1]) && fan_numbers(&f)
                 ? receive_plain(args[0], &f, args[2])
                 : 0;
     if (r < 0)
@@ -2318,10 +2327,8 @@ route_known(PyObject *streams, PyObject *plain, PyObject *now)
             PyErr_SetString(PyExc_AttributeError, "codec");
         return -1;
     }
-    PyObject *packet_pt = PyLong_FromLong(h.pt); /* a small int: shared, not made */
-    int same = packet_pt == NULL ? -1 : same_value(pt, packet_pt);
+    int same = pt_is(pt, h.pt);
     Py_DECREF(pt);
-    Py_XDECREF(packet_pt);
     if (same <= 0)
         return same;
     if (now == NULL) {

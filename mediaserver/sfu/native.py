@@ -6,9 +6,9 @@ each move makes a new int and frees the old one, and each read follows a pointer
 declares: with the extension the base holds the fields in C (``_fastpath.native_base``:
 Python reads and writes them as ints, 0 until set; anything but an int that fits 64 bits
 is refused with TypeError or OverflowError, and leaves the field -1, as CPython's member
-setter does) and the
-subclass declares none of them; without it the base is ``object`` and the fields are
-ordinary slots. The C packet path finds either kind at configure time.
+setter does) and the subclass declares none of them; without it the base is ``object``
+and the fields are ordinary slots. The C packet path finds either kind at configure
+time.
 """
 
 from __future__ import annotations

@@ -593,13 +593,13 @@ def _keyframe_checker(codec_name: str) -> Callable[[RecvStream, RtpPacket], bool
     return _no_keyframes
 
 
+# The classes (by name) and rules the C packet path (fastsend.receive and fanout) works
+# with: here, where both ends are known.
+FAST_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (
+    Consumer, DownstreamContext, OutputRewriter, SendStats, metrics.RtpTally, RecvStream,
+    Producer, Unwrapper, ReceiveStats, NackTracker, KeyframeRequester, TokenBucket, CodecInfo,
+    SpeakerDetector, SpeakerStream)}
+FAST_RULES = (NEVER, OutputRewriter.REORDER_WINDOW, HISTORY_MASK, fastsend.count_failure,
+              CACHE_MASK, RATE_WINDOW, _vp8_keyframe, ACTIVE_DBOV)
 if fastsend.AVAILABLE:
-    # The classes and rules the C packet path (fastsend.receive and fanout) works with:
-    # here, where both ends are known.
-    fastsend.configure(
-        {cls.__name__: cls for cls in (
-            Consumer, DownstreamContext, OutputRewriter, SendStats, metrics.RtpTally,
-            RecvStream, Producer, Unwrapper, ReceiveStats, NackTracker, KeyframeRequester,
-            TokenBucket, CodecInfo, SpeakerDetector)} | {"_Stream": SpeakerStream},
-        NEVER, OutputRewriter.REORDER_WINDOW, HISTORY_MASK, fastsend.count_failure,
-        CACHE_MASK, RATE_WINDOW, _vp8_keyframe, ACTIVE_DBOV)
+    fastsend.configure(FAST_CLASSES, *FAST_RULES)

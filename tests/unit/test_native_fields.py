@@ -13,7 +13,7 @@ from mediaserver import metrics
 from mediaserver.quality.rtpstats import ReceiveStats, SendStats
 from mediaserver.sfu import _fastpath, fastsend, native
 from mediaserver.sfu.consumer import NEVER, Consumer, DownstreamContext, OutputRewriter
-from mediaserver.sfu.producer import CodecInfo, Producer, RecvStream
+from mediaserver.sfu.producer import FAST_CLASSES, FAST_RULES, CodecInfo, Producer, RecvStream
 from mediaserver.sfu.seqnum import Unwrapper
 
 if not fastsend.AVAILABLE:  # pragma: no cover - .ci/run installs a compiler
@@ -102,18 +102,9 @@ def test_a_consumer_starts_with_zeroed_counters_and_an_empty_history() -> None:
 def test_configure_refuses_a_native_field_read_as_an_object() -> None:
     """A field the C code reads as an object (here a consumer's stream) must stay a slot."""
     base, _ = native.int_fields("StreamAsInt", "stream")
-    from mediaserver.sfu import producer as producer_module
-
-    classes = {cls.__name__: cls for cls in (
-        Consumer, DownstreamContext, OutputRewriter, SendStats, metrics.RtpTally, RecvStream,
-        Producer, Unwrapper, ReceiveStats, producer_module.NackTracker,
-        producer_module.KeyframeRequester, producer_module.TokenBucket, CodecInfo,
-        producer_module.SpeakerDetector)} | {"_Stream": producer_module.SpeakerStream}
 
     class BadConsumer(base):  # type: ignore[misc,valid-type]
         __slots__ = tuple(n for n in Consumer.__slots__ if n != "stream")
 
-    classes["Consumer"] = BadConsumer
     with pytest.raises(TypeError, match="stream"):
-        _fastpath.configure(classes, NEVER, 3000, 1023, fastsend.count_failure, 1023, 1.0,
-                            producer_module._vp8_keyframe, 50)
+        _fastpath.configure(FAST_CLASSES | {"Consumer": BadConsumer}, *FAST_RULES)
