@@ -874,18 +874,17 @@ static PyObject *count_failure_fn = NULL; /* fastsend.count_failure */
 static long long reorder_window = 3000;   /* OutputRewriter.REORDER_WINDOW */
 static Py_ssize_t history_mask = 1023;    /* consumer.HISTORY_MASK */
 static Py_ssize_t cache_mask = 1023;      /* producer.CACHE_MASK */
-static double rate_window = 1.0;          /* producer.RATE_WINDOW */
 static PyObject *vp8_check = NULL;        /* producer._vp8_keyframe */
 static long active_dbov = 50;             /* speakers.ACTIVE_DBOV */
 
 /* Names of what is called or looked up by name (rare branches, foreign objects). */
-static PyObject *name_spatial, *name_forward, *name_on_rtp, *name_close_window,
+static PyObject *name_spatial, *name_forward, *name_on_rtp,
     *name_keyframe_arrived, *name_keyframe_due, *name_observe, *name_on_packet,
     *name_nack_upstream, *name_take_keyframe, *name_request_keyframe, *name_red_pt,
     *name_payload_type;
 
 /* configure(classes, never, reorder_window, history_mask, count_failure, cache_mask,
- *           rate_window, vp8_check, active_dbov): ``classes`` maps each of CLASS_NAMES to
+ *           vp8_check, active_dbov): ``classes`` maps each of CLASS_NAMES to
  * its class. */
 static PyObject *
 configure(PyObject *module, PyObject *args)
@@ -893,16 +892,15 @@ configure(PyObject *module, PyObject *args)
     PyObject *classes, *never, *count_failure, *check, *cls[N_CLASSES];
     long long window;
     Py_ssize_t hmask, cmask, offsets[N_FIELDS];
-    double rwindow;
     long dbov;
-    if (!PyArg_ParseTuple(args, "O!OLnOndOl:configure", &PyDict_Type, &classes, &never,
-                          &window, &hmask, &count_failure, &cmask, &rwindow, &check, &dbov))
+    if (!PyArg_ParseTuple(args, "O!OLnOnOl:configure", &PyDict_Type, &classes, &never,
+                          &window, &hmask, &count_failure, &cmask, &check, &dbov))
         return NULL;
     if (hmask < 0 || (hmask & (hmask + 1)) != 0 || cmask < 0 || (cmask & (cmask + 1)) != 0 ||
-        window < 0 || !(rwindow > 0) || dbov < 1 || dbov > 127 || !PyFloat_Check(never) ||
+        window < 0 || dbov < 1 || dbov > 127 || !PyFloat_Check(never) ||
         PyFloat_AS_DOUBLE(never) != -INFINITY) {
         PyErr_SetString(PyExc_ValueError,
-                        "masks must be 2**k - 1, the reorder window >= 0, the rate window > 0, "
+                        "masks must be 2**k - 1, the reorder window >= 0, "
                         "the speech level 1..127, never -inf (as History keeps it)");
         return NULL;
     }
@@ -928,7 +926,7 @@ configure(PyObject *module, PyObject *args)
         const char *name;
     } names[] = {
         {&name_spatial, "spatial"}, {&name_forward, "forward"}, {&name_on_rtp, "on_rtp"},
-        {&name_close_window, "_close_window"}, {&name_keyframe_arrived, "_keyframe_arrived"},
+        {&name_keyframe_arrived, "_keyframe_arrived"},
         {&name_keyframe_due, "_keyframe_due"}, {&name_observe, "observe"},
         {&name_on_packet, "on_packet"}, {&name_nack_upstream, "_nack_upstream"},
         {&name_take_keyframe, "take_keyframe_request"},
@@ -952,7 +950,6 @@ configure(PyObject *module, PyObject *args)
     reorder_window = window;
     history_mask = hmask;
     cache_mask = cmask;
-    rate_window = rwindow;
     active_dbov = dbov;
     configured = 1;
     Py_RETURN_NONE;
@@ -2013,13 +2010,10 @@ receive_plain(PyObject *stream, Fan *f, PyObject *nowobj)
     field_put(stream, R_LAST_PACKET, nowobj);
     if (field_add(stream, R_WBYTES, size) < 0 || field_add(stream, R_WPACKETS, 1) < 0)
         goto release;
-    if (wstart == Py_None) {
+    if (wstart == Py_None) { /* closed by RecvStream.measure(), on the control task */
         Py_INCREF(nowobj);
         field_put(stream, R_WSTART, nowobj);
     }
-    else if (now - PyFloat_AS_DOUBLE(wstart) >= rate_window &&
-             call_void(stream, name_close_window, nowobj, NULL, NULL) < 0)
-        goto release;
     if (level >= 0) {
         PyObject *who = FIELD(producer, R_PARTICIPANT);
         int rc = observe_level(speakers, who, level);
@@ -2789,7 +2783,7 @@ static PyMethodDef module_methods[] = {
      "parse_rtp(data) -> RtpPacket | None, as mediaserver.sfu.rtp's Python parser."},
     {"configure", (PyCFunction)configure, METH_VARARGS,
      "configure(classes, never, reorder_window, history_mask, count_failure, cache_mask, "
-     "rate_window, vp8_check, active_dbov): the classes (by name) and constants of the "
+     "vp8_check, active_dbov): the classes (by name) and constants of the "
      "packet path."},
     {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
      "receive(stream, pkt, now): RecvStream.on_rtp, the common case in C."},

@@ -163,11 +163,8 @@ class RecvStream(_StreamInts):
         self.last_packet_at = now
         self._window_bytes += size
         self._window_packets += 1
-        start = self._window_start
-        if start is None:
-            self._window_start = now
-        elif now - start >= RATE_WINDOW:
-            self._close_window(now)
+        if self._window_start is None:
+            self._window_start = now  # closed by measure(), on the control task's step
         speakers = producer.speakers
         if speakers is not None and not producer.muted and producer.audio_level_id:
             level = pkt.extensions.get(producer.audio_level_id)
@@ -201,7 +198,8 @@ class RecvStream(_StreamInts):
                 consumer.rewriter.skip(ext_seq)
 
     def _close_window(self, now: float) -> None:
-        elapsed = now - (self._window_start or now)
+        start = self._window_start
+        elapsed = 0.0 if start is None else now - start
         if elapsed > 0:
             self.bitrate = int(self._window_bytes * 8 / elapsed)
             # Peak of the last few windows: a keyframe landing in one window must not make
@@ -220,8 +218,15 @@ class RecvStream(_StreamInts):
         self._window_frames = 0
 
     def measure(self, now: float) -> None:
-        """Age the measurements of a layer that stopped arriving (called by the control task)."""
+        """Close the rate window once RATE_WINDOW has passed, and age the measurements of a
+        layer that stopped arriving. Called by the room's control task before each
+        adaptation step (every 0.5 s), for every stream of the room one after the other:
+        closed from the packet path, each window was a Python call of its own between two
+        packets, run cold (a 1:1 call closed four a second, at ~67 us each)."""
         last = self.last_packet_at
+        start = self._window_start
+        if start is not None and now - start >= RATE_WINDOW:
+            self._close_window(now)
         if last is None or now - last > 2 * RATE_WINDOW:
             self.bitrate = self.wire_bitrate = 0
             self._recent.clear()
@@ -600,6 +605,6 @@ FAST_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (
     Producer, Unwrapper, ReceiveStats, NackTracker, KeyframeRequester, TokenBucket, CodecInfo,
     SpeakerDetector, SpeakerStream)}
 FAST_RULES = (NEVER, OutputRewriter.REORDER_WINDOW, HISTORY_MASK, fastsend.count_failure,
-              CACHE_MASK, RATE_WINDOW, _vp8_keyframe, ACTIVE_DBOV)
+              CACHE_MASK, _vp8_keyframe, ACTIVE_DBOV)
 if fastsend.AVAILABLE:
     fastsend.configure(FAST_CLASSES, *FAST_RULES)

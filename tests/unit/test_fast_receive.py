@@ -4,7 +4,7 @@ RecvStream.on_rtp would.
 Two identical graphs (tests/fastgraph.py) take the same random script: packets in order,
 lost (NACKs upstream), reordered, duplicated, far too old, padding-only, over the
 publisher's byte budget, keyframes and not, audio levels (a speaker detector listening),
-time jumps that close rate windows and make NACK retries due, keyframe requests merged
+time jumps that make NACK retries due, keyframe requests merged
 and due, consumers paused and resumed. One graph takes each packet through
 ``fastsend.receive``, the other through ``RecvStream.on_rtp`` with the Python fan-out. After
 every step the whole producer (its stream, unwrappers, statistics, cache, NACK and keyframe
