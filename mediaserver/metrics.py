@@ -364,6 +364,11 @@ LIMITED = Counter(
     registry=REGISTRY,
 )
 LIMIT = {reason: LIMITED.labels(limit=reason) for reason in LIMIT_REASONS}
+CONSENT_EXPIRED = Counter(
+    "mediaserver_ice_consent_expired_total",
+    "ICE connections closed because the peer's consent checks stopped (RFC 7675)",
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("mediaserver", "Version of the running server", registry=REGISTRY)
 
 # -- cluster (docs/cluster.md) -----------------------------------------------------------

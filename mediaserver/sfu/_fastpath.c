@@ -2183,6 +2183,12 @@ typedef struct {
         *streams;
     long every, countdown;
     int fd, stamping;
+    /* The peer's consent checks, answered here (answer_checks): USERNAME expected, our ICE
+     * password, the nominated pair's remote address, our ICE role; checks answered. */
+    PyObject *ice_user, *ice_key;
+    struct sockaddr_storage ice_peer;
+    int ice_controlling;
+    long long checks;
 } Receiver;
 
 static int
@@ -2212,6 +2218,8 @@ Receiver_clear(Receiver *self)
     Py_CLEAR(self->srtp_error);
     Py_CLEAR(self->failed);
     Py_CLEAR(self->streams);
+    Py_CLEAR(self->ice_user);
+    Py_CLEAR(self->ice_key);
     return 0;
 }
 
@@ -2438,6 +2446,317 @@ receiver_original(Receiver *self, PyObject *data, PyObject *addr,
     return r;
 }
 
+/* -- the peer's consent checks, answered in C ----------------------------------------
+ *
+ * Once ICE has connected, the peer's Binding requests on the nominated pair (RFC 7675
+ * consent checks, every few seconds on each connection) are answered here rather than by
+ * aioice (a parse, two HMACs and a response built in Python, ~0.5 ms cold). Only a request
+ * that aioice would answer the same way without changing any state is taken: a Binding
+ * request with the magic cookie, from the nominated pair's remote address, whose USERNAME
+ * is exactly "our ufrag:their ufrag", whose MESSAGE-INTEGRITY verifies with our password,
+ * whose FINGERPRINT (if any) is right, with no role conflict and no attribute this does
+ * not know. Anything else goes to aioice as before. The answer is what aioice sends: a
+ * Binding success response with XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY and FINGERPRINT. */
+
+#define STUN_COOKIE 0x2112A442u
+#define STUN_HEADER 20
+
+static uint32_t crc_table[256];
+
+static void
+crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t
+crc32_of(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    while (n--)
+        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static PyObject *hmac_digest_fn, *name_sha1;
+
+/* HMAC-SHA1 of ``n`` bytes at ``p`` into out[20] (hashlib's C HMAC): 0, or -1 error. */
+static int
+hmac_sha1(PyObject *key, const unsigned char *p, Py_ssize_t n, unsigned char *out)
+{
+    PyObject *msg = PyBytes_FromStringAndSize((const char *)p, n);
+    if (msg == NULL)
+        return -1;
+    PyObject *args[] = {key, msg, name_sha1};
+    PyObject *d = PyObject_Vectorcall(hmac_digest_fn, args, 3, NULL);
+    Py_DECREF(msg);
+    if (d == NULL)
+        return -1;
+    int ok = PyBytes_Check(d) && PyBytes_GET_SIZE(d) == 20;
+    if (ok)
+        memcpy(out, PyBytes_AS_STRING(d), 20);
+    Py_DECREF(d);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "hmac_digest gave no SHA-1 digest");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a;
+        const struct sockaddr_in *y = (const struct sockaddr_in *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
+        const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)b;
+        return x->sin6_port == y->sin6_port &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    return 0;
+}
+
+/* The response to a consent check ``d`` (``n`` bytes) from ``sa`` into out[92]: its length,
+ * 0 if the request is not one to answer here, -1 error. */
+static int
+stun_reply(Receiver *self, const unsigned char *d, Py_ssize_t n,
+           const struct sockaddr_storage *sa, unsigned char *out)
+{
+    if (self->ice_user == NULL || n < STUN_HEADER || n > 1024 || (d[0] & 0xC0) ||
+        get16(d) != 0x0001 || get32(d + 4) != STUN_COOKIE ||
+        (Py_ssize_t)get16(d + 2) + STUN_HEADER != n || (n & 3) ||
+        !same_addr(sa, &self->ice_peer))
+        return 0;
+    const unsigned char *user = NULL, *mi = NULL, *fp = NULL;
+    unsigned user_len = 0;
+    Py_ssize_t pos = STUN_HEADER;
+    while (pos + 4 <= n) {
+        unsigned type = get16(d + pos), len = get16(d + pos + 2);
+        Py_ssize_t next = pos + 4 + ((len + 3) & ~3u);
+        if (next > n)
+            return 0;
+        if (fp != NULL)
+            return 0; /* FINGERPRINT must be the last attribute */
+        if (mi != NULL) {
+            if (type != 0x8028)
+                return 0; /* after MESSAGE-INTEGRITY only FINGERPRINT */
+        }
+        switch (type) {
+        case 0x0006: /* USERNAME */
+            user = d + pos + 4;
+            user_len = len;
+            break;
+        case 0x0008: /* MESSAGE-INTEGRITY */
+            if (len != 20)
+                return 0;
+            mi = d + pos;
+            break;
+        case 0x8028: /* FINGERPRINT */
+            if (len != 4 ||
+                get32(d + pos + 4) != (crc32_of(d, (size_t)pos) ^ 0x5354554Eu))
+                return 0;
+            fp = d + pos;
+            break;
+        case 0x8029: /* ICE-CONTROLLED: a conflict if we are controlled */
+            if (!self->ice_controlling)
+                return 0;
+            break;
+        case 0x802A: /* ICE-CONTROLLING: a conflict if we are controlling */
+            if (self->ice_controlling)
+                return 0;
+            break;
+        case 0x0024: /* PRIORITY */
+        case 0x0025: /* USE-CANDIDATE: the pair is the nominated one already */
+            break;
+        default:
+            if (type < 0x8000)
+                return 0; /* comprehension-required and unknown here: aioice's call */
+        }
+        pos = next;
+    }
+    if (pos != n || user == NULL || mi == NULL ||
+        (Py_ssize_t)user_len != PyBytes_GET_SIZE(self->ice_user) ||
+        memcmp(user, PyBytes_AS_STRING(self->ice_user), user_len) != 0)
+        return 0;
+    /* MESSAGE-INTEGRITY: over the message up to it, its length as if it ended after it. */
+    Py_ssize_t signed_len = mi - d;
+    unsigned char buf[1024 + 4];
+    memcpy(buf, d, (size_t)signed_len);
+    put16(buf + 2, (unsigned)(signed_len - STUN_HEADER + 24));
+    unsigned char mac[20];
+    if (hmac_sha1(self->ice_key, buf, signed_len, mac) < 0)
+        return -1;
+    unsigned diff = 0;
+    for (int i = 0; i < 20; i++)
+        diff |= (unsigned)(mac[i] ^ mi[4 + i]);
+    if (diff)
+        return 0;
+    /* The response: header, XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT. */
+    unsigned char *p = out;
+    put16(p, 0x0101);
+    memcpy(p + 4, d + 4, 16); /* cookie and transaction id */
+    p += STUN_HEADER;
+    unsigned char xpad[16];
+    put32(xpad, STUN_COOKIE);
+    memcpy(xpad + 4, d + 8, 12);
+    const unsigned char *ip;
+    int iplen;
+    unsigned port;
+    if (sa->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        ip = (const unsigned char *)&a->sin_addr;
+        iplen = 4;
+        port = ntohs(a->sin_port);
+    }
+    else {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        ip = (const unsigned char *)&a->sin6_addr;
+        iplen = 16;
+        port = ntohs(a->sin6_port);
+    }
+    put16(p, 0x0020);
+    put16(p + 2, (unsigned)(4 + iplen));
+    p[4] = 0;
+    p[5] = iplen == 4 ? 1 : 2;
+    put16(p + 6, port ^ (STUN_COOKIE >> 16));
+    for (int i = 0; i < iplen; i++)
+        p[8 + i] = ip[i] ^ xpad[i];
+    p += 8 + iplen;
+    int body = (int)(p - out) - STUN_HEADER;
+    put16(out + 2, (unsigned)(body + 24));
+    if (hmac_sha1(self->ice_key, out, p - out, mac) < 0)
+        return -1;
+    put16(p, 0x0008);
+    put16(p + 2, 20);
+    memcpy(p + 4, mac, 20);
+    p += 24;
+    put16(out + 2, (unsigned)(body + 24 + 8));
+    uint32_t crc = crc32_of(out, (size_t)(p - out)) ^ 0x5354554Eu;
+    put16(p, 0x8028);
+    put16(p + 2, 4);
+    put32(p + 4, crc);
+    p += 8;
+    return (int)(p - out);
+}
+
+/* A consent check answered and counted here: 1; not one for here: 0; -1 error. */
+static int
+receiver_stun(Receiver *self, PyObject *data, const struct sockaddr_storage *sa)
+{
+    unsigned char out[92];
+    int len = stun_reply(self, (const unsigned char *)PyBytes_AS_STRING(data),
+                         PyBytes_GET_SIZE(data), sa, out);
+    if (len <= 0)
+        return len;
+    socklen_t salen = sa->ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                               : sizeof(struct sockaddr_in6);
+    /* A full send buffer loses the answer as the network could: the peer checks again. */
+    if (self->fd >= 0)
+        (void)sendto(self->fd, out, (size_t)len, 0, (const struct sockaddr *)sa, salen);
+    self->checks++;
+    return 1;
+}
+
+/* ("host", port) into a sockaddr: 0, or -1 with ValueError. */
+static int
+parse_addr(PyObject *host, int port, struct sockaddr_storage *sa)
+{
+    const char *h = PyUnicode_AsUTF8(host);
+    if (h == NULL)
+        return -1;
+    memset(sa, 0, sizeof(*sa));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)sa;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)sa;
+    if (port >= 0 && port < 65536 && inet_pton(AF_INET, h, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        return 0;
+    }
+    if (port >= 0 && port < 65536 && inet_pton(AF_INET6, h, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        return 0;
+    }
+    PyErr_SetString(PyExc_ValueError, "not an IP address and port");
+    return -1;
+}
+
+/* answer_checks(user, key, host, port, controlling), or answer_checks(None) to stop. */
+static PyObject *
+Receiver_answer_checks(Receiver *self, PyObject *args)
+{
+    PyObject *user, *key = NULL, *host = NULL;
+    int port = -1, controlling = 0;
+    if (!PyArg_ParseTuple(args, "O|SUip:answer_checks", &user, &key, &host, &port,
+                          &controlling))
+        return NULL;
+    if (user == Py_None) {
+        Py_CLEAR(self->ice_user);
+        Py_CLEAR(self->ice_key);
+        Py_RETURN_NONE;
+    }
+    if (!PyBytes_Check(user) || key == NULL || host == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "answer_checks(user: bytes, key: bytes, host: str, port: int, "
+                        "controlling: bool) or answer_checks(None)");
+        return NULL;
+    }
+    if (hmac_digest_fn == NULL) {
+        PyObject *mod = PyImport_ImportModule("_hashlib");
+        if (mod == NULL)
+            return NULL;
+        hmac_digest_fn = PyObject_GetAttrString(mod, "hmac_digest");
+        Py_DECREF(mod);
+        if (hmac_digest_fn == NULL)
+            return NULL;
+    }
+    if (name_sha1 == NULL && (name_sha1 = PyUnicode_InternFromString("sha1")) == NULL)
+        return NULL;
+    struct sockaddr_storage sa;
+    if (parse_addr(host, port, &sa) < 0)
+        return NULL;
+    self->ice_peer = sa;
+    self->ice_controlling = controlling;
+    Py_INCREF(user);
+    Py_XSETREF(self->ice_user, user);
+    Py_INCREF(key);
+    Py_XSETREF(self->ice_key, key);
+    Py_RETURN_NONE;
+}
+
+/* stun_reply(data, host, port) -> bytes | None: the answer the Receiver would send to a
+ * datagram from (host, port), without sending it or counting it (for tests). */
+static PyObject *
+Receiver_stun_reply(Receiver *self, PyObject *args)
+{
+    PyObject *data, *host;
+    int port;
+    if (!PyArg_ParseTuple(args, "SUi:stun_reply", &data, &host, &port))
+        return NULL;
+    struct sockaddr_storage sa;
+    if (parse_addr(host, port, &sa) < 0)
+        return NULL;
+    unsigned char out[92];
+    int len = stun_reply(self, (const unsigned char *)PyBytes_AS_STRING(data),
+                         PyBytes_GET_SIZE(data), &sa, out);
+    if (len < 0)
+        return NULL;
+    if (len == 0)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)out, len);
+}
+
 /* One datagram: ``addr`` its source, or NULL and ``sa`` (then the tuple is made only if
  * ``original`` needs it); ``arrived`` its kernel receive stamp, or negative. */
 static PyObject *
@@ -2446,8 +2765,16 @@ receiver_handle(Receiver *self, PyObject *data, PyObject *addr,
 {
     if (!PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) < 1 ||
         (unsigned char)PyBytes_AS_STRING(data)[0] < 128 ||
-        (unsigned char)PyBytes_AS_STRING(data)[0] > 191)
+        (unsigned char)PyBytes_AS_STRING(data)[0] > 191) {
+        if (sa != NULL && self->ice_user != NULL && PyBytes_CheckExact(data)) {
+            int r = receiver_stun(self, data, sa);
+            if (r < 0)
+                return NULL;
+            if (r > 0)
+                Py_RETURN_NONE;
+        }
         return receiver_original(self, data, addr, sa);
+    }
     if (self->rx == NULL) {
         PyObject *rx = PyObject_CallNoArgs(self->refresh);
         if (rx == NULL)
@@ -2524,7 +2851,18 @@ Receiver_datagram_received(Receiver *self, PyObject *const *args, Py_ssize_t nar
 static PyMethodDef Receiver_methods[] = {
     {"datagram_received", (PyCFunction)(void (*)(void))Receiver_datagram_received,
      METH_FASTCALL, "datagram_received(data, addr): one datagram of the ICE socket."},
+    {"answer_checks", (PyCFunction)Receiver_answer_checks, METH_VARARGS,
+     "answer_checks(user, key, host, port, controlling): answer the peer's consent checks "
+     "from (host, port) here; answer_checks(None): leave them all to aioice."},
+    {"stun_reply", (PyCFunction)Receiver_stun_reply, METH_VARARGS,
+     "stun_reply(data, host, port) -> bytes | None: the answer to a datagram, unsent."},
     {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Receiver_members[] = {
+    {"checks", T_LONGLONG, offsetof(Receiver, checks), READONLY,
+     "consent checks answered here"},
+    {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject ReceiverType = {
@@ -2539,6 +2877,7 @@ static PyTypeObject ReceiverType = {
     .tp_traverse = (traverseproc)Receiver_traverse,
     .tp_clear = (inquiry)Receiver_clear,
     .tp_methods = Receiver_methods,
+    .tp_members = Receiver_members,
 };
 
 /* -- Reader ----------------------------------------------------------------------------
@@ -2806,6 +3145,7 @@ static struct PyModuleDef fastpath_module = {
 PyMODINIT_FUNC
 PyInit__fastpath(void)
 {
+    crc_init();
     if (PyType_Ready(&OutputType) < 0 || PyType_Ready(&InputType) < 0 ||
         PyType_Ready(&ReceiverType) < 0 || PyType_Ready(&ReaderType) < 0 ||
         PyType_Ready(&HistoryType) < 0)

@@ -47,6 +47,8 @@ MIN_LOSS_SAMPLE = 20
 # A stream's SSRC may change (a publisher restarting its encoder) only after its packets
 # have stopped for this long.
 SSRC_TAKEOVER_SILENCE = 1.0
+# How often a connection looks whether its peer's consent checks still arrive.
+CONSENT_POLL = 1.0
 
 
 def _rtcp_delay() -> float:
@@ -94,6 +96,8 @@ class PeerTransport:
         self.sender: adapter.PacketSender | None = None
         self.closed = False
         self._next_rtcp: float | None = None  # monotonic time the next report is due
+        self._consents: list[adapter.PeerConsent] = []
+        self._next_consent = 0.0  # when the peer's consent checks are looked at next
         self._lock = asyncio.Lock()
 
     @property
@@ -103,6 +107,7 @@ class PeerTransport:
     def _prepare(self) -> None:
         adapter.make_inert(self.pc)
         adapter.apply_candidate_policy(self.pc, self.policy)
+        self._consents = adapter.peer_consent(self.pc)
 
     def _media_streams(self) -> dict[int, RecvStream] | None:
         """ssrc -> stream of what this connection receives, for the C receiver to route
@@ -151,7 +156,14 @@ class PeerTransport:
     def rtcp_tick(self, now: float) -> None:
         """Send this connection's report if it is due. The room's control task calls it on
         each of its ticks for every connection of the room: one wake-up of the loop for all
-        of them, where a task per connection woke it (and ran its Python cold) each time."""
+        of them, where a task per connection woke it (and ran its Python cold) each time.
+        Every CONSENT_POLL it also looks at the peer's consent checks (adapter.PeerConsent):
+        aioice's own consent task, which woke the loop twice a check, is not run."""
+        if now >= self._next_consent:
+            self._next_consent = now + CONSENT_POLL
+            for consent in self._consents:
+                if consent.lapsed(now):
+                    consent.expire()
         due = self._next_rtcp
         if due is None or now < due or self.closed:
             return
