@@ -783,6 +783,7 @@ enum {
     R_WSTART, R_WFRAMES, R_CACHE, R_CACHE_SEQ, R_FRAMES, R_NACKS, R_KEYFRAMES, R_SPATIAL,
     R_BUDGET, R_SPEAKERS, R_MUTED, R_LEVEL_ID, R_PARTICIPANT, R_CODEC, R_PARSE_VP8,
     R_IS_VIDEO, R_KEYFRAME_CHECK, R_CONSUMERS, R_TAPS, R_RTT, R_WIDTH, R_HEIGHT,
+    R_LAST_SR, R_S_SR_MIDDLE, R_S_SR_ARRIVAL,
     R_U_HALF, R_U_LAST, R_U_MASK, R_U_MOD,
     R_S_BASE, R_S_HIGHEST, R_S_PACKETS, R_S_BYTES, R_S_CLOCK, R_S_TRANSIT, R_S_JITTER,
     R_N_HIGHEST, R_N_MISSING, R_N_KEYFRAME,
@@ -831,6 +832,9 @@ static const struct {
     [R_CONSUMERS] = {K_PRODUCER, "consumers"}, [R_TAPS] = {K_PRODUCER, "taps"},
     [R_RTT] = {K_PRODUCER, "rtt"}, [R_WIDTH] = {K_STREAM, "width"},
     [R_HEIGHT] = {K_STREAM, "height"},
+    [R_LAST_SR] = {K_STREAM, "last_sr"},
+    [R_S_SR_MIDDLE] = {K_RECV_STATS, "last_sr_ntp_middle"},
+    [R_S_SR_ARRIVAL] = {K_RECV_STATS, "last_sr_arrival"},
     [R_U_HALF] = {K_UNWRAPPER, "_half"}, [R_U_LAST] = {K_UNWRAPPER, "_last"},
     [R_U_MASK] = {K_UNWRAPPER, "_mask"}, [R_U_MOD] = {K_UNWRAPPER, "_mod"},
     [R_S_BASE] = {K_RECV_STATS, "base_seq"}, [R_S_HIGHEST] = {K_RECV_STATS, "highest_seq"},
@@ -2304,6 +2308,20 @@ call_rx(PyObject *rx, int rtcp, PyObject *data)
     return PyObject_CallMethod(rx, rtcp ? "unprotect_rtcp" : "unprotect", "O", data);
 }
 
+/* streams[ssrc] (borrowed) into ``*out``: 1 found, 0 not, -1 error. */
+static int
+stream_of(PyObject *streams, unsigned long ssrc, PyObject **out)
+{
+    PyObject *key = PyLong_FromUnsignedLong(ssrc);
+    if (key == NULL)
+        return -1;
+    *out = PyDict_GetItemWithError(streams, key);
+    Py_DECREF(key);
+    if (*out == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return 1;
+}
+
 /* A media packet of a known stream with the codec's own payload type, read in C (no
  * packet object unless a Python path needs one): 1 taken, 0 not (someone else's), -1
  * error. ``now``: the arrival time, or NULL for the monotonic clock's. */
@@ -2313,13 +2331,10 @@ route_known(PyObject *streams, PyObject *plain, PyObject *now)
     Head h;
     if (!parse_head((const unsigned char *)PyBytes_AS_STRING(plain), PyBytes_GET_SIZE(plain), &h))
         return 0;
-    PyObject *ssrc = PyLong_FromUnsignedLong(h.ssrc);
-    if (ssrc == NULL)
-        return -1;
-    PyObject *stream = PyDict_GetItemWithError(streams, ssrc); /* borrowed */
-    Py_DECREF(ssrc);
-    if (stream == NULL)
-        return PyErr_Occurred() ? -1 : 0;
+    PyObject *stream;
+    int found = stream_of(streams, h.ssrc, &stream);
+    if (found <= 0)
+        return found;
     if (!IS(stream, K_STREAM) || !IS(FIELD(stream, R_PRODUCER), K_PRODUCER))
         return 0;
     PyObject *codec = FIELD(FIELD(stream, R_PRODUCER), R_CODEC);
@@ -2444,6 +2459,146 @@ receiver_original(Receiver *self, PyObject *data, PyObject *addr,
     PyObject *r = PyObject_CallFunctionObjArgs(self->original, data, built, NULL);
     Py_DECREF(built);
     return r;
+}
+
+/* -- a publisher's sender reports, in C -------------------------------------------------
+ *
+ * A publisher sends an SR and its SDES for each of its streams about once a second;
+ * PublisherTransport.handle_rtcp only notes each SR on its stream (RecvStream.
+ * on_sender_report: the SR's NTP and RTP times and our arrival time, for RR's LSR/DLSR and
+ * for lip sync), but parsing the compound and dispatching it in Python cost ~120 us of
+ * thread CPU a packet, run cold. A compound of only well-formed SRs and SDES is noted here
+ * the same way; anything else (another packet type, padding, a malformed part, a stream
+ * whose SR a recording tap wants) goes whole to Python's on_rtcp, before anything is
+ * changed. */
+
+/* One SDES packet's chunks as rtcp._parse_sdes reads them: 1 well-formed, 0 not. */
+static int
+sdes_ok(const unsigned char *b, Py_ssize_t n, int count)
+{
+    Py_ssize_t pos = 0;
+    for (int i = 0; i < count; i++) {
+        if (pos + 4 > n)
+            return 0;
+        pos += 4;
+        while (pos < n && b[pos]) {
+            if (pos + 2 > n || pos + 2 + b[pos + 1] > n)
+                return 0;
+            pos += 2 + b[pos + 1];
+        }
+        if (pos >= n)
+            return 0;
+        pos = (pos + 4) & ~(Py_ssize_t)3;
+    }
+    return 1;
+}
+
+/* The SR's stream, if it is to be noted here: 1 (``*out`` set, or NULL: no such stream,
+ * nothing to note), 0 Python's to do, -1 error. */
+static int
+sr_stream(PyObject *streams, unsigned long ssrc, PyObject **out)
+{
+    PyObject *stream;
+    int found = stream_of(streams, ssrc, &stream);
+    *out = NULL;
+    if (found <= 0)
+        return found < 0 ? -1 : 1;
+    if (!IS(stream, K_STREAM) || !IS(FIELD(stream, R_PRODUCER), K_PRODUCER) ||
+        !IS(FIELD(stream, R_STATS), K_RECV_STATS))
+        return 0;
+    PyObject *producer = FIELD(stream, R_PRODUCER);
+    PyObject *taps = FIELD(producer, R_TAPS);
+    if (taps == NULL || !PyList_CheckExact(taps))
+        return 0;
+    if (PyList_GET_SIZE(taps) > 0)
+        return 0; /* a recording listens: Python's on_sender_report */
+    *out = stream;
+    return 1;
+}
+
+/* 1 noted here, 0 Python's (nothing changed), -1 error. */
+static int
+sender_reports(PyObject *streams, PyObject *plain, double now)
+{
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(plain);
+    Py_ssize_t n = PyBytes_GET_SIZE(plain), pos = 0;
+    enum { MAX_SR = 8 };
+    PyObject *found[MAX_SR];
+    unsigned long long ntp[MAX_SR];
+    unsigned long rtp_ts[MAX_SR];
+    int srs = 0;
+    if (n == 0)
+        return 0;
+    while (pos < n) {
+        if (pos + 4 > n)
+            return 0;
+        unsigned char b0 = d[pos], type = d[pos + 1];
+        Py_ssize_t end = pos + 4 + 4 * (Py_ssize_t)get16(d + pos + 2);
+        int count = b0 & 0x1F;
+        if (end > n || (b0 >> 6) != 2 || (b0 & 0x20))
+            return 0;
+        const unsigned char *body = d + pos + 4;
+        Py_ssize_t len = end - pos - 4;
+        if (type == 200) {
+            if (len < 24 + 24 * (Py_ssize_t)count || srs == MAX_SR)
+                return 0;
+            int r = sr_stream(streams, get32(body), &found[srs]);
+            if (r <= 0)
+                return r;
+            ntp[srs] = (unsigned long long)get32(body + 4) << 32 | get32(body + 8);
+            rtp_ts[srs] = get32(body + 12);
+            srs++;
+        }
+        else if (type != 202 || !sdes_ok(body, len, count))
+            return 0;
+        pos = end;
+    }
+    PyObject *arrival = PyFloat_FromDouble(now);
+    if (arrival == NULL)
+        return -1;
+    int rc = 1;
+    for (int i = 0; i < srs && rc > 0; i++) {
+        PyObject *stream = found[i];
+        if (stream == NULL)
+            continue;
+        PyObject *stats = FIELD(stream, R_STATS);
+        PyObject *sr = Py_BuildValue("(KkO)", ntp[i], rtp_ts[i], arrival);
+        PyObject *middle = PyLong_FromUnsignedLong((unsigned long)((ntp[i] >> 16) & 0xFFFFFFFFu));
+        if (sr == NULL || middle == NULL) {
+            Py_XDECREF(sr);
+            Py_XDECREF(middle);
+            rc = -1;
+            break;
+        }
+        field_put(stream, R_LAST_SR, sr);
+        field_put(stats, R_S_SR_MIDDLE, middle);
+        Py_INCREF(arrival);
+        field_put(stats, R_S_SR_ARRIVAL, arrival);
+    }
+    Py_DECREF(arrival);
+    return rc;
+}
+
+/* sender_reports(streams, plain, now): what a Receiver with ``streams`` does with an
+ * unprotected RTCP packet at the time ``now``: True if the SRs were noted here (else the
+ * Receiver hands it to on_rtcp; here, to the caller). */
+static PyObject *
+sender_reports_fn(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyDict_CheckExact(args[0]) || !PyBytes_CheckExact(args[1]) ||
+        !PyFloat_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "sender_reports(streams: dict, plain: bytes, now: float)");
+        return NULL;
+    }
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() was not called");
+        return NULL;
+    }
+    int r = sender_reports(args[0], args[1], PyFloat_AS_DOUBLE(args[2]));
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
 }
 
 /* -- the peer's consent checks, answered in C ----------------------------------------
@@ -2801,9 +2956,19 @@ receiver_handle(Receiver *self, PyObject *data, PyObject *addr,
         Py_XDECREF(r);
     }
     else if (rtcp) {
-        PyObject *r = PyObject_CallOneArg(self->on_rtcp, plain);
-        rc = r == NULL ? -1 : 0;
-        Py_XDECREF(r);
+        int taken = 0;
+        if (self->streams != NULL && configured && PyBytes_CheckExact(plain)) {
+            struct timespec t;
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            taken = sender_reports(self->streams, plain, (double)t.tv_sec + t.tv_nsec * 1e-9);
+        }
+        if (taken < 0)
+            rc = -1;
+        else if (taken == 0) {
+            PyObject *r = PyObject_CallOneArg(self->on_rtcp, plain);
+            rc = r == NULL ? -1 : 0;
+            Py_XDECREF(r);
+        }
     }
     else if (--self->countdown > 0)
         rc = receiver_route(self, plain);
@@ -3126,6 +3291,9 @@ static PyMethodDef module_methods[] = {
      "packet path."},
     {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
      "receive(stream, pkt, now): RecvStream.on_rtp, the common case in C."},
+    {"sender_reports", (PyCFunction)(void (*)(void))sender_reports_fn, METH_FASTCALL,
+     "sender_reports(streams, plain, now) -> bool: a publisher's SRs noted on their "
+     "streams, as PublisherTransport.handle_rtcp does (False: the caller's to handle)."},
     {"route", (PyCFunction)(void (*)(void))route, METH_FASTCALL,
      "route(streams, plain, now) -> bool: a Receiver's path for a known stream's packet."},
     {"fanout", (PyCFunction)(void (*)(void))fanout, METH_FASTCALL,

@@ -31,6 +31,7 @@ Receiver: Any
 Reader: Any
 History: Any
 route: Any
+sender_reports: Any
 try:
     from mediaserver.sfu._fastpath import (
         ERR_SOCKET,
@@ -43,9 +44,11 @@ try:
         fanout,
         receive,
         route,
+        sender_reports,
     )
 except ImportError:  # built without a C compiler
-    Output = Input = fanout = receive = configure = Receiver = Reader = History = route = None
+    Output = Input = fanout = receive = configure = Receiver = Reader = History = None
+    route = sender_reports = None
     ERR_SOCKET = -2
 
 AVAILABLE = Output is not None

@@ -113,6 +113,20 @@ async def test_one_to_one_call_each_side_sees_and_hears_the_other(packet_path, s
         await wait_until(
             lambda: _has(stat_types(therapist.publisher), "remote-inbound-rtp"),
             timeout=15, message="receiver reports to the publisher")
+        # The publishers' sender reports are noted on their streams (in C on that path),
+        # and our reports carry them back: the publisher measures its round trip from them.
+        streams = [s for p in room.participants.values() for prod in p.producers.values()
+                   for s in prod.streams]
+        await wait_until(lambda: all(s.last_sr is not None and s.stats.last_sr_arrival
+                                     for s in streams),
+                         timeout=15, message="every stream's SR noted")
+
+        async def publisher_rtt() -> bool:
+            report = await therapist.publisher.getStats()
+            return any(s.type == "remote-inbound-rtp" and (s.roundTripTime or 0.0) > 0
+                       for s in report.values())
+
+        await wait_until(publisher_rtt, timeout=15, message="the publisher's RTT from our RR")
         remb_out = metrics.RTCP.labels(direction="out", type="remb")
         await wait_until(lambda: remb_out._value.get() > 0, timeout=15,
                          message="REMB relayed to the publisher")
