@@ -797,9 +797,11 @@ class Room:
             await self._quality_step(now)
             if self.recording is not None:
                 self.recording.flush()  # bounds what a crash can lose to about a second
-        # A fresh reading: the steps above may have yielded, and a report's DLSR (the delay
-        # since the peer's last SR) goes straight into the peer's RTT.
-        self._rtcp_reports(time.monotonic())
+            # The report step, once a second: every connection's report together, right
+            # after the quality step read the same statistics (see transport.RTCP_INTERVAL).
+            # A fresh reading: the steps above may have yielded, and a report's DLSR (the
+            # delay since the peer's last SR) goes straight into the peer's RTT.
+            self._rtcp_reports(time.monotonic())
         update = self.speakers.tick(now)
         if update is not None:
             await self._tell_all({"type": "speakers_changed", "dominant": update.dominant,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +38,12 @@ from mediaserver.sfu.simulcast import SimulcastOffer, accept_simulcast, simulcas
 
 log = logging.getLogger(__name__)
 
-RTCP_INTERVAL = 1.0  # seconds, randomised +-50 % (RFC 3550 6.2)
+# Seconds between two reports of a connection: each goes out at the room's report step
+# (once a second, after the quality step), every connection of the room together. RFC 3550
+# randomises the interval so that a multicast group's members do not fall into step; each
+# connection here is a point-to-point session of its own, and reports sent one after the
+# other run with warm caches where each, on a tick of its own, ran cold.
+RTCP_INTERVAL = 1.0
 REMB_INTERVAL = 1.0
 # Fewer packets than this between two receiver reports say too little about loss (one lost
 # packet of five is not a 20 % lossy link).
@@ -49,10 +53,6 @@ MIN_LOSS_SAMPLE = 20
 SSRC_TAKEOVER_SILENCE = 1.0
 # How often a connection looks whether its peer's consent checks still arrive.
 CONSENT_POLL = 1.0
-
-
-def _rtcp_delay() -> float:
-    return RTCP_INTERVAL * (0.5 + random.random())
 
 
 class NegotiationError(Exception):
@@ -119,8 +119,8 @@ class PeerTransport:
         if self.sender is None:
             self.sender = adapter.packet_sender(self.pc)
             self._sender_ready(self.sender)
-        if self._next_rtcp is None:
-            self._next_rtcp = time.monotonic() + _rtcp_delay()
+        if self._next_rtcp is None:  # at the first report step half an interval on
+            self._next_rtcp = time.monotonic() + RTCP_INTERVAL / 2
 
     def send_rtp(self, data: bytes) -> bool:
         sender = self.sender
@@ -154,11 +154,13 @@ class PeerTransport:
         return None
 
     def rtcp_tick(self, now: float) -> None:
-        """Send this connection's report if it is due. The room's control task calls it on
-        each of its ticks for every connection of the room: one wake-up of the loop for all
-        of them, where a task per connection woke it (and ran its Python cold) each time.
-        Every CONSENT_POLL it also looks at the peer's consent checks (adapter.PeerConsent):
-        aioice's own consent task, which woke the loop twice a check, is not run."""
+        """Send this connection's report if it is due. The room's control task calls it at
+        its report step (every RTCP_INTERVAL) for every connection of the room: one wake-up
+        of the loop for all of them, where a task per connection woke it (and ran its
+        Python cold) each time. A report sent makes the next due half an interval on, so
+        that it goes out at the next step. Every CONSENT_POLL it also looks at the peer's
+        consent checks (adapter.PeerConsent): aioice's own consent task, which woke the
+        loop twice a check, is not run."""
         if now >= self._next_consent:
             self._next_consent = now + CONSENT_POLL
             for consent in self._consents:
@@ -167,7 +169,7 @@ class PeerTransport:
         due = self._next_rtcp
         if due is None or now < due or self.closed:
             return
-        self._next_rtcp = now + _rtcp_delay()
+        self._next_rtcp = now + RTCP_INTERVAL / 2
         with metrics.control_step("rtcp"):
             packet = self.rtcp_report(now)
             if packet:

@@ -8,13 +8,12 @@ import asyncio
 import pytest
 
 from mediaserver.rooms import room as room_module
-from mediaserver.rooms.room import _Slicer
+from mediaserver.rooms.room import Room, _Slicer
 from mediaserver.sfu import aiortc_adapter
 from mediaserver.sfu.transport import RTCP_INTERVAL, PublisherTransport
 
 
-async def test_a_report_goes_out_when_due_then_again_half_to_one_and_a_half_intervals_on(
-        ) -> None:
+async def test_a_report_goes_out_when_due_then_at_the_next_report_step() -> None:
     transport = PublisherTransport(aiortc_adapter.CandidatePolicy(addresses=("127.0.0.1",)))
     sent: list[bytes] = []
     times: list[float] = []
@@ -34,11 +33,11 @@ async def test_a_report_goes_out_when_due_then_again_half_to_one_and_a_half_inte
         transport.rtcp_tick(10.0)
         assert sent == [b"report"] and times == [10.0]
         due = transport._next_rtcp
-        assert due is not None and 10.0 + 0.5 * RTCP_INTERVAL <= due <= 10.0 + 1.5 * RTCP_INTERVAL
+        assert due == 10.0 + RTCP_INTERVAL / 2
         transport.rtcp_tick(due - 0.01)
         assert len(sent) == 1
-        transport.rtcp_tick(due)
-        assert len(sent) == 2
+        transport.rtcp_tick(10.0 + RTCP_INTERVAL)  # the next step
+        assert len(sent) == 2 and times == [10.0, 10.0 + RTCP_INTERVAL]
     finally:
         await transport.close()
     transport.rtcp_tick(1e9)  # a closed connection sends nothing
@@ -56,6 +55,21 @@ async def test_a_report_with_nothing_to_say_sends_nothing_and_waits_its_turn() -
         assert transport._next_rtcp is not None and transport._next_rtcp > 1.0
     finally:
         await transport.close()
+
+
+async def test_the_room_sends_reports_at_its_quality_step_only() -> None:
+    room = Room("r", "group", 16, aiortc_adapter.CandidatePolicy(addresses=("127.0.0.1",)),
+                empty_timeout=60, max_duration=3600)
+    steps: list[float] = []
+    room._rtcp_reports = steps.append  # type: ignore[method-assign]
+    start = room.started
+    ticks = [start + room_module.TICK * i for i in range(1, 10)]
+    for now in ticks:
+        await room.tick(now)
+    # The first tick runs the quality step, then every QUALITY_INTERVAL (= RTCP_INTERVAL).
+    per_step = round(room_module.QUALITY_INTERVAL / room_module.TICK)
+    assert len(steps) == len(ticks[::per_step]) == 3
+    assert room_module.QUALITY_INTERVAL == RTCP_INTERVAL
 
 
 async def _others_ran(slicer: _Slicer, pauses: int) -> int:
