@@ -819,16 +819,24 @@ class Room:
 
     async def run(self, on_close: Any) -> None:
         # The loop's lag is measured on this task's timer: while rooms tick, the lag probe
-        # needs no timer of its own.
+        # needs no timer of its own. The worst of each tick's oversleep goes to the probe
+        # once a second, with the quality step (a call into the metrics module at every
+        # tick ran cold, ~1 % of a 1:1 call's CPU).
         probe = metrics.LAG_PROBE
         probe.reporter_started()
+        worst = 0.0
         try:
             while not self.closed:
                 slept_at = time.monotonic()
                 await asyncio.sleep(TICK)
                 now = time.monotonic()
-                probe.sample(metrics.loop_lag(slept_at, now, TICK), now)
+                lag = now - slept_at - TICK
+                if lag > worst:
+                    worst = lag
                 reason = await self.tick(now)
+                if self._last_quality == now:
+                    probe.sample(worst, now)
+                    worst = 0.0
                 if reason is not None:
                     await on_close(self, reason)
                     return

@@ -104,3 +104,47 @@ async def test_the_slice_counts_from_the_last_pause(monkeypatch, elapsed, yields
     slicer = _Slicer()
     clock[0] += elapsed
     assert await _others_ran(slicer, 1) == (1 if yields else 0)
+
+
+async def test_the_loop_lag_goes_to_the_probe_once_a_quality_step(monkeypatch) -> None:
+    class Probe:
+        def __init__(self) -> None:
+            self.samples: list[tuple[float, float]] = []
+            self.reporting = 0
+
+        def reporter_started(self) -> None:
+            self.reporting += 1
+
+        def reporter_stopped(self) -> None:
+            self.reporting -= 1
+
+        def sample(self, lag: float, now: float) -> None:
+            self.samples.append((lag, now))
+            if len(self.samples) >= 5:
+                enough.set()
+
+    enough = asyncio.Event()
+    probe = Probe()
+    monkeypatch.setattr(room_module.metrics, "LAG_PROBE", probe)
+    monkeypatch.setattr(room_module, "TICK", 0.01)
+    monkeypatch.setattr(room_module, "QUALITY_INTERVAL", 0.04)
+    room = Room("r", "group", 16, aiortc_adapter.CandidatePolicy(addresses=("127.0.0.1",)),
+                empty_timeout=3600, max_duration=3600)
+    quality_steps: list[float] = []
+
+    async def quality_step(now: float) -> None:
+        quality_steps.append(now)
+
+    room._quality_step = quality_step  # type: ignore[method-assign]
+
+    async def closed() -> None:
+        pass
+
+    task = asyncio.create_task(room.run(closed))
+    await asyncio.wait_for(enough.wait(), timeout=30)
+    room.closed = True
+    await task
+    assert probe.reporting == 0
+    # One sample per quality step, at its time, each the worst oversleep since the last.
+    assert [now for _, now in probe.samples] == quality_steps[:len(probe.samples)]
+    assert all(lag >= 0.0 for lag, _ in probe.samples)
