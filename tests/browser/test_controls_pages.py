@@ -10,7 +10,7 @@ from playwright.async_api import WebSocketRoute
 from mediaserver.config import build_config
 from mediaserver.recording.keys import new_kek_line
 from mediaserver.rooms.participant import DISCONNECTED
-from mediaserver.sfu import aiortc_adapter
+from mediaserver.sfu import aiortc_adapter, fastsend
 from tests.browser.conftest import ARTIFACTS, SignalRecorder, frames_grow, open_session
 from tests.conftest import start_server, wait_until
 
@@ -181,10 +181,17 @@ async def test_page_resumes_after_its_connection_is_cut(server, browser):
 
 
 def _blackhole(pc) -> None:
-    """The server stops reaching this connection's peer: every datagram it sends is lost."""
+    """The server stops reaching this connection's peer: every STUN answer it sends is lost,
+    so the browser's consent checks fail (media, sent by the C Output on its own duplicate
+    of the socket, may still arrive; consent is what a browser watches)."""
     for dtls in aiortc_adapter.dtls_transports(pc):
         for protocol in dtls.transport._connection._protocols:
             protocol.transport.sendto = lambda *args, **kw: None
+            # The C receiver answers the peer's consent checks on the socket itself: hand
+            # them back to aioice, whose answers go through the transport above.
+            receiver = getattr(protocol.datagram_received, "__self__", None)
+            if isinstance(receiver, fastsend.Receiver):
+                receiver.answer_checks(None)
 
 
 async def test_page_replaces_a_dead_media_connection(server, browser):
