@@ -298,15 +298,29 @@ ACTIVITIES = (
     ("mediaserver.sfu.producer", "RecvStream", "_close_window",
      "a stream's rate window closed"),
     ("mediaserver.metrics", "LagProbe", "sample", "loop-lag sample"),
+    ("mediaserver.rooms.room", "Room", "tick",
+     "a room's tick, whole (its steps above inside it)"),
+    ("mediaserver.sfu.speakers", "SpeakerDetector", "tick", "speaker detection: a room's tick"),
     ("aioice.ice", "StunProtocol", "datagram_received", "STUN read (and answered)"),
     ("aioice.ice", "Connection", "build_request", "ICE consent request built"),
     ("aioice.ice", "StunProtocol", "send_stun", "STUN sent"),
 )
 ACTIVITY_HOOK = f"""import os
 if os.environ.get("{ACTIVITY_ENV}"):
-    import functools, importlib, json, signal, time
+    import functools, importlib, inspect, json, signal, time
     _calls, _window, _missing = {{}}, [], []
     def _timed(f, label):
+        if inspect.iscoroutinefunction(f):  # its awaits count too: for steps that rarely wait
+            @functools.wraps(f)
+            async def timed_async(*args, **kwargs):
+                started = time.thread_time()
+                try:
+                    return await f(*args, **kwargs)
+                finally:
+                    entry = _calls.setdefault(label, [0, 0.0])
+                    entry[0] += 1
+                    entry[1] += time.thread_time() - started
+            return timed_async
         @functools.wraps(f)
         def timed(*args, **kwargs):
             started = time.thread_time()

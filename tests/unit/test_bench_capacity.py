@@ -120,11 +120,20 @@ def test_the_activity_hook_times_the_listed_calls_between_two_signals(tmp_path: 
         "from mediaserver.metrics import LagProbe\n"
         "probe = LagProbe()\n"
         "probe.sample(0.0, 0.0)  # before the window: not counted\n",
-        "for i in range(5):\n    probe.sample(0.001, float(i))\n",
+        "for i in range(5):\n    probe.sample(0.001, float(i))\n"
+        "import asyncio\n"
+        "from mediaserver.rooms.room import Room\n"
+        "from mediaserver.sfu.aiortc_adapter import CandidatePolicy\n"
+        "room = Room('r', 'group', 16, CandidatePolicy(addresses=('127.0.0.1',)),\n"
+        "            empty_timeout=60, max_duration=3600)\n"
+        "asyncio.run(room.tick(room.started + 1.0))\n",
         activity_cpu=str(tmp_path / "activity.json"))
     doc = json.loads(out.read_text())
     assert doc["missing"] == []  # every listed entry point exists
     assert doc["activities"]["loop-lag sample"][0] == 5
+    # A coroutine is timed through its awaits: the room's tick, and the step inside it.
+    assert doc["activities"]["a room's tick, whole (its steps above inside it)"][0] == 1
+    assert doc["activities"]["speaker detection: a room's tick"][0] == 1
     assert doc["seconds"] > 0 and doc["thread_cpu"] > 0
     rows = activity_rows({"seconds": 2.0, "thread_cpu": 0.5,
                           "activities": {"a": [10, 0.1], "b": [4, 0.2]}})
