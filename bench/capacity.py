@@ -309,6 +309,10 @@ ACTIVITY_HOOK = f"""import os
 if os.environ.get("{ACTIVITY_ENV}"):
     import functools, importlib, inspect, json, signal, time
     _calls, _window, _missing = {{}}, [], []
+    def _count(label, started):
+        entry = _calls.setdefault(label, [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.thread_time() - started
     def _timed(f, label):
         if inspect.iscoroutinefunction(f):  # its awaits count too: for steps that rarely wait
             @functools.wraps(f)
@@ -317,9 +321,7 @@ if os.environ.get("{ACTIVITY_ENV}"):
                 try:
                     return await f(*args, **kwargs)
                 finally:
-                    entry = _calls.setdefault(label, [0, 0.0])
-                    entry[0] += 1
-                    entry[1] += time.thread_time() - started
+                    _count(label, started)
             return timed_async
         @functools.wraps(f)
         def timed(*args, **kwargs):
@@ -327,9 +329,7 @@ if os.environ.get("{ACTIVITY_ENV}"):
             try:
                 return f(*args, **kwargs)
             finally:
-                entry = _calls.setdefault(label, [0, 0.0])
-                entry[0] += 1
-                entry[1] += time.thread_time() - started
+                _count(label, started)
         return timed
     # At start-up, before any object captures a bound method (the C receiver does).
     for _module, _cls, _name, _label in {ACTIVITIES!r}:

@@ -830,9 +830,7 @@ class Room:
                 slept_at = time.monotonic()
                 await asyncio.sleep(TICK)
                 now = time.monotonic()
-                lag = now - slept_at - TICK
-                if lag > worst:
-                    worst = lag
+                worst = max(worst, metrics.loop_lag(slept_at, now, TICK))
                 reason = await self.tick(now)
                 if self._last_quality == now:
                     probe.sample(worst, now)

@@ -2308,6 +2308,15 @@ call_rx(PyObject *rx, int rtcp, PyObject *data)
     return PyObject_CallMethod(rx, rtcp ? "unprotect_rtcp" : "unprotect", "O", data);
 }
 
+/* time.monotonic(), as the Python paths read it. */
+static double
+monotonic_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
 /* streams[ssrc] (borrowed) into ``*out``: 1 found, 0 not, -1 error. */
 static int
 stream_of(PyObject *streams, unsigned long ssrc, PyObject **out)
@@ -2349,9 +2358,7 @@ route_known(PyObject *streams, PyObject *plain, PyObject *now)
     if (same <= 0)
         return same;
     if (now == NULL) {
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        if ((now = PyFloat_FromDouble((double)t.tv_sec + t.tv_nsec * 1e-9)) == NULL)
+        if ((now = PyFloat_FromDouble(monotonic_seconds())) == NULL)
             return -1;
     }
     else
@@ -2516,7 +2523,8 @@ sr_stream(PyObject *streams, unsigned long ssrc, PyObject **out)
     return 1;
 }
 
-/* 1 noted here, 0 Python's (nothing changed), -1 error. */
+/* 1 noted here, 0 Python's (nothing changed), -1 error. ``now``: the arrival time, or
+ * negative to read the monotonic clock once the compound is known to be one for here. */
 static int
 sender_reports(PyObject *streams, PyObject *plain, double now)
 {
@@ -2553,7 +2561,9 @@ sender_reports(PyObject *streams, PyObject *plain, double now)
             return 0;
         pos = end;
     }
-    PyObject *arrival = PyFloat_FromDouble(now);
+    if (srs == 0)
+        return 1; /* SDES alone: nothing to note */
+    PyObject *arrival = PyFloat_FromDouble(now < 0.0 ? monotonic_seconds() : now);
     if (arrival == NULL)
         return -1;
     int rc = 1;
@@ -2616,35 +2626,23 @@ sender_reports_fn(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 #define STUN_COOKIE 0x2112A442u
 #define STUN_HEADER 20
 
-static uint32_t crc_table[256];
+#define STUN_FP_XOR 0x5354554Eu
 
-static void
-crc_init(void)
+/* hashlib's HMAC and binascii's CRC-32, C functions both, called on views of our buffers
+ * (no copy); imported by answer_checks, before any check can be answered. */
+static PyObject *hmac_digest_fn, *crc32_fn, *name_sha1;
+
+static PyObject *
+view_of(const unsigned char *p, Py_ssize_t n)
 {
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
-    }
+    return PyMemoryView_FromMemory((char *)p, n, PyBUF_READ);
 }
 
-static uint32_t
-crc32_of(const unsigned char *p, size_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-    while (n--)
-        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
-    return c ^ 0xFFFFFFFFu;
-}
-
-static PyObject *hmac_digest_fn, *name_sha1;
-
-/* HMAC-SHA1 of ``n`` bytes at ``p`` into out[20] (hashlib's C HMAC): 0, or -1 error. */
+/* HMAC-SHA1 of ``n`` bytes at ``p`` into out[20]: 0, or -1 error. */
 static int
 hmac_sha1(PyObject *key, const unsigned char *p, Py_ssize_t n, unsigned char *out)
 {
-    PyObject *msg = PyBytes_FromStringAndSize((const char *)p, n);
+    PyObject *msg = view_of(p, n);
     if (msg == NULL)
         return -1;
     PyObject *args[] = {key, msg, name_sha1};
@@ -2660,6 +2658,47 @@ hmac_sha1(PyObject *key, const unsigned char *p, Py_ssize_t n, unsigned char *ou
         PyErr_SetString(PyExc_ValueError, "hmac_digest gave no SHA-1 digest");
         return -1;
     }
+    return 0;
+}
+
+/* A STUN FINGERPRINT of ``n`` bytes at ``p`` (CRC-32 xor STUN_FP_XOR): 0, or -1 error. */
+static int
+stun_fingerprint(const unsigned char *p, Py_ssize_t n, uint32_t *out)
+{
+    PyObject *msg = view_of(p, n);
+    if (msg == NULL)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(crc32_fn, msg);
+    Py_DECREF(msg);
+    if (r == NULL)
+        return -1;
+    unsigned long crc = PyLong_AsUnsignedLong(r);
+    Py_DECREF(r);
+    if (crc == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    *out = (uint32_t)crc ^ STUN_FP_XOR;
+    return 0;
+}
+
+/* The functions above, once: 0, or -1 error. */
+static int
+stun_init(void)
+{
+    const char *from[] = {"_hashlib", "binascii"}, *name[] = {"hmac_digest", "crc32"};
+    PyObject **fn[] = {&hmac_digest_fn, &crc32_fn};
+    for (int i = 0; i < 2; i++) {
+        if (*fn[i] != NULL)
+            continue;
+        PyObject *mod = PyImport_ImportModule(from[i]);
+        if (mod == NULL)
+            return -1;
+        *fn[i] = PyObject_GetAttrString(mod, name[i]);
+        Py_DECREF(mod);
+        if (*fn[i] == NULL)
+            return -1;
+    }
+    if (name_sha1 == NULL && (name_sha1 = PyUnicode_InternFromString("sha1")) == NULL)
+        return -1;
     return 0;
 }
 
@@ -2694,6 +2733,7 @@ stun_reply(Receiver *self, const unsigned char *d, Py_ssize_t n,
         !same_addr(sa, &self->ice_peer))
         return 0;
     const unsigned char *user = NULL, *mi = NULL, *fp = NULL;
+    uint32_t crc;
     unsigned user_len = 0;
     Py_ssize_t pos = STUN_HEADER;
     while (pos + 4 <= n) {
@@ -2701,12 +2741,8 @@ stun_reply(Receiver *self, const unsigned char *d, Py_ssize_t n,
         Py_ssize_t next = pos + 4 + ((len + 3) & ~3u);
         if (next > n)
             return 0;
-        if (fp != NULL)
-            return 0; /* FINGERPRINT must be the last attribute */
-        if (mi != NULL) {
-            if (type != 0x8028)
-                return 0; /* after MESSAGE-INTEGRITY only FINGERPRINT */
-        }
+        if (fp != NULL || (mi != NULL && type != 0x8028))
+            return 0; /* FINGERPRINT last; after MESSAGE-INTEGRITY only FINGERPRINT */
         switch (type) {
         case 0x0006: /* USERNAME */
             user = d + pos + 4;
@@ -2718,8 +2754,11 @@ stun_reply(Receiver *self, const unsigned char *d, Py_ssize_t n,
             mi = d + pos;
             break;
         case 0x8028: /* FINGERPRINT */
-            if (len != 4 ||
-                get32(d + pos + 4) != (crc32_of(d, (size_t)pos) ^ 0x5354554Eu))
+            if (len != 4)
+                return 0;
+            if (stun_fingerprint(d, pos, &crc) < 0)
+                return -1;
+            if (get32(d + pos + 4) != crc)
                 return 0;
             fp = d + pos;
             break;
@@ -2797,7 +2836,8 @@ stun_reply(Receiver *self, const unsigned char *d, Py_ssize_t n,
     memcpy(p + 4, mac, 20);
     p += 24;
     put16(out + 2, (unsigned)(body + 24 + 8));
-    uint32_t crc = crc32_of(out, (size_t)(p - out)) ^ 0x5354554Eu;
+    if (stun_fingerprint(out, p - out, &crc) < 0)
+        return -1;
     put16(p, 0x8028);
     put16(p + 2, 4);
     put32(p + 4, crc);
@@ -2867,16 +2907,7 @@ Receiver_answer_checks(Receiver *self, PyObject *args)
                         "controlling: bool) or answer_checks(None)");
         return NULL;
     }
-    if (hmac_digest_fn == NULL) {
-        PyObject *mod = PyImport_ImportModule("_hashlib");
-        if (mod == NULL)
-            return NULL;
-        hmac_digest_fn = PyObject_GetAttrString(mod, "hmac_digest");
-        Py_DECREF(mod);
-        if (hmac_digest_fn == NULL)
-            return NULL;
-    }
-    if (name_sha1 == NULL && (name_sha1 = PyUnicode_InternFromString("sha1")) == NULL)
+    if (stun_init() < 0)
         return NULL;
     struct sockaddr_storage sa;
     if (parse_addr(host, port, &sa) < 0)
@@ -2957,11 +2988,8 @@ receiver_handle(Receiver *self, PyObject *data, PyObject *addr,
     }
     else if (rtcp) {
         int taken = 0;
-        if (self->streams != NULL && configured && PyBytes_CheckExact(plain)) {
-            struct timespec t;
-            clock_gettime(CLOCK_MONOTONIC, &t);
-            taken = sender_reports(self->streams, plain, (double)t.tv_sec + t.tv_nsec * 1e-9);
-        }
+        if (self->streams != NULL && configured && PyBytes_CheckExact(plain))
+            taken = sender_reports(self->streams, plain, -1.0);
         if (taken < 0)
             rc = -1;
         else if (taken == 0) {
@@ -3313,7 +3341,6 @@ static struct PyModuleDef fastpath_module = {
 PyMODINIT_FUNC
 PyInit__fastpath(void)
 {
-    crc_init();
     if (PyType_Ready(&OutputType) < 0 || PyType_Ready(&InputType) < 0 ||
         PyType_Ready(&ReceiverType) < 0 || PyType_Ready(&ReaderType) < 0 ||
         PyType_Ready(&HistoryType) < 0)

@@ -197,20 +197,18 @@ class RecvStream(_StreamInts):
             if consumer.stream is self:
                 consumer.rewriter.skip(ext_seq)
 
-    def _close_window(self, now: float) -> None:
-        start = self._window_start
-        elapsed = 0.0 if start is None else now - start
-        if elapsed > 0:
-            self.bitrate = int(self._window_bytes * 8 / elapsed)
-            # Peak of the last few windows: a keyframe landing in one window must not make
-            # the layer look cheaper in the next and tempt the allocator up and down.
-            wire = int((self._window_bytes + self._window_packets * WIRE_OVERHEAD) * 8 / elapsed)
-            recent = self._recent
-            recent.append(wire)
-            del recent[:-PEAK_WINDOWS]
-            self.wire_bitrate = max(recent)
-            self.last_wire_bitrate = self.wire_bitrate
-            self.fps = self._window_frames / elapsed
+    def _close_window(self, now: float, elapsed: float) -> None:
+        """The window of ``elapsed`` (> 0) seconds ending ``now``: its rates, and the next."""
+        self.bitrate = int(self._window_bytes * 8 / elapsed)
+        # Peak of the last few windows: a keyframe landing in one window must not make
+        # the layer look cheaper in the next and tempt the allocator up and down.
+        wire = int((self._window_bytes + self._window_packets * WIRE_OVERHEAD) * 8 / elapsed)
+        recent = self._recent
+        recent.append(wire)
+        del recent[:-PEAK_WINDOWS]
+        self.wire_bitrate = max(recent)
+        self.last_wire_bitrate = self.wire_bitrate
+        self.fps = self._window_frames / elapsed
         self.temporal.close(elapsed)
         self._window_start = now
         self._window_bytes = 0
@@ -226,7 +224,7 @@ class RecvStream(_StreamInts):
         last = self.last_packet_at
         start = self._window_start
         if start is not None and now - start >= RATE_WINDOW:
-            self._close_window(now)
+            self._close_window(now, now - start)
         if last is None or now - last > 2 * RATE_WINDOW:
             self.bitrate = self.wire_bitrate = 0
             self._recent.clear()

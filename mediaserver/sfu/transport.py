@@ -51,8 +51,6 @@ MIN_LOSS_SAMPLE = 20
 # A stream's SSRC may change (a publisher restarting its encoder) only after its packets
 # have stopped for this long.
 SSRC_TAKEOVER_SILENCE = 1.0
-# How often a connection looks whether its peer's consent checks still arrive.
-CONSENT_POLL = 1.0
 
 
 class NegotiationError(Exception):
@@ -97,7 +95,6 @@ class PeerTransport:
         self.closed = False
         self._next_rtcp: float | None = None  # monotonic time the next report is due
         self._consents: list[adapter.PeerConsent] = []
-        self._next_consent = 0.0  # when the peer's consent checks are looked at next
         self._lock = asyncio.Lock()
 
     @property
@@ -158,14 +155,12 @@ class PeerTransport:
         its report step (every RTCP_INTERVAL) for every connection of the room: one wake-up
         of the loop for all of them, where a task per connection woke it (and ran its
         Python cold) each time. A report sent makes the next due half an interval on, so
-        that it goes out at the next step. Every CONSENT_POLL it also looks at the peer's
-        consent checks (adapter.PeerConsent): aioice's own consent task, which woke the
-        loop twice a check, is not run."""
-        if now >= self._next_consent:
-            self._next_consent = now + CONSENT_POLL
-            for consent in self._consents:
-                if consent.lapsed(now):
-                    consent.expire()
+        that it goes out at the next step. At each step it also looks whether the peer's
+        consent checks still arrive (adapter.PeerConsent): aioice's own consent task, which
+        woke the loop twice a check, is not run."""
+        for consent in self._consents:
+            if consent.lapsed(now):
+                consent.expire()
         due = self._next_rtcp
         if due is None or now < due or self.closed:
             return

@@ -4,6 +4,7 @@ connection's RTCP report when due, and a long step's pauses only once it has run
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -120,8 +121,15 @@ async def test_the_loop_lag_goes_to_the_probe_once_a_quality_step(monkeypatch) -
 
         def sample(self, lag: float, now: float) -> None:
             self.samples.append((lag, now))
+            if len(self.samples) == 2:  # while the room's task sleeps, hold the loop 50 ms
+                asyncio.get_running_loop().call_later(0.002, hold)
             if len(self.samples) >= 5:
                 enough.set()
+
+    def hold() -> None:
+        until = time.perf_counter() + 0.05
+        while time.perf_counter() < until:  # blocking work, on purpose: a late tick
+            pass
 
     enough = asyncio.Event()
     probe = Probe()
@@ -145,6 +153,8 @@ async def test_the_loop_lag_goes_to_the_probe_once_a_quality_step(monkeypatch) -
     room.closed = True
     await task
     assert probe.reporting == 0
-    # One sample per quality step, at its time, each the worst oversleep since the last.
+    # One sample per quality step, at its time, each the worst oversleep since the last:
+    # the stalled tick's shows in exactly one sample, after the first two.
     assert [now for _, now in probe.samples] == quality_steps[:len(probe.samples)]
-    assert all(lag >= 0.0 for lag, _ in probe.samples)
+    late = [i for i, (lag, _) in enumerate(probe.samples) if lag >= 0.04]
+    assert len(late) == 1 and late[0] >= 2, probe.samples
