@@ -137,6 +137,7 @@ class BandwidthEstimator:
         if bps is not None:
             self.estimate = max(self.floor, min(self.ceiling, bps))
             self.history.append((now, "start hint", self.estimate))
+            self.planner.near(self.estimate, now)
 
     # -- feedback ------------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ cost small:
   delay detector fires before much has built up. A flat probe at 1.5x the rate overfills
   a link right from its first packet.
 - **Memory of failures.** A failed probe leaves the rate it had reached when the first
-  sign came (the *failed level*). Later probes go at most ``near_failure_step`` above it:
-  a small step that tests whether the link has improved, instead of overfilling it by the
-  same margin again every few seconds. A probe that gets through at or above the failed
-  level forgets it; so does time (links change).
+  sign came (the *failed level*); a subscriber's own word on its link sets one too. Later
+  probes go at most ``near_failure_step`` above it: a small step that tests whether the
+  link has improved, instead of overfilling it by the same margin again every few
+  seconds. A probe that gets through at or above the failed level forgets it; so does
+  time (links change).
 - **Backoff.** After a failure the next probe waits ``backoff_min`` seconds, doubling up
   to ``backoff_max`` while failures continue.
 
@@ -113,6 +114,20 @@ class ProbePlanner:
         ramp_ends = now + (self._cold_ramp if cold else self._ramp)
         ends = ramp_ends + self._hold
         return Probe(base, goal, now, ramp_ends, ends, ends + self._settle)
+
+    def near(self, level: int, now: float) -> None:
+        """The subscriber said its link carries about ``level`` bps: probe past it as past
+        a failure, at most ``near_failure_step`` above, without counting one or backing off.
+
+        If the word is true, a probe 1.5x above it overfills the link from the middle of
+        its ramp on, and the subscriber's first REMB out of audio only can come too late
+        to spare its audio (a CI run lost one packet: a 210 ms gap).
+        """
+        if self.failed_level is None or now - self._failed_at > self._failure_memory:
+            self.failed_level = level
+        else:
+            self.failed_level = min(level, self.failed_level)
+        self._failed_at = now
 
     def on_success(self, probe: Probe, now: float) -> None:
         self.ok += 1

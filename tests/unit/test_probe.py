@@ -54,7 +54,8 @@ def test_start_shapes_the_probe() -> None:
                                                                 6.75, 7.75)
 
 
-# Each row: outcomes before the question as (time, "ok" or "fail", level or goal), then
+# Each row: events before the question as (time, "ok" with the goal, "fail" with the level,
+# or "near" with the subscriber's hint), then
 # (wanted, estimate, now) and the goal the planner allows (None: wait).
 GOAL_CASES = [
     ("fresh: at most 1.5x the estimate", [], (1_000_000, 200_000, 0.0), 300_000),
@@ -75,6 +76,13 @@ GOAL_CASES = [
     ("time forgets it too", [(1.0, "fail", 250_000)], (1_000_000, 240_000, 40.0), 360_000),
     ("too close to a failure to be worth a probe",
      [(1.0, "fail", 200_000)], (1_000_000, 250_000, 4.0), None),
+    # The subscriber's word on its link: a small step above it, at once (no backoff).
+    ("a start hint caps the first probe as a failure would",
+     [(1.0, "near", 100_000)], (1_000_000, 100_000, 1.0), 120_000),
+    ("a success above the hint forgets it",
+     [(1.0, "near", 100_000), (4.0, "ok", 120_000)], (1_000_000, 120_000, 4.0), 240_000),
+    ("a failure below the hint lowers the level",
+     [(1.0, "near", 100_000), (3.0, "fail", 90_000)], (1_000_000, 80_000, 5.0), 108_000),
 ]
 
 
@@ -87,6 +95,8 @@ def test_goal(history: list[tuple[float, str, int]], question: tuple[int, int, f
     for at, outcome, rate in history:
         if outcome == "ok":
             planner.on_success(Probe(rate // 2, rate, at - 1.8, at - 1.2, at - 1.0, at), at)
+        elif outcome == "near":
+            planner.near(rate, at)
         else:
             planner.on_failure(rate, at)
     assert planner.goal(*question) == want
