@@ -22,12 +22,12 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from loadtest.client import SignalClient
-from loadtest.shaped import ShapedLink, net_gap, watch_stalls
+from loadtest.shaped import ShapedLink, descheduled, net_gap, watch_stalls
 from loadtest.simulcast import SimulcastPublisher
 
 
@@ -67,8 +67,13 @@ def _phases(s: Scenario) -> list[tuple[float, float, int | None]]:
 
 
 def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario: Scenario,
-              top_width: int, low_width: int) -> dict[str, Any]:
-    """Per phase: frame rate, widths, audio gaps; adaptation times; switch counts."""
+              top_width: int, low_width: int,
+              server_idle: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
+    """Per phase: frame rate, widths, audio gaps; adaptation times; switch counts.
+
+    ``server_idle``: (from, to) in wall time where the machine did not run the process
+    holding the server and the publisher (``shaped.descheduled``).
+    """
     video = next(t for t in record["tracks"]
                  if t["participant_id"] == publisher_id and t["kind"] == "video")
     audio = next(t for t in record["tracks"]
@@ -76,6 +81,7 @@ def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario
     v = [(t - origin, w) for t, w in video["arrivals"]]
     a = [t - origin for t, _ in audio["arrivals"]]
     stalls = [(x - origin, y - origin) for x, y in record.get("stalls", [])]
+    idle = stalls + [(x - origin, y - origin) for x, y in server_idle]
     phases = []
     for start, end, rate in _phases(scenario):
         settle = start + 5  # judge the steady state, not the transition
@@ -84,7 +90,7 @@ def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario
                    for s in range(int(settle), int(end) - 1)]
         audio_in = [t for t in a if start <= t < end]
         gaps = [y - x for x, y in itertools.pairwise(audio_in)]
-        running = [net_gap(x, y, stalls) for x, y in itertools.pairwise(audio_in)]
+        running = [net_gap(x, y, idle) for x, y in itertools.pairwise(audio_in)]
         widths: dict[int, int] = {}
         for _, w in frames:
             widths[w] = widths.get(w, 0) + 1
@@ -105,7 +111,9 @@ def summarise(record: dict[str, Any], publisher_id: str, origin: float, scenario
             "widths": widths,
             "audio_frames": len(audio_in),
             "audio_max_gap_ms": round(max(gaps) * 1000) if gaps else None,
-            # The same, less the time the subscriber's own process did not run.
+            # The same, less the time the subscriber's own process did not run, and the
+            # time the machine did not run the server's (its own code holding its loop up
+            # still counts).
             "audio_max_gap_running_ms": round(max(running) * 1000) if running else None,
             **change,
         })
@@ -149,6 +157,7 @@ async def run(url: str, tokens: dict[str, str], scenario: Scenario, host_ip: str
     viewer = SignalClient(url, tokens["viewer"])
     sim: SimulcastPublisher | None = None
     server_stalls: list[tuple[float, float]] = []  # this process: the server and publisher
+    server_cpu: list[float] = []  # the process's CPU time within each of them
     watcher: asyncio.Future[None] | None = None
     try:
         reply = await publisher.connect()
@@ -161,7 +170,7 @@ async def run(url: str, tokens: dict[str, str], scenario: Scenario, host_ip: str
         await viewer.connect()
         shaped_url = url.replace("127.0.0.1", host_ip)
         origin = time.time()
-        watcher = asyncio.ensure_future(watch_stalls(server_stalls))
+        watcher = asyncio.ensure_future(watch_stalls(server_stalls, server_cpu))
         proc = link.spawn(python, "-m", "loadtest.shaped", "--url", shaped_url,
                           "--token", tokens["constrained"], "--address", link.ns_ip,
                           "--duration", str(scenario.duration),
@@ -186,7 +195,8 @@ async def run(url: str, tokens: dict[str, str], scenario: Scenario, host_ip: str
         record = json.loads(out)
         top = max(la.config.width for la in sim.layers)
         low = min(la.config.width for la in sim.layers)
-        summary = summarise(record, publisher.participant_id or "", origin, scenario, top, low)
+        summary = summarise(record, publisher.participant_id or "", origin, scenario, top, low,
+                            descheduled(server_stalls, server_cpu))
         # The unconstrained viewer over the same run, for "the others are unaffected".
         (vtrack,) = viewer.tracks_from(publisher.participant_id or "", "video")
         mono_origin = time.monotonic() - (time.time() - origin)
@@ -197,8 +207,10 @@ async def run(url: str, tokens: dict[str, str], scenario: Scenario, host_ip: str
             "top_share_last_10s": round(tail.count(top) / len(tail), 2) if tail else 0.0,
         }
         summary["publisher_layers_active"] = [la.active for la in sim.layers]
-        summary["server_process_stalls"] = [(round(x - origin, 2), round((y - x) * 1000))
-                                            for x, y in server_stalls]
+        # (from, ms, CPU ms used within): little CPU, the machine did not run the process.
+        summary["server_process_stalls"] = [
+            (round(x - origin, 2), round((y - x) * 1000), round(used * 1000))
+            for (x, y), used in zip(server_stalls, server_cpu, strict=True)]
         if last_trace is not None:
             summary["estimator"] = last_trace
         return summary

@@ -118,19 +118,35 @@ STALL_TICK = 0.02  # seconds between a stall watcher's wakes
 STALL_MIN = 0.05  # a wake this much later than asked: the process did not run meanwhile
 
 
-async def watch_stalls(out: list[tuple[float, float]]) -> None:
+async def watch_stalls(out: list[tuple[float, float]], cpu: list[float] | None = None
+                       ) -> None:
     """Append (from, to) in wall time wherever this process's loop did not run.
 
     A starved machine (CI's two shared cores) can stop a process for a few hundred
     milliseconds; a gap in what it received then says nothing of the link or the server.
+    With ``cpu``, also the CPU seconds the process (all its threads) spent within each
+    stall: near none, it was not scheduled; near the stall's length, its own code held the
+    loop, which says something of whatever runs in it (``descheduled``).
     """
     last = time.time()
+    last_cpu = time.process_time()
     while True:
         await asyncio.sleep(STALL_TICK)
         now = time.time()
+        now_cpu = time.process_time()
         if metrics.loop_lag(last, now, STALL_TICK) > STALL_MIN:
             out.append((last + STALL_TICK, now))
-        last = now
+            if cpu is not None:
+                cpu.append(now_cpu - last_cpu)
+        last, last_cpu = now, now_cpu
+
+
+def descheduled(stalls: Sequence[tuple[float, float]], cpu: Sequence[float]
+                ) -> list[tuple[float, float]]:
+    """The stalls (of ``watch_stalls`` with its ``cpu``) in which the process used less
+    than half the stall's time in CPU: the machine did not run it, its own code did not
+    hold it up."""
+    return [(a, b) for (a, b), used in zip(stalls, cpu, strict=True) if used < (b - a) / 2]
 
 
 def net_gap(start: float, end: float, stalls: Sequence[tuple[float, float]]) -> float:

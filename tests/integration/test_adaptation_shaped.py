@@ -64,7 +64,11 @@ async def test_capped_at_250_kbps_audio_stays_clean_and_the_low_layer_flows():
     # Gaps are measured while the subscriber's process ran: a CI run once saw 277 ms between
     # two audio frames with nothing lost (not reproduced here, 47-59 ms in three runs); a
     # process starved on two shared cores shows so, and says nothing of the link or server.
-    # The summary lists where the subscriber's and the server's processes did not run.
+    # The summary lists where the subscriber's and the server's processes did not run; the
+    # gap checked leaves out those times, and of the server's only those in which the
+    # process used less than half the time in CPU: the machine did not run it (a CI run
+    # saw the server's process stop 226 ms as the subscriber joined, a 249 ms gap with
+    # nothing lost). A server whose own code holds its loop up still fails here.
     assert summary["audio_loss_pct"] < 1.0, summary
     assert phase["audio_max_gap_running_ms"] < 200, summary
     assert set(phase["widths"]) == {160}, summary  # the low layer, and only it
