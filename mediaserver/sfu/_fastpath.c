@@ -142,6 +142,31 @@ Output_set_srtp(Output *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* A numeric IPv4 or IPv6 ``host`` and a ``port`` (0-65535) into ``sa`` and ``*len``: 1, or 0
+ * if either is not one (no exception set: the caller says which). */
+static int
+sockaddr_of(const char *host, int port, struct sockaddr_storage *sa, socklen_t *len)
+{
+    if (port < 0 || port > 65535)
+        return 0;
+    memset(sa, 0, sizeof(*sa));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)sa;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)sa;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        *len = sizeof(*v4);
+        return 1;
+    }
+    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        *len = sizeof(*v6);
+        return 1;
+    }
+    return 0;
+}
+
 static PyObject *
 Output_set_destination(Output *self, PyObject *args)
 {
@@ -155,20 +180,7 @@ Output_set_destination(Output *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "port out of range");
         return NULL;
     }
-    memset(&addr, 0, sizeof(addr));
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&addr;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&addr;
-    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)port);
-        addrlen = sizeof(*v4);
-    }
-    else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)port);
-        addrlen = sizeof(*v6);
-    }
-    else {
+    if (!sockaddr_of(host, port, &addr, &addrlen)) {
         PyErr_Format(PyExc_ValueError, "not a numeric address: %.64s", host);
         return NULL;
     }
@@ -2870,19 +2882,9 @@ parse_addr(PyObject *host, int port, struct sockaddr_storage *sa)
     const char *h = PyUnicode_AsUTF8(host);
     if (h == NULL)
         return -1;
-    memset(sa, 0, sizeof(*sa));
-    struct sockaddr_in *v4 = (struct sockaddr_in *)sa;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)sa;
-    if (port >= 0 && port < 65536 && inet_pton(AF_INET, h, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)port);
+    socklen_t len;
+    if (sockaddr_of(h, port, sa, &len))
         return 0;
-    }
-    if (port >= 0 && port < 65536 && inet_pton(AF_INET6, h, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)port);
-        return 0;
-    }
     PyErr_SetString(PyExc_ValueError, "not an IP address and port");
     return -1;
 }

@@ -123,6 +123,10 @@ class ProbePlanner:
         its ramp on, and the subscriber's first REMB out of audio only can come too late
         to spare its audio (a CI run lost one packet: a 210 ms gap).
         """
+        self._remember(level, now)
+
+    def _remember(self, level: int, now: float) -> None:
+        """``level`` as the failed level: the lowest of those within the failure memory."""
         if self.failed_level is None or now - self._failed_at > self._failure_memory:
             self.failed_level = level
         else:
@@ -141,11 +145,7 @@ class ProbePlanner:
         """A probe (or the layer one let in) congested the link at ``level`` bps."""
         self.failed += 1
         self._streak = 0
-        if self.failed_level is None or now - self._failed_at > self._failure_memory:
-            self.failed_level = level
-        else:
-            self.failed_level = min(level, self.failed_level)
-        self._failed_at = now
+        self._remember(level, now)
         self.next_at = now + self._backoff
         self._backoff = min(self._backoff * 2, self._backoff_max)
 
