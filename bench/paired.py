@@ -6,8 +6,11 @@ than most single changes are worth, so figures from runs made one after the othe
 the moments as much as the code. Here both servers run at the same time, pinned to the same
 CPU (``--server-cpu``), each with its own load-test generator (cheap mode, pinned to the
 other CPUs) driving the same rooms; whatever the machine does to one it does to the other.
-Each run swaps which checkout starts first. The ratio ``new/old`` is printed per run and as
-a median over the runs.
+Each run swaps which checkout starts first. The ratio ``new/old`` is printed per run, then
+what the runs say together (``estimate``): the change as a ratio with its 90 % interval, and
+the order effect (here the server started second often pays 10-20 % more, in whichever
+checkout), fitted together so that the order does not widen the change's interval. An
+interval that holds 1.0 is a change the runs do not resolve.
 
 Each server runs ``python -m mediaserver`` with its checkout as working directory, which
 puts that checkout first on ``sys.path`` (an editable install of the other one does not
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import statistics
 import subprocess
 import sys
@@ -36,6 +40,43 @@ from bench.capacity import pinned, server_cmd, total
 from bench.forwarding import machine, poll, scrape
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Student's t, two-sided 90 %, by degrees of freedom (above the last: the normal's 1.645).
+T90 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860,
+       9: 1.833, 10: 1.812, 12: 1.782, 15: 1.753, 20: 1.725, 30: 1.697}
+
+
+def _t90(df: int) -> float:
+    return T90[max(k for k in T90 if k <= df)] if df <= 30 else 1.645
+
+
+def estimate(ratios: list[float], new_second: list[bool]) -> dict[str, float | None]:
+    """The runs' new/old ratios, each with whether the new checkout started second, as one
+    figure: log(ratio) = change + order x (+1 when new started second, -1 when first) +
+    noise, fitted by least squares. Returns ``change`` and ``order`` (the second-started
+    server's CPU over the first's) as ratios, and ``low``/``high``, the change's 90 %
+    interval (None with fewer than three runs, or with every run in one order, where the
+    two cannot be told apart; then ``change`` is the plain geometric mean)."""
+    if len(ratios) != len(new_second) or not ratios or min(ratios) <= 0:
+        raise ValueError("one positive ratio and one order per run")
+    y = [math.log(r) for r in ratios]
+    x = [1.0 if second else -1.0 for second in new_second]
+    n = len(y)
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((xi - mx) ** 2 for xi in x)
+    if sxx == 0:  # one order only: no order effect to fit
+        return {"change": math.exp(my), "order": None, "low": None, "high": None}
+    slope = sum((xi - mx) * (yi - my) for xi, yi in zip(x, y, strict=True)) / sxx
+    intercept = my - slope * mx  # the change: log ratio at no order effect (x = 0)
+    out: dict[str, float | None] = {"change": math.exp(intercept), "order": math.exp(slope),
+                                    "low": None, "high": None}
+    if n >= 3:
+        residual = sum((yi - intercept - slope * xi) ** 2 for xi, yi in zip(x, y, strict=True))
+        sd = math.sqrt(residual / (n - 2))
+        se = sd * math.sqrt(1 / n + mx * mx / sxx)
+        half = _t90(n - 2) * se
+        out["low"], out["high"] = math.exp(intercept - half), math.exp(intercept + half)
+    return out
 
 
 def _server(checkout: Path, port: int, cpu: str, log: Path) -> servers.Server:
@@ -140,6 +181,16 @@ def main(argv: list[str] | None = None) -> int:
               f"new/old {ratio:.3f}")
     print(f"# new/old median {statistics.median(ratios):.3f} over {len(ratios)} runs "
           f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+    est = estimate(ratios, [i % 2 == 0 for i in range(len(ratios))])
+    if est["low"] is not None and est["high"] is not None and est["order"] is not None:
+        verdict = ("not resolved: the interval holds 1.0"
+                   if est["low"] <= 1.0 <= est["high"] else
+                   "cheaper" if est["high"] < 1.0 else "dearer")
+        print(f"# new/old {est['change']:.3f}, 90 % interval {est['low']:.3f}-"
+              f"{est['high']:.3f} ({verdict}); the server started second paid "
+              f"{est['order']:.3f}x the first")
+    else:
+        print(f"# new/old {est['change']:.3f} (geometric mean; too few runs for an interval)")
     return 0
 
 
