@@ -252,7 +252,7 @@ def _figures(target: str, n: int, doc: dict[str, Any], marks: dict[str, dict[str
     if s0 and s1:
         user, system = s1["user_s"] - s0["user_s"], s1["system_s"] - s0["system_s"]
         split["user_share"] = round(user / (user + system), 3) if user + system > 0 else None
-        split["wakeups_per_packet"] = (round((s1["wakeups"] - s0["wakeups"])
+        split["wakeups_per_packet"] = (round(servers.wakeups_between(s0, s1)
                                              / w["media_packets"], 3)
                                        if w["media_packets"] else None)
     result.update({

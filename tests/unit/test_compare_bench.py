@@ -3,8 +3,11 @@ and the Janus configuration it writes."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bench.compare import _figures, order, rounds_summary, table
 from bench.servers import write_janus_config
@@ -146,9 +149,58 @@ def test_a_point_splits_user_and_system_and_counts_wakeups_per_packet() -> None:
 
 def test_the_split_of_a_live_process_tree() -> None:
     import os
+    import threading
 
-    from bench.servers import process_tree_split
+    from bench.servers import process_tree_split, wakeups_between
     s = process_tree_split(os.getpid())
     assert s["user_s"] > 0 and s["system_s"] >= 0 and s["wakeups"] >= 0
+    assert s["wakeups"] == sum(s["threads"].values())
+    assert f"{os.getpid()}/{threading.get_native_id()}" in s["threads"]
     assert process_tree_split(2**22 + 12345) == {"user_s": 0.0, "system_s": 0.0,
-                                                 "wakeups": 0.0}
+                                                 "wakeups": 0.0, "threads": {}}
+    # A thread that sleeps and wakes many times and then exits between two readings: the
+    # totals fall, the wake-ups between them do not go negative.
+    started, stop = threading.Event(), threading.Event()
+
+    def sleeper() -> None:
+        started.set()
+        while not stop.wait(0.001):
+            pass
+
+    t = threading.Thread(target=sleeper)
+    t.start()
+    assert started.wait(5)
+    key = f"{os.getpid()}/{t.native_id}"
+    deadline = time.monotonic() + 30
+    before = process_tree_split(os.getpid())
+    while before["threads"].get(key, 0) <= 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        before = process_tree_split(os.getpid())
+    stop.set()
+    t.join()
+    after = process_tree_split(os.getpid())
+    assert before["threads"].get(key, 0) > 200 and key not in after["threads"]
+    assert after["wakeups"] < before["wakeups"]  # what the difference of totals would give
+    assert wakeups_between(before, after) >= 0
+
+
+@pytest.mark.parametrize("start, end, expected", [
+    # each thread's increase
+    ({"wakeups": 30.0, "threads": {"1/1": 10, "1/2": 20}},
+     {"wakeups": 45.0, "threads": {"1/1": 15, "1/2": 30}}, 15.0),
+    # a thread exited in between: its count goes, the others' increase stays
+    ({"wakeups": 1010.0, "threads": {"1/1": 10, "1/2": 1000}},
+     {"wakeups": 15.0, "threads": {"1/1": 15}}, 5.0),
+    # a thread born in between counts from 0
+    ({"wakeups": 10.0, "threads": {"1/1": 10}},
+     {"wakeups": 22.0, "threads": {"1/1": 12, "1/3": 10}}, 12.0),
+    # a child process's threads, keyed apart from the parent's of the same tid
+    ({"wakeups": 10.0, "threads": {"1/7": 10}},
+     {"wakeups": 14.0, "threads": {"1/7": 11, "2/7": 3}}, 4.0),
+    # readings without threads (JSON of an older run): the totals, never below 0
+    ({"wakeups": 100.0}, {"wakeups": 130.0}, 30.0),
+    ({"wakeups": 100.0}, {"wakeups": 40.0}, 0.0),
+])
+def test_wakeups_between_two_readings(start: dict, end: dict, expected: float) -> None:
+    from bench.servers import wakeups_between
+    assert wakeups_between(start, end) == expected
