@@ -166,11 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# paired: old {args.old} / new {args.new}; {args.rooms} x {args.kind} of "
           f"{args.size}, both servers on CPU {args.server_cpu}; {machine()}")
     ratios: list[float] = []
+    new_second: list[bool] = []  # per run: whether the new checkout started second
     runs: list[dict[str, Any]] = []
     for i in range(args.runs):
         order = [("old", args.old), ("new", args.new)]
         if i % 2:
             order.reverse()
+        new_second.append(order[1][0] == "new")
         with tempfile.TemporaryDirectory(prefix="paired-") as tmp:
             r = asyncio.run(one_run(order, args, Path(tmp)))
         ratio = r["new"]["us_per_forwarded"] / r["old"]["us_per_forwarded"]
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
               f"new/old {ratio:.3f}")
     print(f"# new/old median {statistics.median(ratios):.3f} over {len(ratios)} runs "
           f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
-    est = estimate(ratios, [i % 2 == 0 for i in range(len(ratios))])
+    est = estimate(ratios, new_second)
     if est["low"] is not None and est["high"] is not None and est["order"] is not None:
         verdict = ("not resolved: the interval holds 1.0"
                    if est["low"] <= 1.0 <= est["high"] else

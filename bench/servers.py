@@ -317,12 +317,11 @@ def process_tree_split(pid: int) -> dict[str, Any]:
     """Where ``pid``'s tree spends its CPU and how often its threads sleep: user and system
     seconds (clock ticks, /proc/<pid>/stat; coarse, for shares over a window) and the
     voluntary context switches of every live thread (each one a wait that ended in a
-    wake-up: a thread blocked in epoll or on a queue and woken by a packet or a timer), in
-    all (``wakeups``) and by thread (``threads``, "pid/tid" -> count), for
-    ``wakeups_between``."""
+    wake-up: a thread blocked in epoll or on a queue and woken by a packet or a timer), by
+    thread (``threads``, "pid/tid" -> count; ``wakeups_between`` takes two readings)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    out: dict[str, Any] = {"user_s": 0.0, "system_s": 0.0, "wakeups": 0.0}
     threads: dict[str, int] = {}
+    out: dict[str, Any] = {"user_s": 0.0, "system_s": 0.0, "threads": threads}
     for p in process_tree(pid):
         fields = _stat_fields(p)
         if fields is None:
@@ -335,23 +334,18 @@ def process_tree_split(pid: int) -> dict[str, Any]:
                               if ln.startswith("voluntary_ctxt_switches:")), None)
                 if count is not None:
                     threads[f"{p}/{status.split('/')[-2]}"] = count
-    out["wakeups"] = float(sum(threads.values()))
-    out["threads"] = threads
     return out
 
 
-def wakeups_between(start: dict[str, Any], end: dict[str, Any]) -> float:
+def wakeups_between(start: dict[str, Any], end: dict[str, Any]) -> int:
     """Wake-ups of a process tree between two ``process_tree_split`` readings: each
     thread's increase, a thread born in between counted from 0. A thread that exited in
     between takes its count with it (/proc keeps no per-thread total for the dead), so the
     figure can fall short by what such threads did, never below 0; the difference of the
     two totals would go negative when a thread with many switches behind it exits (Janus
-    ends threads while it runs). Readings without ``threads`` (older JSON) fall back to the
-    totals."""
-    t0, t1 = start.get("threads"), end.get("threads")
-    if t0 is None or t1 is None:
-        return max(0.0, float(end["wakeups"]) - float(start["wakeups"]))
-    return float(sum(max(0, n - t0.get(key, 0)) for key, n in t1.items()))
+    ends threads while it runs)."""
+    t0 = start["threads"]
+    return sum(max(0, n - t0.get(key, 0)) for key, n in end["threads"].items())
 
 
 def process_tree_rss(pid: int) -> int:
